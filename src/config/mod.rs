@@ -1,0 +1,279 @@
+//! Loading and validating the daemon's configuration.
+//!
+//! `load` reads YAML or TOML (by extension) into a line-annotated tree,
+//! deserializes the typed [`Config`] from it, merges the seed's default
+//! streams, resolves paths, and validates. Any problem becomes one
+//! [`ConfigError`] that names the file, line and key.
+
+mod de;
+mod schema;
+mod tree;
+mod units;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+pub use de::{closest, unknown_key_message};
+pub use schema::*;
+pub use tree::{Node, SyntaxError};
+pub use units::{Dur, Size};
+
+/// Where the packaged config lives.
+pub const DEFAULT_PATH: &str = "/etc/marketprism-broker/broker.yaml";
+/// Environment variable that names the config file when --config is absent.
+pub const ENV_CONFIG: &str = "MARKETPRISM_BROKER_CONFIG";
+/// The seed's wrapper key; optional so services.yaml is accepted verbatim.
+pub const WRAPPER_KEY: &str = "message-broker-service";
+
+/// A config problem, located as precisely as possible.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigError {
+    pub file: Option<PathBuf>,
+    pub line: Option<u32>,
+    /// Dotted key path (`nats.streams.CUSTOM.max_age`); empty for
+    /// file-level problems.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.file, self.line) {
+            (Some(p), Some(l)) => write!(f, "{}:{l}: ", p.display())?,
+            (Some(p), None) => write!(f, "{}: ", p.display())?,
+            (None, _) => f.write_str("built-in config: ")?,
+        }
+        if !self.key.is_empty() {
+            write!(f, "{}: ", self.key)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Where a loaded config came from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Source {
+    File(PathBuf),
+    /// No --config, no env, nothing at the default path.
+    BuiltinDefaults,
+}
+
+/// A validated config, ready to run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Loaded {
+    pub config: Config,
+    pub source: Source,
+    /// Things worth saying that do not stop the daemon.
+    pub warnings: Vec<String>,
+}
+
+/// Resolves which file to read: an explicit path (CLI, then env) must
+/// exist; the default path may be absent (built-in defaults).
+pub fn load(explicit: Option<&Path>) -> Result<Loaded, ConfigError> {
+    let env = std::env::var_os(ENV_CONFIG)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from);
+    match explicit.map(Path::to_path_buf).or(env) {
+        Some(path) => load_file(&path),
+        None if Path::new(DEFAULT_PATH).exists() => load_file(Path::new(DEFAULT_PATH)),
+        None => {
+            let (config, warnings) = finish(Config::default(), None)?;
+            Ok(Loaded {
+                config,
+                source: Source::BuiltinDefaults,
+                warnings,
+            })
+        }
+    }
+}
+
+/// Reads and validates one file.
+pub fn load_file(path: &Path) -> Result<Loaded, ConfigError> {
+    let file_err = |message: String| ConfigError {
+        file: Some(path.to_path_buf()),
+        line: None,
+        key: String::new(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        file_err(match e.kind() {
+            std::io::ErrorKind::NotFound => "config file does not exist".to_string(),
+            _ => format!("cannot read config file: {e}"),
+        })
+    })?;
+    let (config, warnings) =
+        parse_str(&text, Format::from_path(path).map_err(file_err)?).map_err(|mut e| {
+            e.file = Some(path.to_path_buf());
+            e
+        })?;
+    Ok(Loaded {
+        config,
+        source: Source::File(path.to_path_buf()),
+        warnings,
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Yaml,
+    Toml,
+}
+
+impl Format {
+    pub fn from_path(path: &Path) -> Result<Format, String> {
+        match path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            Some("yaml" | "yml") => Ok(Format::Yaml),
+            Some("toml") => Ok(Format::Toml),
+            _ => Err("cannot tell the config format: name the file *.yaml, *.yml or *.toml".into()),
+        }
+    }
+}
+
+/// Parses and validates config text (no file involved: errors have no file).
+pub fn parse_str(text: &str, format: Format) -> Result<(Config, Vec<String>), ConfigError> {
+    let root = match format {
+        Format::Yaml => tree::parse_yaml(text),
+        Format::Toml => tree::parse_toml(text),
+    }
+    .map_err(|e| ConfigError {
+        file: None,
+        line: e.line,
+        key: String::new(),
+        message: e.message,
+    })?;
+    // services.yaml holds every MarketPrism service under its own key; ours
+    // is `message-broker-service`, the others are not ours to judge.
+    let base = root.get(WRAPPER_KEY).unwrap_or(&root);
+    if let tree::Value::Str(_)
+    | tree::Value::Int(_)
+    | tree::Value::Bool(_)
+    | tree::Value::Seq(_)
+    | tree::Value::Float(_) = base.value
+    {
+        return Err(ConfigError {
+            file: None,
+            line: Some(base.line),
+            key: String::new(),
+            message: "the config must be a mapping of keys (e.g. `port: 8085`)".into(),
+        });
+    }
+    let config: Config = de::from_node(base).map_err(|e| ConfigError {
+        file: None,
+        line: e.line,
+        key: e.path(),
+        message: e.message,
+    })?;
+    finish(config, Some(base))
+}
+
+/// Resolves defaults that depend on the environment, merges the default
+/// streams and validates. `base` locates errors in the source.
+fn finish(mut config: Config, base: Option<&Node>) -> Result<(Config, Vec<String>), ConfigError> {
+    resolve_paths(&mut config);
+    validate::validate(&config)
+        .map_err(|v| {
+            let path: Vec<&str> = v.path.iter().map(String::as_str).collect();
+            ConfigError {
+                file: None,
+                line: base.and_then(|b| b.line_of(&path)),
+                key: v.path.join("."),
+                message: v.message,
+            }
+        })
+        .map(|warnings| (config, warnings))
+}
+
+/// Makes `data_dir` absolute (nats-server gets it as store_dir and must not
+/// depend on its working directory) and fills environment defaults.
+fn resolve_paths(config: &mut Config) {
+    let dir = config.nats.data_dir.clone().unwrap_or_else(|| {
+        std::env::var_os("STATE_DIRECTORY")
+            .and_then(|v| {
+                // systemd separates several StateDirectory= entries with ':'.
+                let s = v.to_string_lossy().into_owned();
+                s.split(':')
+                    .next()
+                    .filter(|s| !s.is_empty())
+                    .map(PathBuf::from)
+            })
+            .unwrap_or_else(|| PathBuf::from("data/nats"))
+    });
+    config.nats.data_dir = Some(absolute(&dir));
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(p))
+            .unwrap_or_else(|_| p.to_path_buf())
+    }
+}
+
+impl Config {
+    /// The seed's three default streams with the configured ones merged
+    /// over them (a configured stream of the same name replaces the default).
+    pub fn streams(&self) -> BTreeMap<String, StreamConfig> {
+        let mut all = default_streams();
+        all.extend(self.nats.streams.clone());
+        all
+    }
+
+    /// State directory (absolute after `load`).
+    pub fn data_dir(&self) -> PathBuf {
+        self.nats
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("data/nats"))
+    }
+
+    /// Runtime directory for the pid file: $RUNTIME_DIRECTORY under systemd,
+    /// else the state directory.
+    pub fn runtime_dir(&self) -> PathBuf {
+        std::env::var_os("RUNTIME_DIRECTORY")
+            .and_then(|v| {
+                v.to_string_lossy()
+                    .split(':')
+                    .next()
+                    .filter(|s| !s.is_empty())
+                    .map(PathBuf::from)
+            })
+            .unwrap_or_else(|| self.data_dir())
+    }
+
+    /// Whether nats-server gets a cluster block (see `natsconf`).
+    pub fn cluster_enabled(&self) -> bool {
+        !self.nats.cluster_routes.is_empty()
+    }
+
+    /// The cluster listen address, when clustering is on.
+    pub fn cluster_listen(&self) -> Option<(String, u16)> {
+        if !self.cluster_enabled() {
+            return None;
+        }
+        if let Some(l) = &self.nats.cluster_listen {
+            if let Some((h, p)) = l.rsplit_once(':') {
+                if let Ok(p) = p.parse() {
+                    return Some((h.trim_matches(['[', ']']).to_string(), p));
+                }
+            }
+        }
+        Some((
+            self.nats.host.clone(),
+            self.nats.cluster_port.unwrap_or(6222),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,383 @@
+//! The config schema: the seed's keys, verbatim, with the seed's defaults.
+//!
+//! Every struct denies unknown keys (a typo must not silently become a
+//! default) and takes its defaults from its `Default` impl, so serde and
+//! code that builds a config by hand agree on them.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+
+use super::units::{Dur, Size};
+
+/// The whole daemon configuration.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// HTTP API port.
+    pub port: u16,
+    /// HTTP API bind address. Loopback by default: the API can publish.
+    pub host: String,
+    /// Supervise a nats-server child (true) or use an external one (false).
+    pub auto_start_nats: bool,
+    /// Create and reconcile the declared streams.
+    pub auto_create_streams: bool,
+    pub nats: NatsConfig,
+    pub supervisor: SupervisorConfig,
+    pub api: ApiConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            port: 8085,
+            host: "127.0.0.1".into(),
+            auto_start_nats: true,
+            auto_create_streams: true,
+            nats: NatsConfig::default(),
+            supervisor: SupervisorConfig::default(),
+            api: ApiConfig::default(),
+        }
+    }
+}
+
+/// The `nats:` section: the nats-server that is run (or connected to).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsConfig {
+    pub nats_port: u16,
+    /// Cluster port. Only listened on when `cluster_routes` are given: a
+    /// cluster without routes cannot run JetStream.
+    pub cluster_port: Option<u16>,
+    /// nats-server's monitoring port (/healthz, /varz): how the daemon probes it.
+    pub http_port: u16,
+    /// Client (and monitor) bind address.
+    pub host: String,
+    pub jetstream_enabled: bool,
+    pub jetstream_max_memory: Size,
+    pub jetstream_max_storage: Size,
+    pub jetstream_max_streams: i64,
+    pub jetstream_max_consumers: i64,
+    /// Where the daemon's client connects when `auto_start_nats` is false.
+    pub nats_url: String,
+    /// State: JetStream store and the generated nats-server.conf. Default:
+    /// $STATE_DIRECTORY when systemd sets it, else `data/nats`.
+    pub data_dir: Option<PathBuf>,
+    /// nats-server binary. Default: the first on PATH, else /usr/sbin/nats-server.
+    pub server_bin: Option<PathBuf>,
+    /// Default: the host name.
+    pub server_name: Option<String>,
+    pub max_connections: u32,
+    pub max_subscriptions: u32,
+    pub max_payload: Size,
+    pub write_deadline: Dur,
+    pub ping_interval: Dur,
+    pub max_pings_out: u32,
+    pub streams: BTreeMap<String, StreamConfig>,
+    pub cluster_name: Option<String>,
+    pub cluster_listen: Option<String>,
+    pub cluster_routes: Vec<String>,
+    pub client_urls: Vec<String>,
+    pub users: Vec<UserConfig>,
+    pub tls: Option<TlsConfig>,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            nats_port: 4222,
+            cluster_port: Some(6222),
+            http_port: 8222,
+            host: "127.0.0.1".into(),
+            jetstream_enabled: true,
+            jetstream_max_memory: Size(1 << 30),
+            jetstream_max_storage: Size(10 << 30),
+            jetstream_max_streams: 100,
+            jetstream_max_consumers: 1000,
+            nats_url: "nats://localhost:4222".into(),
+            data_dir: None,
+            server_bin: None,
+            server_name: None,
+            max_connections: 1000,
+            max_subscriptions: 1000,
+            max_payload: Size(1 << 20),
+            write_deadline: Dur::secs(2),
+            ping_interval: Dur::secs(120),
+            max_pings_out: 2,
+            streams: BTreeMap::new(),
+            cluster_name: None,
+            cluster_listen: None,
+            cluster_routes: Vec::new(),
+            client_urls: Vec::new(),
+            users: Vec::new(),
+            tls: None,
+        }
+    }
+}
+
+/// One declared JetStream stream.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamConfig {
+    pub subjects: Vec<String>,
+    #[serde(default)]
+    pub retention: Retention,
+    /// Seconds (or a duration string); 0 or absent: no age limit.
+    #[serde(default)]
+    pub max_age: Dur,
+    /// -1 or absent: no count limit.
+    #[serde(default = "unlimited")]
+    pub max_msgs: i64,
+    #[serde(default)]
+    pub storage: Storage,
+    #[serde(default)]
+    pub max_bytes: Option<Size>,
+    #[serde(default = "one")]
+    pub replicas: u8,
+    #[serde(default)]
+    pub discard: Discard,
+    /// Absent: nats-server's default (2 minutes).
+    #[serde(default)]
+    pub duplicate_window: Option<Dur>,
+}
+
+fn unlimited() -> i64 {
+    -1
+}
+fn one() -> u8 {
+    1
+}
+
+impl StreamConfig {
+    pub fn new(subjects: &[&str], max_age_secs: u64, max_msgs: i64) -> Self {
+        StreamConfig {
+            subjects: subjects.iter().map(|s| s.to_string()).collect(),
+            retention: Retention::Limits,
+            max_age: Dur::secs(max_age_secs),
+            max_msgs,
+            storage: Storage::File,
+            max_bytes: None,
+            replicas: 1,
+            discard: Discard::Old,
+            duplicate_window: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Retention {
+    #[default]
+    Limits,
+    Interest,
+    Workqueue,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Storage {
+    #[default]
+    File,
+    Memory,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Discard {
+    #[default]
+    Old,
+    New,
+}
+
+macro_rules! names {
+    ($($t:ident { $($v:ident => $s:literal),* })*) => {$(
+        impl $t {
+            pub fn as_str(self) -> &'static str {
+                match self { $($t::$v => $s),* }
+            }
+        }
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    )*};
+}
+names! {
+    Retention { Limits => "limits", Interest => "interest", Workqueue => "workqueue" }
+    Storage { File => "file", Memory => "memory" }
+    Discard { Old => "old", New => "new" }
+}
+
+/// A NATS user (the seed's `users:` list).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub user: String,
+    pub password: String,
+    #[serde(default)]
+    pub permissions: Option<Permissions>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Permissions {
+    #[serde(default)]
+    pub publish: Option<PermissionList>,
+    #[serde(default)]
+    pub subscribe: Option<PermissionList>,
+}
+
+/// `["market.>"]` (allow list) or `{allow: [...], deny: [...]}`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PermissionList {
+    pub allow: Vec<String>,
+    pub deny: Vec<String>,
+}
+
+impl<'de> Deserialize<'de> for PermissionList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct AllowDeny {
+            #[serde(default)]
+            allow: Vec<String>,
+            #[serde(default)]
+            deny: Vec<String>,
+        }
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = PermissionList;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a list of subjects, or a mapping with `allow` and/or `deny` lists")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(PermissionList {
+                    allow: vec![v.to_string()],
+                    deny: vec![],
+                })
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut allow = Vec::new();
+                while let Some(s) = seq.next_element::<String>()? {
+                    allow.push(s);
+                }
+                Ok(PermissionList {
+                    allow,
+                    deny: vec![],
+                })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                let ad = AllowDeny::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(PermissionList {
+                    allow: ad.allow,
+                    deny: ad.deny,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Client TLS for nats-server (the seed's `tls:` block).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Require and verify client certificates (mutual TLS).
+    #[serde(default)]
+    pub verify: bool,
+}
+
+/// How the daemon supervises nats-server. Not in the seed (the original did
+/// not supervise); every value has a default that suits production.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SupervisorConfig {
+    /// Longest wait for a started nats-server to become healthy (JetStream
+    /// recovery of a big store can take a while).
+    pub start_timeout: Dur,
+    /// SIGTERM -> SIGKILL grace period when stopping nats-server.
+    pub stop_timeout: Dur,
+    /// Health probe period while running.
+    pub health_interval: Dur,
+    /// One probe's deadline.
+    pub health_timeout: Dur,
+    /// Consecutive failed probes of a live process that mean it hangs.
+    pub health_failures: u32,
+    /// First restart delay; doubles per failure, with jitter.
+    pub backoff_initial: Dur,
+    pub backoff_max: Dur,
+    /// Uptime after which the restart delay starts from the beginning again.
+    pub stable_after: Dur,
+    /// More than this many failures within `failure_window` -> give up (exit 69).
+    pub max_failures: u32,
+    pub failure_window: Dur,
+    /// Period of the stream reconciliation that repairs drift.
+    pub stream_resync_interval: Dur,
+}
+
+impl Default for SupervisorConfig {
+    fn default() -> Self {
+        SupervisorConfig {
+            start_timeout: Dur::secs(60),
+            stop_timeout: Dur::secs(10),
+            health_interval: Dur::secs(1),
+            health_timeout: Dur::secs(1),
+            health_failures: 3,
+            backoff_initial: Dur::millis(100),
+            backoff_max: Dur::secs(30),
+            stable_after: Dur::secs(60),
+            max_failures: 10,
+            failure_window: Dur::secs(300),
+            stream_resync_interval: Dur::secs(60),
+        }
+    }
+}
+
+/// HTTP API behaviour beyond host/port.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Deadline for a publish (JetStream ack included). Past it: 503.
+    pub publish_timeout: Dur,
+    /// Time a client gets to send its request headers.
+    pub header_read_timeout: Dur,
+    /// How long in-flight requests may finish at shutdown.
+    pub drain_timeout: Dur,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            publish_timeout: Dur::secs(5),
+            header_read_timeout: Dur::secs(10),
+            drain_timeout: Dur::secs(10),
+        }
+    }
+}
+
+/// The three streams every broker has (the seed's table), before configured
+/// ones are merged over them.
+pub fn default_streams() -> BTreeMap<String, StreamConfig> {
+    BTreeMap::from([
+        (
+            "MARKET_DATA".to_string(),
+            StreamConfig::new(&["market.>"], 3600, 1_000_000),
+        ),
+        (
+            "SYSTEM_EVENTS".to_string(),
+            StreamConfig::new(&["system.>"], 86_400, 100_000),
+        ),
+        (
+            "SERVICE_LOGS".to_string(),
+            StreamConfig::new(&["service.>"], 7 * 86_400, 500_000),
+        ),
+    ])
+}

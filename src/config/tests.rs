@@ -1,0 +1,348 @@
+use super::*;
+use std::time::Duration;
+
+fn yaml(text: &str) -> Result<Config, ConfigError> {
+    parse_str(text, Format::Yaml).map(|(c, _)| c)
+}
+
+fn yaml_err(text: &str) -> ConfigError {
+    yaml(text).expect_err("config should be refused")
+}
+
+const SEED: &str = include_str!("../../tests/fixtures/seed-services.yaml");
+
+#[test]
+fn the_seeds_services_yaml_is_accepted_verbatim() {
+    let (c, warnings) = parse_str(SEED, Format::Yaml).unwrap();
+    assert_eq!(c.port, 8085);
+    assert_eq!(c.nats.nats_port, 4222);
+    assert_eq!(c.nats.cluster_port, Some(6222));
+    assert_eq!(c.nats.jetstream_max_memory, Size(1 << 30));
+    assert_eq!(c.nats.jetstream_max_storage, Size(10 << 30));
+    assert!(c.data_dir().ends_with("data/nats") && c.data_dir().is_absolute());
+    let s = &c.nats.streams["CUSTOM_STREAM"];
+    assert_eq!(s.subjects, vec!["custom.>"]);
+    assert_eq!(s.max_age.get(), Duration::from_secs(7200));
+    assert_eq!(s.max_msgs, 500_000);
+    assert_eq!(s.storage, Storage::File);
+    // cluster_port without routes: stated, not an error.
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("cluster_routes is empty")),
+        "{warnings:?}"
+    );
+}
+
+#[test]
+fn the_wrapper_key_is_optional() {
+    let unwrapped: String = SEED
+        .lines()
+        .filter(|l| !l.starts_with("message-broker-service:"))
+        .map(|l| format!("{}\n", l.strip_prefix("  ").unwrap_or(l)))
+        .collect();
+    assert_eq!(yaml(&unwrapped).unwrap(), yaml(SEED).unwrap());
+}
+
+#[test]
+fn other_services_in_services_yaml_are_ignored() {
+    let text = format!("api-gateway-service:\n  port: 8080\n  whatever: 1\n{SEED}");
+    assert_eq!(yaml(&text).unwrap().port, 8085);
+}
+
+#[test]
+fn defaults_are_the_seeds() {
+    let c = yaml("").unwrap();
+    assert_eq!((c.port, c.host.as_str()), (8085, "127.0.0.1"));
+    assert!(c.auto_start_nats && c.auto_create_streams);
+    assert_eq!(
+        (c.nats.nats_port, c.nats.http_port, c.nats.host.as_str()),
+        (4222, 8222, "127.0.0.1")
+    );
+    assert_eq!(c.nats.max_payload, Size(1 << 20));
+    assert_eq!(c.nats.write_deadline, Dur::secs(2));
+    assert_eq!(c.nats.ping_interval, Dur::secs(120));
+    assert_eq!(c.nats.max_pings_out, 2);
+    assert_eq!(
+        (c.nats.max_connections, c.nats.max_subscriptions),
+        (1000, 1000)
+    );
+    assert_eq!(
+        (c.nats.jetstream_max_streams, c.nats.jetstream_max_consumers),
+        (100, 1000)
+    );
+    let streams = c.streams();
+    let names: Vec<&str> = streams.keys().map(String::as_str).collect();
+    assert_eq!(names, ["MARKET_DATA", "SERVICE_LOGS", "SYSTEM_EVENTS"]);
+    let md = &streams["MARKET_DATA"];
+    assert_eq!(
+        (
+            md.subjects[0].as_str(),
+            md.max_age,
+            md.max_msgs,
+            md.storage,
+            md.retention
+        ),
+        (
+            "market.>",
+            Dur::secs(3600),
+            1_000_000,
+            Storage::File,
+            Retention::Limits
+        )
+    );
+    let se = &streams["SYSTEM_EVENTS"];
+    assert_eq!(
+        (se.subjects[0].as_str(), se.max_age, se.max_msgs),
+        ("system.>", Dur::secs(86_400), 100_000)
+    );
+    let sl = &streams["SERVICE_LOGS"];
+    assert_eq!(
+        (sl.subjects[0].as_str(), sl.max_age, sl.max_msgs),
+        ("service.>", Dur::secs(604_800), 500_000)
+    );
+}
+
+#[test]
+fn the_seeds_custom_stream_examples_merge_with_the_defaults() {
+    let c = yaml(
+        r#"
+nats:
+  streams:
+    CUSTOM_ANALYTICS:
+      subjects: ["analytics.>", "metrics.>"]
+      retention: "workqueue"
+      max_age: 86400
+      max_msgs: 1000000
+      storage: "memory"
+    USER_EVENTS:
+      subjects: ["user.>"]
+      retention: "interest"
+      max_age: 3600
+      max_msgs: 100000
+      storage: "file"
+"#,
+    )
+    .unwrap();
+    let s = c.streams();
+    assert_eq!(s.len(), 5);
+    assert_eq!(s["CUSTOM_ANALYTICS"].retention, Retention::Workqueue);
+    assert_eq!(s["CUSTOM_ANALYTICS"].storage, Storage::Memory);
+    assert_eq!(s["USER_EVENTS"].retention, Retention::Interest);
+}
+
+#[test]
+fn a_configured_stream_replaces_the_default_of_that_name() {
+    let c = yaml("nats:\n  streams:\n    MARKET_DATA:\n      subjects: [\"market.>\"]\n      max_age: 60\n      storage: memory\n").unwrap();
+    let s = c.streams();
+    assert_eq!(s["MARKET_DATA"].max_age, Dur::secs(60));
+    assert_eq!(s["MARKET_DATA"].storage, Storage::Memory);
+    assert_eq!(s.len(), 3);
+}
+
+#[test]
+fn toml_uses_the_same_schema() {
+    let c = parse_str(
+        r#"
+port = 8085
+[nats]
+nats_port = 4222
+max_payload = "2MB"
+write_deadline = "5s"
+[nats.streams.CUSTOM_STREAM]
+subjects = ["custom.>"]
+max_age = 7200
+"#,
+        Format::Toml,
+    )
+    .unwrap()
+    .0;
+    assert_eq!(c.nats.max_payload, Size(2 << 20));
+    assert_eq!(c.nats.write_deadline, Dur::secs(5));
+    assert_eq!(c.nats.streams["CUSTOM_STREAM"].max_age, Dur::secs(7200));
+}
+
+#[test]
+fn misspelled_key_names_line_key_and_the_closest_valid_key() {
+    let e = yaml_err("port: 8085\nnats:\n  nats_prot: 4222\n");
+    assert_eq!(e.line, Some(3));
+    assert_eq!(e.key, "nats.nats_prot");
+    assert!(e.to_string().contains("did you mean `nats_port`?"), "{e}");
+    assert!(e.to_string().starts_with("built-in config: ") || e.file.is_none());
+}
+
+#[test]
+fn misspelled_key_inside_the_wrapper_and_a_stream() {
+    let text = SEED.replace("max_msgs: 500000", "max_mesgs: 500000");
+    let e = yaml_err(&text);
+    assert_eq!(e.key, "nats.streams.CUSTOM_STREAM.max_mesgs");
+    assert_eq!(e.line, Some(23));
+    assert!(e.message.contains("did you mean `max_msgs`?"), "{e}");
+}
+
+#[test]
+fn toml_errors_have_lines_too() {
+    let e = parse_str("port = 8085\n[nats]\nhttp_prot = 8222\n", Format::Toml).unwrap_err();
+    assert_eq!((e.line, e.key.as_str()), (Some(3), "nats.http_prot"));
+    assert!(e.message.contains("did you mean `http_port`?"));
+}
+
+#[test]
+fn wrong_types_and_units_are_refused_with_their_line() {
+    let e = yaml_err("nats:\n  nats_port: \"four\"\n");
+    assert_eq!((e.line, e.key.as_str()), (Some(2), "nats.nats_port"));
+    let e = yaml_err("nats:\n  jetstream_max_memory: \"1XB\"\n");
+    assert_eq!(
+        (e.line, e.key.as_str()),
+        (Some(2), "nats.jetstream_max_memory")
+    );
+    assert!(e.message.contains("unknown unit \"XB\""), "{e}");
+    let e = yaml_err("nats:\n  write_deadline: \"soon\"\n");
+    assert_eq!((e.line, e.key.as_str()), (Some(2), "nats.write_deadline"));
+    assert!(e.message.contains("invalid duration"), "{e}");
+    let e = yaml_err(
+        "nats:\n  streams:\n    X:\n      subjects: [\"x.>\"]\n      retention: forever\n",
+    );
+    assert_eq!(
+        (e.line, e.key.as_str()),
+        (Some(5), "nats.streams.X.retention")
+    );
+    assert!(
+        e.message.contains("`limits`, `interest`, `workqueue`"),
+        "{e}"
+    );
+    let e = yaml_err("auto_start_nats: maybe\n");
+    assert_eq!((e.line, e.key.as_str()), (Some(1), "auto_start_nats"));
+}
+
+#[test]
+fn overlapping_stream_subjects_are_refused() {
+    let e = yaml_err("nats:\n  streams:\n    BINANCE:\n      subjects: [\"market.binance.>\"]\n");
+    assert_eq!(e.key, "nats.streams.BINANCE.subjects");
+    assert_eq!(e.line, Some(4));
+    assert!(
+        e.message
+            .contains("overlaps \"market.>\" of stream MARKET_DATA"),
+        "{e}"
+    );
+    let e = yaml_err("nats:\n  streams:\n    A:\n      subjects: [\"a.*\", \"a.b\"]\n");
+    assert!(e.message.contains("same stream"), "{e}");
+}
+
+#[test]
+fn invalid_stream_names_and_subjects_are_refused() {
+    let e = yaml_err("nats:\n  streams:\n    \"BAD.NAME\":\n      subjects: [\"bad.>\"]\n");
+    assert_eq!((e.line, e.key.as_str()), (Some(3), "nats.streams.BAD.NAME"));
+    assert!(e.message.contains("invalid stream name"), "{e}");
+    let e = yaml_err("nats:\n  streams:\n    X:\n      subjects: [\"a.>.b\"]\n");
+    assert!(e.message.contains("last token"), "{e}");
+    let e = yaml_err("nats:\n  streams:\n    X:\n      subjects: []\n");
+    assert!(e.message.contains("at least one subject"), "{e}");
+    let e = yaml_err("nats:\n  streams:\n    X:\n      max_age: 5\n");
+    assert_eq!((e.line, e.key.as_str()), (Some(3), "nats.streams.X"));
+    assert!(e.message.contains("missing required key `subjects`"), "{e}");
+}
+
+#[test]
+fn ports_must_differ() {
+    let e = yaml_err("port: 8222\n");
+    assert_eq!(e.key, "nats.http_port");
+    assert!(e.message.contains("already used by `port`"), "{e}");
+    let e = yaml_err("nats:\n  nats_port: 0\n");
+    assert_eq!((e.line, e.key.as_str()), (Some(2), "nats.nats_port"));
+}
+
+#[test]
+fn replicas_need_a_cluster() {
+    let e = yaml_err("nats:\n  streams:\n    X:\n      subjects: [x]\n      replicas: 3\n");
+    assert_eq!(
+        (e.line, e.key.as_str()),
+        (Some(5), "nats.streams.X.replicas")
+    );
+    assert!(e.message.contains("cluster of at least 3 nodes"), "{e}");
+}
+
+#[test]
+fn seed_security_and_cluster_blocks_parse() {
+    let c = yaml(
+        r#"
+nats:
+  cluster_name: "marketprism-cluster"
+  cluster_listen: "0.0.0.0:6222"
+  cluster_routes:
+    - "nats-route://node2:6222"
+    - "nats-route://node3:6222"
+  client_urls:
+    - "nats://node1:4222"
+    - "nats://node2:4222"
+  users:
+    - user: "producer"
+      password: "producer_pass"
+      permissions:
+        publish: ["market.>"]
+    - user: "consumer"
+      password: "consumer_pass"
+      permissions:
+        subscribe: ["market.>"]
+"#,
+    )
+    .unwrap();
+    assert_eq!(c.cluster_listen(), Some(("0.0.0.0".into(), 6222)));
+    assert_eq!(
+        c.nats.users[0]
+            .permissions
+            .as_ref()
+            .unwrap()
+            .publish
+            .as_ref()
+            .unwrap()
+            .allow,
+        vec!["market.>"]
+    );
+    assert!(c.nats.users[1]
+        .permissions
+        .as_ref()
+        .unwrap()
+        .publish
+        .is_none());
+}
+
+#[test]
+fn missing_tls_files_are_named() {
+    let e = yaml_err(
+        "nats:\n  tls:\n    cert_file: /nonexistent/cert.pem\n    key_file: /nonexistent/key.pem\n",
+    );
+    assert_eq!((e.line, e.key.as_str()), (Some(3), "nats.tls.cert_file"));
+    assert!(e.message.contains("/nonexistent/cert.pem"), "{e}");
+}
+
+#[test]
+fn non_mapping_documents_are_refused() {
+    let e = yaml_err("- a\n- b\n");
+    assert!(e.message.contains("must be a mapping"), "{e}");
+    let e = yaml_err("nats: 5\n");
+    assert_eq!(e.key, "nats");
+}
+
+#[test]
+fn file_errors_name_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("broker.yaml");
+    std::fs::write(&p, "port: 8085\nnats:\n  nats_prot: 1\n").unwrap();
+    let e = load_file(&p).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "{}:3: nats.nats_prot: unknown key `nats_prot` (did you mean `nats_port`?)",
+            p.display()
+        )
+    );
+    let missing = dir.path().join("nope.yaml");
+    assert!(load_file(&missing)
+        .unwrap_err()
+        .to_string()
+        .contains("does not exist"));
+    let weird = dir.path().join("broker.conf");
+    std::fs::write(&weird, "").unwrap();
+    assert!(load_file(&weird).unwrap_err().message.contains("*.yaml"));
+}

@@ -1,0 +1,383 @@
+//! Checks that need the whole config: ports, subjects, names, limits.
+//! Returns warnings, or the first error with the key path it concerns.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::IpAddr;
+
+use super::schema::{Config, StreamConfig};
+use crate::subject;
+
+/// One validation failure: the key path and what is wrong.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Violation {
+    pub path: Vec<String>,
+    pub message: String,
+}
+
+fn fail<T>(path: &[&str], message: impl Into<String>) -> Result<T, Violation> {
+    Err(Violation {
+        path: path.iter().map(|s| s.to_string()).collect(),
+        message: message.into(),
+    })
+}
+
+/// Largest max_payload accepted: nats-server's max_pending default; a
+/// bigger payload could never be delivered.
+pub const MAX_PAYLOAD_LIMIT: u64 = 64 << 20;
+
+pub fn validate(c: &Config) -> Result<Vec<String>, Violation> {
+    let mut warnings = Vec::new();
+    let n = &c.nats;
+
+    check_host(&c.host, &["host"])?;
+    check_host(&n.host, &["nats", "host"])?;
+
+    let mut ports: Vec<(u16, &[&str])> = vec![
+        (c.port, &["port"]),
+        (n.nats_port, &["nats", "nats_port"]),
+        (n.http_port, &["nats", "http_port"]),
+    ];
+    if let Some((_, p)) = c.cluster_listen() {
+        let key: &[&str] = if n.cluster_listen.is_some() {
+            &["nats", "cluster_listen"]
+        } else {
+            &["nats", "cluster_port"]
+        };
+        ports.push((p, key));
+    }
+    for (i, (p, key)) in ports.iter().enumerate() {
+        if *p == 0 {
+            return fail(key, "port must be between 1 and 65535");
+        }
+        if let Some((_, other)) = ports[..i].iter().find(|(q, _)| q == p) {
+            return fail(
+                key,
+                format!("port {p} is already used by `{}`", other.join(".")),
+            );
+        }
+    }
+    if n.cluster_port.is_some() && n.cluster_routes.is_empty() && c.auto_start_nats {
+        warnings.push(
+            "nats.cluster_routes is empty: running a single node; the cluster port is not opened (JetStream cannot run as a cluster without routes)".into(),
+        );
+    }
+
+    if let Some(name) = &n.server_name {
+        if name.is_empty() || name.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
+            return fail(
+                &["nats", "server_name"],
+                "server name must be non-empty without whitespace",
+            );
+        }
+    }
+    if let Some(name) = &n.cluster_name {
+        if name.is_empty() || name.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
+            return fail(
+                &["nats", "cluster_name"],
+                "cluster name must be non-empty without whitespace",
+            );
+        }
+    }
+    if let Some(listen) = &n.cluster_listen {
+        let ok = listen.rsplit_once(':').is_some_and(|(h, p)| {
+            p.parse::<u16>().is_ok_and(|p| p > 0)
+                && check_host(h.trim_matches(['[', ']']), &[]).is_ok()
+        });
+        if !ok {
+            return fail(
+                &["nats", "cluster_listen"],
+                format!("{listen:?} is not HOST:PORT (e.g. \"0.0.0.0:6222\")"),
+            );
+        }
+    }
+    check_url(&n.nats_url, &["nats://", "tls://"], &["nats", "nats_url"])?;
+    for (i, u) in n.client_urls.iter().enumerate() {
+        check_url(
+            u,
+            &["nats://", "tls://"],
+            &["nats", "client_urls", &i.to_string()],
+        )?;
+    }
+    for (i, u) in n.cluster_routes.iter().enumerate() {
+        check_url(
+            u,
+            &["nats-route://", "nats://"],
+            &["nats", "cluster_routes", &i.to_string()],
+        )?;
+    }
+
+    let payload = n.max_payload.bytes();
+    if payload == 0 || payload > MAX_PAYLOAD_LIMIT {
+        return fail(
+            &["nats", "max_payload"],
+            format!("must be between 1B and 64MB (got {})", n.max_payload),
+        );
+    }
+    if n.write_deadline.get().is_zero() {
+        return fail(&["nats", "write_deadline"], "must be greater than 0");
+    }
+    if n.ping_interval.get().is_zero() {
+        return fail(&["nats", "ping_interval"], "must be greater than 0");
+    }
+    for (key, v) in [
+        ("jetstream_max_streams", n.jetstream_max_streams),
+        ("jetstream_max_consumers", n.jetstream_max_consumers),
+    ] {
+        if v < -1 || v == 0 {
+            return fail(
+                &["nats", key],
+                format!("must be a positive number, or -1 for no limit (got {v})"),
+            );
+        }
+    }
+
+    let streams = c.streams();
+    if n.jetstream_enabled && c.auto_create_streams {
+        validate_streams(c, &streams)?;
+    } else if !n.streams.is_empty() {
+        warnings.push("streams are declared but not created: JetStream is disabled or auto_create_streams is false".into());
+    }
+
+    let mut seen = HashSet::new();
+    for (i, u) in n.users.iter().enumerate() {
+        let idx = i.to_string();
+        if u.user.is_empty()
+            || u.user
+                .chars()
+                .any(|ch| ch.is_whitespace() || ch.is_control())
+        {
+            return fail(
+                &["nats", "users", &idx, "user"],
+                "user name must be non-empty without whitespace",
+            );
+        }
+        if !seen.insert(u.user.as_str()) {
+            return fail(
+                &["nats", "users", &idx, "user"],
+                format!("user {:?} is listed twice", u.user),
+            );
+        }
+        if u.user.starts_with("_marketprism") {
+            return fail(
+                &["nats", "users", &idx, "user"],
+                "user names starting with `_marketprism` are reserved for the daemon",
+            );
+        }
+        if u.password.is_empty() {
+            return fail(
+                &["nats", "users", &idx, "password"],
+                "password must not be empty",
+            );
+        }
+        if u.password.chars().any(|ch| ch.is_control()) {
+            return fail(
+                &["nats", "users", &idx, "password"],
+                "password must not contain control characters",
+            );
+        }
+        if let Some(p) = &u.permissions {
+            for (dir, list) in [("publish", &p.publish), ("subscribe", &p.subscribe)] {
+                let Some(list) = list else { continue };
+                for s in list.allow.iter().chain(&list.deny) {
+                    if let Err(e) = subject::check(s, true) {
+                        return fail(&["nats", "users", &idx, "permissions", dir], e.0);
+                    }
+                }
+            }
+        }
+    }
+
+    if let Some(tls) = &n.tls {
+        for (key, path) in [
+            ("cert_file", Some(&tls.cert_file)),
+            ("key_file", Some(&tls.key_file)),
+            ("ca_file", tls.ca_file.as_ref()),
+        ] {
+            let Some(path) = path else { continue };
+            if let Err(e) = std::fs::metadata(path) {
+                return fail(
+                    &["nats", "tls", key],
+                    format!("cannot read {}: {e}", path.display()),
+                );
+            }
+        }
+        if tls.verify && tls.ca_file.is_none() {
+            warnings.push("nats.tls.verify is on without ca_file: client certificates are checked against the system roots".into());
+        }
+    }
+
+    if let Some(bin) = &n.server_bin {
+        if c.auto_start_nats {
+            check_executable(bin).or_else(|m| fail(&["nats", "server_bin"], m))?;
+        }
+    }
+
+    let s = &c.supervisor;
+    for (key, d) in [
+        ("start_timeout", s.start_timeout),
+        ("stop_timeout", s.stop_timeout),
+        ("health_interval", s.health_interval),
+        ("health_timeout", s.health_timeout),
+        ("backoff_initial", s.backoff_initial),
+        ("backoff_max", s.backoff_max),
+        ("failure_window", s.failure_window),
+        ("stream_resync_interval", s.stream_resync_interval),
+    ] {
+        if d.get().is_zero() {
+            return fail(&["supervisor", key], "must be greater than 0");
+        }
+    }
+    if s.backoff_initial > s.backoff_max {
+        return fail(
+            &["supervisor", "backoff_initial"],
+            format!(
+                "{} is more than backoff_max {}",
+                s.backoff_initial, s.backoff_max
+            ),
+        );
+    }
+    if s.health_failures == 0 {
+        return fail(&["supervisor", "health_failures"], "must be at least 1");
+    }
+    if s.max_failures == 0 {
+        return fail(&["supervisor", "max_failures"], "must be at least 1");
+    }
+    for (key, d) in [
+        ("publish_timeout", c.api.publish_timeout),
+        ("header_read_timeout", c.api.header_read_timeout),
+        ("drain_timeout", c.api.drain_timeout),
+    ] {
+        if d.get().is_zero() {
+            return fail(&["api", key], "must be greater than 0");
+        }
+    }
+    Ok(warnings)
+}
+
+fn validate_streams(c: &Config, streams: &BTreeMap<String, StreamConfig>) -> Result<(), Violation> {
+    let max = c.nats.jetstream_max_streams;
+    if max > 0 && streams.len() as i64 > max {
+        return fail(
+            &["nats", "jetstream_max_streams"],
+            format!(
+                "{max} is fewer than the {} streams declared (the seed's 3 defaults included)",
+                streams.len()
+            ),
+        );
+    }
+    let nodes = c.nats.cluster_routes.len() + 1;
+    let mut claimed: Vec<(&str, &str)> = Vec::new();
+    // Built-in streams first, so a conflict is reported on the stream the
+    // user wrote (which has a line), not on the default it collides with.
+    let ordered = streams
+        .iter()
+        .filter(|(n, _)| !c.nats.streams.contains_key(*n))
+        .chain(
+            streams
+                .iter()
+                .filter(|(n, _)| c.nats.streams.contains_key(*n)),
+        );
+    for (name, s) in ordered {
+        let at = |key: &'static str| -> Vec<&str> {
+            let mut p = vec!["nats", "streams", name.as_str()];
+            if !key.is_empty() {
+                p.push(key);
+            }
+            p
+        };
+        subject::check_stream_name(name).or_else(|e| fail(&at(""), e.0))?;
+        if s.subjects.is_empty() {
+            return fail(&at("subjects"), "a stream needs at least one subject");
+        }
+        for subj in &s.subjects {
+            subject::check(subj, true).or_else(|e| fail(&at("subjects"), e.0))?;
+            if subj.starts_with('$') {
+                return fail(
+                    &at("subjects"),
+                    format!("{subj:?}: subjects starting with `$` are reserved by NATS"),
+                );
+            }
+            if let Some((other_subj, other)) =
+                claimed.iter().find(|(o, _)| subject::overlaps(o, subj))
+            {
+                let whose = if *other == name.as_str() {
+                    "another subject of the same stream".to_string()
+                } else {
+                    format!("stream {other}")
+                };
+                return fail(
+                    &at("subjects"),
+                    format!("{subj:?} overlaps {other_subj:?} of {whose}; a subject can belong to one stream only"),
+                );
+            }
+            claimed.push((subj, name));
+        }
+        if s.max_msgs < -1 {
+            return fail(
+                &at("max_msgs"),
+                format!("must be -1 (no limit) or more (got {})", s.max_msgs),
+            );
+        }
+        if !(1..=5).contains(&s.replicas) {
+            return fail(
+                &at("replicas"),
+                format!("must be between 1 and 5 (got {})", s.replicas),
+            );
+        }
+        if s.replicas as usize > nodes {
+            return fail(
+                &at("replicas"),
+                format!("{} replicas need a cluster of at least {} nodes, but nats.cluster_routes lists {} other node(s)", s.replicas, s.replicas, nodes - 1),
+            );
+        }
+        if let (Some(w), false) = (s.duplicate_window, s.max_age.get().is_zero()) {
+            if w > s.max_age {
+                return fail(
+                    &at("duplicate_window"),
+                    format!("{w} is longer than max_age {}", s.max_age),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_host(h: &str, key: &[&str]) -> Result<(), Violation> {
+    if h == "localhost" || h.parse::<IpAddr>().is_ok() {
+        Ok(())
+    } else {
+        fail(
+            key,
+            format!("{h:?} is not an IP address (use e.g. \"127.0.0.1\", \"0.0.0.0\" or \"::\")"),
+        )
+    }
+}
+
+fn check_url(u: &str, schemes: &[&str], key: &[&str]) -> Result<(), Violation> {
+    let rest = schemes.iter().find_map(|s| u.strip_prefix(s));
+    let ok = rest.is_some_and(|r| {
+        let hostport = r.rsplit('@').next().unwrap_or(r).trim_end_matches('/');
+        !hostport.is_empty() && !hostport.chars().any(char::is_whitespace)
+    });
+    if ok {
+        Ok(())
+    } else {
+        fail(
+            key,
+            format!("{u:?} is not a URL of the form {}HOST:PORT", schemes[0]),
+        )
+    }
+}
+
+/// An explicitly configured nats-server must exist and be executable.
+pub fn check_executable(path: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::metadata(path) {
+        Err(e) => Err(format!("{}: {e}", path.display())),
+        Ok(m) if !m.is_file() => Err(format!("{} is not a file", path.display())),
+        Ok(m) if m.permissions().mode() & 0o111 == 0 => {
+            Err(format!("{} is not executable", path.display()))
+        }
+        Ok(_) => Ok(()),
+    }
+}

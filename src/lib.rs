@@ -1,0 +1,5 @@
+//! marketprism-broker: runs nats-server + JetStream as a supervised Linux
+//! system service with an HTTP API.
+
+pub mod config;
+pub mod subject;

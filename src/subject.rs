@@ -1,0 +1,235 @@
+//! NATS subjects: validation, wildcard matching and overlap (pure).
+//!
+//! Used by config validation (stream subjects must not overlap; nats-server
+//! would refuse the second stream at runtime) and by the publish hot path
+//! (which stream, if any, captures a subject).
+
+use std::fmt;
+
+/// Longest subject the HTTP API accepts. nats-server has no hard limit, but
+/// nothing real comes close and a limit keeps hostile input cheap.
+pub const MAX_SUBJECT_LEN: usize = 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubjectError(pub String);
+
+impl fmt::Display for SubjectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn err<T>(msg: impl Into<String>) -> Result<T, SubjectError> {
+    Err(SubjectError(msg.into()))
+}
+
+/// Checks a subject; `wildcards` allows `*` and a final `>` (subscriptions,
+/// stream subjects, permissions) or forbids them (publishing).
+pub fn check(subject: &str, wildcards: bool) -> Result<(), SubjectError> {
+    if subject.is_empty() {
+        return err("subject is empty");
+    }
+    if subject.len() > MAX_SUBJECT_LEN {
+        return err(format!("subject is longer than {MAX_SUBJECT_LEN} bytes"));
+    }
+    if let Some(c) = subject
+        .chars()
+        .find(|c| c.is_whitespace() || c.is_control())
+    {
+        return err(format!(
+            "subject {subject:?} contains {c:?}; whitespace and control characters are not allowed"
+        ));
+    }
+    let n = subject.split('.').count();
+    for (i, tok) in subject.split('.').enumerate() {
+        if tok.is_empty() {
+            return err(format!(
+                "subject {subject:?} has an empty token (leading, trailing or double dot)"
+            ));
+        }
+        let wild = tok == "*" || tok == ">";
+        if !wild && (tok.contains('*') || tok.contains('>')) {
+            return err(format!(
+                "subject {subject:?}: `*` and `>` must be whole tokens"
+            ));
+        }
+        if wild && !wildcards {
+            return err(format!(
+                "subject {subject:?} contains the wildcard {tok:?}; publish to a concrete subject"
+            ));
+        }
+        if tok == ">" && i + 1 != n {
+            return err(format!("subject {subject:?}: `>` must be the last token"));
+        }
+    }
+    Ok(())
+}
+
+/// Whether a subject (no wildcards) matches a pattern.
+pub fn matches(pattern: &str, subject: &str) -> bool {
+    let mut p = pattern.split('.');
+    let mut s = subject.split('.');
+    loop {
+        match (p.next(), s.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some(pt), Some(st)) if pt == "*" || pt == st => continue,
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+/// Whether some subject matches both patterns.
+pub fn overlaps(a: &str, b: &str) -> bool {
+    fn go(a: &[&str], b: &[&str]) -> bool {
+        match (a.first(), b.first()) {
+            (None, None) => true,
+            (Some(&">"), Some(_)) | (Some(_), Some(&">")) => true,
+            (Some(x), Some(y)) => (*x == "*" || *y == "*" || x == y) && go(&a[1..], &b[1..]),
+            _ => false,
+        }
+    }
+    let a: Vec<&str> = a.split('.').collect();
+    let b: Vec<&str> = b.split('.').collect();
+    go(&a, &b)
+}
+
+/// Maps a concrete subject to the stream that captures it. Built from the
+/// streams' subjects at reconcile time so publishing needs no round trip.
+#[derive(Debug, Clone, Default)]
+pub struct StreamMatcher {
+    entries: Vec<(String, String)>,
+}
+
+impl StreamMatcher {
+    pub fn new<'a>(streams: impl IntoIterator<Item = (&'a str, &'a [String])>) -> Self {
+        let mut entries = Vec::new();
+        for (name, subjects) in streams {
+            for s in subjects {
+                entries.push((s.clone(), name.to_string()));
+            }
+        }
+        StreamMatcher { entries }
+    }
+
+    pub fn stream_for(&self, subject: &str) -> Option<&str> {
+        self.entries
+            .iter()
+            .find(|(pattern, _)| matches(pattern, subject))
+            .map(|(_, name)| name.as_str())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// JetStream stream (and consumer) names: no whitespace, `.`, `*`, `>`,
+/// path separators or control characters (they become subject tokens and
+/// file names inside nats-server).
+pub fn check_stream_name(name: &str) -> Result<(), SubjectError> {
+    if name.is_empty() {
+        return err("stream name is empty");
+    }
+    if name.len() > 255 {
+        return err(format!("stream name {name:?} is longer than 255 bytes"));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| c.is_whitespace() || c.is_control() || matches!(c, '.' | '*' | '>' | '/' | '\\'))
+    {
+        return err(format!(
+            "invalid stream name {name:?}: it contains {c:?} (names may not contain whitespace, `.`, `*`, `>`, `/` or `\\`)"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn valid_subjects() {
+        for s in [
+            "market.binance.BTCUSDT.trade",
+            "test.message",
+            "a",
+            "market.okx.BTC-USDT.orderbook",
+        ] {
+            check(s, false).unwrap();
+        }
+        for s in ["market.>", "market.*.BTCUSDT.trade", ">", "*"] {
+            check(s, true).unwrap();
+        }
+    }
+
+    #[test]
+    fn invalid_subjects_say_why() {
+        assert!(check("", false).unwrap_err().0.contains("empty"));
+        assert!(check("a..b", false).unwrap_err().0.contains("empty token"));
+        assert!(check(".a", false).unwrap_err().0.contains("empty token"));
+        assert!(check("a.", false).unwrap_err().0.contains("empty token"));
+        assert!(check("a b", false).unwrap_err().0.contains("whitespace"));
+        assert!(check("a\u{0}b", false).is_err());
+        assert!(check("market.>", false).unwrap_err().0.contains("wildcard"));
+        assert!(check("market.*.x", false)
+            .unwrap_err()
+            .0
+            .contains("wildcard"));
+        assert!(check("a.>.b", true).unwrap_err().0.contains("last token"));
+        assert!(check("a.b*", true).unwrap_err().0.contains("whole tokens"));
+        assert!(check(&"a".repeat(MAX_SUBJECT_LEN + 1), false).is_err());
+    }
+
+    #[test]
+    fn matching() {
+        assert!(matches("market.>", "market.binance.BTCUSDT.trade"));
+        assert!(!matches("market.>", "market"));
+        assert!(!matches("market.>", "marketx.a"));
+        assert!(matches("market.*.x", "market.a.x"));
+        assert!(!matches("market.*.x", "market.a.b.x"));
+        assert!(matches("a.b", "a.b"));
+        assert!(!matches("a.b", "a.b.c"));
+        assert!(matches(">", "anything.at.all"));
+    }
+
+    #[test]
+    fn overlap() {
+        assert!(overlaps("market.>", "market.binance.>"));
+        assert!(overlaps("market.*.x", "market.a.>"));
+        assert!(overlaps("a.*", "*.b"));
+        assert!(overlaps("a.b", "a.b"));
+        assert!(!overlaps("market.>", "system.>"));
+        assert!(!overlaps("a.>", "a"));
+        assert!(!overlaps("a.*", "a.b.c"));
+        assert!(overlaps(">", "x"));
+        assert!(!overlaps("analytics.>", "metrics.>"));
+    }
+
+    #[test]
+    fn matcher_finds_the_capturing_stream() {
+        let a = vec!["market.>".to_string()];
+        let b = vec!["system.>".to_string(), "alerts.*".to_string()];
+        let m = StreamMatcher::new([
+            ("MARKET_DATA", a.as_slice()),
+            ("SYSTEM_EVENTS", b.as_slice()),
+        ]);
+        assert_eq!(
+            m.stream_for("market.binance.BTCUSDT.trade"),
+            Some("MARKET_DATA")
+        );
+        assert_eq!(m.stream_for("alerts.cpu"), Some("SYSTEM_EVENTS"));
+        assert_eq!(m.stream_for("test.message"), None);
+    }
+
+    #[test]
+    fn stream_names() {
+        check_stream_name("MARKET_DATA").unwrap();
+        check_stream_name("custom-1").unwrap();
+        assert!(check_stream_name("A.B").unwrap_err().0.contains("'.'"));
+        assert!(check_stream_name("A B").is_err());
+        assert!(check_stream_name("A/B").is_err());
+        assert!(check_stream_name("").is_err());
+    }
+}
