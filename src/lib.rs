@@ -3,3 +3,5 @@
 
 pub mod config;
 pub mod subject;
+pub mod natsconf;
+pub mod supervisor;

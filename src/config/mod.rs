@@ -19,6 +19,7 @@ pub use de::{closest, unknown_key_message};
 pub use schema::*;
 pub use tree::{Node, SyntaxError};
 pub use units::{Dur, Size};
+pub use validate::check_executable;
 
 /// Where the packaged config lives.
 pub const DEFAULT_PATH: &str = "/etc/marketprism-broker/broker.yaml";
@@ -208,6 +209,14 @@ fn resolve_paths(config: &mut Config) {
             .unwrap_or_else(|| PathBuf::from("data/nats"))
     });
     config.nats.data_dir = Some(absolute(&dir));
+    if config.nats.server_name.is_none() {
+        // nats-server would invent a random id per start; a stable name
+        // keeps logs, /varz and (later) cluster membership readable.
+        config.nats.server_name = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .filter(|h| !h.is_empty());
+    }
 }
 
 fn absolute(p: &Path) -> PathBuf {

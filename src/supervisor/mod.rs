@@ -1,0 +1,528 @@
+//! Supervision of the nats-server child: the I/O shell around the pure
+//! state machine in `state.rs`.
+//!
+//! Per spawn: render the config and write it atomically (0600) into the
+//! state dir, check the ports, spawn (see `spawn.rs`), re-log its output,
+//! probe until ready (/healthz + a NATS round trip), then probe
+//! periodically; exits, hangs and start timeouts become events, and the
+//! machine's actions (restart after backoff, kill, give up) are carried out
+//! here.
+
+pub mod backoff;
+pub mod probe;
+pub mod spawn;
+pub mod state;
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use nix::sys::signal::{self, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Child;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::natsconf::{self, RenderOptions};
+use spawn::{SpawnSpec, Spawner};
+use state::{Action, Event, Machine, Policy, State};
+
+/// How the child is doing, published on every change.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ChildStatus {
+    pub phase: Phase,
+    pub pid: Option<u32>,
+    /// The last probe succeeded.
+    pub healthy: bool,
+    /// Increments each time a (new) child becomes healthy: the signal to
+    /// reconnect and reconcile streams (memory streams die with the child).
+    pub generation: u64,
+    pub restarts: u64,
+    pub last_failure: Option<String>,
+    /// When the current child became healthy.
+    pub healthy_since: Option<SystemTime>,
+    /// Ports the running server reports in /varz.
+    pub ports: Option<Ports>,
+    /// Delay before the next restart, while waiting for it.
+    pub restart_in: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Phase {
+    #[default]
+    Starting,
+    Running,
+    Restarting,
+    Stopping,
+    Stopped,
+    Failed,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Starting => "starting",
+            Phase::Running => "running",
+            Phase::Restarting => "restarting",
+            Phase::Stopping => "stopping",
+            Phase::Stopped => "stopped",
+            Phase::Failed => "failed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Ports {
+    pub nats: u16,
+    pub cluster: Option<u16>,
+    pub http: u16,
+}
+
+/// Why supervision ended with an error (mapped to exit codes by the caller).
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    /// nats-server cannot be run: binary missing, port taken, crash loop.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The state directory cannot be created or written.
+    #[error("{0}")]
+    CantCreate(String),
+}
+
+/// Lines of nats-server output kept for error messages.
+const TAIL_LINES: usize = 30;
+/// Probe period while waiting for a fresh child to become ready.
+const STARTUP_PROBE_EVERY: Duration = Duration::from_millis(20);
+
+/// Finds nats-server: the configured path, else the first on PATH, else
+/// Debian's /usr/sbin/nats-server.
+pub fn resolve_server_bin(c: &Config) -> Result<PathBuf, String> {
+    if let Some(p) = &c.nats.server_bin {
+        crate::config::check_executable(p).map_err(|e| format!("nats.server_bin: {e}"))?;
+        return Ok(p.clone());
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join("nats-server"))
+        .chain([PathBuf::from("/usr/sbin/nats-server")])
+        .find(|p| crate::config::check_executable(p).is_ok())
+        .ok_or_else(|| {
+            "nats-server not found on PATH or at /usr/sbin/nats-server: install the nats-server package or set nats.server_bin".to_string()
+        })
+}
+
+/// Writes `contents` to `path` atomically with `mode`: a reader (nats-server
+/// on SIGHUP, a person) sees the old file or the new one, never half.
+pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("file")));
+    {
+        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
+        f.write_all(contents)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// The supervisor: owns the child, its spawner thread and its status.
+pub struct Supervisor {
+    config: Arc<Config>,
+    render: RenderOptions,
+    bin: PathBuf,
+    spawner: Spawner,
+    status: watch::Sender<ChildStatus>,
+    tail: Arc<Mutex<VecDeque<String>>>,
+    monitor: SocketAddr,
+    client: SocketAddr,
+}
+
+/// A spawned child and the tasks relaying its output.
+struct Running {
+    child: Child,
+    pid: u32,
+    relays: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Supervisor {
+    pub fn new(config: Arc<Config>, render: RenderOptions, bin: PathBuf, status: watch::Sender<ChildStatus>) -> Result<Self, SupervisorError> {
+        let spawner = Spawner::start(tokio::runtime::Handle::current())
+            .map_err(|e| SupervisorError::Unavailable(format!("cannot start the spawner thread: {e}")))?;
+        let n = &config.nats;
+        Ok(Supervisor {
+            monitor: probe::connect_addr(&n.host, n.http_port),
+            client: probe::connect_addr(&n.host, n.nats_port),
+            config,
+            render,
+            bin,
+            spawner,
+            status,
+            tail: Arc::new(Mutex::new(VecDeque::new())),
+        })
+    }
+
+    pub fn conf_path(&self) -> PathBuf {
+        self.config.data_dir().join("nats-server.conf")
+    }
+
+    fn pid_path(&self) -> PathBuf {
+        self.config.runtime_dir().join("nats-server.pid")
+    }
+
+    /// The last lines nats-server printed, for error messages.
+    pub fn tail(&self, n: usize) -> Vec<String> {
+        let t = self.tail.lock().unwrap_or_else(|e| e.into_inner());
+        t.iter().skip(t.len().saturating_sub(n)).cloned().collect()
+    }
+
+    /// Runs until `stop` turns true (then stops the child gracefully) or
+    /// supervision fails.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) -> Result<(), SupervisorError> {
+        let s = &self.config.supervisor;
+        let mut m = Machine::new(Policy {
+            start_timeout: s.start_timeout.get(),
+            stop_timeout: s.stop_timeout.get(),
+            health_failures: s.health_failures,
+            backoff_initial: s.backoff_initial.get(),
+            backoff_max: s.backoff_max.get(),
+            stable_after: s.stable_after.get(),
+            max_failures: s.max_failures,
+            failure_window: s.failure_window.get(),
+        });
+        let mut running: Option<Running> = None;
+        let mut wake: Option<Instant> = None;
+        let mut next_probe = Instant::now();
+        let mut first_spawn = true;
+        let mut stop_seen = false;
+        let mut pending: VecDeque<Action> = m.handle(Event::Start, Instant::now()).into();
+
+        loop {
+            while let Some(action) = pending.pop_front() {
+                match action {
+                    Action::Spawn => {
+                        let ev = match self.spawn_child(first_spawn).await {
+                            Ok(r) => {
+                                let pid = r.pid;
+                                tracing::info!(pid, conf = %self.conf_path().display(), "nats-server started");
+                                running = Some(r);
+                                next_probe = Instant::now();
+                                Event::Spawned { pid }
+                            }
+                            Err(SpawnError::Fatal(e)) => return Err(e),
+                            Err(SpawnError::Retry(error)) => {
+                                tracing::error!(%error, "cannot start nats-server");
+                                Event::SpawnFailed { error }
+                            }
+                        };
+                        first_spawn = false;
+                        pending.extend(m.handle(ev, Instant::now()));
+                    }
+                    Action::Terminate { pid } => {
+                        tracing::info!(pid, "stopping nats-server (SIGTERM)");
+                        let _ = signal::kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+                    }
+                    Action::Kill { pid } => {
+                        tracing::warn!(pid, "killing nats-server (SIGKILL)");
+                        let _ = signal::killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                    }
+                    Action::WakeAt(t) => wake = Some(t),
+                    Action::Announce { pid } => {
+                        let ports = self.read_ports().await;
+                        self.status.send_modify(|st| {
+                            st.generation += 1;
+                            st.healthy_since = Some(SystemTime::now());
+                            st.ports = ports;
+                        });
+                        tracing::info!(pid, ?ports, "nats-server is ready");
+                    }
+                    Action::GiveUp { reason } => {
+                        self.publish(&m);
+                        let tail = self.tail(10);
+                        let _ = std::fs::remove_file(self.pid_path());
+                        let mut msg = reason;
+                        if !tail.is_empty() {
+                            msg.push_str("\nlast nats-server output:\n  ");
+                            msg.push_str(&tail.join("\n  "));
+                        }
+                        return Err(SupervisorError::Unavailable(msg));
+                    }
+                    Action::Done => {
+                        self.publish(&m);
+                        let _ = std::fs::remove_file(self.pid_path());
+                        tracing::info!("nats-server stopped");
+                        return Ok(());
+                    }
+                }
+            }
+            self.publish(&m);
+
+            let probing = matches!(m.state, State::Starting { .. } | State::Running { .. });
+            let event = tokio::select! {
+                status = wait_exit(&mut running) => {
+                    let r = running.take().expect("wait_exit only resolves with a child");
+                    // Let the relays drain what the child printed last (its
+                    // fatal error, usually) before anyone reads the tail.
+                    for relay in r.relays {
+                        let _ = tokio::time::timeout(Duration::from_millis(500), relay).await;
+                    }
+                    let status = describe_exit(status);
+                    if !matches!(m.state, State::Stopping { .. }) {
+                        tracing::warn!(pid = r.pid, %status, "nats-server exited");
+                    }
+                    Event::Exited { status }
+                }
+                _ = sleep_until_opt(wake) => {
+                    wake = None;
+                    Event::Tick
+                }
+                result = self.probe_at(next_probe, matches!(m.state, State::Starting { .. })), if probing => {
+                    next_probe = Instant::now() + if matches!(m.state, State::Starting { .. }) {
+                        STARTUP_PROBE_EVERY
+                    } else {
+                        self.config.supervisor.health_interval.get()
+                    };
+                    match result {
+                        Ok(()) => Event::Healthy,
+                        Err(error) => {
+                            if matches!(m.state, State::Running { .. }) {
+                                tracing::warn!(%error, "nats-server health probe failed");
+                            }
+                            Event::ProbeFailed { error }
+                        }
+                    }
+                }
+                _ = stop.wait_for(|v| *v), if !stop_seen => {
+                    stop_seen = true;
+                    Event::StopRequested
+                }
+            };
+            pending.extend(m.handle(event, Instant::now()));
+        }
+    }
+
+    fn publish(&self, m: &Machine) {
+        let (phase, healthy, restart_in) = match &m.state {
+            State::Idle | State::Starting { .. } if m.restarts == 0 => (Phase::Starting, false, None),
+            State::Idle | State::Starting { .. } | State::Killing { .. } => (Phase::Restarting, false, None),
+            State::Backoff { until, .. } => (Phase::Restarting, false, Some(until.saturating_duration_since(Instant::now()))),
+            State::Running { probe_failures, .. } => (Phase::Running, *probe_failures == 0, None),
+            State::Stopping { .. } => (Phase::Stopping, false, None),
+            State::Stopped => (Phase::Stopped, false, None),
+            State::Failed { .. } => (Phase::Failed, false, None),
+        };
+        let pid = m.pid();
+        self.status.send_if_modified(|st| {
+            let before = st.clone();
+            st.phase = phase;
+            st.pid = pid;
+            st.healthy = healthy;
+            st.restarts = m.restarts;
+            st.last_failure = m.last_failure.clone();
+            st.restart_in = restart_in;
+            if phase != Phase::Running {
+                st.healthy_since = None;
+            }
+            *st != before
+        });
+    }
+
+    /// Waits until `at`, then probes: readiness (healthz + a NATS round
+    /// trip) while starting, liveness (healthz) while running.
+    async fn probe_at(&self, at: Instant, starting: bool) -> Result<(), String> {
+        tokio::time::sleep_until(at.into()).await;
+        let timeout = self.config.supervisor.health_timeout.get();
+        probe::healthz(self.monitor, timeout).await?;
+        if starting && self.config.nats.tls.is_none() {
+            let creds = self.render.internal.as_ref().filter(|_| !self.config.nats.users.is_empty());
+            probe::nats_ping(self.client, creds.map(|c| (c.user.as_str(), c.password.as_str())), timeout).await?;
+        }
+        Ok(())
+    }
+
+    async fn read_ports(&self) -> Option<Ports> {
+        let (status, body) = probe::http_get(self.monitor, "/varz", Duration::from_secs(2)).await.ok()?;
+        if status != 200 {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
+        let port = |v: &serde_json::Value| v.as_u64().and_then(|p| u16::try_from(p).ok()).filter(|p| *p != 0);
+        Some(Ports {
+            nats: port(&v["port"])?,
+            http: port(&v["http_port"])?,
+            cluster: port(&v["cluster"]["port"]),
+        })
+    }
+
+    async fn spawn_child(&self, first: bool) -> Result<Running, SpawnError> {
+        let c = &self.config;
+        let data_dir = c.data_dir();
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o750)
+            .create(&data_dir)
+            .map_err(|e| SpawnError::Fatal(SupervisorError::CantCreate(format!("cannot create state directory {}: {e}", data_dir.display()))))?;
+        let conf = self.conf_path();
+        let text = natsconf::render(c, &self.render);
+        write_atomic(&conf, text.as_bytes(), 0o600)
+            .map_err(|e| SpawnError::Fatal(SupervisorError::CantCreate(format!("cannot write {}: {e}", conf.display()))))?;
+
+        let mut ports = vec![(c.nats.nats_port, "nats.nats_port", c.nats.host.clone()), (c.nats.http_port, "nats.http_port", c.nats.host.clone())];
+        if let Some((host, port)) = c.cluster_listen() {
+            ports.push((port, "cluster port", host));
+        }
+        for (port, what, host) in ports {
+            if let Err(e) = probe::check_port_free(&host, port, what) {
+                let msg = format!("cannot start nats-server: {e}");
+                return Err(if first { SpawnError::Fatal(SupervisorError::Unavailable(msg)) } else { SpawnError::Retry(msg) });
+            }
+        }
+
+        let spec = SpawnSpec {
+            program: self.bin.clone(),
+            args: vec!["-c".into(), conf.clone().into_os_string()],
+        };
+        let mut child = self.spawner.spawn(spec).await.map_err(|e| {
+            let msg = format!("cannot run {}: {e}", self.bin.display());
+            if first {
+                SpawnError::Fatal(SupervisorError::Unavailable(msg))
+            } else {
+                SpawnError::Retry(msg)
+            }
+        })?;
+        let pid = child.id().unwrap_or(0);
+        let pid_path = self.pid_path();
+        if let Err(e) = write_atomic(&pid_path, format!("{pid}\n").as_bytes(), 0o644) {
+            tracing::warn!(path = %pid_path.display(), error = %e, "cannot write the pid file");
+        }
+        let mut relays = Vec::new();
+        if let Some(out) = child.stdout.take() {
+            relays.push(tokio::spawn(relay(out, pid, self.tail.clone())));
+        }
+        if let Some(err) = child.stderr.take() {
+            relays.push(tokio::spawn(relay(err, pid, self.tail.clone())));
+        }
+        Ok(Running { child, pid, relays })
+    }
+}
+
+enum SpawnError {
+    /// Give up now (exit 69/73): nothing a retry could fix.
+    Fatal(SupervisorError),
+    /// Counts as a failure; the machine decides whether to retry.
+    Retry(String),
+}
+
+async fn wait_exit(running: &mut Option<Running>) -> std::io::Result<std::process::ExitStatus> {
+    match running {
+        Some(r) => r.child.wait().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn describe_exit(status: std::io::Result<std::process::ExitStatus>) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match status {
+        Ok(s) => match (s.code(), s.signal()) {
+            (Some(code), _) => format!("exit code {code}"),
+            (None, Some(sig)) => match Signal::try_from(sig) {
+                Ok(name) => format!("killed by signal {sig} ({})", name.as_str()),
+                Err(_) => format!("killed by signal {sig}"),
+            },
+            _ => s.to_string(),
+        },
+        Err(e) => format!("wait failed: {e}"),
+    }
+}
+
+/// nats-server's log level, from the `[INF]`-style tag in its line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChildLevel {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+/// Splits a nats-server log line into level and message, dropping the
+/// `[pid] date time` prefix that journald already records.
+/// `[1234] 2026/11/25 16:54:51.467980 [INF] Starting nats-server`
+pub fn parse_child_line(line: &str) -> (ChildLevel, &str) {
+    for (tag, level) in [
+        ("[INF] ", ChildLevel::Info),
+        ("[WRN] ", ChildLevel::Warn),
+        ("[ERR] ", ChildLevel::Error),
+        ("[FTL] ", ChildLevel::Error),
+        ("[DBG] ", ChildLevel::Debug),
+        ("[TRC] ", ChildLevel::Trace),
+    ] {
+        if let Some(i) = line.find(tag) {
+            return (level, &line[i + tag.len()..]);
+        }
+    }
+    (ChildLevel::Info, line)
+}
+
+/// Re-logs the child's output line by line under the target `nats-server`
+/// and keeps a tail for error messages.
+async fn relay<R: tokio::io::AsyncRead + Unpin>(stream: R, pid: u32, tail: Arc<Mutex<VecDeque<String>>>) {
+    let mut lines = BufReader::new(stream).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let (level, msg) = parse_child_line(&line);
+        match level {
+            ChildLevel::Trace => tracing::trace!(target: "nats-server", pid, "{msg}"),
+            ChildLevel::Debug => tracing::debug!(target: "nats-server", pid, "{msg}"),
+            ChildLevel::Info => tracing::info!(target: "nats-server", pid, "{msg}"),
+            ChildLevel::Warn => tracing::warn!(target: "nats-server", pid, "{msg}"),
+            ChildLevel::Error => tracing::error!(target: "nats-server", pid, "{msg}"),
+        }
+        let mut t = tail.lock().unwrap_or_else(|e| e.into_inner());
+        if t.len() == TAIL_LINES {
+            t.pop_front();
+        }
+        t.push_back(msg.to_string());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn child_lines_are_split_into_level_and_message() {
+        assert_eq!(
+            parse_child_line("[2589] 2026/11/25 16:54:51.467980 [FTL] Can't start JetStream: x"),
+            (ChildLevel::Error, "Can't start JetStream: x")
+        );
+        assert_eq!(parse_child_line("[1] 2026/11/25 16:54:51.4 [WRN] slow"), (ChildLevel::Warn, "slow"));
+        assert_eq!(parse_child_line("[1] [INF] no time"), (ChildLevel::Info, "no time"));
+        assert_eq!(parse_child_line("panic: oops"), (ChildLevel::Info, "panic: oops"));
+    }
+
+    #[test]
+    fn atomic_writes_have_the_mode_and_leave_no_temp_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("nats-server.conf");
+        write_atomic(&p, b"one", 0o600).unwrap();
+        write_atomic(&p, b"two", 0o600).unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "two");
+        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
+    }
+}

@@ -1,0 +1,176 @@
+//! Talking to a nats-server from outside: monitor HTTP (/healthz, /varz), a
+//! raw NATS PING round trip, and who holds a port.
+
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+/// GET `path` from `addr` over HTTP/1.1, within `timeout`.
+pub async fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(u16, Bytes), String> {
+    let work = async {
+        let stream = TcpStream::connect(addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
+        stream.set_nodelay(true).ok();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("http handshake with {addr}: {e}"))?;
+        let conn = tokio::spawn(conn);
+        let req = hyper::Request::get(path)
+            .header(hyper::header::HOST, addr.to_string())
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        let resp = sender.send_request(req).await.map_err(|e| format!("GET {path}: {e}"))?;
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.map_err(|e| format!("GET {path}: {e}"))?.to_bytes();
+        conn.abort();
+        Ok((status, body))
+    };
+    match tokio::time::timeout(timeout, work).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("GET http://{addr}{path}: no answer within {timeout:?}")),
+    }
+}
+
+/// nats-server's /healthz: Ok when it answers 200.
+pub async fn healthz(monitor: SocketAddr, timeout: Duration) -> Result<(), String> {
+    let (status, body) = http_get(monitor, "/healthz", timeout).await?;
+    if status == 200 {
+        Ok(())
+    } else {
+        let text = String::from_utf8_lossy(&body);
+        Err(format!("/healthz answered {status}: {}", text.trim()))
+    }
+}
+
+/// A NATS protocol round trip (INFO, CONNECT, PING -> PONG) on the client
+/// port: proves the server accepts clients, which /healthz alone does not.
+pub async fn nats_ping(addr: SocketAddr, credentials: Option<(&str, &str)>, timeout: Duration) -> Result<(), String> {
+    let work = async {
+        let stream = TcpStream::connect(addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
+        let (rd, mut wr) = stream.into_split();
+        let mut rd = BufReader::new(rd);
+        let mut line = String::new();
+        rd.read_line(&mut line).await.map_err(|e| e.to_string())?;
+        if !line.starts_with("INFO ") {
+            return Err(format!("expected INFO from {addr}, got {:?}", line.trim()));
+        }
+        let connect = match credentials {
+            Some((u, p)) => serde_json::json!({"verbose": false, "pedantic": false, "user": u, "pass": p, "name": "marketprism-broker-probe"}),
+            None => serde_json::json!({"verbose": false, "pedantic": false, "name": "marketprism-broker-probe"}),
+        };
+        wr.write_all(format!("CONNECT {connect}\r\nPING\r\n").as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        loop {
+            line.clear();
+            if rd.read_line(&mut line).await.map_err(|e| e.to_string())? == 0 {
+                return Err(format!("{addr} closed the connection before PONG"));
+            }
+            match line.trim_end() {
+                "PONG" => return Ok(()),
+                l if l.starts_with("-ERR") => return Err(format!("{addr} refused the client: {l}")),
+                _ => continue,
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, work).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("NATS PING to {addr}: no PONG within {timeout:?}")),
+    }
+}
+
+/// The address to connect to for a bind host: wildcard binds are reached
+/// over loopback.
+pub fn connect_addr(host: &str, port: u16) -> SocketAddr {
+    let ip = match host {
+        "0.0.0.0" | "localhost" | "" => "127.0.0.1".parse().expect("literal"),
+        "::" => "::1".parse().expect("literal"),
+        h => h.parse().unwrap_or_else(|_| "127.0.0.1".parse().expect("literal")),
+    };
+    SocketAddr::new(ip, port)
+}
+
+/// Fails with a clear message when `host:port` cannot be bound, naming the
+/// process that holds it when /proc tells.
+pub fn check_port_free(host: &str, port: u16, what: &str) -> Result<(), String> {
+    let addrs: Vec<SocketAddr> = match (host, port).to_socket_addrs() {
+        Ok(a) => a.collect(),
+        Err(e) => return Err(format!("cannot resolve {host}: {e}")),
+    };
+    for addr in addrs {
+        if let Err(e) = TcpListener::bind(addr) {
+            let holder = match port_holder(port) {
+                Some((pid, name)) => format!(" by pid {pid} ({name})"),
+                None => String::new(),
+            };
+            return Err(match e.kind() {
+                std::io::ErrorKind::AddrInUse => format!("port {port} ({what}) on {host} is already in use{holder}"),
+                _ => format!("cannot bind port {port} ({what}) on {host}: {e}"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The pid and command name of the process listening on TCP `port`, from
+/// /proc/net/tcp{,6} and /proc/*/fd. None when it cannot be seen (another
+/// user's process without privileges, another network namespace).
+pub fn port_holder(port: u16) -> Option<(u32, String)> {
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else { continue };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 10 || f[3] != "0A" {
+                continue; // 0A = LISTEN
+            }
+            let local_port = f[1].rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
+            if local_port == Some(port) {
+                inodes.push(format!("socket:[{}]", f[9]));
+            }
+        }
+    }
+    if inodes.is_empty() {
+        return None;
+    }
+    for proc_entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = proc_entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Ok(fds) = std::fs::read_dir(proc_entry.path().join("fd")) else { continue };
+        for fd in fds.flatten() {
+            if let Ok(target) = std::fs::read_link(fd.path()) {
+                if inodes.iter().any(|i| target.as_os_str() == i.as_str()) {
+                    let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+                    return Some((pid, name.trim().to_string()));
+                }
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_taken_port_is_named_with_its_holder() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let e = check_port_free("127.0.0.1", port, "nats client port").unwrap_err();
+        assert!(e.contains(&format!("port {port} (nats client port) on 127.0.0.1 is already in use")), "{e}");
+        assert!(e.contains(&format!("by pid {}", std::process::id())), "{e}");
+        drop(l);
+        check_port_free("127.0.0.1", port, "x").unwrap();
+    }
+
+    #[test]
+    fn wildcard_hosts_are_reached_over_loopback() {
+        assert_eq!(connect_addr("0.0.0.0", 1).to_string(), "127.0.0.1:1");
+        assert_eq!(connect_addr("::", 1).to_string(), "[::1]:1");
+        assert_eq!(connect_addr("10.1.2.3", 1).to_string(), "10.1.2.3:1");
+    }
+}
