@@ -1,1 +1,55 @@
-fn main() {}
+use marketprism_broker::{cli, config, daemon, exit, logging};
+
+fn main() {
+    std::process::exit(real_main());
+}
+
+fn real_main() -> i32 {
+    let args = match cli::parse(std::env::args().skip(1)) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("marketprism-broker: {e}\n\n{}", cli::USAGE);
+            return exit::USAGE;
+        }
+    };
+    match args.command {
+        cli::Command::Help => {
+            println!("{}", cli::USAGE);
+            return exit::OK;
+        }
+        cli::Command::Version => {
+            println!("marketprism-broker {}", env!("CARGO_PKG_VERSION"));
+            return exit::OK;
+        }
+        _ => {}
+    }
+    let loaded = match config::load(args.config.as_deref()) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("marketprism-broker: invalid config: {e}");
+            return exit::CONFIG;
+        }
+    };
+    match args.command {
+        cli::Command::CheckConfig => daemon::check_config(&loaded),
+        cli::Command::RenderNatsConfig => {
+            print!("{}", daemon::render(&loaded, true));
+            exit::OK
+        }
+        _ => {
+            logging::init();
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("mpb-worker")
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("marketprism-broker: cannot start the async runtime: {e}");
+                    return exit::SOFTWARE;
+                }
+            };
+            runtime.block_on(daemon::run(loaded))
+        }
+    }
+}

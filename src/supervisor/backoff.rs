@@ -64,7 +64,11 @@ impl FailureWindow {
     /// Records a failure at `now`; true when there are now more than `max`
     /// failures within the window (time to give up).
     pub fn record(&mut self, now: Instant) -> bool {
-        while self.times.front().is_some_and(|t| now.duration_since(*t) > self.window) {
+        while self
+            .times
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > self.window)
+        {
             self.times.pop_front();
         }
         self.times.push_back(now);

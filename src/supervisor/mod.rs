@@ -120,9 +120,17 @@ pub fn resolve_server_bin(c: &Config) -> Result<PathBuf, String> {
 /// on SIGHUP, a person) sees the old file or the new one, never half.
 pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("file")));
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
+    ));
     {
-        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
         f.write_all(contents)?;
         f.sync_all()?;
     }
@@ -153,9 +161,15 @@ struct Running {
 }
 
 impl Supervisor {
-    pub fn new(config: Arc<Config>, render: RenderOptions, bin: PathBuf, status: watch::Sender<ChildStatus>) -> Result<Self, SupervisorError> {
-        let spawner = Spawner::start(tokio::runtime::Handle::current())
-            .map_err(|e| SupervisorError::Unavailable(format!("cannot start the spawner thread: {e}")))?;
+    pub fn new(
+        config: Arc<Config>,
+        render: RenderOptions,
+        bin: PathBuf,
+        status: watch::Sender<ChildStatus>,
+    ) -> Result<Self, SupervisorError> {
+        let spawner = Spawner::start(tokio::runtime::Handle::current()).map_err(|e| {
+            SupervisorError::Unavailable(format!("cannot start the spawner thread: {e}"))
+        })?;
         let n = &config.nats;
         Ok(Supervisor {
             monitor: probe::connect_addr(&n.host, n.http_port),
@@ -299,7 +313,7 @@ impl Supervisor {
                         }
                     }
                 }
-                _ = stop.wait_for(|v| *v), if !stop_seen => {
+                _ = crate::flag_set(&mut stop), if !stop_seen => {
                     stop_seen = true;
                     Event::StopRequested
                 }
@@ -310,9 +324,17 @@ impl Supervisor {
 
     fn publish(&self, m: &Machine) {
         let (phase, healthy, restart_in) = match &m.state {
-            State::Idle | State::Starting { .. } if m.restarts == 0 => (Phase::Starting, false, None),
-            State::Idle | State::Starting { .. } | State::Killing { .. } => (Phase::Restarting, false, None),
-            State::Backoff { until, .. } => (Phase::Restarting, false, Some(until.saturating_duration_since(Instant::now()))),
+            State::Idle | State::Starting { .. } if m.restarts == 0 => {
+                (Phase::Starting, false, None)
+            }
+            State::Idle | State::Starting { .. } | State::Killing { .. } => {
+                (Phase::Restarting, false, None)
+            }
+            State::Backoff { until, .. } => (
+                Phase::Restarting,
+                false,
+                Some(until.saturating_duration_since(Instant::now())),
+            ),
             State::Running { probe_failures, .. } => (Phase::Running, *probe_failures == 0, None),
             State::Stopping { .. } => (Phase::Stopping, false, None),
             State::Stopped => (Phase::Stopped, false, None),
@@ -341,19 +363,34 @@ impl Supervisor {
         let timeout = self.config.supervisor.health_timeout.get();
         probe::healthz(self.monitor, timeout).await?;
         if starting && self.config.nats.tls.is_none() {
-            let creds = self.render.internal.as_ref().filter(|_| !self.config.nats.users.is_empty());
-            probe::nats_ping(self.client, creds.map(|c| (c.user.as_str(), c.password.as_str())), timeout).await?;
+            let creds = self
+                .render
+                .internal
+                .as_ref()
+                .filter(|_| !self.config.nats.users.is_empty());
+            probe::nats_ping(
+                self.client,
+                creds.map(|c| (c.user.as_str(), c.password.as_str())),
+                timeout,
+            )
+            .await?;
         }
         Ok(())
     }
 
     async fn read_ports(&self) -> Option<Ports> {
-        let (status, body) = probe::http_get(self.monitor, "/varz", Duration::from_secs(2)).await.ok()?;
+        let (status, body) = probe::http_get(self.monitor, "/varz", Duration::from_secs(2))
+            .await
+            .ok()?;
         if status != 200 {
             return None;
         }
         let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
-        let port = |v: &serde_json::Value| v.as_u64().and_then(|p| u16::try_from(p).ok()).filter(|p| *p != 0);
+        let port = |v: &serde_json::Value| {
+            v.as_u64()
+                .and_then(|p| u16::try_from(p).ok())
+                .filter(|p| *p != 0)
+        };
         Some(Ports {
             nats: port(&v["port"])?,
             http: port(&v["http_port"])?,
@@ -368,20 +405,36 @@ impl Supervisor {
             .recursive(true)
             .mode(0o750)
             .create(&data_dir)
-            .map_err(|e| SpawnError::Fatal(SupervisorError::CantCreate(format!("cannot create state directory {}: {e}", data_dir.display()))))?;
+            .map_err(|e| {
+                SpawnError::Fatal(SupervisorError::CantCreate(format!(
+                    "cannot create state directory {}: {e}",
+                    data_dir.display()
+                )))
+            })?;
         let conf = self.conf_path();
         let text = natsconf::render(c, &self.render);
-        write_atomic(&conf, text.as_bytes(), 0o600)
-            .map_err(|e| SpawnError::Fatal(SupervisorError::CantCreate(format!("cannot write {}: {e}", conf.display()))))?;
+        write_atomic(&conf, text.as_bytes(), 0o600).map_err(|e| {
+            SpawnError::Fatal(SupervisorError::CantCreate(format!(
+                "cannot write {}: {e}",
+                conf.display()
+            )))
+        })?;
 
-        let mut ports = vec![(c.nats.nats_port, "nats.nats_port", c.nats.host.clone()), (c.nats.http_port, "nats.http_port", c.nats.host.clone())];
+        let mut ports = vec![
+            (c.nats.nats_port, "nats.nats_port", c.nats.host.clone()),
+            (c.nats.http_port, "nats.http_port", c.nats.host.clone()),
+        ];
         if let Some((host, port)) = c.cluster_listen() {
             ports.push((port, "cluster port", host));
         }
         for (port, what, host) in ports {
             if let Err(e) = probe::check_port_free(&host, port, what) {
                 let msg = format!("cannot start nats-server: {e}");
-                return Err(if first { SpawnError::Fatal(SupervisorError::Unavailable(msg)) } else { SpawnError::Retry(msg) });
+                return Err(if first {
+                    SpawnError::Fatal(SupervisorError::Unavailable(msg))
+                } else {
+                    SpawnError::Retry(msg)
+                });
             }
         }
 
@@ -480,7 +533,11 @@ pub fn parse_child_line(line: &str) -> (ChildLevel, &str) {
 
 /// Re-logs the child's output line by line under the target `nats-server`
 /// and keeps a tail for error messages.
-async fn relay<R: tokio::io::AsyncRead + Unpin>(stream: R, pid: u32, tail: Arc<Mutex<VecDeque<String>>>) {
+async fn relay<R: tokio::io::AsyncRead + Unpin>(
+    stream: R,
+    pid: u32,
+    tail: Arc<Mutex<VecDeque<String>>>,
+) {
     let mut lines = BufReader::new(stream).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         let (level, msg) = parse_child_line(&line);
@@ -509,9 +566,18 @@ mod tests {
             parse_child_line("[2589] 2026/11/25 16:54:51.467980 [FTL] Can't start JetStream: x"),
             (ChildLevel::Error, "Can't start JetStream: x")
         );
-        assert_eq!(parse_child_line("[1] 2026/11/25 16:54:51.4 [WRN] slow"), (ChildLevel::Warn, "slow"));
-        assert_eq!(parse_child_line("[1] [INF] no time"), (ChildLevel::Info, "no time"));
-        assert_eq!(parse_child_line("panic: oops"), (ChildLevel::Info, "panic: oops"));
+        assert_eq!(
+            parse_child_line("[1] 2026/11/25 16:54:51.4 [WRN] slow"),
+            (ChildLevel::Warn, "slow")
+        );
+        assert_eq!(
+            parse_child_line("[1] [INF] no time"),
+            (ChildLevel::Info, "no time")
+        );
+        assert_eq!(
+            parse_child_line("panic: oops"),
+            (ChildLevel::Info, "panic: oops")
+        );
     }
 
     #[test]
@@ -522,7 +588,10 @@ mod tests {
         write_atomic(&p, b"one", 0o600).unwrap();
         write_atomic(&p, b"two", 0o600).unwrap();
         assert_eq!(std::fs::read_to_string(&p).unwrap(), "two");
-        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
     }
 }

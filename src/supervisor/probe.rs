@@ -11,9 +11,15 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 /// GET `path` from `addr` over HTTP/1.1, within `timeout`.
-pub async fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(u16, Bytes), String> {
+pub async fn http_get(
+    addr: SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> Result<(u16, Bytes), String> {
     let work = async {
-        let stream = TcpStream::connect(addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect {addr}: {e}"))?;
         stream.set_nodelay(true).ok();
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
@@ -23,15 +29,25 @@ pub async fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> Result
             .header(hyper::header::HOST, addr.to_string())
             .body(Empty::<Bytes>::new())
             .map_err(|e| e.to_string())?;
-        let resp = sender.send_request(req).await.map_err(|e| format!("GET {path}: {e}"))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| format!("GET {path}: {e}"))?;
         let status = resp.status().as_u16();
-        let body = resp.into_body().collect().await.map_err(|e| format!("GET {path}: {e}"))?.to_bytes();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("GET {path}: {e}"))?
+            .to_bytes();
         conn.abort();
         Ok((status, body))
     };
     match tokio::time::timeout(timeout, work).await {
         Ok(r) => r,
-        Err(_) => Err(format!("GET http://{addr}{path}: no answer within {timeout:?}")),
+        Err(_) => Err(format!(
+            "GET http://{addr}{path}: no answer within {timeout:?}"
+        )),
     }
 }
 
@@ -48,9 +64,15 @@ pub async fn healthz(monitor: SocketAddr, timeout: Duration) -> Result<(), Strin
 
 /// A NATS protocol round trip (INFO, CONNECT, PING -> PONG) on the client
 /// port: proves the server accepts clients, which /healthz alone does not.
-pub async fn nats_ping(addr: SocketAddr, credentials: Option<(&str, &str)>, timeout: Duration) -> Result<(), String> {
+pub async fn nats_ping(
+    addr: SocketAddr,
+    credentials: Option<(&str, &str)>,
+    timeout: Duration,
+) -> Result<(), String> {
     let work = async {
-        let stream = TcpStream::connect(addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect {addr}: {e}"))?;
         let (rd, mut wr) = stream.into_split();
         let mut rd = BufReader::new(rd);
         let mut line = String::new();
@@ -59,8 +81,12 @@ pub async fn nats_ping(addr: SocketAddr, credentials: Option<(&str, &str)>, time
             return Err(format!("expected INFO from {addr}, got {:?}", line.trim()));
         }
         let connect = match credentials {
-            Some((u, p)) => serde_json::json!({"verbose": false, "pedantic": false, "user": u, "pass": p, "name": "marketprism-broker-probe"}),
-            None => serde_json::json!({"verbose": false, "pedantic": false, "name": "marketprism-broker-probe"}),
+            Some((u, p)) => {
+                serde_json::json!({"verbose": false, "pedantic": false, "user": u, "pass": p, "name": "marketprism-broker-probe"})
+            }
+            None => {
+                serde_json::json!({"verbose": false, "pedantic": false, "name": "marketprism-broker-probe"})
+            }
         };
         wr.write_all(format!("CONNECT {connect}\r\nPING\r\n").as_bytes())
             .await
@@ -72,7 +98,9 @@ pub async fn nats_ping(addr: SocketAddr, credentials: Option<(&str, &str)>, time
             }
             match line.trim_end() {
                 "PONG" => return Ok(()),
-                l if l.starts_with("-ERR") => return Err(format!("{addr} refused the client: {l}")),
+                l if l.starts_with("-ERR") => {
+                    return Err(format!("{addr} refused the client: {l}"))
+                }
                 _ => continue,
             }
         }
@@ -89,7 +117,9 @@ pub fn connect_addr(host: &str, port: u16) -> SocketAddr {
     let ip = match host {
         "0.0.0.0" | "localhost" | "" => "127.0.0.1".parse().expect("literal"),
         "::" => "::1".parse().expect("literal"),
-        h => h.parse().unwrap_or_else(|_| "127.0.0.1".parse().expect("literal")),
+        h => h
+            .parse()
+            .unwrap_or_else(|_| "127.0.0.1".parse().expect("literal")),
     };
     SocketAddr::new(ip, port)
 }
@@ -108,7 +138,9 @@ pub fn check_port_free(host: &str, port: u16, what: &str) -> Result<(), String> 
                 None => String::new(),
             };
             return Err(match e.kind() {
-                std::io::ErrorKind::AddrInUse => format!("port {port} ({what}) on {host} is already in use{holder}"),
+                std::io::ErrorKind::AddrInUse => {
+                    format!("port {port} ({what}) on {host} is already in use{holder}")
+                }
                 _ => format!("cannot bind port {port} ({what}) on {host}: {e}"),
             });
         }
@@ -122,13 +154,18 @@ pub fn check_port_free(host: &str, port: u16, what: &str) -> Result<(), String> 
 pub fn port_holder(port: u16) -> Option<(u32, String)> {
     let mut inodes = Vec::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(table) else { continue };
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
         for line in text.lines().skip(1) {
             let f: Vec<&str> = line.split_whitespace().collect();
             if f.len() < 10 || f[3] != "0A" {
                 continue; // 0A = LISTEN
             }
-            let local_port = f[1].rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
+            let local_port = f[1]
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
             if local_port == Some(port) {
                 inodes.push(format!("socket:[{}]", f[9]));
             }
@@ -138,12 +175,21 @@ pub fn port_holder(port: u16) -> Option<(u32, String)> {
         return None;
     }
     for proc_entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = proc_entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-        let Ok(fds) = std::fs::read_dir(proc_entry.path().join("fd")) else { continue };
+        let Some(pid) = proc_entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(proc_entry.path().join("fd")) else {
+            continue;
+        };
         for fd in fds.flatten() {
             if let Ok(target) = std::fs::read_link(fd.path()) {
                 if inodes.iter().any(|i| target.as_os_str() == i.as_str()) {
-                    let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+                    let name =
+                        std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
                     return Some((pid, name.trim().to_string()));
                 }
             }
@@ -161,7 +207,12 @@ mod tests {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         let e = check_port_free("127.0.0.1", port, "nats client port").unwrap_err();
-        assert!(e.contains(&format!("port {port} (nats client port) on 127.0.0.1 is already in use")), "{e}");
+        assert!(
+            e.contains(&format!(
+                "port {port} (nats client port) on 127.0.0.1 is already in use"
+            )),
+            "{e}"
+        );
         assert!(e.contains(&format!("by pid {}", std::process::id())), "{e}");
         drop(l);
         check_port_free("127.0.0.1", port, "x").unwrap();

@@ -53,12 +53,14 @@ impl Spawner {
     /// register the child for async wait.
     pub fn start(runtime: tokio::runtime::Handle) -> io::Result<Spawner> {
         let (tx, rx) = mpsc::channel::<Request>();
-        let thread = std::thread::Builder::new().name("nats-spawner".into()).spawn(move || {
-            let _guard = runtime.enter();
-            for req in rx {
-                let _ = req.reply.send(spawn_now(&req.spec));
-            }
-        })?;
+        let thread = std::thread::Builder::new()
+            .name("nats-spawner".into())
+            .spawn(move || {
+                let _guard = runtime.enter();
+                for req in rx {
+                    let _ = req.reply.send(spawn_now(&req.spec));
+                }
+            })?;
         Ok(Spawner {
             tx: Some(tx),
             thread: Some(thread),
@@ -71,7 +73,8 @@ impl Spawner {
             .as_ref()
             .and_then(|tx| tx.send(Request { spec, reply }).ok())
             .ok_or_else(|| io::Error::other("spawner thread is gone"))?;
-        rx.await.map_err(|_| io::Error::other("spawner thread is gone"))?
+        rx.await
+            .map_err(|_| io::Error::other("spawner thread is gone"))?
     }
 }
 
@@ -102,7 +105,14 @@ fn spawn_now(spec: &SpawnSpec) -> io::Result<Child> {
     // makes async-signal-safe syscalls (prctl, getppid).
     unsafe {
         cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
                 return Err(io::Error::last_os_error());
             }
             // The daemon may have died between fork and prctl: then the

@@ -36,7 +36,11 @@ pub enum State {
         probe_failures: u32,
     },
     /// We killed it (hang, start timeout) and wait for it to exit.
-    Killing { pid: u32, reason: String, since: Instant },
+    Killing {
+        pid: u32,
+        reason: String,
+        since: Instant,
+    },
     /// Waiting before the next spawn.
     Backoff { until: Instant, reason: String },
     /// Asked to stop; SIGTERM sent.
@@ -50,13 +54,21 @@ pub enum State {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     Start,
-    Spawned { pid: u32 },
+    Spawned {
+        pid: u32,
+    },
     /// The spawn (or its preparation) failed; the message says why.
-    SpawnFailed { error: String },
+    SpawnFailed {
+        error: String,
+    },
     Healthy,
-    ProbeFailed { error: String },
+    ProbeFailed {
+        error: String,
+    },
     /// The process exited; `status` describes how ("exit code 1", "signal 9").
-    Exited { status: String },
+    Exited {
+        status: String,
+    },
     /// A timer the machine asked for fired (start/stop/backoff deadlines).
     Tick,
     StopRequested,
@@ -66,15 +78,23 @@ pub enum Event {
 pub enum Action {
     Spawn,
     /// SIGTERM: a graceful stop.
-    Terminate { pid: u32 },
+    Terminate {
+        pid: u32,
+    },
     /// SIGKILL the process group.
-    Kill { pid: u32 },
+    Kill {
+        pid: u32,
+    },
     /// Ask for a `Tick` at this instant.
     WakeAt(Instant),
     /// The child became healthy (again): reconnect, reconcile streams.
-    Announce { pid: u32 },
+    Announce {
+        pid: u32,
+    },
     /// Restarting is hopeless: the daemon exits 69 with this message.
-    GiveUp { reason: String },
+    GiveUp {
+        reason: String,
+    },
     /// A clean stop finished.
     Done,
 }
@@ -119,7 +139,10 @@ impl Machine {
     /// The pid of a live child, if any.
     pub fn pid(&self) -> Option<u32> {
         match self.state {
-            State::Starting { pid, .. } | State::Running { pid, .. } | State::Killing { pid, .. } | State::Stopping { pid, .. } => Some(pid),
+            State::Starting { pid, .. }
+            | State::Running { pid, .. }
+            | State::Killing { pid, .. }
+            | State::Stopping { pid, .. } => Some(pid),
             _ => None,
         }
     }
@@ -138,17 +161,27 @@ impl Machine {
             (S::Starting { pid, .. }, E::Healthy) => {
                 self.ever_healthy = true;
                 (
-                S::Running {
-                    pid,
-                    since: now,
-                    probe_failures: 0,
-                },
-                vec![Action::Announce { pid }],
-            )
+                    S::Running {
+                        pid,
+                        since: now,
+                        probe_failures: 0,
+                    },
+                    vec![Action::Announce { pid }],
+                )
             }
             (S::Starting { pid, since }, E::Tick) if now >= since + self.policy.start_timeout => {
-                let reason = format!("nats-server did not become healthy within {:?}", self.policy.start_timeout);
-                (S::Killing { pid, reason, since: now }, vec![Action::Kill { pid }])
+                let reason = format!(
+                    "nats-server did not become healthy within {:?}",
+                    self.policy.start_timeout
+                );
+                (
+                    S::Killing {
+                        pid,
+                        reason,
+                        since: now,
+                    },
+                    vec![Action::Kill { pid }],
+                )
             }
             (S::Running { pid, since, .. }, E::Healthy) => (
                 S::Running {
@@ -169,7 +202,14 @@ impl Machine {
                 let failures = probe_failures + 1;
                 if failures >= self.policy.health_failures {
                     let reason = format!("nats-server (pid {pid}) stopped answering: {failures} health probes failed in a row, last: {error}");
-                    (S::Killing { pid, reason, since: now }, vec![Action::Kill { pid }])
+                    (
+                        S::Killing {
+                            pid,
+                            reason,
+                            since: now,
+                        },
+                        vec![Action::Kill { pid }],
+                    )
                 } else {
                     (
                         S::Running {
@@ -187,16 +227,27 @@ impl Machine {
                 }
                 self.failure(format!("nats-server exited unexpectedly ({status})"), now)
             }
-            (S::Starting { .. }, E::Exited { status }) => self.failure(format!("nats-server exited during start-up ({status})"), now),
+            (S::Starting { .. }, E::Exited { status }) => self.failure(
+                format!("nats-server exited during start-up ({status})"),
+                now,
+            ),
             (S::Killing { reason, .. }, E::Exited { .. }) => self.failure(reason, now),
             (S::Backoff { until, .. }, E::Tick) if now >= until => (S::Idle, vec![Action::Spawn]),
             // Stopping: terminate a live child, or finish at once.
-            (S::Starting { pid, .. } | S::Running { pid, .. } | S::Killing { pid, .. }, E::StopRequested) => (
+            (
+                S::Starting { pid, .. } | S::Running { pid, .. } | S::Killing { pid, .. },
+                E::StopRequested,
+            ) => (
                 S::Stopping { pid, since: now },
-                vec![Action::Terminate { pid }, Action::WakeAt(now + self.policy.stop_timeout)],
+                vec![
+                    Action::Terminate { pid },
+                    Action::WakeAt(now + self.policy.stop_timeout),
+                ],
             ),
             (S::Idle | S::Backoff { .. }, E::StopRequested) => (S::Stopped, vec![Action::Done]),
-            (S::Stopping { pid, since }, E::Tick) if now >= since + self.policy.stop_timeout => (S::Stopping { pid, since }, vec![Action::Kill { pid }]),
+            (S::Stopping { pid, since }, E::Tick) if now >= since + self.policy.stop_timeout => {
+                (S::Stopping { pid, since }, vec![Action::Kill { pid }])
+            }
             (S::Stopping { .. }, E::Exited { .. }) => (S::Stopped, vec![Action::Done]),
             // Anything else does not change the state (a probe result that
             // raced an exit, an early tick, ...).
@@ -213,7 +264,12 @@ impl Machine {
             self.initial_failures += 1;
             if self.initial_failures >= INITIAL_ATTEMPTS.min(self.policy.max_failures) {
                 let reason = format!("giving up: nats-server could not be started ({} attempts); last failure: {reason}", self.initial_failures);
-                return (State::Failed { reason: reason.clone() }, vec![Action::GiveUp { reason }]);
+                return (
+                    State::Failed {
+                        reason: reason.clone(),
+                    },
+                    vec![Action::GiveUp { reason }],
+                );
             }
         }
         if window_full {
@@ -222,12 +278,20 @@ impl Machine {
                 self.failures.count(),
                 self.policy.failure_window
             );
-            return (State::Failed { reason: reason.clone() }, vec![Action::GiveUp { reason }]);
+            return (
+                State::Failed {
+                    reason: reason.clone(),
+                },
+                vec![Action::GiveUp { reason }],
+            );
         }
         self.restarts += 1;
         let delay = self.backoff.next_delay(self.jitter.unit());
         let until = now + delay;
-        (State::Backoff { until, reason }, vec![Action::WakeAt(until)])
+        (
+            State::Backoff { until, reason },
+            vec![Action::WakeAt(until)],
+        )
     }
 }
 
@@ -252,7 +316,10 @@ mod tests {
         let mut m = Machine::new(policy());
         assert_eq!(m.handle(Event::Start, t), vec![Action::Spawn]);
         m.handle(Event::Spawned { pid: 10 }, t);
-        assert_eq!(m.handle(Event::Healthy, t), vec![Action::Announce { pid: 10 }]);
+        assert_eq!(
+            m.handle(Event::Healthy, t),
+            vec![Action::Announce { pid: 10 }]
+        );
         m
     }
 
@@ -267,16 +334,27 @@ mod tests {
     fn crash_restarts_after_about_100ms() {
         let t = Instant::now();
         let mut m = started(t);
-        let a = m.handle(Event::Exited { status: "signal 9".into() }, t);
+        let a = m.handle(
+            Event::Exited {
+                status: "signal 9".into(),
+            },
+            t,
+        );
         let until = backoff_until(&m);
         assert_eq!(a, vec![Action::WakeAt(until)]);
         let d = until - t;
-        assert!(d >= Duration::from_millis(80) && d <= Duration::from_millis(120), "{d:?}");
+        assert!(
+            d >= Duration::from_millis(80) && d <= Duration::from_millis(120),
+            "{d:?}"
+        );
         assert!(m.last_failure.as_deref().unwrap().contains("signal 9"));
         assert_eq!(m.handle(Event::Tick, t), vec![], "early tick is ignored");
         assert_eq!(m.handle(Event::Tick, until), vec![Action::Spawn]);
         m.handle(Event::Spawned { pid: 11 }, until);
-        assert_eq!(m.handle(Event::Healthy, until), vec![Action::Announce { pid: 11 }]);
+        assert_eq!(
+            m.handle(Event::Healthy, until),
+            vec![Action::Announce { pid: 11 }]
+        );
         assert_eq!(m.restarts, 1);
     }
 
@@ -284,16 +362,31 @@ mod tests {
     fn hang_is_declared_after_n_failed_probes_in_a_row() {
         let t = Instant::now();
         let mut m = started(t);
-        let fail = || Event::ProbeFailed { error: "timeout".into() };
+        let fail = || Event::ProbeFailed {
+            error: "timeout".into(),
+        };
         assert_eq!(m.handle(fail(), t), vec![]);
         assert_eq!(m.handle(fail(), t), vec![]);
-        assert_eq!(m.handle(Event::Healthy, t), vec![], "a success resets the count");
+        assert_eq!(
+            m.handle(Event::Healthy, t),
+            vec![],
+            "a success resets the count"
+        );
         assert_eq!(m.handle(fail(), t), vec![]);
         assert_eq!(m.handle(fail(), t), vec![]);
         assert_eq!(m.handle(fail(), t), vec![Action::Kill { pid: 10 }]);
-        m.handle(Event::Exited { status: "signal 9".into() }, t);
+        m.handle(
+            Event::Exited {
+                status: "signal 9".into(),
+            },
+            t,
+        );
         backoff_until(&m);
-        assert!(m.last_failure.as_deref().unwrap().contains("stopped answering"));
+        assert!(m
+            .last_failure
+            .as_deref()
+            .unwrap()
+            .contains("stopped answering"));
     }
 
     #[test]
@@ -301,10 +394,20 @@ mod tests {
         let t = Instant::now();
         let mut m = started(t);
         for i in 0..3 {
-            m.handle(Event::Exited { status: format!("exit code {i}") }, t);
+            m.handle(
+                Event::Exited {
+                    status: format!("exit code {i}"),
+                },
+                t,
+            );
             let until = backoff_until(&m);
             m.handle(Event::Tick, until);
-            m.handle(Event::SpawnFailed { error: "exec failed".into() }, until);
+            m.handle(
+                Event::SpawnFailed {
+                    error: "exec failed".into(),
+                },
+                until,
+            );
             if matches!(m.state, State::Failed { .. }) {
                 break;
             }
@@ -313,7 +416,10 @@ mod tests {
             m.handle(Event::Spawned { pid: 20 + i }, until);
         }
         match &m.state {
-            State::Failed { reason } => assert!(reason.contains("giving up") && reason.contains("exec failed"), "{reason}"),
+            State::Failed { reason } => assert!(
+                reason.contains("giving up") && reason.contains("exec failed"),
+                "{reason}"
+            ),
             s => panic!("expected failed, got {s:?}"),
         }
     }
@@ -326,12 +432,20 @@ mod tests {
         let mut now = t;
         for i in 1..=INITIAL_ATTEMPTS {
             m.handle(Event::Spawned { pid: i }, now);
-            let a = m.handle(Event::Exited { status: "exit code 1".into() }, now);
+            let a = m.handle(
+                Event::Exited {
+                    status: "exit code 1".into(),
+                },
+                now,
+            );
             if i < INITIAL_ATTEMPTS {
                 now = backoff_until(&m);
                 assert_eq!(m.handle(Event::Tick, now), vec![Action::Spawn]);
             } else {
-                assert!(matches!(&a[..], [Action::GiveUp { reason }] if reason.contains("could not be started (3 attempts)") && reason.contains("exit code 1")), "{a:?}");
+                assert!(
+                    matches!(&a[..], [Action::GiveUp { reason }] if reason.contains("could not be started (3 attempts)") && reason.contains("exit code 1")),
+                    "{a:?}"
+                );
             }
         }
     }
@@ -361,11 +475,35 @@ mod tests {
         let t = Instant::now();
         let mut m = Machine::new(policy());
         m.handle(Event::Start, t);
-        assert_eq!(m.handle(Event::Spawned { pid: 5 }, t), vec![Action::WakeAt(t + Duration::from_secs(10))]);
-        assert_eq!(m.handle(Event::ProbeFailed { error: "refused".into() }, t), vec![], "start-up probes do not count");
-        assert_eq!(m.handle(Event::Tick, t + Duration::from_secs(10)), vec![Action::Kill { pid: 5 }]);
-        m.handle(Event::Exited { status: "signal 9".into() }, t + Duration::from_secs(10));
-        assert!(m.last_failure.as_deref().unwrap().contains("did not become healthy"));
+        assert_eq!(
+            m.handle(Event::Spawned { pid: 5 }, t),
+            vec![Action::WakeAt(t + Duration::from_secs(10))]
+        );
+        assert_eq!(
+            m.handle(
+                Event::ProbeFailed {
+                    error: "refused".into()
+                },
+                t
+            ),
+            vec![],
+            "start-up probes do not count"
+        );
+        assert_eq!(
+            m.handle(Event::Tick, t + Duration::from_secs(10)),
+            vec![Action::Kill { pid: 5 }]
+        );
+        m.handle(
+            Event::Exited {
+                status: "signal 9".into(),
+            },
+            t + Duration::from_secs(10),
+        );
+        assert!(m
+            .last_failure
+            .as_deref()
+            .unwrap()
+            .contains("did not become healthy"));
     }
 
     #[test]
@@ -374,10 +512,24 @@ mod tests {
         let mut m = started(t);
         assert_eq!(
             m.handle(Event::StopRequested, t),
-            vec![Action::Terminate { pid: 10 }, Action::WakeAt(t + Duration::from_secs(5))]
+            vec![
+                Action::Terminate { pid: 10 },
+                Action::WakeAt(t + Duration::from_secs(5))
+            ]
         );
-        assert_eq!(m.handle(Event::Tick, t + Duration::from_secs(5)), vec![Action::Kill { pid: 10 }]);
-        assert_eq!(m.handle(Event::Exited { status: "signal 9".into() }, t), vec![Action::Done]);
+        assert_eq!(
+            m.handle(Event::Tick, t + Duration::from_secs(5)),
+            vec![Action::Kill { pid: 10 }]
+        );
+        assert_eq!(
+            m.handle(
+                Event::Exited {
+                    status: "signal 9".into()
+                },
+                t
+            ),
+            vec![Action::Done]
+        );
         assert_eq!(m.state, State::Stopped);
         assert_eq!(m.restarts, 0, "a requested stop is not a failure");
     }

@@ -1,0 +1,297 @@
+//! Shared daemon state read by the HTTP handlers and kept current by the
+//! background tasks: the child's status, the NATS client, the stream
+//! matcher, counters.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use async_nats::jetstream;
+use tokio::sync::{watch, Notify};
+
+use crate::config::Config;
+use crate::jetstream as js_sync;
+use crate::natsconf::{self, Credentials};
+use crate::stats::Stats;
+use crate::subject::StreamMatcher;
+use crate::supervisor::{probe, ChildStatus};
+
+/// The daemon's NATS connection.
+pub struct Nats {
+    pub client: async_nats::Client,
+    pub js: jetstream::Context,
+}
+
+/// What the last stream sync found.
+#[derive(Debug, Clone, Default)]
+pub struct SyncState {
+    /// Child generation the last successful sync ran against.
+    pub generation: u64,
+    pub at: Option<SystemTime>,
+    pub report: js_sync::Report,
+    pub error: Option<String>,
+}
+
+pub struct App {
+    pub config: Arc<Config>,
+    pub started_at: SystemTime,
+    pub started: Instant,
+    /// Child status; in external mode a constant `None`-pid status.
+    pub child: watch::Receiver<ChildStatus>,
+    pub supervised: bool,
+    nats: OnceLock<Nats>,
+    connected: AtomicBool,
+    /// Signalled when the client (re)connects: streams may need recreating.
+    pub reconnected: Notify,
+    matcher: RwLock<Arc<StreamMatcher>>,
+    pub stats: Stats,
+    pub sync: Mutex<SyncState>,
+    /// Completed syncs, for tests and status.
+    pub syncs: AtomicU64,
+    /// nats-server's monitor, for /varz.
+    pub monitor: Option<SocketAddr>,
+    pub credentials: Option<Credentials>,
+}
+
+impl App {
+    pub fn new(
+        config: Arc<Config>,
+        child: watch::Receiver<ChildStatus>,
+        supervised: bool,
+        credentials: Option<Credentials>,
+    ) -> Self {
+        let monitor = if supervised {
+            Some(probe::connect_addr(
+                &config.nats.host,
+                config.nats.http_port,
+            ))
+        } else {
+            external_monitor(&config)
+        };
+        App {
+            started_at: SystemTime::now(),
+            started: Instant::now(),
+            child,
+            supervised,
+            nats: OnceLock::new(),
+            connected: AtomicBool::new(false),
+            reconnected: Notify::new(),
+            matcher: RwLock::new(Arc::new(StreamMatcher::default())),
+            stats: Stats::default(),
+            sync: Mutex::new(SyncState::default()),
+            syncs: AtomicU64::new(0),
+            monitor,
+            credentials,
+            config,
+        }
+    }
+
+    pub fn nats(&self) -> Option<&Nats> {
+        self.nats.get()
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed) && self.nats().is_some()
+    }
+
+    pub fn matcher(&self) -> Arc<StreamMatcher> {
+        self.matcher
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Where the daemon's own client connects.
+    pub fn nats_urls(&self) -> Vec<String> {
+        let n = &self.config.nats;
+        let scheme = if n.tls.is_some() { "tls" } else { "nats" };
+        if self.supervised {
+            vec![format!(
+                "{scheme}://{}",
+                probe::connect_addr(&n.host, n.nats_port)
+            )]
+        } else {
+            let mut urls = vec![n.nats_url.clone()];
+            urls.extend(n.client_urls.iter().filter(|u| **u != n.nats_url).cloned());
+            urls
+        }
+    }
+
+    /// Creates the client. It connects in the background and reconnects
+    /// forever with a short delay: after a child restart the new server is
+    /// up within a few hundred milliseconds and publishes should resume at
+    /// once, not after async-nats' default growing backoff.
+    pub async fn connect(self: &Arc<Self>) -> Result<(), String> {
+        let app = Arc::downgrade(self);
+        let mut opts = async_nats::ConnectOptions::new()
+            .name("marketprism-broker")
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .connection_timeout(Duration::from_secs(2))
+            .ping_interval(Duration::from_secs(10))
+            .reconnect_delay_callback(|attempt| {
+                Duration::from_millis((25 * attempt as u64).min(250))
+            })
+            .event_callback(move |event| {
+                let app = app.clone();
+                async move {
+                    let Some(app) = app.upgrade() else { return };
+                    match event {
+                        async_nats::Event::Connected => {
+                            tracing::info!("connected to nats-server");
+                            app.connected.store(true, Ordering::Relaxed);
+                            app.reconnected.notify_one();
+                        }
+                        async_nats::Event::Disconnected => {
+                            tracing::warn!("disconnected from nats-server");
+                            app.connected.store(false, Ordering::Relaxed);
+                        }
+                        async_nats::Event::Closed => app.connected.store(false, Ordering::Relaxed),
+                        // Failed reconnect attempts while nats-server
+                        // restarts: the supervisor already says why.
+                        async_nats::Event::ClientError(e) => {
+                            tracing::debug!(error = %e, "nats client error")
+                        }
+                        other => tracing::warn!(event = %other, "nats client event"),
+                    }
+                }
+            });
+        if let Some(c) = &self.credentials {
+            opts = opts.user_and_password(c.user.clone(), c.password.clone());
+        }
+        if let Some(tls) = &self.config.nats.tls {
+            opts = opts.require_tls(true);
+            if let Some(ca) = &tls.ca_file {
+                opts = opts.add_root_certificates(ca.clone());
+            }
+            if tls.verify {
+                // The server demands a client certificate: present its own.
+                opts = opts.add_client_certificate(tls.cert_file.clone(), tls.key_file.clone());
+            }
+        }
+        let urls: Vec<async_nats::ServerAddr> = self
+            .nats_urls()
+            .iter()
+            .map(|u| u.parse().map_err(|e| format!("bad NATS URL {u}: {e}")))
+            .collect::<Result<_, _>>()?;
+        let client = opts
+            .connect(urls)
+            .await
+            .map_err(|e| format!("cannot connect to NATS: {e}"))?;
+        let mut js = jetstream::new(client.clone());
+        js.set_timeout(self.config.api.publish_timeout.get());
+        let _ = self.nats.set(Nats { client, js });
+        Ok(())
+    }
+
+    /// Waits until the client is connected, up to `timeout`.
+    pub async fn wait_connected(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.is_connected() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.is_connected()
+    }
+
+    /// Reconciles declared streams (when enabled) and refreshes the subject
+    /// matcher from the streams nats-server really has.
+    pub async fn sync_streams(&self) -> Result<(), String> {
+        let generation = self.child.borrow().generation;
+        let nats = self.nats().ok_or("not connected to NATS")?;
+        let c = &self.config;
+        let result = if !c.nats.jetstream_enabled {
+            Ok(js_sync::Report::default())
+        } else if c.auto_create_streams {
+            js_sync::reconcile(&nats.js, &c.streams()).await
+        } else {
+            js_sync::list(&nats.js).await.map(|infos| js_sync::Report {
+                streams: infos
+                    .into_iter()
+                    .map(|i| (i.config.name, i.config.subjects))
+                    .collect(),
+                ..Default::default()
+            })
+        };
+        let mut st = self.sync.lock().unwrap_or_else(|e| e.into_inner());
+        match result {
+            Ok(report) => {
+                let matcher = StreamMatcher::new(
+                    report
+                        .streams
+                        .iter()
+                        .map(|(n, s)| (n.as_str(), s.as_slice())),
+                );
+                *self.matcher.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(matcher);
+                st.generation = generation;
+                st.at = Some(SystemTime::now());
+                st.report = report;
+                st.error = None;
+                self.syncs.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                st.error = Some(e.clone());
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether streams were synced against the current child.
+    pub fn streams_synced(&self) -> bool {
+        let st = self.sync.lock().unwrap_or_else(|e| e.into_inner());
+        st.at.is_some() && (!self.supervised || st.generation == self.child.borrow().generation)
+    }
+
+    /// GET /varz from nats-server's monitor.
+    pub async fn varz(&self) -> Option<serde_json::Value> {
+        let (status, body) = probe::http_get(self.monitor?, "/varz", Duration::from_secs(2))
+            .await
+            .ok()?;
+        (status == 200)
+            .then(|| serde_json::from_slice(&body).ok())
+            .flatten()
+    }
+}
+
+/// The monitor of an external server: the host of nats_url, on http_port.
+fn external_monitor(c: &Config) -> Option<SocketAddr> {
+    let rest = c.nats.nats_url.split("://").nth(1)?;
+    let hostport = rest.rsplit('@').next()?.trim_end_matches('/');
+    let host = match hostport.rsplit_once(':') {
+        Some((h, _)) => h.trim_matches(['[', ']']),
+        None => hostport,
+    };
+    use std::net::ToSocketAddrs;
+    (host, c.nats.http_port).to_socket_addrs().ok()?.next()
+}
+
+/// The daemon's own login when users are configured: generated at first
+/// start and kept (0600) in the state dir, never hard-coded.
+pub fn internal_credentials(c: &Config) -> std::io::Result<Option<Credentials>> {
+    if c.nats.users.is_empty() || !c.auto_start_nats {
+        return Ok(None);
+    }
+    let path = c.data_dir().join("internal-credentials");
+    let password = match std::fs::read_to_string(&path) {
+        Ok(p) if !p.trim().is_empty() => p.trim().to_string(),
+        _ => {
+            use std::io::Read;
+            let mut raw = [0u8; 24];
+            std::fs::File::open("/dev/urandom")?.read_exact(&mut raw)?;
+            let p: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .create(c.data_dir())?;
+            crate::supervisor::write_atomic(&path, format!("{p}\n").as_bytes(), 0o600)?;
+            p
+        }
+    };
+    Ok(Some(Credentials {
+        user: natsconf::INTERNAL_USER.into(),
+        password,
+    }))
+}

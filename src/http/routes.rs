@@ -1,0 +1,593 @@
+//! Request routing and the handlers.
+
+use std::borrow::Cow;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_nats::jetstream::{context::PublishErrorKind, stream};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{header, Method, Request, Response, StatusCode};
+use serde::Deserialize;
+use serde_json::{json, value::RawValue, Value};
+
+use super::error::{json_bytes, json_response, ApiError};
+use crate::app::App;
+use crate::subject;
+use crate::supervisor::Phase;
+
+type Resp = Response<Full<Bytes>>;
+
+/// Service name the seed's status reports.
+pub const SERVICE: &str = "message-broker-service";
+
+pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Resp, Infallible> {
+    Ok(route(&app, req)
+        .await
+        .unwrap_or_else(ApiError::into_response))
+}
+
+async fn route(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> {
+    let path = req.uri().path().to_string();
+    let get = matches!(*req.method(), Method::GET | Method::HEAD);
+    match path.as_str() {
+        "/health" if get => health(app).await,
+        "/api/v1/status" if get => status(app).await,
+        "/api/v1/streams" if get => streams(app).await,
+        "/api/v1/nats/info" if get => nats_info(app).await,
+        "/api/v1/publish" if req.method() == Method::POST => publish(app, req).await,
+        "/api/v1/publish" => Err(ApiError::method_not_allowed("POST")),
+        "/health" | "/api/v1/status" | "/api/v1/streams" | "/api/v1/nats/info" => {
+            Err(ApiError::method_not_allowed("GET, HEAD"))
+        }
+        p => match p.strip_prefix("/api/v1/streams/") {
+            Some(name) if !name.is_empty() && !name.contains('/') => {
+                if get {
+                    stream_detail(app, name).await
+                } else {
+                    Err(ApiError::method_not_allowed("GET, HEAD"))
+                }
+            }
+            _ => Err(ApiError::not_found(format!(
+                "no such endpoint: {} {p}",
+                req.method()
+            ))),
+        },
+    }
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+// ------------------------------------------------------------- health ----
+
+/// 200 only when nats-server runs, the client is connected, JetStream
+/// answers and the streams are reconciled; 503 naming what is wrong.
+async fn health(app: &App) -> Result<Resp, ApiError> {
+    let child = app.child.borrow().clone();
+    let mut problems: Vec<String> = Vec::new();
+    if app.supervised {
+        if child.phase != Phase::Running {
+            let mut p = format!("nats-server is {}", child.phase.as_str());
+            if let Some(d) = child.restart_in {
+                p.push_str(&format!(" (next attempt in {} ms)", d.as_millis()));
+            }
+            if let Some(f) = &child.last_failure {
+                p.push_str(&format!("; last failure: {f}"));
+            }
+            problems.push(p);
+        } else if !child.healthy {
+            problems.push("nats-server is not answering its health probe".into());
+        }
+    }
+    let connected = app.is_connected();
+    if !connected {
+        problems.push(format!(
+            "not connected to nats-server at {}",
+            app.nats_urls().join(", ")
+        ));
+    }
+    let mut jetstream = Value::Null;
+    if app.config.nats.jetstream_enabled && connected {
+        let nats = app.nats().expect("connected implies a client");
+        // A raw $JS.API.INFO request: the answer's shape differs across
+        // nats-server versions, and only "does JetStream answer" matters.
+        match tokio::time::timeout(
+            Duration::from_secs(2),
+            nats.client.request("$JS.API.INFO", Bytes::new()),
+        )
+        .await
+        {
+            Ok(Ok(msg)) => match serde_json::from_slice::<Value>(&msg.payload) {
+                Ok(v) if v.get("error").is_none() => {
+                    jetstream = pick(&v, &["streams", "consumers", "memory", "storage"]);
+                }
+                Ok(v) => problems.push(format!(
+                    "JetStream refuses requests: {}",
+                    v["error"]["description"]
+                        .as_str()
+                        .unwrap_or("unknown error")
+                )),
+                Err(e) => problems.push(format!("JetStream answered nonsense: {e}")),
+            },
+            Ok(Err(e)) => problems.push(format!("JetStream does not answer: {e}")),
+            Err(_) => problems.push("JetStream does not answer within 2 s".into()),
+        }
+        if app.config.auto_create_streams && !app.streams_synced() {
+            problems.push("streams are not reconciled yet".into());
+        }
+    }
+    let (status, code) = if problems.is_empty() {
+        ("healthy", StatusCode::OK)
+    } else {
+        ("unhealthy", StatusCode::SERVICE_UNAVAILABLE)
+    };
+    let body = json!({
+        "status": status,
+        "service": SERVICE,
+        "timestamp": rfc3339(SystemTime::now()),
+        "uptime_seconds": app.started.elapsed().as_secs(),
+        "nats_server": if app.supervised { child.phase.as_str() } else if connected { "running" } else { "unreachable" },
+        "pid": child.pid,
+        "connected": connected,
+        "jetstream": jetstream,
+        "problems": problems,
+    });
+    let mut resp = json_response(code, &body);
+    if code == StatusCode::SERVICE_UNAVAILABLE {
+        resp.headers_mut().insert(header::RETRY_AFTER, 1.into());
+    }
+    Ok(resp)
+}
+
+// ------------------------------------------------------------- status ----
+
+fn pick(v: &Value, keys: &[&str]) -> Value {
+    let mut out = serde_json::Map::new();
+    for k in keys {
+        out.insert(k.to_string(), v.get(*k).cloned().unwrap_or(Value::Null));
+    }
+    Value::Object(out)
+}
+
+const SERVER_INFO_KEYS: &[&str] = &[
+    "server_id",
+    "server_name",
+    "version",
+    "go",
+    "host",
+    "port",
+    "max_connections",
+    "connections",
+    "total_connections",
+    "routes",
+    "remotes",
+    "in_msgs",
+    "out_msgs",
+    "in_bytes",
+    "out_bytes",
+    "max_payload",
+    "mem",
+    "cpu",
+    "uptime",
+];
+
+/// nats-server's own figures: /varz when the monitor answers, else what
+/// the client's INFO tells.
+async fn server_info(app: &App) -> Value {
+    if let Some(v) = app.varz().await {
+        return pick(&v, SERVER_INFO_KEYS);
+    }
+    match app.nats().filter(|_| app.is_connected()) {
+        Some(n) => {
+            let i = n.client.server_info();
+            let v = json!({
+                "server_id": i.server_id, "server_name": i.server_name, "version": i.version,
+                "go": i.go, "host": i.host, "port": i.port, "max_payload": i.max_payload,
+            });
+            pick(&v, SERVER_INFO_KEYS)
+        }
+        None => Value::Null,
+    }
+}
+
+fn nats_status(app: &App) -> &'static str {
+    if app.supervised {
+        app.child.borrow().phase.as_str()
+    } else if app.is_connected() {
+        "running"
+    } else {
+        "unreachable"
+    }
+}
+
+async fn list_streams(app: &App) -> Result<Vec<stream::Info>, ApiError> {
+    let nats = app
+        .nats()
+        .filter(|_| app.is_connected())
+        .ok_or_else(|| ApiError::unavailable("not connected to nats-server"))?;
+    if !app.config.nats.jetstream_enabled {
+        return Ok(Vec::new());
+    }
+    match tokio::time::timeout(Duration::from_secs(5), crate::jetstream::list(&nats.js)).await {
+        Ok(Ok(mut v)) => {
+            v.sort_by(|a, b| a.config.name.cmp(&b.config.name));
+            Ok(v)
+        }
+        Ok(Err(e)) => Err(ApiError::unavailable(e)),
+        Err(_) => Err(ApiError::unavailable(
+            "JetStream did not list its streams within 5 s",
+        )),
+    }
+}
+
+async fn status(app: &App) -> Result<Resp, ApiError> {
+    let child = app.child.borrow().clone();
+    let (streams, streams_error) = match list_streams(app).await {
+        Ok(v) => (v, None),
+        Err(e) => (Vec::new(), Some(e.message)),
+    };
+    let jetstream_streams: Vec<Value> = streams
+        .iter()
+        .map(|i| {
+            json!({
+                "name": i.config.name, "subjects": i.config.subjects, "messages": i.state.messages,
+                "bytes": i.state.bytes, "consumer_count": i.state.consumer_count,
+            })
+        })
+        .collect();
+    let sync = app.sync.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let body = json!({
+        "service": SERVICE,
+        "timestamp": rfc3339(SystemTime::now()),
+        "uptime_seconds": app.started.elapsed().as_secs(),
+        "nats_server": {
+            "status": nats_status(app),
+            "supervised": app.supervised,
+            "pid": child.pid,
+            "restarts": child.restarts,
+            "last_failure": child.last_failure,
+            "connected": app.is_connected(),
+            "server_info": server_info(app).await,
+        },
+        "jetstream_streams": jetstream_streams,
+        "jetstream_error": streams_error,
+        "stream_reconciliation": {
+            "last_run": sync.at.map(rfc3339),
+            "created": sync.report.created,
+            "updated": sync.report.updated,
+            "drift": sync.report.drift,
+            "errors": sync.report.errors,
+            "error": sync.error,
+        },
+        "message_stats": app.stats.snapshot(),
+    });
+    Ok(json_response(StatusCode::OK, &body))
+}
+
+// ------------------------------------------------------------ streams ----
+
+fn stream_json(i: &stream::Info, declared: bool) -> Value {
+    let c = &i.config;
+    let s = &i.state;
+    json!({
+        "name": c.name,
+        "subjects": c.subjects,
+        "messages": s.messages,
+        "bytes": s.bytes,
+        "first_seq": s.first_sequence,
+        "last_seq": s.last_sequence,
+        "consumer_count": s.consumer_count,
+        "storage": match c.storage { stream::StorageType::File => "file", stream::StorageType::Memory => "memory" },
+        "retention": match c.retention {
+            stream::RetentionPolicy::Limits => "limits",
+            stream::RetentionPolicy::Interest => "interest",
+            stream::RetentionPolicy::WorkQueue => "workqueue",
+        },
+        "declared": declared,
+    })
+}
+
+async fn streams(app: &App) -> Result<Resp, ApiError> {
+    let declared = app.config.streams();
+    let infos = list_streams(app).await?;
+    let list: Vec<Value> = infos
+        .iter()
+        .map(|i| stream_json(i, declared.contains_key(&i.config.name)))
+        .collect();
+    Ok(json_response(StatusCode::OK, &json!({ "streams": list })))
+}
+
+async fn stream_detail(app: &App, name: &str) -> Result<Resp, ApiError> {
+    if subject::check_stream_name(name).is_err() {
+        return Err(ApiError::not_found(format!("no stream named {name:?}")));
+    }
+    let nats = app
+        .nats()
+        .filter(|_| app.is_connected())
+        .ok_or_else(|| ApiError::unavailable("not connected to nats-server"))?;
+    let info = match tokio::time::timeout(Duration::from_secs(5), nats.js.get_stream(name)).await {
+        Err(_) => return Err(ApiError::unavailable("JetStream did not answer within 5 s")),
+        Ok(Ok(s)) => s.cached_info().clone(),
+        Ok(Err(e)) => {
+            use async_nats::jetstream::context::GetStreamErrorKind;
+            use async_nats::jetstream::ErrorCode;
+            return Err(match e.kind() {
+                GetStreamErrorKind::JetStream(j)
+                    if j.error_code() == ErrorCode::STREAM_NOT_FOUND =>
+                {
+                    ApiError::not_found(format!("no stream named {name:?}"))
+                }
+                _ => ApiError::unavailable(format!("cannot get stream {name}: {e}")),
+            });
+        }
+    };
+    let declared = app.config.streams().contains_key(name);
+    let mut v = stream_json(&info, declared);
+    let c = &info.config;
+    v["config"] = json!({
+        "max_age_seconds": c.max_age.as_secs(),
+        "max_msgs": c.max_messages,
+        "max_bytes": c.max_bytes,
+        "replicas": c.num_replicas,
+        "discard": match c.discard { stream::DiscardPolicy::Old => "old", stream::DiscardPolicy::New => "new" },
+        "duplicate_window_seconds": c.duplicate_window.as_secs(),
+    });
+    v["created"] = json!(info.created.to_string());
+    let sync = app.sync.lock().unwrap_or_else(|e| e.into_inner());
+    let prefix = format!("{name}: ");
+    v["drift"] = json!(sync
+        .report
+        .drift
+        .iter()
+        .filter(|d| d.starts_with(&prefix))
+        .collect::<Vec<_>>());
+    Ok(json_response(StatusCode::OK, &v))
+}
+
+// ---------------------------------------------------------- nats info ----
+
+async fn nats_info(app: &App) -> Result<Resp, ApiError> {
+    let child = app.child.borrow().clone();
+    let n = &app.config.nats;
+    let ports = match child.ports {
+        Some(p) => json!({"nats": p.nats, "cluster": p.cluster, "http": p.http}),
+        None => {
+            json!({"nats": n.nats_port, "cluster": app.config.cluster_listen().map(|(_, p)| p), "http": n.http_port})
+        }
+    };
+    let body = json!({
+        "status": nats_status(app),
+        "pid": child.pid,
+        "ports": ports,
+        "server_info": server_info(app).await,
+        "config_file": app.supervised.then(|| app.config.data_dir().join("nats-server.conf")),
+        "restarts": child.restarts,
+        "healthy_since": child.healthy_since.map(rfc3339),
+    });
+    Ok(json_response(StatusCode::OK, &body))
+}
+
+// ------------------------------------------------------------ publish ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishRequest<'a> {
+    #[serde(borrow)]
+    subject: Cow<'a, str>,
+    #[serde(borrow)]
+    message: &'a RawValue,
+}
+
+#[derive(serde::Serialize)]
+struct PublishAnswer<'a> {
+    success: bool,
+    persisted: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    duplicate: Option<bool>,
+}
+
+async fn publish(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> {
+    let r = publish_inner(app, req).await;
+    match &r {
+        Ok((_, persisted)) => app.stats.published(*persisted),
+        Err(e) => app.stats.error(e.status.as_u16()),
+    }
+    r.map(|(resp, _)| resp)
+}
+
+fn is_json(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"))
+}
+
+async fn publish_inner(app: &App, req: Request<Incoming>) -> Result<(Resp, bool), ApiError> {
+    if !is_json(&req) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the request as Content-Type: application/json",
+        ));
+    }
+    let max_payload = app.config.nats.max_payload.bytes() as usize;
+    // Room for JSON escaping of a payload right at the limit (a string of
+    // control characters grows 6x) plus the envelope.
+    let body_limit = max_payload.saturating_mul(6).saturating_add(64 << 10);
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!(
+                "the message is larger than max_payload ({})",
+                app.config.nats.max_payload
+            ),
+        )
+    };
+    let declared_len = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared_len.is_some_and(|l| l > body_limit as u64) {
+        return Err(too_large());
+    }
+    let body = match Limited::new(req.into_body(), body_limit).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            return Err(too_large())
+        }
+        Err(e) => {
+            return Err(ApiError::bad_request(
+                "bad_body",
+                format!("cannot read the request body: {e}"),
+            ))
+        }
+    };
+    let parsed: PublishRequest = serde_json::from_slice(&body).map_err(|e| {
+        let code = if e.to_string().starts_with("missing field `subject`") {
+            "missing_subject"
+        } else {
+            "invalid_json"
+        };
+        ApiError::bad_request(
+            code,
+            format!(
+                "invalid publish request: {e}; expected {{\"subject\": \"...\", \"message\": ...}}"
+            ),
+        )
+    })?;
+    let subj: &str = &parsed.subject;
+    if let Err(e) = subject::check(subj, false) {
+        let code = if e.0.contains("wildcard") {
+            "wildcard_subject"
+        } else {
+            "invalid_subject"
+        };
+        return Err(ApiError::bad_request(code, e.0));
+    }
+    if subj.starts_with('$') {
+        return Err(ApiError::bad_request(
+            "reserved_subject",
+            format!("subject {subj:?}: subjects starting with `$` are reserved for NATS itself"),
+        ));
+    }
+    // A JSON string is sent as its text; anything else as the JSON bytes
+    // exactly as they came (no re-serialisation): a slice of the body.
+    let raw = parsed.message.get();
+    let payload = if raw.starts_with('"') {
+        let s: String = serde_json::from_str(raw)
+            .map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))?;
+        Bytes::from(s)
+    } else {
+        let start = raw.as_ptr() as usize - body.as_ptr() as usize;
+        body.slice(start..start + raw.len())
+    };
+    if payload.len() > max_payload {
+        return Err(too_large());
+    }
+    let nats = app.nats().filter(|_| app.is_connected()).ok_or_else(|| {
+        ApiError::unavailable(
+            "nats-server is not available right now (restarting or unreachable); retry shortly",
+        )
+    })?;
+    let timeout = app.config.api.publish_timeout.get();
+    let stream_name = app.matcher().stream_for(subj).map(str::to_string);
+    match stream_name {
+        Some(stream) => {
+            let work = async {
+                let ack = nats.js.publish(subj.to_string(), payload).await?;
+                ack.await
+            };
+            let ack = match tokio::time::timeout(timeout, work).await {
+                Err(_) => {
+                    return Err(ApiError::unavailable(format!(
+                        "no acknowledgement from stream {stream} within {timeout:?}"
+                    )))
+                }
+                Ok(Err(e)) => return Err(publish_error(&stream, e)),
+                Ok(Ok(ack)) => ack,
+            };
+            let answer = PublishAnswer {
+                success: true,
+                persisted: true,
+                stream: Some(&ack.stream),
+                seq: Some(ack.sequence),
+                duplicate: Some(ack.duplicate),
+            };
+            Ok((
+                json_bytes(
+                    StatusCode::OK,
+                    serde_json::to_vec(&answer).unwrap_or_default(),
+                ),
+                true,
+            ))
+        }
+        None => {
+            match tokio::time::timeout(timeout, nats.client.publish(subj.to_string(), payload))
+                .await
+            {
+                Err(_) => {
+                    return Err(ApiError::unavailable(format!(
+                        "publish not accepted within {timeout:?}"
+                    )))
+                }
+                Ok(Err(e)) => return Err(ApiError::unavailable(format!("publish failed: {e}"))),
+                Ok(Ok(())) => {}
+            }
+            let answer = PublishAnswer {
+                success: true,
+                persisted: false,
+                stream: None,
+                seq: None,
+                duplicate: None,
+            };
+            Ok((
+                json_bytes(
+                    StatusCode::OK,
+                    serde_json::to_vec(&answer).unwrap_or_default(),
+                ),
+                false,
+            ))
+        }
+    }
+}
+
+fn publish_error(stream: &str, e: async_nats::jetstream::context::PublishError) -> ApiError {
+    let text = e.to_string();
+    match e.kind() {
+        PublishErrorKind::MaxPayloadExceeded => {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", text)
+        }
+        PublishErrorKind::TimedOut => {
+            ApiError::unavailable(format!("no acknowledgement from stream {stream}: {text}"))
+        }
+        PublishErrorKind::StreamNotFound => ApiError {
+            code: "stream_unavailable",
+            ..ApiError::unavailable(format!("stream {stream} does not answer: {text}"))
+        },
+        _ if text.contains("insufficient")
+            || text.contains("maximum")
+            || text.contains("storage") =>
+        {
+            ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "stream_full",
+                format!("stream {stream} refused the message: {text}"),
+            )
+        }
+        _ => ApiError::unavailable(format!("publish to stream {stream} failed: {text}")),
+    }
+}
