@@ -3,7 +3,7 @@
 //! matcher, counters.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -21,6 +21,14 @@ use crate::supervisor::{probe, ChildStatus};
 pub struct Nats {
     pub client: async_nats::Client,
     pub js: jetstream::Context,
+}
+
+/// Why a NATS round trip got no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lost {
+    /// The connection dropped (or was down) before the answer came.
+    Disconnected,
+    TimedOut,
 }
 
 /// What the last stream sync found.
@@ -41,9 +49,12 @@ pub struct App {
     pub child: watch::Receiver<ChildStatus>,
     pub supervised: bool,
     nats: OnceLock<Nats>,
-    connected: AtomicBool,
     /// Signalled when the client (re)connects: streams may need recreating.
     pub reconnected: Notify,
+    /// Wakes every request waiting on NATS when the connection drops: a
+    /// reply can no longer come, so waiting for the timeout would only make
+    /// the caller wait.
+    pub connection_lost: Notify,
     matcher: RwLock<Arc<StreamMatcher>>,
     pub stats: Stats,
     pub sync: Mutex<SyncState>,
@@ -75,8 +86,8 @@ impl App {
             child,
             supervised,
             nats: OnceLock::new(),
-            connected: AtomicBool::new(false),
             reconnected: Notify::new(),
+            connection_lost: Notify::new(),
             matcher: RwLock::new(Arc::new(StreamMatcher::default())),
             stats: Stats::default(),
             sync: Mutex::new(SyncState::default()),
@@ -91,8 +102,12 @@ impl App {
         self.nats.get()
     }
 
+    /// The client's own view, not the event flag: events arrive a moment
+    /// after the state changes.
     pub fn is_connected(&self) -> bool {
-        self.connected.load(Ordering::Relaxed) && self.nats().is_some()
+        self.nats().is_some_and(|n| {
+            n.client.connection_state() == async_nats::connection::State::Connected
+        })
     }
 
     pub fn matcher(&self) -> Arc<StreamMatcher> {
@@ -124,14 +139,17 @@ impl App {
     /// once, not after async-nats' default growing backoff.
     pub async fn connect(self: &Arc<Self>) -> Result<(), String> {
         let app = Arc::downgrade(self);
+        // Our own child restarts in a few hundred ms: retry often. A remote
+        // server may be down for long: do not hammer it.
+        let max_delay_ms = if self.supervised { 100 } else { 1000 };
         let mut opts = async_nats::ConnectOptions::new()
             .name("marketprism-broker")
             .retry_on_initial_connect()
             .max_reconnects(None)
             .connection_timeout(Duration::from_secs(2))
             .ping_interval(Duration::from_secs(10))
-            .reconnect_delay_callback(|attempt| {
-                Duration::from_millis((25 * attempt as u64).min(250))
+            .reconnect_delay_callback(move |attempt| {
+                Duration::from_millis((20 * attempt as u64).min(max_delay_ms))
             })
             .event_callback(move |event| {
                 let app = app.clone();
@@ -140,14 +158,13 @@ impl App {
                     match event {
                         async_nats::Event::Connected => {
                             tracing::info!("connected to nats-server");
-                            app.connected.store(true, Ordering::Relaxed);
                             app.reconnected.notify_one();
                         }
                         async_nats::Event::Disconnected => {
                             tracing::warn!("disconnected from nats-server");
-                            app.connected.store(false, Ordering::Relaxed);
+                            app.connection_lost.notify_waiters();
                         }
-                        async_nats::Event::Closed => app.connected.store(false, Ordering::Relaxed),
+                        async_nats::Event::Closed => tracing::debug!("nats client closed"),
                         // Failed reconnect attempts while nats-server
                         // restarts: the supervisor already says why.
                         async_nats::Event::ClientError(e) => {
@@ -183,6 +200,25 @@ impl App {
         js.set_timeout(self.config.api.publish_timeout.get());
         let _ = self.nats.set(Nats { client, js });
         Ok(())
+    }
+
+    /// Runs `fut` (a NATS round trip) unless the connection drops first or
+    /// `timeout` passes.
+    pub async fn while_connected<T>(
+        &self,
+        timeout: Duration,
+        fut: impl std::future::Future<Output = T>,
+    ) -> Result<T, Lost> {
+        let lost = self.connection_lost.notified();
+        tokio::pin!(lost);
+        lost.as_mut().enable();
+        if !self.is_connected() {
+            return Err(Lost::Disconnected);
+        }
+        tokio::select! {
+            r = tokio::time::timeout(timeout, fut) => r.map_err(|_| Lost::TimedOut),
+            _ = lost => Err(Lost::Disconnected),
+        }
     }
 
     /// Waits until the client is connected, up to `timeout`.

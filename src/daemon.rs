@@ -299,13 +299,8 @@ async fn maintain(app: Arc<App>, mut stop: watch::Receiver<bool>) {
                 let generation = child.borrow().generation;
                 if generation == seen_generation { continue; }
                 seen_generation = generation;
-                // New child: reconnect now rather than at the next backoff
-                // step of the client.
-                if let Some(n) = app.nats() {
-                    if !app.is_connected() {
-                        let _ = n.client.force_reconnect().await;
-                    }
-                }
+                // New child: the client retries every 100 ms (see
+                // App::connect), so it is back within moments.
                 if !app.wait_connected(Duration::from_secs(5)).await {
                     tracing::warn!("not reconnected to the new nats-server within 5 s");
                     continue;

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::{json, value::RawValue, Value};
 
 use super::error::{json_bytes, json_response, ApiError};
-use crate::app::App;
+use crate::app::{App, Lost};
 use crate::subject;
 use crate::supervisor::Phase;
 
@@ -95,12 +95,8 @@ async fn health(app: &App) -> Result<Resp, ApiError> {
         let nats = app.nats().expect("connected implies a client");
         // A raw $JS.API.INFO request: the answer's shape differs across
         // nats-server versions, and only "does JetStream answer" matters.
-        match tokio::time::timeout(
-            Duration::from_secs(2),
-            nats.client.request("$JS.API.INFO", Bytes::new()),
-        )
-        .await
-        {
+        let info = nats.client.request("$JS.API.INFO", Bytes::new());
+        match app.while_connected(Duration::from_secs(2), info).await {
             Ok(Ok(msg)) => match serde_json::from_slice::<Value>(&msg.payload) {
                 Ok(v) if v.get("error").is_none() => {
                     jetstream = pick(&v, &["streams", "consumers", "memory", "storage"]);
@@ -114,7 +110,10 @@ async fn health(app: &App) -> Result<Resp, ApiError> {
                 Err(e) => problems.push(format!("JetStream answered nonsense: {e}")),
             },
             Ok(Err(e)) => problems.push(format!("JetStream does not answer: {e}")),
-            Err(_) => problems.push("JetStream does not answer within 2 s".into()),
+            Err(Lost::TimedOut) => problems.push("JetStream does not answer within 2 s".into()),
+            Err(Lost::Disconnected) => {
+                problems.push("the connection to nats-server dropped".into())
+            }
         }
         if app.config.auto_create_streams && !app.streams_synced() {
             problems.push("streams are not reconciled yet".into());
@@ -511,10 +510,16 @@ async fn publish_inner(app: &App, req: Request<Incoming>) -> Result<(Resp, bool)
                 let ack = nats.js.publish(subj.to_string(), payload).await?;
                 ack.await
             };
-            let ack = match tokio::time::timeout(timeout, work).await {
-                Err(_) => {
+            let ack = match app.while_connected(timeout, work).await {
+                Err(Lost::TimedOut) => {
                     return Err(ApiError::unavailable(format!(
                         "no acknowledgement from stream {stream} within {timeout:?}"
+                    )))
+                }
+                // Not acknowledged, so not promised: the client retries.
+                Err(Lost::Disconnected) => {
+                    return Err(ApiError::unavailable(format!(
+                        "the connection to nats-server dropped before stream {stream} acknowledged the message; it may not be stored"
                     )))
                 }
                 Ok(Err(e)) => return Err(publish_error(&stream, e)),

