@@ -280,7 +280,8 @@ async fn bad_publish_requests_get_4xx_json_errors_and_are_counted() {
     let d = Daemon::builder().nats("  max_payload: 1KB\n").start();
     d.wait_healthy(Duration::from_secs(20)).await;
     let json_ct = [("content-type", "application/json")];
-    let cases: Vec<(&str, Vec<(&str, &str)>, Vec<u8>, u16, &str)> = vec![
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Vec<u8>, u16, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "not json",
             json_ct.to_vec(),
@@ -432,7 +433,7 @@ async fn kill_9_of_nats_server_restarts_it_within_2s_and_loses_nothing_acknowled
     let mut acked = Vec::new();
     for i in 0..200 {
         let (status, resp) = d
-            .publish(&format!("market.binance.BTCUSDT.trade"), json!({"i": i}))
+            .publish("market.binance.BTCUSDT.trade", json!({"i": i}))
             .await;
         assert_eq!(status, 200, "{resp}");
         acked.push(resp["seq"].as_u64().unwrap());
