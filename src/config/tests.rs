@@ -9,7 +9,7 @@ fn yaml_err(text: &str) -> ConfigError {
     yaml(text).expect_err("config should be refused")
 }
 
-const SEED: &str = include_str!("../../tests/fixtures/seed-services.yaml");
+const SEED: &str = include_str!("../../config/examples/seed-services.yaml");
 
 #[test]
 fn the_seeds_services_yaml_is_accepted_verbatim() {
@@ -25,13 +25,11 @@ fn the_seeds_services_yaml_is_accepted_verbatim() {
     assert_eq!(s.max_age.get(), Duration::from_secs(7200));
     assert_eq!(s.max_msgs, 500_000);
     assert_eq!(s.storage, Storage::File);
-    // cluster_port without routes: stated, not an error.
-    assert!(
-        warnings
-            .iter()
-            .any(|w| w.contains("cluster_routes is empty")),
-        "{warnings:?}"
-    );
+    // cluster_port without routes is the seed's normal single node.
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(c.cluster_listen(), None);
+    let (_, warnings) = parse_str("nats:\n  cluster_name: x\n", Format::Yaml).unwrap();
+    assert!(warnings.iter().any(|w| w.contains("cluster_routes is empty")), "{warnings:?}");
 }
 
 #[test]

