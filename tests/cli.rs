@@ -12,7 +12,11 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut c = Command::new(BIN);
     c.args(args).env_remove("MARKETPRISM_BROKER_CONFIG");
     // check-config runs nats-server -t: make sure it finds Debian's.
-    let path = format!("{}:{}", nats_server().parent().unwrap().display(), std::env::var("PATH").unwrap_or_default());
+    let path = format!(
+        "{}:{}",
+        nats_server().parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
     c.env("PATH", path);
     for (k, v) in env {
         c.env(k, v);
@@ -34,7 +38,10 @@ fn write(dir: &Path, name: &str, body: &str) -> String {
 fn version_and_help() {
     let o = run(&["--version"], &[]);
     assert!(o.status.success());
-    assert_eq!(text(&o.stdout).trim(), format!("marketprism-broker {}", env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        text(&o.stdout).trim(),
+        format!("marketprism-broker {}", env!("CARGO_PKG_VERSION"))
+    );
     let o = run(&["--help"], &[]);
     assert!(o.status.success());
     assert!(text(&o.stdout).contains("check-config"));
@@ -58,7 +65,12 @@ fn every_shipped_config_checks_ok() {
             }
             let p = e.path().display().to_string();
             let o = run(&["check-config", "--config", &p], &[]);
-            assert!(o.status.success(), "{p}: {}{}", text(&o.stdout), text(&o.stderr));
+            assert!(
+                o.status.success(),
+                "{p}: {}{}",
+                text(&o.stdout),
+                text(&o.stderr)
+            );
             assert_eq!(text(&o.stdout).trim(), format!("{p}: OK"));
             n += 1;
         }
@@ -69,11 +81,18 @@ fn every_shipped_config_checks_ok() {
 #[test]
 fn a_misspelled_key_exits_78_with_file_line_key_and_suggestion() {
     let d = tempfile::tempdir().unwrap();
-    let p = write(d.path(), "broker.yaml", "port: 8085\nnats:\n  nats_port: 4222\n  jetstream_max_memroy: 1GB\n");
+    let p = write(
+        d.path(),
+        "broker.yaml",
+        "port: 8085\nnats:\n  nats_port: 4222\n  jetstream_max_memroy: 1GB\n",
+    );
     let want = format!("{p}:4: nats.jetstream_max_memroy: unknown key `jetstream_max_memroy` (did you mean `jetstream_max_memory`?)");
     let o = run(&["check-config", "--config", &p], &[]);
     assert_eq!(o.status.code(), Some(78));
-    assert_eq!(text(&o.stderr).trim(), format!("marketprism-broker: invalid config: {want}"));
+    assert_eq!(
+        text(&o.stderr).trim(),
+        format!("marketprism-broker: invalid config: {want}")
+    );
     // The daemon itself refuses it the same way, before doing anything.
     let o = run(&["--config", &p], &[]);
     assert_eq!(o.status.code(), Some(78));
@@ -95,7 +114,11 @@ fn other_config_mistakes_exit_78_naming_key_and_line() {
         let p = write(d.path(), name, body);
         let o = run(&["check-config", "--config", &p], &[]);
         assert_eq!(o.status.code(), Some(78), "{name}: {}", text(&o.stderr));
-        assert!(text(&o.stderr).contains(&format!("{p}{want}")), "{name}: {}", text(&o.stderr));
+        assert!(
+            text(&o.stderr).contains(&format!("{p}{want}")),
+            "{name}: {}",
+            text(&o.stderr)
+        );
         assert!(!text(&o.stderr).contains("panicked"));
     }
 }
@@ -107,18 +130,32 @@ fn what_nats_server_refuses_is_refused_by_check_config() {
     let d = tempfile::tempdir().unwrap();
     let cert = write(d.path(), "cert.pem", "not a certificate\n");
     let key = write(d.path(), "key.pem", "not a key\n");
-    let p = write(d.path(), "tls.yaml", &format!("nats:\n  tls:\n    cert_file: {cert:?}\n    key_file: {key:?}\n"));
+    let p = write(
+        d.path(),
+        "tls.yaml",
+        &format!("nats:\n  tls:\n    cert_file: {cert:?}\n    key_file: {key:?}\n"),
+    );
     let o = run(&["check-config", "--config", &p], &[]);
     assert_eq!(o.status.code(), Some(78), "{}", text(&o.stderr));
-    assert!(text(&o.stderr).contains("the generated nats-server config is refused by"), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("the generated nats-server config is refused by"),
+        "{}",
+        text(&o.stderr)
+    );
 }
 
 #[test]
 fn an_explicit_config_that_is_missing_is_an_error() {
-    let o = run(&["check-config", "--config", "/nonexistent/broker.yaml"], &[]);
+    let o = run(
+        &["check-config", "--config", "/nonexistent/broker.yaml"],
+        &[],
+    );
     assert_eq!(o.status.code(), Some(78));
     assert!(text(&o.stderr).contains("/nonexistent/broker.yaml: config file does not exist"));
-    let o = run(&["check-config"], &[("MARKETPRISM_BROKER_CONFIG", "/nonexistent/env.yaml")]);
+    let o = run(
+        &["check-config"],
+        &[("MARKETPRISM_BROKER_CONFIG", "/nonexistent/env.yaml")],
+    );
     assert_eq!(o.status.code(), Some(78));
     assert!(text(&o.stderr).contains("/nonexistent/env.yaml: config file does not exist"));
 }
@@ -127,7 +164,10 @@ fn an_explicit_config_that_is_missing_is_an_error() {
 fn the_env_variable_names_the_config() {
     let d = tempfile::tempdir().unwrap();
     let p = write(d.path(), "env.yaml", "port: 9999\n");
-    let o = run(&["render-nats-config"], &[("MARKETPRISM_BROKER_CONFIG", &p)]);
+    let o = run(
+        &["render-nats-config"],
+        &[("MARKETPRISM_BROKER_CONFIG", &p)],
+    );
     assert!(o.status.success());
     assert!(text(&o.stdout).contains(&format!("# Source: {p}")));
 }
@@ -146,14 +186,42 @@ fn without_any_config_the_built_in_defaults_are_used() {
 #[test]
 fn render_nats_config_shows_the_generated_file_with_passwords_masked() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let o = run(&["render-nats-config", "--config", &root.join("config/examples/seed-services.yaml").display().to_string()], &[]);
+    let o = run(
+        &[
+            "render-nats-config",
+            "--config",
+            &root
+                .join("config/examples/seed-services.yaml")
+                .display()
+                .to_string(),
+        ],
+        &[],
+    );
     assert!(o.status.success());
     let t = text(&o.stdout);
-    assert!(t.contains("port: 4222\n") && t.contains("http: \"127.0.0.1:8222\"") && t.contains("jetstream {"), "{t}");
+    assert!(
+        t.contains("port: 4222\n")
+            && t.contains("http: \"127.0.0.1:8222\"")
+            && t.contains("jetstream {"),
+        "{t}"
+    );
     assert!(!t.contains("cluster {"), "no routes, no cluster block: {t}");
-    let o = run(&["render-nats-config", "--config", &root.join("config/examples/security.yaml").display().to_string()], &[]);
+    let o = run(
+        &[
+            "render-nats-config",
+            "--config",
+            &root
+                .join("config/examples/security.yaml")
+                .display()
+                .to_string(),
+        ],
+        &[],
+    );
     let t = text(&o.stdout);
-    assert!(t.contains("user: \"producer\", password: \"********\""), "{t}");
+    assert!(
+        t.contains("user: \"producer\", password: \"********\""),
+        "{t}"
+    );
     assert!(!t.contains("change-me"), "{t}");
     assert!(!t.contains("no_auth_user"), "{t}");
 }

@@ -12,7 +12,11 @@ fn python() -> PathBuf {
     let p = std::env::var_os("MPB_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python")));
-    assert!(p.exists(), "{} is missing: run scripts/test (it installs nats-py into .venv) or set MPB_PYTHON", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/test (it installs nats-py into .venv) or set MPB_PYTHON",
+        p.display()
+    );
     p
 }
 
@@ -23,17 +27,33 @@ async fn the_seeds_nats_py_producer_and_durable_consumer_work() {
     // Two messages through the HTTP API first: the Python consumer must
     // see them too, in the same stream.
     for i in 0..2 {
-        let (status, resp) = d.publish("market.okx.BTC-USDT.orderbook", json!({"http": i})).await;
+        let (status, resp) = d
+            .publish("market.okx.BTC-USDT.orderbook", json!({"http": i}))
+            .await;
         assert_eq!(status, 200, "{resp}");
     }
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/seed_clients.py");
-    let out = tokio::process::Command::new(python()).arg(script).arg(d.nats_url()).arg("5").arg("2").output().await.unwrap();
-    assert!(out.status.success(), "python client failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let out = tokio::process::Command::new(python())
+        .arg(script)
+        .arg(d.nats_url())
+        .arg("5")
+        .arg("2")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "python client failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["acked_seqs"], json!([3, 4, 5, 6, 7]));
     let received = v["received"].as_array().unwrap();
     assert_eq!(received.len(), 7);
-    assert_eq!(received[0], json!(["market.okx.BTC-USDT.orderbook", "{\"http\":0}"]));
+    assert_eq!(
+        received[0],
+        json!(["market.okx.BTC-USDT.orderbook", "{\"http\":0}"])
+    );
     assert_eq!(received[2][0], "market.binance.BTCUSDT.trade");
     assert_eq!(v["ack_pending"], 0);
     assert_eq!(v["pending"], 0);

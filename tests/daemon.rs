@@ -846,7 +846,16 @@ async fn the_seeds_services_yaml_runs() {
 /// A plain nats-server of the test's own, for external mode.
 fn external_nats(port: u16, monitor: u16, store: &std::path::Path) -> std::process::Child {
     std::process::Command::new(nats_server())
-        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-m", &monitor.to_string(), "-sd"])
+        .args([
+            "-js",
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-m",
+            &monitor.to_string(),
+            "-sd",
+        ])
         .arg(store)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -859,7 +868,13 @@ async fn with_auto_start_off_it_uses_an_external_server_and_reconnects_forever()
     let (http, port, monitor) = (free_port(), free_port(), free_port());
     let store = tempfile::tempdir().unwrap();
     let mut ext = external_nats(port, monitor, store.path());
-    eventually(Duration::from_secs(10), "the external server", || async { get_json(monitor, "/healthz").await.ok().filter(|(c, _)| *c == 200) }).await;
+    eventually(Duration::from_secs(10), "the external server", || async {
+        get_json(monitor, "/healthz")
+            .await
+            .ok()
+            .filter(|(c, _)| *c == 200)
+    })
+    .await;
 
     let d = Daemon::builder()
         .ports((http, port, monitor))
@@ -872,17 +887,39 @@ async fn with_auto_start_off_it_uses_an_external_server_and_reconnects_forever()
     assert_eq!(status["nats_server"]["supervised"], false);
     assert_eq!(status["nats_server"]["pid"], Value::Null);
     assert_eq!(status["nats_server"]["server_info"]["port"], port);
-    assert_eq!(status["jetstream_streams"].as_array().unwrap().len(), 3, "streams are created in the external server");
+    assert_eq!(
+        status["jetstream_streams"].as_array().unwrap().len(),
+        3,
+        "streams are created in the external server"
+    );
     let (code, resp) = d.publish("market.a.b.trade", json!({"x": 1})).await;
-    assert_eq!((code, resp["persisted"].as_bool()), (200, Some(true)), "{resp}");
-    assert!(nats_servers_with(&d.state_dir().display().to_string()).is_empty(), "nothing may be spawned");
+    assert_eq!(
+        (code, resp["persisted"].as_bool()),
+        (200, Some(true)),
+        "{resp}"
+    );
+    assert!(
+        nats_servers_with(&d.state_dir().display().to_string()).is_empty(),
+        "nothing may be spawned"
+    );
 
     // The external server goes away: health says so, publish is 503.
     let _ = ext.kill();
     let _ = ext.wait();
-    let (code, h) = eventually(Duration::from_secs(5), "health to notice", || async { get_json(http, "/health").await.ok().filter(|(c, _)| *c == 503) }).await;
+    let (code, h) = eventually(Duration::from_secs(5), "health to notice", || async {
+        get_json(http, "/health")
+            .await
+            .ok()
+            .filter(|(c, _)| *c == 503)
+    })
+    .await;
     assert_eq!(code, 503);
-    assert!(h["problems"].to_string().contains("not connected to nats-server"), "{h}");
+    assert!(
+        h["problems"]
+            .to_string()
+            .contains("not connected to nats-server"),
+        "{h}"
+    );
     let (_, status) = d.get("/api/v1/status").await;
     assert_eq!(status["nats_server"]["status"], "unreachable");
     let (code, _) = d.publish("market.a.b.trade", json!({"x": 2})).await;

@@ -61,7 +61,12 @@ fn nats_server_t_accepts_every_shipped_config_on_both_versions() {
             let dir = tempfile::tempdir().unwrap();
             let conf = dir.path().join("nats-server.conf");
             std::fs::write(&conf, rendered(&localized(&path, dir.path()))).unwrap();
-            let o = Command::new(&bin).arg("-t").arg("-c").arg(&conf).output().unwrap();
+            let o = Command::new(&bin)
+                .arg("-t")
+                .arg("-c")
+                .arg(&conf)
+                .output()
+                .unwrap();
             assert!(
                 o.status.success(),
                 "{} -t refuses the rendering of {}:\n{}{}",
@@ -82,11 +87,21 @@ async fn nats_server_starts_on_every_shipped_config_on_both_versions() {
             let c = localized(&path, dir.path());
             let conf = dir.path().join("nats-server.conf");
             std::fs::write(&conf, rendered(&c)).unwrap();
-            let mut child = Command::new(&bin).arg("-c").arg(&conf).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+            let mut child = Command::new(&bin)
+                .arg("-c")
+                .arg(&conf)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
             // A clustered node cannot be JetStream-healthy alone (its
             // peers are on other machines); it must still come up and
             // serve its monitor. Everything else must be fully healthy.
-            let probe = if c.cluster_enabled() { "/varz" } else { "/healthz" };
+            let probe = if c.cluster_enabled() {
+                "/varz"
+            } else {
+                "/healthz"
+            };
             let deadline = Instant::now() + Duration::from_secs(15);
             let result = loop {
                 if let Ok((200, _)) = get_json(c.nats.http_port, probe).await {
@@ -103,7 +118,12 @@ async fn nats_server_starts_on_every_shipped_config_on_both_versions() {
             let _ = child.kill();
             let out = child.wait_with_output().unwrap();
             if let Err(e) = result {
-                panic!("{} on {}: {e}\n{}", bin.display(), path.display(), String::from_utf8_lossy(&out.stderr));
+                panic!(
+                    "{} on {}: {e}\n{}",
+                    bin.display(),
+                    path.display(),
+                    String::from_utf8_lossy(&out.stderr)
+                );
             }
         }
     }

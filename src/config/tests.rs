@@ -29,7 +29,12 @@ fn the_seeds_services_yaml_is_accepted_verbatim() {
     assert!(warnings.is_empty(), "{warnings:?}");
     assert_eq!(c.cluster_listen(), None);
     let (_, warnings) = parse_str("nats:\n  cluster_name: x\n", Format::Yaml).unwrap();
-    assert!(warnings.iter().any(|w| w.contains("cluster_routes is empty")), "{warnings:?}");
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("cluster_routes is empty")),
+        "{warnings:?}"
+    );
 }
 
 #[test]

@@ -58,7 +58,10 @@ pub fn validate(c: &Config) -> Result<Vec<String>, Violation> {
     }
     // cluster_port alone (the seed sets it) means nothing without routes;
     // a cluster name or listen address does show intent worth a word.
-    if (n.cluster_name.is_some() || n.cluster_listen.is_some()) && n.cluster_routes.is_empty() && c.auto_start_nats {
+    if (n.cluster_name.is_some() || n.cluster_listen.is_some())
+        && n.cluster_routes.is_empty()
+        && c.auto_start_nats
+    {
         warnings.push(
             "nats.cluster_routes is empty: running a single node; the cluster port is not opened (JetStream cannot run as a cluster without routes)".into(),
         );

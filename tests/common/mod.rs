@@ -52,15 +52,31 @@ pub fn free_port() -> u16 {
 /// nats-server versions (`-t` on the rendering). Configs the daemon itself
 /// refuses (tests of bad input) have nothing to render and are skipped.
 pub fn check_with_both_nats_servers(config: &Path) {
-    let out = Command::new(BIN).arg("render-nats-config").arg("--config").arg(config).output().unwrap();
+    let out = Command::new(BIN)
+        .arg("render-nats-config")
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap();
     if !out.status.success() {
         return;
     }
     let conf = config.with_extension("rendered.conf");
     std::fs::write(&conf, &out.stdout).unwrap();
     for bin in nats_servers() {
-        let o = Command::new(&bin).arg("-t").arg("-c").arg(&conf).output().unwrap();
-        assert!(o.status.success(), "{} -t refuses the test config {}:\n{}", bin.display(), config.display(), String::from_utf8_lossy(&o.stderr));
+        let o = Command::new(&bin)
+            .arg("-t")
+            .arg("-c")
+            .arg(&conf)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{} -t refuses the test config {}:\n{}",
+            bin.display(),
+            config.display(),
+            String::from_utf8_lossy(&o.stderr)
+        );
     }
     let _ = std::fs::remove_file(&conf);
 }
