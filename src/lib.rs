@@ -1,5 +1,17 @@
 //! marketprism-broker: runs nats-server + JetStream as a supervised Linux
 //! system service with an HTTP API.
+//!
+//! Module map (pure cores first, then the I/O shell around them):
+//! - [`config`]: YAML/TOML -> validated [`config::Config`], errors with file, line, key.
+//! - [`natsconf`]: Config -> nats-server.conf text (pure).
+//! - [`subject`]: subject validation, matching, overlap (pure).
+//! - [`jetstream`]: declared vs actual streams -> plan (pure), then apply.
+//! - [`supervisor`]: the nats-server child: spawn, probe, restart, stop.
+//! - [`app`]: shared state: child status, NATS client, stream matcher, stats.
+//! - [`http`]: the HTTP API on hyper 1.x.
+//! - [`stats`]: message counters.
+//! - [`daemon`]: start-up and shutdown order; check-config, render-nats-config.
+//! - [`cli`], [`exit`], [`logging`], [`systemd`]: the process edges.
 
 pub mod app;
 pub mod cli;

@@ -933,3 +933,99 @@ async fn with_auto_start_off_it_uses_an_external_server_and_reconnects_forever()
     let _ = ext.kill();
     let _ = ext.wait();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reconciliation_updates_what_it_can_reports_drift_and_never_deletes() {
+    let state = tempfile::tempdir().unwrap();
+    let resync = "  stream_resync_interval: 300ms\n";
+    let v1 = "  streams:\n    CUSTOM:\n      subjects: [\"custom.>\"]\n      max_age: 60\n";
+    let mut d = Daemon::builder().state(state.path()).nats(v1).supervisor(resync).start();
+    d.wait_healthy(Duration::from_secs(20)).await;
+    for i in 0..3 {
+        assert_eq!(d.publish("custom.x", json!(i)).await.0, 200);
+    }
+    let js = async_nats::jetstream::new(d.client().await);
+    // Someone else's stream is never touched; a deleted declared stream is
+    // recreated by the periodic resync.
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "NOT_OURS".into(),
+        subjects: vec!["other.>".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    js.delete_stream("SYSTEM_EVENTS").await.unwrap();
+    eventually(Duration::from_secs(5), "SYSTEM_EVENTS to be recreated", || async { js.get_stream("SYSTEM_EVENTS").await.ok().map(|_| ()) }).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(js.get_stream("NOT_OURS").await.is_ok(), "an undeclared stream was deleted");
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(Duration::from_secs(15)).code(), Some(0));
+
+    // Same store, new config: storage changes (impossible in place), limits
+    // and subjects change (possible).
+    let v2 = "  streams:\n    CUSTOM:\n      subjects: [\"custom.>\", \"custom2.>\"]\n      max_age: 120\n      storage: memory\n";
+    let d = Daemon::builder().state(state.path()).nats(v2).supervisor(resync).start();
+    d.wait_healthy(Duration::from_secs(20)).await;
+    let (code, custom) = d.get("/api/v1/streams/CUSTOM").await;
+    assert_eq!(code, 200);
+    assert_eq!(custom["storage"], "file", "an immutable difference must leave the stream as it is");
+    assert_eq!(custom["messages"], 3, "messages must survive");
+    assert_eq!(custom["config"]["max_age_seconds"], 120);
+    assert_eq!(custom["subjects"], json!(["custom.>", "custom2.>"]));
+    assert_eq!(custom["drift"], json!(["CUSTOM: storage is file, config says memory"]));
+    let log = d.log();
+    assert!(log.contains("stream CUSTOM: storage is file but the config says memory"), "{log}");
+    assert!(log.contains("updated stream") && log.contains("max_age 60s -> 120s"), "{log}");
+    let (_, status) = d.get("/api/v1/status").await;
+    assert_eq!(status["stream_reconciliation"]["drift"], json!(["CUSTOM: storage is file, config says memory"]));
+    let (_, streams) = d.get("/api/v1/streams").await;
+    let not_ours = streams["streams"].as_array().unwrap().iter().find(|s| s["name"] == "NOT_OURS").unwrap().clone();
+    assert_eq!(not_ours["declared"], false);
+    // Publishing to the undeclared stream's subject is persisted there too.
+    let (_, resp) = d.publish("other.thing", json!(1)).await;
+    assert_eq!(resp["stream"], "NOT_OURS", "{resp}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ready_goes_to_the_notify_socket_only_when_healthy_and_the_child_does_not_inherit_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut d = Daemon::builder()
+        .env("NOTIFY_SOCKET", sock_path.to_str().unwrap())
+        .env("WATCHDOG_USEC", "30000000")
+        .start();
+    let mut buf = [0u8; 4096];
+    let n = sock.recv(&mut buf).expect("no READY within 20 s");
+    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(msg.lines().any(|l| l == "READY=1"), "{msg}");
+    // READY means ready: health is already green when it arrives.
+    let (code, h) = d.get("/health").await;
+    assert_eq!(code, 200, "{h}");
+    let child = d.child_pid().unwrap();
+    assert!(msg.contains(&format!("STATUS=nats-server pid {child} healthy")), "{msg}");
+    let env = std::fs::read(format!("/proc/{child}/environ")).unwrap();
+    let env = String::from_utf8_lossy(&env);
+    assert!(!env.contains("NOTIFY_SOCKET=") && !env.contains("WATCHDOG_USEC="), "the child inherited systemd's variables");
+    d.signal(Signal::SIGTERM);
+    let n = sock.recv(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "STOPPING=1"));
+    assert_eq!(d.wait_exit(Duration::from_secs(15)).code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_ready_when_nats_server_cannot_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_nonblocking(true).unwrap();
+    let fake = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/fake-nats-server");
+    let mut d = Daemon::builder().bin(fake).env("NOTIFY_SOCKET", sock_path.to_str().unwrap()).start();
+    assert_eq!(d.wait_exit(Duration::from_secs(20)).code(), Some(69));
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = sock.recv(&mut buf) {
+        let m = String::from_utf8_lossy(&buf[..n]).into_owned();
+        assert!(!m.lines().any(|l| l == "READY=1"), "READY sent for a daemon that never got nats-server up: {m}");
+    }
+}

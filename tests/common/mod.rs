@@ -84,6 +84,7 @@ pub fn check_with_both_nats_servers(config: &Path) {
 /// A daemon under test.
 pub struct Daemon {
     pub child: Option<Child>,
+    pub state: PathBuf,
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
     pub http: u16,
@@ -99,9 +100,15 @@ pub struct DaemonBuilder {
     bin: PathBuf,
     env: Vec<(String, String)>,
     ports: Option<(u16, u16, u16)>,
+    state: Option<PathBuf>,
 }
 
 impl DaemonBuilder {
+    /// Use this state directory (to restart on the same store).
+    pub fn state(mut self, p: impl Into<PathBuf>) -> Self {
+        self.state = Some(p.into());
+        self
+    }
     /// Extra top-level YAML lines.
     pub fn top(mut self, yaml: &str) -> Self {
         self.top.push_str(yaml);
@@ -139,7 +146,7 @@ impl DaemonBuilder {
         let config = format!(
             "port: {http}\n{top}nats:\n  nats_port: {nats}\n  http_port: {monitor}\n  data_dir: {data:?}\n  server_bin: {bin:?}\n  server_name: test\n{nats_extra}supervisor:\n  health_interval: 250ms\n  health_timeout: 250ms\n{sup}",
             top = self.top,
-            data = dir.path().join("state").display().to_string(),
+            data = self.state.clone().unwrap_or_else(|| dir.path().join("state")).display().to_string(),
             bin = self.bin.display().to_string(),
             nats_extra = self.nats,
             sup = self.supervisor,
@@ -177,6 +184,7 @@ impl DaemonBuilder {
         });
         Daemon {
             child: Some(child),
+            state: self.state.unwrap_or_else(|| dir.path().join("state")),
             dir,
             config_path,
             http,
@@ -196,6 +204,7 @@ impl Daemon {
             bin: nats_server(),
             env: Vec::new(),
             ports: None,
+            state: None,
         }
     }
 
@@ -216,7 +225,7 @@ impl Daemon {
     }
 
     pub fn state_dir(&self) -> PathBuf {
-        self.dir.path().join("state")
+        self.state.clone()
     }
 
     /// The pid nats-server runs as, from the daemon's pid file.
