@@ -193,16 +193,7 @@ async fn published_messages_can_be_read_back_with_async_nats() {
 
     // The seed's trade example: persisted in MARKET_DATA, bytes as sent.
     let body = format!(r#"{{"subject": "market.binance.BTCUSDT.trade", "message": {SEED_TRADE}}}"#);
-    let (status, _, resp) = request(
-        d.http,
-        "POST",
-        "/api/v1/publish",
-        &[("content-type", "application/json")],
-        body.into_bytes(),
-    )
-    .await
-    .unwrap();
-    let resp: Value = serde_json::from_slice(&resp).unwrap();
+    let (status, _, resp) = d.publish_raw(body.into_bytes()).await;
     assert_eq!(status, 200, "{resp}");
     assert_eq!(
         resp,
@@ -441,19 +432,7 @@ async fn kill_9_of_nats_server_restarts_it_within_2s_and_loses_nothing_acknowled
     let old = d.child_pid().unwrap();
     let killed_at = Instant::now();
     kill(old, Signal::SIGKILL);
-    let new = eventually(
-        Duration::from_secs(2),
-        "a new healthy nats-server",
-        || async {
-            match get_json(d.http, "/health").await {
-                Ok((200, h)) if h["pid"].as_u64().is_some_and(|p| p as u32 != old) => {
-                    Some(h["pid"].as_u64().unwrap() as u32)
-                }
-                _ => None,
-            }
-        },
-    )
-    .await;
+    let new = d.wait_new_child(old, Duration::from_secs(2)).await;
     let took = killed_at.elapsed();
     eprintln!("healthy again {took:?} after kill -9 (pid {old} -> {new})");
     assert!(took < Duration::from_secs(2));
@@ -505,30 +484,8 @@ async fn a_stopped_nats_server_is_detected_and_replaced() {
     kill(old, Signal::SIGSTOP);
     let stopped_at = Instant::now();
     // While it hangs, health says so.
-    eventually(
-        Duration::from_secs(5),
-        "/health to report the hang",
-        || async {
-            match get_json(d.http, "/health").await {
-                Ok((503, _)) => Some(()),
-                _ => None,
-            }
-        },
-    )
-    .await;
-    let new = eventually(
-        Duration::from_secs(10),
-        "a replacement nats-server",
-        || async {
-            match get_json(d.http, "/health").await {
-                Ok((200, h)) if h["pid"].as_u64().is_some_and(|p| p as u32 != old) => {
-                    Some(h["pid"].as_u64().unwrap() as u32)
-                }
-                _ => None,
-            }
-        },
-    )
-    .await;
+    d.wait_health(503, Duration::from_secs(5)).await;
+    let new = d.wait_new_child(old, Duration::from_secs(10)).await;
     eprintln!("hang detected and replaced in {:?}", stopped_at.elapsed());
     assert!(!alive(old), "the hung process must be killed");
     assert!(alive(new));
@@ -548,25 +505,10 @@ async fn publishing_while_nats_server_is_down_is_a_quick_503_with_retry_after() 
         .start();
     d.wait_healthy(Duration::from_secs(20)).await;
     kill(d.child_pid().unwrap(), Signal::SIGKILL);
-    eventually(Duration::from_secs(2), "health to turn 503", || async {
-        match get_json(d.http, "/health").await {
-            Ok((503, h)) => Some(h),
-            _ => None,
-        }
-    })
-    .await;
+    d.wait_health(503, Duration::from_secs(2)).await;
     let t = Instant::now();
     let body = br#"{"subject": "market.a.b.trade", "message": {"x": 1}}"#.to_vec();
-    let (status, headers, resp) = request(
-        d.http,
-        "POST",
-        "/api/v1/publish",
-        &[("content-type", "application/json")],
-        body,
-    )
-    .await
-    .unwrap();
-    let v: Value = serde_json::from_slice(&resp).unwrap();
+    let (status, headers, v) = d.publish_raw(body).await;
     assert_eq!(status, 503, "{v}");
     assert_eq!(headers["retry-after"], "1");
     assert_eq!(v["error"]["code"], "nats_unavailable");
@@ -906,14 +848,7 @@ async fn with_auto_start_off_it_uses_an_external_server_and_reconnects_forever()
     // The external server goes away: health says so, publish is 503.
     let _ = ext.kill();
     let _ = ext.wait();
-    let (code, h) = eventually(Duration::from_secs(5), "health to notice", || async {
-        get_json(http, "/health")
-            .await
-            .ok()
-            .filter(|(c, _)| *c == 503)
-    })
-    .await;
-    assert_eq!(code, 503);
+    let h = d.wait_health(503, Duration::from_secs(5)).await;
     assert!(
         h["problems"]
             .to_string()
@@ -939,7 +874,11 @@ async fn reconciliation_updates_what_it_can_reports_drift_and_never_deletes() {
     let state = tempfile::tempdir().unwrap();
     let resync = "  stream_resync_interval: 300ms\n";
     let v1 = "  streams:\n    CUSTOM:\n      subjects: [\"custom.>\"]\n      max_age: 60\n";
-    let mut d = Daemon::builder().state(state.path()).nats(v1).supervisor(resync).start();
+    let mut d = Daemon::builder()
+        .state(state.path())
+        .nats(v1)
+        .supervisor(resync)
+        .start();
     d.wait_healthy(Duration::from_secs(20)).await;
     for i in 0..3 {
         assert_eq!(d.publish("custom.x", json!(i)).await.0, 200);
@@ -955,31 +894,64 @@ async fn reconciliation_updates_what_it_can_reports_drift_and_never_deletes() {
     .await
     .unwrap();
     js.delete_stream("SYSTEM_EVENTS").await.unwrap();
-    eventually(Duration::from_secs(5), "SYSTEM_EVENTS to be recreated", || async { js.get_stream("SYSTEM_EVENTS").await.ok().map(|_| ()) }).await;
+    eventually(
+        Duration::from_secs(5),
+        "SYSTEM_EVENTS to be recreated",
+        || async { js.get_stream("SYSTEM_EVENTS").await.ok().map(|_| ()) },
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(700)).await;
-    assert!(js.get_stream("NOT_OURS").await.is_ok(), "an undeclared stream was deleted");
+    assert!(
+        js.get_stream("NOT_OURS").await.is_ok(),
+        "an undeclared stream was deleted"
+    );
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(Duration::from_secs(15)).code(), Some(0));
 
     // Same store, new config: storage changes (impossible in place), limits
     // and subjects change (possible).
     let v2 = "  streams:\n    CUSTOM:\n      subjects: [\"custom.>\", \"custom2.>\"]\n      max_age: 120\n      storage: memory\n";
-    let d = Daemon::builder().state(state.path()).nats(v2).supervisor(resync).start();
+    let d = Daemon::builder()
+        .state(state.path())
+        .nats(v2)
+        .supervisor(resync)
+        .start();
     d.wait_healthy(Duration::from_secs(20)).await;
     let (code, custom) = d.get("/api/v1/streams/CUSTOM").await;
     assert_eq!(code, 200);
-    assert_eq!(custom["storage"], "file", "an immutable difference must leave the stream as it is");
+    assert_eq!(
+        custom["storage"], "file",
+        "an immutable difference must leave the stream as it is"
+    );
     assert_eq!(custom["messages"], 3, "messages must survive");
     assert_eq!(custom["config"]["max_age_seconds"], 120);
     assert_eq!(custom["subjects"], json!(["custom.>", "custom2.>"]));
-    assert_eq!(custom["drift"], json!(["CUSTOM: storage is file, config says memory"]));
+    assert_eq!(
+        custom["drift"],
+        json!(["CUSTOM: storage is file, config says memory"])
+    );
     let log = d.log();
-    assert!(log.contains("stream CUSTOM: storage is file but the config says memory"), "{log}");
-    assert!(log.contains("updated stream") && log.contains("max_age 60s -> 120s"), "{log}");
+    assert!(
+        log.contains("stream CUSTOM: storage is file but the config says memory"),
+        "{log}"
+    );
+    assert!(
+        log.contains("updated stream") && log.contains("max_age 60s -> 120s"),
+        "{log}"
+    );
     let (_, status) = d.get("/api/v1/status").await;
-    assert_eq!(status["stream_reconciliation"]["drift"], json!(["CUSTOM: storage is file, config says memory"]));
+    assert_eq!(
+        status["stream_reconciliation"]["drift"],
+        json!(["CUSTOM: storage is file, config says memory"])
+    );
     let (_, streams) = d.get("/api/v1/streams").await;
-    let not_ours = streams["streams"].as_array().unwrap().iter().find(|s| s["name"] == "NOT_OURS").unwrap().clone();
+    let not_ours = streams["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "NOT_OURS")
+        .unwrap()
+        .clone();
     assert_eq!(not_ours["declared"], false);
     // Publishing to the undeclared stream's subject is persisted there too.
     let (_, resp) = d.publish("other.thing", json!(1)).await;
@@ -991,7 +963,8 @@ async fn ready_goes_to_the_notify_socket_only_when_healthy_and_the_child_does_no
     let dir = tempfile::tempdir().unwrap();
     let sock_path = dir.path().join("notify.sock");
     let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
     let mut d = Daemon::builder()
         .env("NOTIFY_SOCKET", sock_path.to_str().unwrap())
         .env("WATCHDOG_USEC", "30000000")
@@ -1004,13 +977,21 @@ async fn ready_goes_to_the_notify_socket_only_when_healthy_and_the_child_does_no
     let (code, h) = d.get("/health").await;
     assert_eq!(code, 200, "{h}");
     let child = d.child_pid().unwrap();
-    assert!(msg.contains(&format!("STATUS=nats-server pid {child} healthy")), "{msg}");
+    assert!(
+        msg.contains(&format!("STATUS=nats-server pid {child} healthy")),
+        "{msg}"
+    );
     let env = std::fs::read(format!("/proc/{child}/environ")).unwrap();
     let env = String::from_utf8_lossy(&env);
-    assert!(!env.contains("NOTIFY_SOCKET=") && !env.contains("WATCHDOG_USEC="), "the child inherited systemd's variables");
+    assert!(
+        !env.contains("NOTIFY_SOCKET=") && !env.contains("WATCHDOG_USEC="),
+        "the child inherited systemd's variables"
+    );
     d.signal(Signal::SIGTERM);
     let n = sock.recv(&mut buf).unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "STOPPING=1"));
+    assert!(String::from_utf8_lossy(&buf[..n])
+        .lines()
+        .any(|l| l == "STOPPING=1"));
     assert_eq!(d.wait_exit(Duration::from_secs(15)).code(), Some(0));
 }
 
@@ -1020,12 +1001,21 @@ async fn no_ready_when_nats_server_cannot_start() {
     let sock_path = dir.path().join("notify.sock");
     let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
     sock.set_nonblocking(true).unwrap();
-    let fake = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/fake-nats-server");
-    let mut d = Daemon::builder().bin(fake).env("NOTIFY_SOCKET", sock_path.to_str().unwrap()).start();
+    let fake = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/fake-nats-server"
+    );
+    let mut d = Daemon::builder()
+        .bin(fake)
+        .env("NOTIFY_SOCKET", sock_path.to_str().unwrap())
+        .start();
     assert_eq!(d.wait_exit(Duration::from_secs(20)).code(), Some(69));
     let mut buf = [0u8; 4096];
     while let Ok(n) = sock.recv(&mut buf) {
         let m = String::from_utf8_lossy(&buf[..n]).into_owned();
-        assert!(!m.lines().any(|l| l == "READY=1"), "READY sent for a daemon that never got nats-server up: {m}");
+        assert!(
+            !m.lines().any(|l| l == "READY=1"),
+            "READY sent for a daemon that never got nats-server up: {m}"
+        );
     }
 }

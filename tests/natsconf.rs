@@ -61,20 +61,13 @@ fn nats_server_t_accepts_every_shipped_config_on_both_versions() {
             let dir = tempfile::tempdir().unwrap();
             let conf = dir.path().join("nats-server.conf");
             std::fs::write(&conf, rendered(&localized(&path, dir.path()))).unwrap();
-            let o = Command::new(&bin)
-                .arg("-t")
-                .arg("-c")
-                .arg(&conf)
-                .output()
-                .unwrap();
-            assert!(
-                o.status.success(),
-                "{} -t refuses the rendering of {}:\n{}{}",
-                bin.display(),
-                path.display(),
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            );
+            if let Err(e) = nats_server_t(&bin, &conf) {
+                panic!(
+                    "{} -t refuses the rendering of {}:\n{e}",
+                    bin.display(),
+                    path.display()
+                );
+            }
         }
     }
 }

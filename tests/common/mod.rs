@@ -51,6 +51,25 @@ pub fn free_port() -> u16 {
 /// Every test config, like every shipped one, must be accepted by both
 /// nats-server versions (`-t` on the rendering). Configs the daemon itself
 /// refuses (tests of bad input) have nothing to render and are skipped.
+/// `nats-server -t -c conf`: Ok, or what it printed.
+pub fn nats_server_t(bin: &Path, conf: &Path) -> Result<(), String> {
+    let o = Command::new(bin)
+        .arg("-t")
+        .arg("-c")
+        .arg(conf)
+        .output()
+        .unwrap();
+    if o.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ))
+    }
+}
+
 pub fn check_with_both_nats_servers(config: &Path) {
     let out = Command::new(BIN)
         .arg("render-nats-config")
@@ -64,19 +83,13 @@ pub fn check_with_both_nats_servers(config: &Path) {
     let conf = config.with_extension("rendered.conf");
     std::fs::write(&conf, &out.stdout).unwrap();
     for bin in nats_servers() {
-        let o = Command::new(&bin)
-            .arg("-t")
-            .arg("-c")
-            .arg(&conf)
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "{} -t refuses the test config {}:\n{}",
-            bin.display(),
-            config.display(),
-            String::from_utf8_lossy(&o.stderr)
-        );
+        if let Err(e) = nats_server_t(&bin, &conf) {
+            panic!(
+                "{} -t refuses the test config {}:\n{e}",
+                bin.display(),
+                config.display()
+            );
+        }
     }
     let _ = std::fs::remove_file(&conf);
 }
@@ -300,16 +313,50 @@ impl Daemon {
 
     pub async fn publish(&self, subject: &str, message: Value) -> (u16, Value) {
         let body = serde_json::json!({"subject": subject, "message": message}).to_string();
-        let (status, _, body) = request(
+        let (status, _, v) = self.publish_raw(body.into_bytes()).await;
+        (status, v)
+    }
+
+    /// POST /api/v1/publish with `body` as is (JSON content type).
+    pub async fn publish_raw(&self, body: Vec<u8>) -> (u16, hyper::HeaderMap, Value) {
+        let (status, headers, body) = request(
             self.http,
             "POST",
             "/api/v1/publish",
             &[("content-type", "application/json")],
-            body.into_bytes(),
+            body,
         )
         .await
         .unwrap();
-        (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+        (
+            status,
+            headers,
+            serde_json::from_slice(&body).unwrap_or(Value::Null),
+        )
+    }
+
+    /// Polls /health until it answers `code`; returns the body.
+    pub async fn wait_health(&self, code: u16, timeout: Duration) -> Value {
+        eventually(timeout, &format!("/health to answer {code}"), || async {
+            get_json(self.http, "/health")
+                .await
+                .ok()
+                .filter(|(c, _)| *c == code)
+                .map(|(_, v)| v)
+        })
+        .await
+    }
+
+    /// Waits until /health is 200 with a nats-server other than `old`;
+    /// returns the new pid.
+    pub async fn wait_new_child(&self, old: u32, timeout: Duration) -> u32 {
+        eventually(timeout, "a new healthy nats-server", || async {
+            match get_json(self.http, "/health").await {
+                Ok((200, h)) => h["pid"].as_u64().map(|p| p as u32).filter(|p| *p != old),
+                _ => None,
+            }
+        })
+        .await
     }
 
     pub async fn client(&self) -> async_nats::Client {
