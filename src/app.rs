@@ -148,8 +148,9 @@ impl App {
             .max_reconnects(None)
             .connection_timeout(Duration::from_secs(2))
             .ping_interval(Duration::from_secs(10))
+            // async-nats counts the first try as attempt 1: no delay then.
             .reconnect_delay_callback(move |attempt| {
-                Duration::from_millis((20 * attempt as u64).min(max_delay_ms))
+                Duration::from_millis((20 * attempt.saturating_sub(1) as u64).min(max_delay_ms))
             })
             .event_callback(move |event| {
                 let app = app.clone();
@@ -239,18 +240,29 @@ impl App {
         let generation = self.child.borrow().generation;
         let nats = self.nats().ok_or("not connected to NATS")?;
         let c = &self.config;
-        let result = if !c.nats.jetstream_enabled {
-            Ok(js_sync::Report::default())
-        } else if c.auto_create_streams {
-            js_sync::reconcile(&nats.js, &c.streams()).await
-        } else {
-            js_sync::list(&nats.js).await.map(|infos| js_sync::Report {
-                streams: infos
-                    .into_iter()
-                    .map(|i| (i.config.name, i.config.subjects))
-                    .collect(),
-                ..Default::default()
-            })
+        let work = async {
+            if !c.nats.jetstream_enabled {
+                Ok(js_sync::Report::default())
+            } else if c.auto_create_streams {
+                js_sync::reconcile(&nats.js, &c.streams()).await
+            } else {
+                js_sync::list(&nats.js).await.map(|infos| js_sync::Report {
+                    streams: infos
+                        .into_iter()
+                        .map(|i| (i.config.name, i.config.subjects))
+                        .collect(),
+                    ..Default::default()
+                })
+            }
+        };
+        // A request in flight when the child dies would wait out its whole
+        // timeout and hold up the reconciliation the new child needs.
+        let result = match self.while_connected(Duration::from_secs(60), work).await {
+            Ok(r) => r,
+            Err(Lost::Disconnected) => Err(
+                "the connection to nats-server dropped during stream reconciliation".to_string(),
+            ),
+            Err(Lost::TimedOut) => Err("stream reconciliation took longer than 60 s".to_string()),
         };
         let mut st = self.sync.lock().unwrap_or_else(|e| e.into_inner());
         match result {

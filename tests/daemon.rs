@@ -628,7 +628,10 @@ async fn a_taken_nats_port_exits_69_naming_the_port_and_holder() {
     let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = holder.local_addr().unwrap().port();
     let mut d = Daemon::builder()
-        .ports((free_port(), port, free_port()))
+        .ports({
+            let [h, m] = free_ports::<2>();
+            (h, port, m)
+        })
         .start();
     let status = d.wait_exit(Duration::from_secs(15));
     assert_eq!(status.code(), Some(69), "{}", d.log());
@@ -648,7 +651,10 @@ async fn a_taken_http_port_exits_69_naming_it() {
     let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = holder.local_addr().unwrap().port();
     let mut d = Daemon::builder()
-        .ports((port, free_port(), free_port()))
+        .ports({
+            let [n, m] = free_ports::<2>();
+            (port, n, m)
+        })
         .start();
     assert_eq!(d.wait_exit(Duration::from_secs(15)).code(), Some(69));
     assert!(
@@ -728,7 +734,7 @@ async fn a_missing_nats_server_binary_exits_69() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_seeds_services_yaml_runs() {
     let seed = include_str!("../config/examples/seed-services.yaml");
-    let (http, nats, mon, cluster) = (free_port(), free_port(), free_port(), free_port());
+    let [http, nats, mon, cluster] = free_ports::<4>();
     let dir = tempfile::tempdir().unwrap();
     let text = seed
         .replace("port: 8085", &format!("port: {http}"))
@@ -807,7 +813,7 @@ fn external_nats(port: u16, monitor: u16, store: &std::path::Path) -> std::proce
 
 #[tokio::test(flavor = "multi_thread")]
 async fn with_auto_start_off_it_uses_an_external_server_and_reconnects_forever() {
-    let (http, port, monitor) = (free_port(), free_port(), free_port());
+    let [http, port, monitor] = free_ports::<3>();
     let store = tempfile::tempdir().unwrap();
     let mut ext = external_nats(port, monitor, store.path());
     eventually(Duration::from_secs(10), "the external server", || async {
@@ -1018,4 +1024,62 @@ async fn no_ready_when_nats_server_cannot_start() {
             "READY sent for a daemon that never got nats-server up: {m}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn too_many_crashes_in_the_window_end_the_daemon_with_69() {
+    let mut d = Daemon::builder()
+        .supervisor("  max_failures: 2\n  failure_window: 60s\n")
+        .start();
+    d.wait_healthy(Duration::from_secs(20)).await;
+    for round in 0..3 {
+        let old = d.child_pid().unwrap();
+        kill(old, Signal::SIGKILL);
+        if round < 2 {
+            d.wait_new_child(old, Duration::from_secs(5)).await;
+        }
+    }
+    let status = d.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(69), "{}", d.log());
+    let log = d.log();
+    assert!(
+        log.contains("giving up: nats-server failed 3 times within 60s"),
+        "{log}"
+    );
+    assert!(log.contains("last nats-server output:"), "{log}");
+    assert!(nats_servers_with(&d.state_dir().display().to_string()).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_child_deaf_to_sigterm_is_killed_after_stop_timeout() {
+    let fake = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/fake-nats-server"
+    );
+    let mut d = Daemon::builder()
+        .bin(fake)
+        .env("FAKE_MODE", "stubborn")
+        .supervisor("  stop_timeout: 500ms\n  start_timeout: 60s\n")
+        .start();
+    let child = eventually(Duration::from_secs(10), "the fake child", || async {
+        d.child_pid()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t = Instant::now();
+    d.signal(Signal::SIGTERM);
+    let status = d.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0), "{}", d.log());
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    assert!(!alive(child));
+    let log = d.log();
+    assert!(
+        log.contains("stopping nats-server (SIGTERM)")
+            && log.contains("killing nats-server (SIGKILL)"),
+        "{log}"
+    );
 }

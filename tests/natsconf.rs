@@ -30,11 +30,12 @@ fn shipped_configs() -> Vec<PathBuf> {
 /// The config as shipped, on free ports and a private state dir.
 fn localized(path: &Path, dir: &Path) -> Config {
     let mut c = load_file(path).unwrap_or_else(|e| panic!("{e}")).config;
-    c.nats.nats_port = free_port();
-    c.nats.http_port = free_port();
-    c.nats.cluster_port = Some(free_port());
+    let [nats, http, cluster] = free_ports::<3>();
+    c.nats.nats_port = nats;
+    c.nats.http_port = http;
+    c.nats.cluster_port = Some(cluster);
     if c.nats.cluster_listen.is_some() {
-        c.nats.cluster_listen = Some(format!("127.0.0.1:{}", free_port()));
+        c.nats.cluster_listen = Some(format!("127.0.0.1:{cluster}"));
     }
     c.nats.data_dir = Some(dir.join("state"));
     c

@@ -41,11 +41,15 @@ pub fn nats_servers() -> Vec<PathBuf> {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    free_ports::<1>()[0]
+}
+
+/// N distinct free ports (all held while picking, so none repeats).
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
 }
 
 /// Every test config, like every shipped one, must be accepted by both
@@ -153,9 +157,10 @@ impl DaemonBuilder {
 
     pub fn start(self) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
-        let (http, nats, monitor) = self
-            .ports
-            .unwrap_or_else(|| (free_port(), free_port(), free_port()));
+        let (http, nats, monitor) = self.ports.unwrap_or_else(|| {
+            let [a, b, c] = free_ports::<3>();
+            (a, b, c)
+        });
         let config = format!(
             "port: {http}\n{top}nats:\n  nats_port: {nats}\n  http_port: {monitor}\n  data_dir: {data:?}\n  server_bin: {bin:?}\n  server_name: test\n{nats_extra}supervisor:\n  health_interval: 250ms\n  health_timeout: 250ms\n{sup}",
             top = self.top,
@@ -257,9 +262,9 @@ impl Daemon {
             if let Ok((200, body)) = get_json(self.http, "/health").await {
                 return body;
             }
-            if let Some(status) = self.try_exit() {
+            if self.has_exited() {
                 panic!(
-                    "daemon exited ({status}) before becoming healthy; log:\n{}",
+                    "daemon exited before becoming healthy; log:\n{}",
                     self.log()
                 );
             }
@@ -272,14 +277,10 @@ impl Daemon {
         }
     }
 
-    pub fn try_exit(&self) -> Option<ExitStatus> {
-        // `try_wait` needs &mut; poll through /proc instead to keep &self.
-        let pid = self.pid();
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
-        match stat {
-            Some(s) if !s.contains(") Z ") => None,
-            _ => Some(std::os::unix::process::ExitStatusExt::from_raw(0)),
-        }
+    /// Whether the daemon process has ended (it is our child, so it
+    /// lingers as a zombie until waited for).
+    pub fn has_exited(&self) -> bool {
+        !alive(self.pid())
     }
 
     /// Waits for the daemon to exit and returns its exit code.
