@@ -149,6 +149,15 @@ async fn every_endpoint_answers_with_the_seeds_shapes() {
         ],
     );
 
+    // The generated nats-server config is private: it may hold passwords.
+    use std::os::unix::fs::PermissionsExt;
+    let conf = std::fs::metadata(d.state_dir().join("nats-server.conf")).unwrap();
+    assert_eq!(conf.permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        info["config_file"],
+        d.state_dir().join("nats-server.conf").display().to_string()
+    );
+
     let (code, md) = d.get("/api/v1/streams/MARKET_DATA").await;
     assert_eq!(code, 200);
     assert_eq!(md["name"], "MARKET_DATA");
@@ -421,35 +430,67 @@ async fn kill_9_of_nats_server_restarts_it_within_2s_and_loses_nothing_acknowled
         )
         .start();
     d.wait_healthy(Duration::from_secs(20)).await;
-    let mut acked = Vec::new();
-    for i in 0..200 {
-        let (status, resp) = d
-            .publish("market.binance.BTCUSDT.trade", json!({"i": i}))
-            .await;
-        assert_eq!(status, 200, "{resp}");
-        acked.push(resp["seq"].as_u64().unwrap());
+    let d = std::sync::Arc::new(d);
+    // Publishers keep going through the kill; every answer is recorded.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut publishers = Vec::new();
+    for p in 0..4 {
+        let (d, stop) = (d.clone(), stop.clone());
+        publishers.push(tokio::spawn(async move {
+            let (mut acked, mut refused) = (Vec::new(), 0u32);
+            let mut i = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let msg = json!({"p": p, "i": i});
+                let (status, resp) = d.publish("market.binance.BTCUSDT.trade", msg.clone()).await;
+                match status {
+                    200 => acked.push((resp["seq"].as_u64().unwrap(), msg)),
+                    503 => refused += 1,
+                    other => panic!("unexpected {other}: {resp}"),
+                }
+                i += 1;
+            }
+            (acked, refused)
+        }));
     }
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let old = d.child_pid().unwrap();
     let killed_at = Instant::now();
     kill(old, Signal::SIGKILL);
     let new = d.wait_new_child(old, Duration::from_secs(2)).await;
     let took = killed_at.elapsed();
-    eprintln!("healthy again {took:?} after kill -9 (pid {old} -> {new})");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut acked, mut refused) = (Vec::new(), 0);
+    for p in publishers {
+        let (a, r) = p.await.unwrap();
+        acked.extend(a);
+        refused += r;
+    }
+    eprintln!("healthy again {took:?} after kill -9 (pid {old} -> {new}); {} acked, {refused} refused with 503", acked.len());
     assert!(took < Duration::from_secs(2));
     assert!(!alive(old));
     assert!(alive(new));
+    assert!(
+        acked.len() > 50,
+        "too little load to mean anything: {}",
+        acked.len()
+    );
 
-    // Every acknowledged message is still there, in order.
+    // Every acknowledged message is there, with its content.
     let js = async_nats::jetstream::new(d.client().await);
     let stream = js.get_stream("MARKET_DATA").await.unwrap();
-    assert_eq!(stream.cached_info().state.messages, 200);
-    for (i, seq) in acked.iter().enumerate() {
-        let m = stream.get_raw_message(*seq).await.unwrap();
+    for (seq, msg) in &acked {
+        let m = stream
+            .get_raw_message(*seq)
+            .await
+            .unwrap_or_else(|e| panic!("acknowledged seq {seq} is gone: {e}"));
         assert_eq!(
-            serde_json::from_slice::<Value>(&m.payload).unwrap(),
-            json!({"i": i})
+            &serde_json::from_slice::<Value>(&m.payload).unwrap(),
+            msg,
+            "seq {seq}"
         );
     }
+    assert!(stream.cached_info().state.messages >= acked.len() as u64);
     // The memory stream died with the old child and was recreated.
     assert!(
         js.get_stream("MEMORY_TICKS").await.is_ok(),
