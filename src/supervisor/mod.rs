@@ -258,7 +258,7 @@ impl Supervisor {
                         tracing::info!(pid, ?ports, "nats-server is ready");
                     }
                     Action::GiveUp { reason } => {
-                        self.publish(&m);
+                        self.publish_status(&m);
                         let tail = self.tail(10);
                         let _ = std::fs::remove_file(self.pid_path());
                         let mut msg = reason;
@@ -269,14 +269,14 @@ impl Supervisor {
                         return Err(SupervisorError::Unavailable(msg));
                     }
                     Action::Done => {
-                        self.publish(&m);
+                        self.publish_status(&m);
                         let _ = std::fs::remove_file(self.pid_path());
                         tracing::info!("nats-server stopped");
                         return Ok(());
                     }
                 }
             }
-            self.publish(&m);
+            self.publish_status(&m);
 
             let probing = matches!(m.state, State::Starting { .. } | State::Running { .. });
             let event = tokio::select! {
@@ -325,7 +325,7 @@ impl Supervisor {
         }
     }
 
-    fn publish(&self, m: &Machine) {
+    fn publish_status(&self, m: &Machine) {
         let (phase, healthy, restart_in) = match &m.state {
             State::Idle | State::Starting { .. } if m.restarts == 0 => {
                 (Phase::Starting, false, None)

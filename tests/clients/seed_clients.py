@@ -39,7 +39,14 @@ async def main(url, count, extra):
         await asyncio.wait_for(done.wait(), timeout=20)
     finally:
         await sub.unsubscribe()
-    info = await js.consumer_info("MARKET_DATA", "market-consumer")
+    # Acks are processed by JetStream asynchronously: give them a moment
+    # before reading the consumer's state.
+    await nc.flush()
+    for _ in range(50):
+        info = await js.consumer_info("MARKET_DATA", "market-consumer")
+        if info.num_ack_pending == 0:
+            break
+        await asyncio.sleep(0.1)
     await nc.close()
     print(json.dumps({
         "acked_seqs": acks,
