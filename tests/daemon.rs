@@ -158,6 +158,12 @@ async fn every_endpoint_answers_with_the_seeds_shapes() {
         d.state_dir().join("nats-server.conf").display().to_string()
     );
 
+    assert!(
+        !d.log()
+            .contains("WARN nats-server: Plaintext passwords detected"),
+        "{}",
+        d.log()
+    );
     let (code, md) = d.get("/api/v1/streams/MARKET_DATA").await;
     assert_eq!(code, 200);
     assert_eq!(md["name"], "MARKET_DATA");

@@ -458,12 +458,21 @@ impl Supervisor {
         if let Err(e) = write_atomic(&pid_path, format!("{pid}\n").as_bytes(), 0o644) {
             tracing::warn!(path = %pid_path.display(), error = %e, "cannot write the pid file");
         }
+        // Without configured users the only "plaintext password" is the
+        // password-less anonymous user natsconf renders for no_auth_user
+        // (a bcrypt one would break no_auth_user): nats-server's warning
+        // about it is noise, not advice.
+        let benign: &'static [&'static str] = if c.nats.users.is_empty() {
+            &["Plaintext passwords detected"]
+        } else {
+            &[]
+        };
         let mut relays = Vec::new();
         if let Some(out) = child.stdout.take() {
-            relays.push(tokio::spawn(relay(out, pid, self.tail.clone())));
+            relays.push(tokio::spawn(relay(out, pid, self.tail.clone(), benign)));
         }
         if let Some(err) = child.stderr.take() {
-            relays.push(tokio::spawn(relay(err, pid, self.tail.clone())));
+            relays.push(tokio::spawn(relay(err, pid, self.tail.clone(), benign)));
         }
         Ok(Running { child, pid, relays })
     }
@@ -551,14 +560,19 @@ pub fn parse_child_line(line: &str) -> (ChildLevel, &str) {
 
 /// Re-logs the child's output line by line under the target `nats-server`
 /// and keeps a tail for error messages.
+/// Lines starting with one of `benign` are logged at debug level.
 async fn relay<R: tokio::io::AsyncRead + Unpin>(
     stream: R,
     pid: u32,
     tail: Arc<Mutex<VecDeque<String>>>,
+    benign: &'static [&'static str],
 ) {
     let mut lines = BufReader::new(stream).lines();
     while let Ok(Some(line)) = lines.next_line().await {
-        let (level, msg) = parse_child_line(&line);
+        let (mut level, msg) = parse_child_line(&line);
+        if benign.iter().any(|b| msg.starts_with(b)) {
+            level = ChildLevel::Debug;
+        }
         match level {
             ChildLevel::Trace => tracing::trace!(target: "nats-server", pid, "{msg}"),
             ChildLevel::Debug => tracing::debug!(target: "nats-server", pid, "{msg}"),
