@@ -349,3 +349,41 @@ fn file_errors_name_the_file() {
     std::fs::write(&weird, "").unwrap();
     assert!(load_file(&weird).unwrap_err().message.contains("*.yaml"));
 }
+
+/// Whatever the bytes, loading answers Ok or Err: never a panic.
+fn must_not_panic(text: &str, format: Format) {
+    let r = std::panic::catch_unwind(|| parse_str(text, format).map(|_| ()));
+    assert!(r.is_ok(), "panicked on {text:?}");
+}
+
+#[test]
+fn truncated_and_mutated_configs_never_panic() {
+    let sources = [
+        (SEED, Format::Yaml),
+        (include_str!("../../config/broker.yaml"), Format::Yaml),
+        (include_str!("../../config/examples/broker.toml"), Format::Toml),
+        (include_str!("../../config/examples/security.yaml"), Format::Yaml),
+    ];
+    for (src, format) in sources {
+        for cut in 0..src.len() {
+            if src.is_char_boundary(cut) {
+                must_not_panic(&src[..cut], format);
+            }
+        }
+        let bytes = src.as_bytes();
+        for (i, replacement) in (0..bytes.len()).zip([b'"', b'[', b'{', b':', b'-', b'\t', b'\n', b'*', b'&', b'!', b'#', b'0'].iter().cycle()) {
+            let mut m = bytes.to_vec();
+            m[i] = *replacement;
+            must_not_panic(&String::from_utf8_lossy(&m), format);
+        }
+    }
+}
+
+#[test]
+fn absurd_nesting_is_an_error_not_a_crash() {
+    let deep = format!("nats: {}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let e = parse_str(&deep, Format::Yaml).unwrap_err();
+    assert!(e.message.contains("recursion limit"), "{e}");
+    let deep = format!("nats = {}{}", "[".repeat(100_000), "]".repeat(100_000));
+    assert!(parse_str(&deep, Format::Toml).is_err());
+}
