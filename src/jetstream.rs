@@ -265,6 +265,9 @@ pub struct Report {
     pub errors: Vec<String>,
     /// Every stream nats-server has after reconciling, with subjects.
     pub streams: BTreeMap<String, Vec<String>>,
+    /// Declared streams that still do not exist: their subjects are not
+    /// persisted, which /health must not hide.
+    pub missing: Vec<String>,
 }
 
 /// Lists every stream's info.
@@ -345,6 +348,11 @@ pub async fn reconcile(
         .await?
         .into_iter()
         .map(|i| (i.config.name, i.config.subjects))
+        .collect();
+    report.missing = desired
+        .keys()
+        .filter(|n| !report.streams.contains_key(*n))
+        .cloned()
         .collect();
     Ok(report)
 }

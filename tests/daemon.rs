@@ -1130,3 +1130,49 @@ async fn a_child_deaf_to_sigterm_is_killed_after_stop_timeout() {
         "{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_declared_stream_that_cannot_be_created_makes_health_say_so() {
+    let state = tempfile::tempdir().unwrap();
+    let mut d = Daemon::builder().state(state.path()).start();
+    d.wait_healthy(Duration::from_secs(20)).await;
+    let js = async_nats::jetstream::new(d.client().await);
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "SOMEONE_ELSES".into(),
+        subjects: vec!["orders.>".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(Duration::from_secs(15)).code(), Some(0));
+
+    // Now the config declares a stream on the same subjects.
+    let d = Daemon::builder()
+        .state(state.path())
+        .nats("  streams:\n    ORDERS:\n      subjects: [\"orders.>\"]\n")
+        .start();
+    let problems = eventually(Duration::from_secs(20), "health to name ORDERS", || async {
+        match get_json(d.http, "/health").await {
+            Ok((503, h)) if h["problems"].to_string().contains("ORDERS") => {
+                Some(h["problems"].to_string())
+            }
+            _ => None,
+        }
+    })
+    .await;
+    assert!(
+        problems.contains("declared stream ORDERS does not exist")
+            && problems.contains("cannot create"),
+        "{problems}"
+    );
+    let (_, status) = d.get("/api/v1/status").await;
+    assert!(
+        status["stream_reconciliation"]["errors"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("ORDERS: cannot create"),
+        "{status}"
+    );
+    assert!(d.log().contains("cannot create stream"), "{}", d.log());
+}

@@ -361,8 +361,14 @@ fn truncated_and_mutated_configs_never_panic() {
     let sources = [
         (SEED, Format::Yaml),
         (include_str!("../../config/broker.yaml"), Format::Yaml),
-        (include_str!("../../config/examples/broker.toml"), Format::Toml),
-        (include_str!("../../config/examples/security.yaml"), Format::Yaml),
+        (
+            include_str!("../../config/examples/broker.toml"),
+            Format::Toml,
+        ),
+        (
+            include_str!("../../config/examples/security.yaml"),
+            Format::Yaml,
+        ),
     ];
     for (src, format) in sources {
         for cut in 0..src.len() {
@@ -371,7 +377,13 @@ fn truncated_and_mutated_configs_never_panic() {
             }
         }
         let bytes = src.as_bytes();
-        for (i, replacement) in (0..bytes.len()).zip([b'"', b'[', b'{', b':', b'-', b'\t', b'\n', b'*', b'&', b'!', b'#', b'0'].iter().cycle()) {
+        for (i, replacement) in (0..bytes.len()).zip(
+            [
+                b'"', b'[', b'{', b':', b'-', b'\t', b'\n', b'*', b'&', b'!', b'#', b'0',
+            ]
+            .iter()
+            .cycle(),
+        ) {
             let mut m = bytes.to_vec();
             m[i] = *replacement;
             must_not_panic(&String::from_utf8_lossy(&m), format);

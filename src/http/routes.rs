@@ -115,8 +115,23 @@ async fn health(app: &App) -> Result<Resp, ApiError> {
                 problems.push("the connection to nats-server dropped".into())
             }
         }
-        if app.config.auto_create_streams && !app.streams_synced() {
-            problems.push("streams are not reconciled yet".into());
+        if app.config.auto_create_streams {
+            if !app.streams_synced() {
+                problems.push("streams are not reconciled yet".into());
+            }
+            let sync = app.sync.lock().unwrap_or_else(|e| e.into_inner());
+            for name in &sync.report.missing {
+                let why = sync
+                    .report
+                    .errors
+                    .iter()
+                    .find(|e| e.starts_with(&format!("{name}: ")))
+                    .cloned();
+                problems.push(match why {
+                    Some(e) => format!("declared stream {name} does not exist ({e}); its subjects are not persisted"),
+                    None => format!("declared stream {name} does not exist; its subjects are not persisted"),
+                });
+            }
         }
     }
     let (status, code) = if problems.is_empty() {
