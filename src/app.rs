@@ -317,10 +317,10 @@ fn external_monitor(c: &Config) -> Option<SocketAddr> {
     (host, c.nats.http_port).to_socket_addrs().ok()?.next()
 }
 
-/// The daemon's own login when users are configured: generated at first
+/// The daemon's own login to the nats-server it runs: generated at first
 /// start and kept (0600) in the state dir, never hard-coded.
 pub fn internal_credentials(c: &Config) -> std::io::Result<Option<Credentials>> {
-    if c.nats.users.is_empty() || !c.auto_start_nats {
+    if !c.auto_start_nats {
         return Ok(None);
     }
     let path = c.data_dir().join("internal-credentials");

@@ -385,7 +385,7 @@ fn nats_server_test(bin: &std::path::Path, loaded: &Loaded) -> Result<(), String
 
 /// The nats-server config for `loaded`; `mask` hides passwords.
 pub fn render(loaded: &Loaded, mask: bool) -> String {
-    let internal = (!loaded.config.nats.users.is_empty()).then(|| Credentials {
+    let internal = loaded.config.auto_start_nats.then(|| Credentials {
         user: natsconf::INTERNAL_USER.into(),
         password: "********".into(),
     });

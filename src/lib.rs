@@ -6,6 +6,7 @@
 //! - [`natsconf`]: Config -> nats-server.conf text (pure).
 //! - [`subject`]: subject validation, matching, overlap (pure).
 //! - [`jetstream`]: declared vs actual streams -> plan (pure), then apply.
+//! - [`reload`]: old vs new config -> reload plan (pure).
 //! - [`supervisor`]: the nats-server child: spawn, probe, restart, stop.
 //! - [`app`]: shared state: child status, NATS client, stream matcher, stats.
 //! - [`http`]: the HTTP API on hyper 1.x.
@@ -22,6 +23,7 @@ pub mod http;
 pub mod jetstream;
 pub mod logging;
 pub mod natsconf;
+pub mod reload;
 pub mod stats;
 pub mod subject;
 pub mod supervisor;

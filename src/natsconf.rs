@@ -5,6 +5,7 @@
 //!   limits are the only place nats-server enforces max_streams and
 //!   max_consumers. Without configured users, `no_auth_user` maps anonymous
 //!   clients into that account, so the seed's clients connect unchanged.
+//!   The daemon itself always logs in as its own internal user.
 //!   (The original put `users` at the top level, which nats-server refuses.)
 //! - The cluster block is rendered only with routes: nats-server 2.9 and
 //!   later die at start with "JetStream cluster requires configured routes"
@@ -20,7 +21,7 @@ use crate::config::Config;
 pub const ACCOUNT: &str = "MARKETPRISM";
 /// The user anonymous clients become when no users are configured.
 pub const ANONYMOUS_USER: &str = "_marketprism_anonymous";
-/// The daemon's own user when users are configured.
+/// The daemon's own user.
 pub const INTERNAL_USER: &str = "_marketprism_broker";
 
 /// A user name and password.
@@ -33,7 +34,7 @@ pub struct Credentials {
 /// Inputs to rendering besides the config.
 #[derive(Debug, Clone, Default)]
 pub struct RenderOptions {
-    /// The daemon's own login; used when the config has users.
+    /// The daemon's own login (supervised mode).
     pub internal: Option<Credentials>,
     /// Replace every password with `********` (for display).
     pub mask_secrets: bool,
@@ -118,17 +119,19 @@ pub fn render(c: &Config, opts: &RenderOptions) -> String {
         let _ = writeln!(w, "    }}");
     }
     let _ = writeln!(w, "    users: [");
+    // The daemon's own login: always present, so adding or removing users
+    // by reload never changes how the daemon itself connects.
+    if let Some(cr) = &opts.internal {
+        let _ = writeln!(
+            w,
+            "      {{ user: {}, password: {} }}",
+            q(&cr.user),
+            secret(&cr.password)
+        );
+    }
     if n.users.is_empty() {
         let _ = writeln!(w, "      {{ user: {} }}", q(ANONYMOUS_USER));
     } else {
-        if let Some(cr) = &opts.internal {
-            let _ = writeln!(
-                w,
-                "      {{ user: {}, password: {} }}",
-                q(&cr.user),
-                secret(&cr.password)
-            );
-        }
         for u in &n.users {
             let _ = write!(
                 w,
@@ -214,6 +217,10 @@ mod tests {
     fn opts() -> RenderOptions {
         RenderOptions {
             source: "test".into(),
+            internal: Some(Credentials {
+                user: INTERNAL_USER.into(),
+                password: "generated".into(),
+            }),
             ..Default::default()
         }
     }
@@ -251,6 +258,7 @@ accounts {
       max_consumers: 1000
     }
     users: [
+      { user: "_marketprism_broker", password: "generated" }
       { user: "_marketprism_anonymous" }
     ]
   }
@@ -277,10 +285,7 @@ no_auth_user: "_marketprism_anonymous"
     fn users_go_into_the_account_with_the_internal_user_and_no_anonymous_access() {
         let c = cfg("nats:\n  users:\n    - user: producer\n      password: \"p\\\"w\"\n      permissions:\n        publish: [\"market.>\"]\n        subscribe: {allow: [\"_INBOX.>\"], deny: [\"secret.>\"]}\n");
         let mut o = opts();
-        o.internal = Some(Credentials {
-            user: INTERNAL_USER.into(),
-            password: "s3cret".into(),
-        });
+        o.internal.as_mut().unwrap().password = "s3cret".into();
         let text = render(&c, &o);
         assert!(!text.contains("no_auth_user"), "{text}");
         assert!(

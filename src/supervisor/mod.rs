@@ -366,11 +366,7 @@ impl Supervisor {
         let timeout = self.config.supervisor.health_timeout.get();
         probe::healthz(self.monitor, timeout).await?;
         if starting && self.config.nats.tls.is_none() {
-            let creds = self
-                .render
-                .internal
-                .as_ref()
-                .filter(|_| !self.config.nats.users.is_empty());
+            let creds = self.render.internal.as_ref();
             probe::nats_ping(
                 self.client,
                 creds.map(|c| (c.user.as_str(), c.password.as_str())),

@@ -1,0 +1,377 @@
+//! Old config vs new config -> what a reload must do (pure).
+//!
+//! nats-server reloads most settings on SIGHUP without dropping clients;
+//! a few need a restart. Which is which was measured on Debian's 2.9.10
+//! and a current release (see DESIGN.md's list): both refuse `port`,
+//! `host`, `http`, `server_name`, `max_subscriptions`, the store directory
+//! and cluster listen changes; 2.9.10 also refuses any change of the
+//! JetStream memory/storage limits, current releases only lowering them.
+//! The plan marks a raise as hot; the supervisor confirms every hot reload
+//! through /varz `config_load_time` and restarts the child when the
+//! running server refused it, so the version difference costs a restart
+//! on 2.9.10, never a silently ignored setting.
+
+use std::fmt::{Debug, Display};
+
+use crate::config::Config;
+
+/// What nats-server needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum NatsAction {
+    /// The rendered config does not change.
+    Nothing,
+    /// Rewrite the config and SIGHUP: clients stay connected.
+    Signal,
+    /// Rewrite the config and restart the child.
+    Restart,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadPlan {
+    pub nats: NatsAction,
+    /// One line per changed key: `nats.max_payload: 1MB -> 2MB (hot)`.
+    pub changes: Vec<String>,
+    /// HTTP host or port changed: bind the new address, then drop the old.
+    pub rebind_http: bool,
+    /// Declared streams (or whether to manage them) changed.
+    pub reconcile_streams: bool,
+    /// Where the daemon's own client connects changed.
+    pub reconnect_client: bool,
+    /// Set when the change cannot be applied by a reload at all; the old
+    /// config stays in force.
+    pub refused: Option<String>,
+}
+
+impl ReloadPlan {
+    pub fn is_noop(&self) -> bool {
+        self.changes.is_empty()
+    }
+}
+
+struct Diff<'a> {
+    plan: &'a mut ReloadPlan,
+}
+
+impl Diff<'_> {
+    /// Records `key` if it changed; raises the nats action to `action`.
+    fn field<T: PartialEq + Debug>(
+        &mut self,
+        key: &str,
+        old: &T,
+        new: &T,
+        action: NatsAction,
+    ) -> bool {
+        if old == new {
+            return false;
+        }
+        let how = match action {
+            NatsAction::Nothing => "",
+            NatsAction::Signal => " (hot)",
+            NatsAction::Restart => " (restarts nats-server)",
+        };
+        self.plan
+            .changes
+            .push(format!("{key}: {old:?} -> {new:?}{how}"));
+        self.plan.nats = self.plan.nats.max(action);
+        true
+    }
+
+    fn shown<T: PartialEq + Display>(
+        &mut self,
+        key: &str,
+        old: &T,
+        new: &T,
+        action: NatsAction,
+    ) -> bool {
+        if old == new {
+            return false;
+        }
+        self.field(
+            key,
+            &Shown(old.to_string()),
+            &Shown(new.to_string()),
+            action,
+        )
+    }
+}
+
+/// Debug-prints as the plain string (`1MB`, not `"1MB"`).
+#[derive(PartialEq)]
+struct Shown(String);
+impl Debug for Shown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+pub fn plan(old: &Config, new: &Config) -> ReloadPlan {
+    use NatsAction::{Nothing, Restart, Signal};
+    let mut plan = ReloadPlan {
+        nats: Nothing,
+        changes: Vec::new(),
+        rebind_http: false,
+        reconcile_streams: false,
+        reconnect_client: false,
+        refused: None,
+    };
+    let mut d = Diff { plan: &mut plan };
+
+    if d.field(
+        "auto_start_nats",
+        &old.auto_start_nats,
+        &new.auto_start_nats,
+        Nothing,
+    ) {
+        d.plan.refused = Some("auto_start_nats cannot change by reload (it decides whether this daemon owns nats-server): restart the service".into());
+    }
+    let http = d.field("port", &old.port, &new.port, Nothing)
+        | d.field("host", &old.host, &new.host, Nothing);
+    d.plan.rebind_http = http;
+    d.plan.reconcile_streams |= d.field(
+        "auto_create_streams",
+        &old.auto_create_streams,
+        &new.auto_create_streams,
+        Nothing,
+    );
+    d.field("supervisor", &old.supervisor, &new.supervisor, Nothing);
+    d.field("api", &old.api, &new.api, Nothing);
+
+    let (o, n) = (&old.nats, &new.nats);
+    if new.auto_start_nats {
+        let ports = d.field("nats.nats_port", &o.nats_port, &n.nats_port, Restart)
+            | d.field("nats.host", &o.host, &n.host, Restart);
+        d.plan.reconnect_client |= ports;
+        d.field("nats.http_port", &o.http_port, &n.http_port, Restart);
+        d.field("nats.data_dir", &o.data_dir, &n.data_dir, Restart);
+        d.field("nats.server_bin", &o.server_bin, &n.server_bin, Restart);
+        d.field("nats.server_name", &o.server_name, &n.server_name, Restart);
+        d.field(
+            "nats.max_subscriptions",
+            &o.max_subscriptions,
+            &n.max_subscriptions,
+            Restart,
+        );
+        d.field(
+            "nats.jetstream_enabled",
+            &o.jetstream_enabled,
+            &n.jetstream_enabled,
+            Restart,
+        );
+        for (key, a, b) in [
+            (
+                "nats.jetstream_max_memory",
+                o.jetstream_max_memory,
+                n.jetstream_max_memory,
+            ),
+            (
+                "nats.jetstream_max_storage",
+                o.jetstream_max_storage,
+                n.jetstream_max_storage,
+            ),
+        ] {
+            d.shown(key, &a, &b, if b > a { Signal } else { Restart });
+        }
+        d.field(
+            "nats.jetstream_max_streams",
+            &o.jetstream_max_streams,
+            &n.jetstream_max_streams,
+            Signal,
+        );
+        d.field(
+            "nats.jetstream_max_consumers",
+            &o.jetstream_max_consumers,
+            &n.jetstream_max_consumers,
+            Signal,
+        );
+        d.field(
+            "nats.max_connections",
+            &o.max_connections,
+            &n.max_connections,
+            Signal,
+        );
+        d.shown("nats.max_payload", &o.max_payload, &n.max_payload, Signal);
+        d.shown(
+            "nats.write_deadline",
+            &o.write_deadline,
+            &n.write_deadline,
+            Signal,
+        );
+        d.shown(
+            "nats.ping_interval",
+            &o.ping_interval,
+            &n.ping_interval,
+            Signal,
+        );
+        d.field(
+            "nats.max_pings_out",
+            &o.max_pings_out,
+            &n.max_pings_out,
+            Signal,
+        );
+        // The cluster block exists only with routes; adding or removing it,
+        // or moving its listener, is a restart; routes alone are hot.
+        let (oc, nc) = (old.cluster_listen(), new.cluster_listen());
+        let layout = oc.is_some() != nc.is_some()
+            || oc != nc
+            || (nc.is_some() && o.cluster_name != n.cluster_name);
+        if layout {
+            d.field(
+                "nats.cluster",
+                &(oc, &o.cluster_name),
+                &(nc, &n.cluster_name),
+                Restart,
+            );
+        }
+        d.field(
+            "nats.cluster_routes",
+            &o.cluster_routes,
+            &n.cluster_routes,
+            if layout { Restart } else { Signal },
+        );
+        d.field("nats.users", &o.users, &n.users, Signal);
+        d.field("nats.tls", &o.tls, &n.tls, Signal);
+        // Certificates are re-read on SIGHUP: `systemctl reload` must
+        // rotate them even when the config text is the same.
+        if n.tls.is_some() {
+            d.plan.nats = d.plan.nats.max(Signal);
+        }
+    } else {
+        d.plan.reconnect_client |= d.field("nats.nats_url", &o.nats_url, &n.nats_url, Nothing)
+            | d.field("nats.client_urls", &o.client_urls, &n.client_urls, Nothing);
+    }
+    d.plan.reconcile_streams |= d.field("nats.streams", &old.streams(), &new.streams(), Nothing);
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{parse_str, Format};
+
+    fn cfg(yaml: &str) -> Config {
+        let mut c = parse_str(yaml, Format::Yaml).unwrap().0;
+        c.nats.server_name = Some("n".into());
+        c
+    }
+
+    fn p(a: &str, b: &str) -> ReloadPlan {
+        plan(&cfg(a), &cfg(b))
+    }
+
+    #[test]
+    fn same_config_is_a_noop() {
+        let r = p("port: 1\n", "port: 1\n");
+        assert!(r.is_noop());
+        assert_eq!(r.nats, NatsAction::Nothing);
+    }
+
+    #[test]
+    fn hot_settings_signal_the_child() {
+        for (a, b) in [
+            ("nats: {max_payload: 1MB}", "nats: {max_payload: 2MB}"),
+            ("nats: {max_connections: 10}", "nats: {max_connections: 20}"),
+            ("nats: {write_deadline: 2s}", "nats: {write_deadline: 5s}"),
+            ("nats: {ping_interval: 2m}", "nats: {ping_interval: 30s}"),
+            ("nats: {max_pings_out: 2}", "nats: {max_pings_out: 3}"),
+            (
+                "nats: {jetstream_max_memory: 1GB}",
+                "nats: {jetstream_max_memory: 2GB}",
+            ),
+            (
+                "nats: {jetstream_max_streams: 100}",
+                "nats: {jetstream_max_streams: 50}",
+            ),
+            ("nats: {}", "nats: {users: [{user: a, password: b}]}"),
+        ] {
+            let r = p(a, b);
+            assert_eq!(r.nats, NatsAction::Signal, "{a} -> {b}: {r:?}");
+            assert!(!r.rebind_http && !r.reconnect_client, "{a} -> {b}");
+        }
+        assert_eq!(
+            p("nats: {max_payload: 1MB}", "nats: {max_payload: 2MB}").changes,
+            ["nats.max_payload: 1MB -> 2MB (hot)"]
+        );
+    }
+
+    #[test]
+    fn restart_settings_restart_the_child() {
+        for (a, b) in [
+            ("nats: {nats_port: 4222}", "nats: {nats_port: 4223}"),
+            ("nats: {http_port: 8222}", "nats: {http_port: 8223}"),
+            ("nats: {host: 127.0.0.1}", "nats: {host: 0.0.0.0}"),
+            (
+                "nats: {max_subscriptions: 10}",
+                "nats: {max_subscriptions: 20}",
+            ),
+            (
+                "nats: {jetstream_max_storage: 10GB}",
+                "nats: {jetstream_max_storage: 5GB}",
+            ),
+            ("nats: {data_dir: /a}", "nats: {data_dir: /b}"),
+            (
+                "nats: {jetstream_enabled: true}",
+                "nats: {jetstream_enabled: false}",
+            ),
+            (
+                "nats: {}",
+                "nats: {cluster_routes: [\"nats-route://b:6222\"]}",
+            ),
+        ] {
+            assert_eq!(p(a, b).nats, NatsAction::Restart, "{a} -> {b}");
+        }
+        let r = p("nats: {nats_port: 4222}", "nats: {nats_port: 4223}");
+        assert!(r.reconnect_client);
+        assert_eq!(
+            r.changes,
+            ["nats.nats_port: 4222 -> 4223 (restarts nats-server)"]
+        );
+    }
+
+    #[test]
+    fn the_strongest_action_wins() {
+        let r = p(
+            "nats: {max_payload: 1MB, nats_port: 1}",
+            "nats: {max_payload: 2MB, nats_port: 2}",
+        );
+        assert_eq!(r.nats, NatsAction::Restart);
+        assert_eq!(r.changes.len(), 2);
+    }
+
+    #[test]
+    fn routes_alone_are_hot_when_the_cluster_stays() {
+        let a = "nats: {cluster_routes: [\"nats-route://b:6222\"]}";
+        let b = "nats: {cluster_routes: [\"nats-route://b:6222\", \"nats-route://c:6222\"]}";
+        assert_eq!(p(a, b).nats, NatsAction::Signal);
+    }
+
+    #[test]
+    fn http_and_streams_and_supervisor_do_not_touch_nats() {
+        let r = p("port: 8085\n", "port: 9000\n");
+        assert!(r.rebind_http);
+        assert_eq!(r.nats, NatsAction::Nothing);
+        let r = p("nats: {}", "nats: {streams: {X: {subjects: [x]}}}");
+        assert!(r.reconcile_streams);
+        assert_eq!(r.nats, NatsAction::Nothing);
+        let r = p(
+            "supervisor: {health_failures: 3}",
+            "supervisor: {health_failures: 5}",
+        );
+        assert_eq!((r.nats, r.changes.len()), (NatsAction::Nothing, 1));
+    }
+
+    #[test]
+    fn switching_ownership_of_nats_server_is_refused() {
+        let r = p("auto_start_nats: true\n", "auto_start_nats: false\n");
+        assert!(r.refused.unwrap().contains("restart the service"));
+    }
+
+    #[test]
+    fn external_mode_reconnects_on_new_urls_and_ignores_server_settings() {
+        let r = p(
+            "auto_start_nats: false\nnats: {nats_url: \"nats://a:4222\", max_payload: 1MB}",
+            "auto_start_nats: false\nnats: {nats_url: \"nats://b:4222\", max_payload: 2MB}",
+        );
+        assert!(r.reconnect_client);
+        assert_eq!(r.nats, NatsAction::Nothing);
+    }
+}
