@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use async_nats::jetstream;
@@ -42,13 +42,19 @@ pub struct SyncState {
 }
 
 pub struct App {
-    pub config: Arc<Config>,
+    /// The config in force; replaced by a successful reload.
+    config: RwLock<Arc<Config>>,
     pub started_at: SystemTime,
     pub started: Instant,
     /// Child status; in external mode a constant `None`-pid status.
     pub child: watch::Receiver<ChildStatus>,
     pub supervised: bool,
-    nats: OnceLock<Nats>,
+    /// The current client; replaced (not re-pointed) when a reload moves
+    /// the server, because a client stuck retrying an address that is gone
+    /// does not process commands until it reconnects.
+    nats: RwLock<Option<Arc<Nats>>>,
+    /// Which client's events count: an old client's late events are ignored.
+    client_gen: AtomicU64,
     /// Signalled when the client (re)connects: streams may need recreating.
     pub reconnected: Notify,
     /// Wakes every request waiting on NATS when the connection drops: a
@@ -60,9 +66,9 @@ pub struct App {
     pub sync: Mutex<SyncState>,
     /// Completed syncs, for tests and status.
     pub syncs: AtomicU64,
-    /// nats-server's monitor, for /varz.
-    pub monitor: Option<SocketAddr>,
     pub credentials: Option<Credentials>,
+    /// A sentence to add to systemd's STATUS (a failed reload).
+    note: Mutex<Option<String>>,
 }
 
 impl App {
@@ -72,34 +78,64 @@ impl App {
         supervised: bool,
         credentials: Option<Credentials>,
     ) -> Self {
-        let monitor = if supervised {
-            Some(probe::connect_addr(
-                &config.nats.host,
-                config.nats.http_port,
-            ))
-        } else {
-            external_monitor(&config)
-        };
         App {
             started_at: SystemTime::now(),
             started: Instant::now(),
             child,
             supervised,
-            nats: OnceLock::new(),
+            nats: RwLock::new(None),
+            client_gen: AtomicU64::new(0),
             reconnected: Notify::new(),
             connection_lost: Notify::new(),
             matcher: RwLock::new(Arc::new(StreamMatcher::default())),
             stats: Stats::default(),
             sync: Mutex::new(SyncState::default()),
             syncs: AtomicU64::new(0),
-            monitor,
             credentials,
-            config,
+            note: Mutex::new(None),
+            config: RwLock::new(config),
         }
     }
 
-    pub fn nats(&self) -> Option<&Nats> {
-        self.nats.get()
+    pub fn note(&self) -> Option<String> {
+        self.note.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set_note(&self, note: Option<String>) {
+        *self.note.lock().unwrap_or_else(|e| e.into_inner()) = note;
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        self.config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Puts a reloaded config in force.
+    pub fn set_config(&self, c: Arc<Config>) {
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = c;
+    }
+
+    /// nats-server's monitor, for /varz: our child's, or for an external
+    /// server the host of nats_url on http_port.
+    pub fn monitor(&self) -> Option<SocketAddr> {
+        let c = self.config();
+        if self.supervised {
+            Some(probe::connect_addr(&c.nats.host, c.nats.http_port))
+        } else {
+            external_monitor(&c)
+        }
+    }
+
+    /// Connects a new client to the current URLs (after a reload moved
+    /// them); the old one closes when its last user drops it.
+    pub async fn repoint_client(self: &Arc<Self>) -> Result<(), String> {
+        self.connect().await
+    }
+
+    pub fn nats(&self) -> Option<Arc<Nats>> {
+        self.nats.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The client's own view, not the event flag: events arrive a moment
@@ -119,7 +155,8 @@ impl App {
 
     /// Where the daemon's own client connects.
     pub fn nats_urls(&self) -> Vec<String> {
-        let n = &self.config.nats;
+        let c = self.config();
+        let n = &c.nats;
         let scheme = if n.tls.is_some() { "tls" } else { "nats" };
         if self.supervised {
             vec![format!(
@@ -139,6 +176,7 @@ impl App {
     /// once, not after async-nats' default growing backoff.
     pub async fn connect(self: &Arc<Self>) -> Result<(), String> {
         let app = Arc::downgrade(self);
+        let gen = self.client_gen.fetch_add(1, Ordering::SeqCst) + 1;
         // Our own child restarts in a few hundred ms: retry often. A remote
         // server may be down for long: do not hammer it.
         let max_delay_ms = if self.supervised { 100 } else { 1000 };
@@ -156,6 +194,9 @@ impl App {
                 let app = app.clone();
                 async move {
                     let Some(app) = app.upgrade() else { return };
+                    if app.client_gen.load(Ordering::SeqCst) != gen {
+                        return;
+                    }
                     match event {
                         async_nats::Event::Connected => {
                             tracing::info!("connected to nats-server");
@@ -178,7 +219,7 @@ impl App {
         if let Some(c) = &self.credentials {
             opts = opts.user_and_password(c.user.clone(), c.password.clone());
         }
-        if let Some(tls) = &self.config.nats.tls {
+        if let Some(tls) = &self.config().nats.tls {
             opts = opts.require_tls(true);
             if let Some(ca) = &tls.ca_file {
                 opts = opts.add_root_certificates(ca.clone());
@@ -198,8 +239,8 @@ impl App {
             .await
             .map_err(|e| format!("cannot connect to NATS: {e}"))?;
         let mut js = jetstream::new(client.clone());
-        js.set_timeout(self.config.api.publish_timeout.get());
-        let _ = self.nats.set(Nats { client, js });
+        js.set_timeout(self.config().api.publish_timeout.get());
+        *self.nats.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(Nats { client, js }));
         Ok(())
     }
 
@@ -239,7 +280,7 @@ impl App {
     pub async fn sync_streams(&self) -> Result<(), String> {
         let generation = self.child.borrow().generation;
         let nats = self.nats().ok_or("not connected to NATS")?;
-        let c = &self.config;
+        let c = self.config();
         let work = async {
             if !c.nats.jetstream_enabled {
                 Ok(js_sync::Report::default())
@@ -296,7 +337,7 @@ impl App {
 
     /// GET /varz from nats-server's monitor.
     pub async fn varz(&self) -> Option<serde_json::Value> {
-        let (status, body) = probe::http_get(self.monitor?, "/varz", Duration::from_secs(2))
+        let (status, body) = probe::http_get(self.monitor()?, "/varz", Duration::from_secs(2))
             .await
             .ok()?;
         (status == 200)

@@ -4,21 +4,29 @@
 //! start:  bind the HTTP port (fail fast; /health answers 503 meanwhile) ->
 //!         start nats-server and wait until it is healthy -> connect ->
 //!         reconcile streams -> READY.
+//! reload: RELOADING -> read and validate the file (a bad one changes
+//!         nothing) -> reload::plan -> bind a new HTTP address first ->
+//!         hot-reload or restart nats-server -> put the config in force ->
+//!         reconnect / reconcile as the plan says -> READY.
 //! stop:   STOPPING -> stop HTTP (drain) -> SIGTERM nats-server (SIGKILL
 //!         after stop_timeout) -> exit 0, no orphan.
 
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use crate::app::{internal_credentials, App};
 use crate::config::{Loaded, Source};
 use crate::exit;
 use crate::natsconf::{self, Credentials, RenderOptions};
-use crate::supervisor::{self, probe, ChildStatus, Supervisor, SupervisorError};
+use crate::reload::{self, NatsAction};
+use crate::supervisor::{
+    self, probe, Applied, ChildStatus, Command, Phase, Supervisor, SupervisorError,
+};
 use crate::systemd;
 
 fn source_text(l: &Loaded) -> String {
@@ -28,26 +36,80 @@ fn source_text(l: &Loaded) -> String {
     }
 }
 
-/// Listens for SIGTERM/SIGINT (stop) and SIGHUP; the returned receiver
-/// turns true on a stop signal.
-fn stop_signals() -> std::io::Result<watch::Receiver<bool>> {
+/// What the signals ask for: `stop` turns true on SIGTERM/SIGINT;
+/// `reload` is notified on SIGHUP (a burst of them coalesces into one
+/// pending reload, which then reads the newest file).
+struct Signals {
+    stop: watch::Receiver<bool>,
+    reload: Arc<Notify>,
+}
+
+fn signals() -> std::io::Result<Signals> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
-    let (tx, rx) = watch::channel(false);
+    let (tx, stop) = watch::channel(false);
+    let reload = Arc::new(Notify::new());
+    let on_hup = reload.clone();
     tokio::spawn(async move {
         loop {
             tokio::select! {
                 _ = term.recv() => { tracing::info!("SIGTERM received: stopping"); let _ = tx.send(true); }
                 _ = int.recv() => { tracing::info!("SIGINT received: stopping"); let _ = tx.send(true); }
-                _ = hup.recv() => tracing::warn!("SIGHUP received: live reload is not supported by this version; restart the service to apply config changes"),
+                _ = hup.recv() => { tracing::info!("SIGHUP received: reloading the configuration"); on_hup.notify_one(); }
             }
         }
     });
-    Ok(rx)
+    Ok(Signals { stop, reload })
 }
 
-pub async fn run(loaded: Loaded) -> i32 {
+/// The HTTP server task and the switch that stops it.
+struct Http {
+    task: tokio::task::JoinHandle<()>,
+    stop: watch::Sender<bool>,
+}
+
+impl Http {
+    fn start(listener: TcpListener, app: Arc<App>) -> Http {
+        let (stop, rx) = watch::channel(false);
+        let addr = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        tracing::info!("HTTP API listening on http://{addr}");
+        Http {
+            task: tokio::spawn(crate::http::serve(listener, app, rx)),
+            stop,
+        }
+    }
+
+    /// Stops accepting and lets in-flight requests finish (api.drain_timeout).
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// Binds the HTTP API's address, naming the port's holder when taken.
+async fn bind_http(host: &str, port: u16) -> Result<TcpListener, String> {
+    TcpListener::bind((host, port)).await.map_err(|e| {
+        probe::check_port_free(host, port, "HTTP API port `port`")
+            .err()
+            .unwrap_or_else(|| format!("cannot listen on {host}:{port}: {e}"))
+    })
+}
+
+/// What the running daemon is made of, for reloads and shutdown.
+struct Ctx {
+    app: Arc<App>,
+    http: Option<Http>,
+    supervisor: Option<SupTask>,
+    commands: Option<mpsc::Sender<Command>>,
+    /// The --config path, so a reload reads what start-up read.
+    explicit: Option<PathBuf>,
+}
+
+pub async fn run(loaded: Loaded, explicit: Option<PathBuf>) -> i32 {
     let source = source_text(&loaded);
     match &loaded.source {
         Source::File(p) => {
@@ -63,8 +125,8 @@ pub async fn run(loaded: Loaded) -> i32 {
         tracing::warn!("config: {w}");
     }
     let config = Arc::new(loaded.config);
-    let mut stop = match stop_signals() {
-        Ok(rx) => rx,
+    let mut signals = match signals() {
+        Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "cannot install signal handlers");
             return exit::SOFTWARE;
@@ -72,14 +134,9 @@ pub async fn run(loaded: Loaded) -> i32 {
     };
 
     // The HTTP port first: a taken port is found before nats-server starts.
-    let listener = match TcpListener::bind((config.host.as_str(), config.port)).await {
+    let listener = match bind_http(&config.host, config.port).await {
         Ok(l) => l,
-        Err(e) => {
-            let msg = probe::check_port_free(&config.host, config.port, "HTTP API port `port`")
-                .err()
-                .unwrap_or_else(|| {
-                    format!("cannot listen on {}:{}: {e}", config.host, config.port)
-                });
+        Err(msg) => {
             tracing::error!("{msg}");
             eprintln!("marketprism-broker: {msg}");
             return exit::UNAVAILABLE;
@@ -94,6 +151,7 @@ pub async fn run(loaded: Loaded) -> i32 {
                 config.data_dir().display()
             );
             tracing::error!("{msg}");
+            eprintln!("marketprism-broker: {msg}");
             return exit::CANTCREAT;
         }
     };
@@ -104,24 +162,24 @@ pub async fn run(loaded: Loaded) -> i32 {
         config.auto_start_nats,
         credentials.clone(),
     ));
-
-    let (http_stop_tx, http_stop_rx) = watch::channel(false);
-    let http = tokio::spawn(crate::http::serve(listener, app.clone(), http_stop_rx));
-    tracing::info!(
-        "HTTP API listening on http://{}",
-        natsconf::host_port(&config.host, config.port)
-    );
+    let mut ctx = Ctx {
+        http: Some(Http::start(listener, app.clone())),
+        app,
+        supervisor: None,
+        commands: None,
+        explicit,
+    };
 
     let (child_stop_tx, child_stop_rx) = watch::channel(false);
-    let mut supervisor = None;
     if config.auto_start_nats {
         let bin = match supervisor::resolve_server_bin(&config) {
             Ok(b) => b,
             Err(e) => {
                 tracing::error!("{e}");
                 eprintln!("marketprism-broker: {e}");
-                let _ = http_stop_tx.send(true);
-                let _ = http.await;
+                if let Some(h) = ctx.http.take() {
+                    h.stop().await;
+                }
                 return exit::UNAVAILABLE;
             }
         };
@@ -130,8 +188,12 @@ pub async fn run(loaded: Loaded) -> i32 {
             mask_secrets: false,
             source: source.clone(),
         };
+        let (cmd_tx, cmd_rx) = mpsc::channel(4);
         match Supervisor::new(config.clone(), render, bin, status_tx) {
-            Ok(s) => supervisor = Some(tokio::spawn(s.run(child_stop_rx))),
+            Ok(s) => {
+                ctx.supervisor = Some(tokio::spawn(s.run(child_stop_rx, cmd_rx)));
+                ctx.commands = Some(cmd_tx);
+            }
             Err(e) => {
                 tracing::error!("{e}");
                 return exit::UNAVAILABLE;
@@ -141,19 +203,20 @@ pub async fn run(loaded: Loaded) -> i32 {
         drop(status_tx);
     }
 
-    let outcome = start_and_serve(&app, &mut supervisor, &mut stop).await;
+    let outcome = start_and_serve(&mut ctx, &mut signals).await;
 
     // Stop: HTTP first, so no request meets a stopping nats-server.
     systemd::stopping();
-    let _ = http_stop_tx.send(true);
-    let _ = http.await;
+    if let Some(h) = ctx.http.take() {
+        h.stop().await;
+    }
     // Whatever our client still buffers goes out while the server lives.
-    if let Some(n) = app.nats().filter(|_| app.is_connected()) {
+    if let Some(n) = ctx.app.nats().filter(|_| ctx.app.is_connected()) {
         let _ = tokio::time::timeout(Duration::from_secs(2), n.client.flush()).await;
     }
     let _ = child_stop_tx.send(true);
     let mut code = outcome;
-    if let Some(task) = supervisor {
+    if let Some(task) = ctx.supervisor.take() {
         code = match task.await {
             Ok(Ok(())) => code,
             Ok(Err(e)) => failure_code(&e),
@@ -191,20 +254,28 @@ async fn sup_done(
 /// Startup, then serving until a stop signal or a supervision failure.
 /// Returns the exit code the outcome deserves (the supervisor's error, if
 /// any, is turned into its code by the caller after it ended).
-async fn start_and_serve(
-    app: &Arc<App>,
-    supervisor: &mut Option<SupTask>,
-    stop: &mut watch::Receiver<bool>,
-) -> i32 {
-    let config = app.config.clone();
+async fn start_and_serve(ctx: &mut Ctx, signals: &mut Signals) -> i32 {
+    let app = ctx.app.clone();
+    let config = app.config();
     let mut child = app.child.clone();
 
-    // 1. nats-server healthy (supervised mode).
-    if supervisor.is_some() {
-        tokio::select! {
-            ok = first_ready(&mut child) => { if !ok { return exit::SOFTWARE; } }
-            r = sup_done(supervisor) => { return ended_early(r, supervisor); }
-            _ = crate::flag_set(stop) => return exit::OK,
+    // 1. nats-server healthy (supervised mode). Meanwhile keep systemd's
+    //    start timeout ahead of us: a big JetStream store can take longer
+    //    to recover than TimeoutStartSec, and start_timeout bounds it.
+    if ctx.supervisor.is_some() {
+        let every = (config.supervisor.start_timeout.get() / 4).min(Duration::from_secs(5));
+        let mut extend = tokio::time::interval(every);
+        let waiting_since = Instant::now();
+        loop {
+            tokio::select! {
+                ok = first_ready(&mut child) => { if !ok { return exit::SOFTWARE; } break; }
+                r = sup_done(&mut ctx.supervisor) => { return ended_early(r, &mut ctx.supervisor); }
+                _ = crate::flag_set(&mut signals.stop) => return exit::OK,
+                _ = extend.tick() => {
+                    let waited = waiting_since.elapsed().as_secs();
+                    systemd::extend_timeout(every * 3, &format!("waiting for nats-server to become healthy ({waited} s; JetStream may be recovering its store)"));
+                }
+            }
         }
     }
 
@@ -218,8 +289,8 @@ async fn start_and_serve(
         ok = app.wait_connected(wait) => if !ok {
             tracing::warn!(urls = ?app.nats_urls(), "not connected to NATS after {wait:?}; going on and reconnecting in the background");
         },
-        r = sup_done(supervisor) => { return ended_early(r, supervisor); }
-        _ = crate::flag_set(stop) => return exit::OK,
+        r = sup_done(&mut ctx.supervisor) => { return ended_early(r, &mut ctx.supervisor); }
+        _ = crate::flag_set(&mut signals.stop) => return exit::OK,
     }
 
     // 3. Streams.
@@ -228,36 +299,33 @@ async fn start_and_serve(
             tracing::error!(error = %e, "stream reconciliation failed; retrying in the background");
         }
     }
-    let (maint_stop_tx, maint_stop_rx) = watch::channel(false);
-    let maint = tokio::spawn(maintain(app.clone(), maint_stop_rx));
+    let (bg_stop_tx, bg_stop_rx) = watch::channel(false);
+    let maint = tokio::spawn(maintain(app.clone(), bg_stop_rx.clone()));
+    let status = tokio::spawn(report_status(app.clone(), bg_stop_rx.clone()));
+    let watchdog = (ctx.supervisor.is_none()).then(|| tokio::spawn(feed_watchdog(bg_stop_rx)));
 
     // 4. Ready.
-    let pid = app.child.borrow().pid;
-    let streams = app.sync.lock().map(|s| s.report.streams.len()).unwrap_or(0);
-    let line = match pid {
-        Some(pid) => format!(
-            "nats-server pid {pid} healthy, {streams} streams, HTTP on {}",
-            natsconf::host_port(&config.host, config.port)
-        ),
-        None => format!(
-            "connected to {}, {streams} streams, HTTP on {}",
-            app.nats_urls().join(", "),
-            natsconf::host_port(&config.host, config.port)
-        ),
-    };
+    let line = status_line(&app, None);
     systemd::ready(&line);
     tracing::info!(
         startup_ms = app.started.elapsed().as_millis() as u64,
         "ready: {line}"
     );
 
-    // 5. Serve.
-    let code = tokio::select! {
-        _ = crate::flag_set(stop) => exit::OK,
-        r = sup_done(supervisor) => ended_early(r, supervisor),
+    // 5. Serve; reload on SIGHUP.
+    let code = loop {
+        tokio::select! {
+            _ = crate::flag_set(&mut signals.stop) => break exit::OK,
+            r = sup_done(&mut ctx.supervisor) => break ended_early(r, &mut ctx.supervisor),
+            _ = signals.reload.notified() => reload(ctx).await,
+        }
     };
-    let _ = maint_stop_tx.send(true);
+    let _ = bg_stop_tx.send(true);
     let _ = maint.await;
+    let _ = status.await;
+    if let Some(w) = watchdog {
+        let _ = w.await;
+    }
     code
 }
 
@@ -283,13 +351,197 @@ fn ended_early(
     }
 }
 
+/// SIGHUP: re-read the config, apply what changed, tell systemd.
+/// RELOADING=1 first, READY=1 when done, whether the reload worked or not:
+/// a failed reload leaves the old config running, which is a ready state.
+async fn reload(ctx: &mut Ctx) {
+    systemd::reloading();
+    let started = Instant::now();
+    let outcome = apply_reload(ctx).await;
+    let app = &ctx.app;
+    match &outcome {
+        Ok(summary) => {
+            app.set_note(None);
+            tracing::info!(
+                took_ms = started.elapsed().as_millis() as u64,
+                "reload done: {summary}"
+            );
+        }
+        Err(e) => {
+            app.set_note(Some(format!("reload failed: {e}")));
+            tracing::error!("reload failed: {e}");
+        }
+    }
+    systemd::ready(&status_line(app, None));
+}
+
+async fn apply_reload(ctx: &mut Ctx) -> Result<String, String> {
+    let loaded = crate::config::load(ctx.explicit.as_deref())
+        .map_err(|e| format!("{e}; still running on the previous config"))?;
+    for w in &loaded.warnings {
+        tracing::warn!("config: {w}");
+    }
+    let old = ctx.app.config();
+    let new = Arc::new(loaded.config);
+    let plan = reload::plan(&old, &new);
+    if let Some(why) = plan.refused {
+        return Err(format!("{why}; still running on the previous config"));
+    }
+    if plan.is_noop() && plan.nats == NatsAction::Nothing {
+        return Ok("the configuration is unchanged".into());
+    }
+    for c in &plan.changes {
+        tracing::info!("reload: {c}");
+    }
+    // The new HTTP address first: if it cannot be had, nothing changes.
+    let listener = match plan.rebind_http {
+        true => Some(
+            bind_http(&new.host, new.port)
+                .await
+                .map_err(|e| format!("{e}; still running on the previous config"))?,
+        ),
+        false => None,
+    };
+    let mut summary = Vec::new();
+    let mut failing = None;
+    if let Some(commands) = &ctx.commands {
+        let (tx, rx) = oneshot::channel();
+        commands
+            .send(Command::Apply {
+                config: new.clone(),
+                action: plan.nats,
+                reply: tx,
+            })
+            .await
+            .map_err(|_| "the supervisor is gone".to_string())?;
+        let s = &new.supervisor;
+        let wait = s.stop_timeout.get() + s.start_timeout.get() + Duration::from_secs(5);
+        match tokio::time::timeout(wait, rx).await {
+            Ok(Ok(Applied::Done(what))) => summary.push(what),
+            Ok(Ok(Applied::Refused(why))) => {
+                return Err(format!("{why}; still running on the previous config"))
+            }
+            Ok(Ok(Applied::Failing(why))) => failing = Some(why),
+            Ok(Err(_)) => return Err("the supervisor ended during the reload".into()),
+            Err(_) => failing = Some(format!("nats-server did not come back within {wait:?}")),
+        }
+    }
+    ctx.app.set_config(new.clone());
+    if plan.reconnect_client {
+        match ctx.app.repoint_client().await {
+            Ok(()) => summary.push(format!(
+                "client reconnecting to {}",
+                ctx.app.nats_urls().join(", ")
+            )),
+            Err(e) => failing = failing.or(Some(e)),
+        }
+    }
+    if let Some(listener) = listener {
+        let old_http = ctx.http.replace(Http::start(listener, ctx.app.clone()));
+        if let Some(h) = old_http {
+            // In-flight requests on the old address finish in their own time.
+            tokio::spawn(h.stop());
+        }
+        summary.push(format!(
+            "HTTP API moved to {}",
+            natsconf::host_port(&new.host, new.port)
+        ));
+    }
+    if (plan.reconcile_streams || plan.reconnect_client)
+        && ctx.app.wait_connected(Duration::from_secs(5)).await
+    {
+        match ctx.app.sync_streams().await {
+            Ok(()) => summary.push("streams reconciled".into()),
+            Err(e) => failing = failing.or(Some(format!("stream reconciliation failed: {e}"))),
+        }
+    }
+    summary.push(format!("{} change(s)", plan.changes.len()));
+    match failing {
+        None => Ok(summary.join("; ")),
+        Some(why) => Err(format!("the new configuration is in force, but: {why}")),
+    }
+}
+
+/// One line a person understands, for systemd's STATUS=.
+fn status_line(app: &App, connections: Option<u64>) -> String {
+    let child = app.child.borrow().clone();
+    let streams = app.sync.lock().map(|s| s.report.streams.len()).unwrap_or(0);
+    let conns = connections
+        .map(|c| format!(", {c} connections"))
+        .unwrap_or_default();
+    let base = if app.supervised {
+        match (child.phase, child.pid) {
+            (Phase::Running, Some(pid)) => {
+                format!("nats-server pid {pid} healthy, {streams} streams{conns}")
+            }
+            (Phase::Restarting, _) => match (child.restart_in, &child.last_failure) {
+                (Some(d), Some(why)) => {
+                    format!("restarting nats-server in {} ms ({why})", d.as_millis())
+                }
+                _ => "restarting nats-server".into(),
+            },
+            (Phase::Failed, _) => format!(
+                "gave up on nats-server: {}",
+                child.last_failure.unwrap_or_default()
+            ),
+            (phase, _) => format!("nats-server {}", phase.as_str()),
+        }
+    } else if app.is_connected() {
+        format!(
+            "connected to {}, {streams} streams{conns}",
+            app.nats_urls().join(", ")
+        )
+    } else {
+        format!("waiting for NATS at {}", app.nats_urls().join(", "))
+    };
+    match app.note() {
+        Some(note) => format!("{base}; {note}"),
+        None => base,
+    }
+}
+
+/// Keeps systemd's STATUS= current: on every child change, and every few
+/// seconds for the connection count.
+async fn report_status(app: Arc<App>, mut stop: watch::Receiver<bool>) {
+    let mut child = app.child.clone();
+    let mut every = tokio::time::interval(Duration::from_secs(5));
+    let mut last = String::new();
+    let mut connections = None;
+    loop {
+        tokio::select! {
+            changed = child.changed(), if app.supervised => if changed.is_err() { break },
+            _ = every.tick() => {
+                connections = app.varz().await.and_then(|v| v["connections"].as_u64());
+            }
+            _ = crate::flag_set(&mut stop) => break,
+        }
+        let line = status_line(&app, connections);
+        if line != last {
+            systemd::status(&line);
+            last = line;
+        }
+    }
+}
+
+/// External mode's watchdog feeder (supervised mode feeds it from the
+/// supervisor loop): runs on the runtime, so a wedged runtime stops it.
+async fn feed_watchdog(mut stop: watch::Receiver<bool>) {
+    let mut i = systemd::watchdog_period().map(tokio::time::interval);
+    loop {
+        tokio::select! {
+            _ = supervisor::tick(&mut i) => systemd::watchdog(),
+            _ = crate::flag_set(&mut stop) => break,
+        }
+    }
+}
+
 /// Keeps streams and the publish matcher current: after every new healthy
 /// child (memory streams died with the old one), after every reconnect, and
 /// periodically to repair drift.
 async fn maintain(app: Arc<App>, mut stop: watch::Receiver<bool>) {
     let mut child = app.child.clone();
     let mut seen_generation = child.borrow().generation;
-    let mut resync = tokio::time::interval(app.config.supervisor.stream_resync_interval.get());
+    let mut resync = tokio::time::interval(app.config().supervisor.stream_resync_interval.get());
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     resync.tick().await;
     loop {

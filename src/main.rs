@@ -49,7 +49,7 @@ fn real_main() -> i32 {
                     return exit::SOFTWARE;
                 }
             };
-            runtime.block_on(daemon::run(loaded))
+            runtime.block_on(daemon::run(loaded, args.config.clone()))
         }
     }
 }

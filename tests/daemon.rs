@@ -1012,68 +1012,6 @@ async fn reconciliation_updates_what_it_can_reports_drift_and_never_deletes() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn ready_goes_to_the_notify_socket_only_when_healthy_and_the_child_does_not_inherit_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let sock_path = dir.path().join("notify.sock");
-    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    let mut d = Daemon::builder()
-        .env("NOTIFY_SOCKET", sock_path.to_str().unwrap())
-        .env("WATCHDOG_USEC", "30000000")
-        .start();
-    let mut buf = [0u8; 4096];
-    let n = sock.recv(&mut buf).expect("no READY within 20 s");
-    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
-    assert!(msg.lines().any(|l| l == "READY=1"), "{msg}");
-    // READY means ready: health is already green when it arrives.
-    let (code, h) = d.get("/health").await;
-    assert_eq!(code, 200, "{h}");
-    let child = d.child_pid().unwrap();
-    assert!(
-        msg.contains(&format!("STATUS=nats-server pid {child} healthy")),
-        "{msg}"
-    );
-    let env = std::fs::read(format!("/proc/{child}/environ")).unwrap();
-    let env = String::from_utf8_lossy(&env);
-    assert!(
-        !env.contains("NOTIFY_SOCKET=") && !env.contains("WATCHDOG_USEC="),
-        "the child inherited systemd's variables"
-    );
-    d.signal(Signal::SIGTERM);
-    let n = sock.recv(&mut buf).unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n])
-        .lines()
-        .any(|l| l == "STOPPING=1"));
-    assert_eq!(d.wait_exit(Duration::from_secs(15)).code(), Some(0));
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn no_ready_when_nats_server_cannot_start() {
-    let dir = tempfile::tempdir().unwrap();
-    let sock_path = dir.path().join("notify.sock");
-    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
-    sock.set_nonblocking(true).unwrap();
-    let fake = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/fake-nats-server"
-    );
-    let mut d = Daemon::builder()
-        .bin(fake)
-        .env("NOTIFY_SOCKET", sock_path.to_str().unwrap())
-        .start();
-    assert_eq!(d.wait_exit(Duration::from_secs(20)).code(), Some(69));
-    let mut buf = [0u8; 4096];
-    while let Ok(n) = sock.recv(&mut buf) {
-        let m = String::from_utf8_lossy(&buf[..n]).into_owned();
-        assert!(
-            !m.lines().any(|l| l == "READY=1"),
-            "READY sent for a daemon that never got nats-server up: {m}"
-        );
-    }
-}
-
-#[tokio::test(flavor = "multi_thread")]
 async fn too_many_crashes_in_the_window_end_the_daemon_with_69() {
     let mut d = Daemon::builder()
         .supervisor("  max_failures: 2\n  failure_window: 60s\n")

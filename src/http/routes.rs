@@ -91,7 +91,7 @@ async fn health(app: &App) -> Result<Resp, ApiError> {
         ));
     }
     let mut jetstream = Value::Null;
-    if app.config.nats.jetstream_enabled && connected {
+    if app.config().nats.jetstream_enabled && connected {
         let nats = app.nats().expect("connected implies a client");
         // A raw $JS.API.INFO request: the answer's shape differs across
         // nats-server versions, and only "does JetStream answer" matters.
@@ -115,7 +115,7 @@ async fn health(app: &App) -> Result<Resp, ApiError> {
                 problems.push("the connection to nats-server dropped".into())
             }
         }
-        if app.config.auto_create_streams {
+        if app.config().auto_create_streams {
             if !app.streams_synced() {
                 problems.push("streams are not reconciled yet".into());
             }
@@ -223,7 +223,7 @@ async fn list_streams(app: &App) -> Result<Vec<stream::Info>, ApiError> {
         .nats()
         .filter(|_| app.is_connected())
         .ok_or_else(|| ApiError::unavailable("not connected to nats-server"))?;
-    if !app.config.nats.jetstream_enabled {
+    if !app.config().nats.jetstream_enabled {
         return Ok(Vec::new());
     }
     match tokio::time::timeout(Duration::from_secs(5), crate::jetstream::list(&nats.js)).await {
@@ -306,7 +306,7 @@ fn stream_json(i: &stream::Info, declared: bool) -> Value {
 }
 
 async fn streams(app: &App) -> Result<Resp, ApiError> {
-    let declared = app.config.streams();
+    let declared = app.config().streams();
     let infos = list_streams(app).await?;
     let list: Vec<Value> = infos
         .iter()
@@ -339,7 +339,7 @@ async fn stream_detail(app: &App, name: &str) -> Result<Resp, ApiError> {
             });
         }
     };
-    let declared = app.config.streams().contains_key(name);
+    let declared = app.config().streams().contains_key(name);
     let mut v = stream_json(&info, declared);
     let c = &info.config;
     v["config"] = json!({
@@ -366,11 +366,11 @@ async fn stream_detail(app: &App, name: &str) -> Result<Resp, ApiError> {
 
 async fn nats_info(app: &App) -> Result<Resp, ApiError> {
     let child = app.child.borrow().clone();
-    let n = &app.config.nats;
+    let n = &app.config().nats;
     let ports = match child.ports {
         Some(p) => json!({"nats": p.nats, "cluster": p.cluster, "http": p.http}),
         None => {
-            json!({"nats": n.nats_port, "cluster": app.config.cluster_listen().map(|(_, p)| p), "http": n.http_port})
+            json!({"nats": n.nats_port, "cluster": app.config().cluster_listen().map(|(_, p)| p), "http": n.http_port})
         }
     };
     let body = json!({
@@ -378,7 +378,7 @@ async fn nats_info(app: &App) -> Result<Resp, ApiError> {
         "pid": child.pid,
         "ports": ports,
         "server_info": server_info(app).await,
-        "config_file": app.supervised.then(|| app.config.data_dir().join("nats-server.conf")),
+        "config_file": app.supervised.then(|| app.config().data_dir().join("nats-server.conf")),
         "restarts": child.restarts,
         "healthy_since": child.healthy_since.map(rfc3339),
     });
@@ -433,7 +433,7 @@ async fn publish_inner(app: &App, req: Request<Incoming>) -> Result<(Resp, bool)
             "send the request as Content-Type: application/json",
         ));
     }
-    let max_payload = app.config.nats.max_payload.bytes() as usize;
+    let max_payload = app.config().nats.max_payload.bytes() as usize;
     // Room for JSON escaping of a payload right at the limit (a string of
     // control characters grows 6x) plus the envelope.
     let body_limit = max_payload.saturating_mul(6).saturating_add(64 << 10);
@@ -443,7 +443,7 @@ async fn publish_inner(app: &App, req: Request<Incoming>) -> Result<(Resp, bool)
             "payload_too_large",
             format!(
                 "the message is larger than max_payload ({})",
-                app.config.nats.max_payload
+                app.config().nats.max_payload
             ),
         )
     };
@@ -517,7 +517,7 @@ async fn publish_inner(app: &App, req: Request<Incoming>) -> Result<(Resp, bool)
             "nats-server is not available right now (restarting or unreachable); retry shortly",
         )
     })?;
-    let timeout = app.config.api.publish_timeout.get();
+    let timeout = app.config().api.publish_timeout.get();
     let stream_name = app.matcher().stream_for(subj).map(str::to_string);
     match stream_name {
         Some(stream) => {

@@ -18,10 +18,7 @@ use crate::app::App;
 pub async fn serve(listener: TcpListener, app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(app.config.api.header_read_timeout.get())
-        .keep_alive(true);
+    builder.timer(TokioTimer::new()).keep_alive(true);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -35,6 +32,8 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, mut shutdown: watch::Re
                     }
                 };
                 let _ = stream.set_nodelay(true);
+                // Per connection, so a reloaded value applies to new ones.
+                builder.header_read_timeout(app.config().api.header_read_timeout.get());
                 let app = app.clone();
                 let service = service_fn(move |req| super::routes::handle(app.clone(), req));
                 let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
@@ -48,7 +47,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, mut shutdown: watch::Re
         }
     }
     drop(listener);
-    let drain = app.config.api.drain_timeout.get();
+    let drain = app.config().api.drain_timeout.get();
     tokio::select! {
         _ = graceful.shutdown() => tracing::debug!("http connections drained"),
         _ = tokio::time::sleep(drain) => tracing::warn!(?drain, "http connections still open after the drain timeout; closing them"),

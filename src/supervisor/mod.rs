@@ -25,10 +25,11 @@ use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Child;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::Config;
 use crate::natsconf::{self, RenderOptions};
+use crate::reload::NatsAction;
 use spawn::{SpawnSpec, Spawner};
 use state::{Action, Event, Machine, Policy, State};
 
@@ -93,6 +94,58 @@ pub enum SupervisorError {
     #[error("{0}")]
     CantCreate(String),
 }
+
+/// How a config change went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// In force; says what happened to nats-server.
+    Done(String),
+    /// Nothing was changed (a port the new config needs is taken, ...).
+    Refused(String),
+    /// The new config is in force, but nats-server fails with it (the
+    /// supervisor keeps retrying).
+    Failing(String),
+}
+
+/// What the daemon asks of a running supervisor.
+pub enum Command {
+    /// Take a new config (a reload). `action` says what nats-server needs;
+    /// `reply` gets a sentence saying what was done, or why it failed.
+    Apply {
+        config: Arc<Config>,
+        action: NatsAction,
+        reply: oneshot::Sender<Applied>,
+    },
+}
+
+fn policy(c: &Config) -> Policy {
+    let s = &c.supervisor;
+    Policy {
+        start_timeout: s.start_timeout.get(),
+        stop_timeout: s.stop_timeout.get(),
+        health_failures: s.health_failures,
+        backoff_initial: s.backoff_initial.get(),
+        backoff_max: s.backoff_max.get(),
+        stable_after: s.stable_after.get(),
+        max_failures: s.max_failures,
+        failure_window: s.failure_window.get(),
+    }
+}
+
+/// The (host, port, what) nats-server listens on under `c`.
+fn listen_ports(c: &Config) -> Vec<(String, u16, &'static str)> {
+    let mut ports = vec![
+        (c.nats.host.clone(), c.nats.nats_port, "nats.nats_port"),
+        (c.nats.host.clone(), c.nats.http_port, "nats.http_port"),
+    ];
+    if let Some((host, port)) = c.cluster_listen() {
+        ports.push((host, port, "cluster port"));
+    }
+    ports
+}
+
+/// How long a SIGHUP'd nats-server gets to show a new config_load_time.
+const HOT_RELOAD_CONFIRM: Duration = Duration::from_secs(5);
 
 /// Lines of nats-server output kept for error messages.
 const TAIL_LINES: usize = 30;
@@ -199,17 +252,26 @@ impl Supervisor {
 
     /// Runs until `stop` turns true (then stops the child gracefully) or
     /// supervision fails.
-    pub async fn run(self, mut stop: watch::Receiver<bool>) -> Result<(), SupervisorError> {
-        let s = &self.config.supervisor;
-        let mut m = Machine::new(Policy {
-            start_timeout: s.start_timeout.get(),
-            stop_timeout: s.stop_timeout.get(),
-            health_failures: s.health_failures,
-            backoff_initial: s.backoff_initial.get(),
-            backoff_max: s.backoff_max.get(),
-            stable_after: s.stable_after.get(),
-            max_failures: s.max_failures,
-            failure_window: s.failure_window.get(),
+    pub async fn run(
+        mut self,
+        mut stop: watch::Receiver<bool>,
+        mut commands: mpsc::Receiver<Command>,
+    ) -> Result<(), SupervisorError> {
+        let mut m = Machine::new(policy(&self.config));
+        // A reload that restarts the child answers once the new one is
+        // ready (or has failed).
+        let mut restart_reply: Option<oneshot::Sender<Applied>> = None;
+        let mut commands_open = true;
+        // systemd's watchdog is fed from this loop: it is the loop that
+        // keeps nats-server alive, so if it (or the runtime) wedges the
+        // pings stop and systemd restarts the daemon. A dead or
+        // crash-looping child does not stop them: restarting it is this
+        // loop's job, and giving up exits the daemon (69) for Restart= to
+        // handle.
+        let mut watchdog = crate::systemd::watchdog_period().map(|p| {
+            let mut i = tokio::time::interval(p);
+            i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            i
         });
         let mut running: Option<Running> = None;
         let mut wake: Option<Instant> = None;
@@ -256,6 +318,11 @@ impl Supervisor {
                             st.ports = ports;
                         });
                         tracing::info!(pid, ?ports, "nats-server is ready");
+                        if let Some(r) = restart_reply.take() {
+                            let _ = r.send(Applied::Done(format!(
+                                "nats-server restarted with the new config (pid {pid})"
+                            )));
+                        }
                     }
                     Action::GiveUp { reason } => {
                         self.publish_status(&m);
@@ -265,6 +332,9 @@ impl Supervisor {
                         if !tail.is_empty() {
                             msg.push_str("\nlast nats-server output:\n  ");
                             msg.push_str(&tail.join("\n  "));
+                        }
+                        if let Some(r) = restart_reply.take() {
+                            let _ = r.send(Applied::Failing(msg.clone()));
                         }
                         return Err(SupervisorError::Unavailable(msg));
                     }
@@ -278,8 +348,32 @@ impl Supervisor {
             }
             self.publish_status(&m);
 
+            if let (Some(_), State::Backoff { reason, .. }) = (&restart_reply, &m.state) {
+                let reason = reason.clone();
+                if let Some(r) = restart_reply.take() {
+                    let _ = r.send(Applied::Failing(format!(
+                        "nats-server failed with the new config: {reason}; retrying"
+                    )));
+                }
+            }
             let probing = matches!(m.state, State::Starting { .. } | State::Running { .. });
             let event = tokio::select! {
+                _ = tick(&mut watchdog) => {
+                    crate::systemd::watchdog();
+                    continue;
+                }
+                cmd = commands.recv(), if commands_open => {
+                    match cmd {
+                        Some(Command::Apply { config, action, reply }) => {
+                            if let Some(ev) = self.apply(config, action, &m, reply, &mut restart_reply).await {
+                                pending.extend(step(&mut m, ev));
+                            }
+                            m.set_policy(policy(&self.config));
+                        }
+                        None => commands_open = false,
+                    }
+                    continue;
+                }
                 status = wait_exit(&mut running) => {
                     let r = running.take().expect("wait_exit only resolves with a child");
                     // Let the relays drain what the child printed last (its
@@ -325,14 +419,133 @@ impl Supervisor {
         }
     }
 
+    /// Takes a new config. Returns the event for the machine when the
+    /// child must restart; answers `reply` itself otherwise.
+    async fn apply(
+        &mut self,
+        config: Arc<Config>,
+        mut action: NatsAction,
+        m: &Machine,
+        reply: oneshot::Sender<Applied>,
+        restart_reply: &mut Option<oneshot::Sender<Applied>>,
+    ) -> Option<Event> {
+        // Ports the new child needs beyond those ours holds must be free
+        // before anything is stopped: a reload that cannot work changes
+        // nothing.
+        if action == NatsAction::Restart {
+            let held = listen_ports(&self.config);
+            for (host, port, what) in listen_ports(&config) {
+                if held.iter().any(|(h, p, _)| *h == host && *p == port) {
+                    continue;
+                }
+                if let Err(e) = probe::check_port_free(&host, port, what) {
+                    let _ = reply.send(Applied::Refused(e));
+                    return None;
+                }
+            }
+        }
+        let n = &config.nats;
+        self.monitor = probe::connect_addr(&n.host, n.http_port);
+        self.client = probe::connect_addr(&n.host, n.nats_port);
+        if n.server_bin != self.config.nats.server_bin {
+            match resolve_server_bin(&config) {
+                Ok(bin) => self.bin = bin,
+                Err(e) => {
+                    let _ = reply.send(Applied::Refused(e));
+                    return None;
+                }
+            }
+        }
+        self.config = config;
+        if action == NatsAction::Signal {
+            match m.state {
+                State::Running { pid, .. } => match self.hot_reload(pid).await {
+                    Ok(()) => {
+                        let _ = reply.send(Applied::Done(format!(
+                            "nats-server (pid {pid}) reloaded its config live"
+                        )));
+                        return None;
+                    }
+                    Err(e) => {
+                        tracing::warn!(
+                            pid,
+                            "nats-server did not take the change live ({e}); restarting it"
+                        );
+                        action = NatsAction::Restart;
+                    }
+                },
+                // No healthy child right now: the next start renders the
+                // new config anyway.
+                _ => {
+                    let _ = reply.send(Applied::Done(
+                        "the new config applies when nats-server next starts".into(),
+                    ));
+                    return None;
+                }
+            }
+        }
+        match action {
+            NatsAction::Restart => {
+                if let Some(old) = restart_reply.replace(reply) {
+                    let _ = old.send(Applied::Done("superseded by a newer reload".into()));
+                }
+                Some(Event::RestartRequested)
+            }
+            _ => {
+                let _ = reply.send(Applied::Done("nats-server is unaffected".into()));
+                None
+            }
+        }
+    }
+
+    /// Rewrites the config, SIGHUPs the child and waits for /varz to show a
+    /// new config_load_time: nats-server logs a refused reload and goes on
+    /// with the old config, so only that field proves it took the change.
+    async fn hot_reload(&self, pid: u32) -> Result<(), String> {
+        let load_time = |v: serde_json::Value| v["config_load_time"].as_str().map(str::to_string);
+        let before = self
+            .varz()
+            .await
+            .and_then(load_time)
+            .ok_or("cannot read /varz")?;
+        let conf = self.conf_path();
+        let text = natsconf::render(&self.config, &self.render);
+        write_atomic(&conf, text.as_bytes(), 0o600)
+            .map_err(|e| format!("cannot write {}: {e}", conf.display()))?;
+        signal::kill(Pid::from_raw(pid as i32), Signal::SIGHUP)
+            .map_err(|e| format!("SIGHUP: {e}"))?;
+        let deadline = Instant::now() + HOT_RELOAD_CONFIRM;
+        while Instant::now() < deadline {
+            if let Some(now) = self.varz().await.and_then(load_time) {
+                if now != before {
+                    return Ok(());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(format!(
+            "config_load_time unchanged {HOT_RELOAD_CONFIRM:?} after SIGHUP"
+        ))
+    }
+
+    async fn varz(&self) -> Option<serde_json::Value> {
+        let (status, body) = probe::http_get(self.monitor, "/varz", Duration::from_secs(2))
+            .await
+            .ok()?;
+        (status == 200)
+            .then(|| serde_json::from_slice(&body).ok())
+            .flatten()
+    }
+
     fn publish_status(&self, m: &Machine) {
         let (phase, healthy, restart_in) = match &m.state {
             State::Idle | State::Starting { .. } if m.restarts == 0 => {
                 (Phase::Starting, false, None)
             }
-            State::Idle | State::Starting { .. } | State::Killing { .. } => {
-                (Phase::Restarting, false, None)
-            }
+            State::Idle
+            | State::Starting { .. }
+            | State::Killing { .. }
+            | State::Restarting { .. } => (Phase::Restarting, false, None),
             State::Backoff { until, .. } => (
                 Phase::Restarting,
                 false,
@@ -378,13 +591,7 @@ impl Supervisor {
     }
 
     async fn read_ports(&self) -> Option<Ports> {
-        let (status, body) = probe::http_get(self.monitor, "/varz", Duration::from_secs(2))
-            .await
-            .ok()?;
-        if status != 200 {
-            return None;
-        }
-        let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
+        let v = self.varz().await?;
         let port = |v: &serde_json::Value| {
             v.as_u64()
                 .and_then(|p| u16::try_from(p).ok())
@@ -419,14 +626,7 @@ impl Supervisor {
             )))
         })?;
 
-        let mut ports = vec![
-            (c.nats.nats_port, "nats.nats_port", c.nats.host.clone()),
-            (c.nats.http_port, "nats.http_port", c.nats.host.clone()),
-        ];
-        if let Some((host, port)) = c.cluster_listen() {
-            ports.push((port, "cluster port", host));
-        }
-        for (port, what, host) in ports {
+        for (host, port, what) in listen_ports(c) {
             if let Err(e) = probe::check_port_free(&host, port, what) {
                 let msg = format!("cannot start nats-server: {e}");
                 return Err(if first {
@@ -499,6 +699,16 @@ enum SpawnError {
 async fn wait_exit(running: &mut Option<Running>) -> std::io::Result<std::process::ExitStatus> {
     match running {
         Some(r) => r.child.wait().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next tick of an optional interval (never, without one).
+pub async fn tick(i: &mut Option<tokio::time::Interval>) {
+    match i {
+        Some(i) => {
+            i.tick().await;
+        }
         None => std::future::pending().await,
     }
 }

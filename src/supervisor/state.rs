@@ -43,6 +43,9 @@ pub enum State {
     },
     /// Waiting before the next spawn.
     Backoff { until: Instant, reason: String },
+    /// Asked to restart (a reload that nats-server cannot apply live);
+    /// SIGTERM sent, the next child starts as soon as this one exits.
+    Restarting { pid: u32, since: Instant },
     /// Asked to stop; SIGTERM sent.
     Stopping { pid: u32, since: Instant },
     /// Stopped on request.
@@ -71,6 +74,8 @@ pub enum Event {
     },
     /// A timer the machine asked for fired (start/stop/backoff deadlines).
     Tick,
+    /// Restart with the (new) config: not a failure, no backoff.
+    RestartRequested,
     StopRequested,
 }
 
@@ -136,12 +141,22 @@ impl Machine {
         }
     }
 
+    /// New tunables (a reload). The failure history is kept.
+    pub fn set_policy(&mut self, policy: Policy) {
+        self.backoff.initial = policy.backoff_initial;
+        self.backoff.max = policy.backoff_max;
+        self.failures.max = policy.max_failures;
+        self.failures.window = policy.failure_window;
+        self.policy = policy;
+    }
+
     /// The pid of a live child, if any.
     pub fn pid(&self) -> Option<u32> {
         match self.state {
             State::Starting { pid, .. }
             | State::Running { pid, .. }
             | State::Killing { pid, .. }
+            | State::Restarting { pid, .. }
             | State::Stopping { pid, .. } => Some(pid),
             _ => None,
         }
@@ -245,6 +260,23 @@ impl Machine {
                 ],
             ),
             (S::Idle | S::Backoff { .. }, E::StopRequested) => (S::Stopped, vec![Action::Done]),
+            (S::Restarting { pid, .. }, E::StopRequested) => (
+                S::Stopping { pid, since: now },
+                vec![Action::WakeAt(now + self.policy.stop_timeout)],
+            ),
+            // Restart on request (a reload): stop gracefully, start at once.
+            (S::Starting { pid, .. } | S::Running { pid, .. }, E::RestartRequested) => (
+                S::Restarting { pid, since: now },
+                vec![
+                    Action::Terminate { pid },
+                    Action::WakeAt(now + self.policy.stop_timeout),
+                ],
+            ),
+            (S::Idle | S::Backoff { .. }, E::RestartRequested) => (S::Idle, vec![Action::Spawn]),
+            (S::Restarting { pid, since }, E::Tick) if now >= since + self.policy.stop_timeout => {
+                (S::Restarting { pid, since }, vec![Action::Kill { pid }])
+            }
+            (S::Restarting { .. }, E::Exited { .. }) => (S::Idle, vec![Action::Spawn]),
             (S::Stopping { pid, since }, E::Tick) if now >= since + self.policy.stop_timeout => {
                 (S::Stopping { pid, since }, vec![Action::Kill { pid }])
             }
@@ -532,6 +564,62 @@ mod tests {
         );
         assert_eq!(m.state, State::Stopped);
         assert_eq!(m.restarts, 0, "a requested stop is not a failure");
+    }
+
+    #[test]
+    fn a_requested_restart_is_graceful_immediate_and_not_a_failure() {
+        let t = Instant::now();
+        let mut m = started(t);
+        assert_eq!(
+            m.handle(Event::RestartRequested, t),
+            vec![
+                Action::Terminate { pid: 10 },
+                Action::WakeAt(t + Duration::from_secs(5))
+            ]
+        );
+        assert_eq!(
+            m.handle(
+                Event::Exited {
+                    status: "exit code 0".into()
+                },
+                t
+            ),
+            vec![Action::Spawn]
+        );
+        m.handle(Event::Spawned { pid: 11 }, t);
+        assert_eq!(
+            m.handle(Event::Healthy, t),
+            vec![Action::Announce { pid: 11 }]
+        );
+        assert_eq!((m.restarts, m.last_failure.clone()), (0, None));
+    }
+
+    #[test]
+    fn a_requested_restart_kills_a_child_that_will_not_stop() {
+        let t = Instant::now();
+        let mut m = started(t);
+        m.handle(Event::RestartRequested, t);
+        assert_eq!(
+            m.handle(Event::Tick, t + Duration::from_secs(5)),
+            vec![Action::Kill { pid: 10 }]
+        );
+        assert_eq!(
+            m.handle(
+                Event::Exited {
+                    status: "signal 9".into()
+                },
+                t
+            ),
+            vec![Action::Spawn]
+        );
+    }
+
+    #[test]
+    fn a_requested_restart_during_backoff_starts_now() {
+        let t = Instant::now();
+        let mut m = started(t);
+        m.handle(Event::Exited { status: "x".into() }, t);
+        assert_eq!(m.handle(Event::RestartRequested, t), vec![Action::Spawn]);
     }
 
     #[test]

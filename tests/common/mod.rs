@@ -473,3 +473,79 @@ where
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// A real sd_notify receiver: a unix datagram socket the daemon gets as
+/// NOTIFY_SOCKET; every datagram is kept with its arrival time.
+pub struct NotifySocket {
+    pub path: PathBuf,
+    pub messages: Arc<Mutex<Vec<(Instant, String)>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl NotifySocket {
+    pub fn bind() -> NotifySocket {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify.sock");
+        let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        let messages = Arc::new(Mutex::new(Vec::new()));
+        let sink = messages.clone();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            while let Ok(n) = sock.recv(&mut buf) {
+                sink.lock().unwrap().push((
+                    Instant::now(),
+                    String::from_utf8_lossy(&buf[..n]).into_owned(),
+                ));
+            }
+        });
+        NotifySocket {
+            path,
+            messages,
+            _dir: dir,
+        }
+    }
+
+    pub fn path_str(&self) -> &str {
+        self.path.to_str().unwrap()
+    }
+
+    pub fn all(&self) -> Vec<String> {
+        self.messages
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, m)| m.clone())
+            .collect()
+    }
+
+    /// Messages holding the line `line` (e.g. "READY=1").
+    pub fn with_line(&self, line: &str) -> Vec<(Instant, String)> {
+        self.messages
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, m)| m.lines().any(|l| l == line))
+            .cloned()
+            .collect()
+    }
+
+    /// Waits for the `n`th message (1-based) holding `line`; returns it.
+    pub async fn wait_line(&self, line: &str, n: usize, timeout: Duration) -> String {
+        eventually(
+            timeout,
+            &format!("notify message #{n} with {line}"),
+            || async { self.with_line(line).get(n - 1).map(|(_, m)| m.clone()) },
+        )
+        .await
+    }
+}
+
+impl Daemon {
+    /// Rewrites the daemon's config file through `edit`.
+    pub fn edit_config(&self, edit: impl FnOnce(String) -> String) {
+        let old = std::fs::read_to_string(&self.config_path).unwrap();
+        let new = edit(old.clone());
+        assert_ne!(old, new, "the edit changed nothing");
+        std::fs::write(&self.config_path, new).unwrap();
+    }
+}
