@@ -1,13 +1,18 @@
-//! Command line: `marketprism-broker [run] [--config FILE]`,
-//! `check-config`, `render-nats-config`, `--version`, `--help`.
+//! Command line: `marketprism-broker [run] [--config FILE] [--log OUTPUT]`,
+//! `check-config`, `render-nats-config`, `reload`, `--version`, `--help`.
 
 use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::logging::Output;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     Run,
     CheckConfig,
     RenderNatsConfig,
+    /// SIGHUP a running daemon and wait for its verdict.
+    Reload,
     Version,
     Help,
 }
@@ -16,12 +21,18 @@ pub enum Command {
 pub struct Cli {
     pub command: Command,
     pub config: Option<PathBuf>,
+    pub log: Output,
+    /// `reload`: the daemon's pid (default: from its pid file).
+    pub pid: Option<u32>,
+    /// `reload`: how long to wait for the verdict.
+    pub timeout: Duration,
 }
 
 pub const USAGE: &str = "\
-usage: marketprism-broker [run] [--config FILE]
+usage: marketprism-broker [run] [--config FILE] [--log auto|journald|stderr]
        marketprism-broker check-config [--config FILE]
        marketprism-broker render-nats-config [--config FILE]
+       marketprism-broker reload [--pid PID] [--timeout SECONDS] [--config FILE]
        marketprism-broker --version
 
 Runs nats-server with JetStream as a supervised service with an HTTP API.
@@ -29,45 +40,75 @@ Runs nats-server with JetStream as a supervised service with an HTTP API.
   run                  run the daemon (the default)
   check-config         validate the config (and nats-server's view of it); exit 0 or 78
   render-nats-config   print the generated nats-server.conf (passwords masked)
+  reload               send SIGHUP to the running daemon and wait until it has applied
+                       (exit 0) or refused (exit 1) the config; systemd's ExecReload
   -c, --config FILE    config file (.yaml, .yml or .toml); default: $MARKETPRISM_BROKER_CONFIG,
                        else /etc/marketprism-broker/broker.yaml, else built-in defaults
+  --log OUTPUT         auto (journald when stderr is the journal, the default), journald, stderr
+  --pid PID            the daemon to reload (default: from marketprism-broker.pid)
+  --timeout SECONDS    how long `reload` waits (default 90)
   -V, --version        print the version
   -h, --help           print this help
 
-Exit codes: 0 ok, 64 usage, 69 nats-server unavailable or port taken, 70 internal error,
-73 state directory not writable, 78 invalid config.";
+Signals: SIGTERM/SIGINT stop (exit 0), SIGHUP reloads the config.
+Exit codes: 0 ok, 1 reload refused, 64 usage, 69 nats-server unavailable or port taken,
+70 internal error, 73 state directory not writable, 78 invalid config.";
 
 pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Cli, String> {
+    let mut cli = Cli {
+        command: Command::Run,
+        config: None,
+        log: Output::Auto,
+        pid: None,
+        timeout: Duration::from_secs(90),
+    };
     let mut command = None;
-    let mut config = None;
     let mut it = args.into_iter();
     while let Some(arg) = it.next() {
-        match arg.as_str() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+            _ => (arg.clone(), None),
+        };
+        let mut value = |name: &str| -> Result<String, String> {
+            inline
+                .clone()
+                .or_else(|| it.next())
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
+        match flag.as_str() {
             "-h" | "--help" => {
                 return Ok(Cli {
                     command: Command::Help,
-                    config,
+                    ..cli
                 })
             }
             "-V" | "--version" => {
                 return Ok(Cli {
                     command: Command::Version,
-                    config,
+                    ..cli
                 })
             }
-            "-c" | "--config" => {
-                let v = it
-                    .next()
-                    .ok_or_else(|| format!("{arg} needs a file name"))?;
-                config = Some(PathBuf::from(v));
+            "-c" | "--config" => cli.config = Some(PathBuf::from(value(&flag)?)),
+            "--log" => cli.log = value(&flag)?.parse()?,
+            "--pid" => {
+                let v = value(&flag)?;
+                cli.pid = Some(
+                    v.parse()
+                        .map_err(|_| format!("--pid {v:?} is not a process id"))?,
+                );
             }
-            a if a.starts_with("--config=") => {
-                config = Some(PathBuf::from(&a["--config=".len()..]))
+            "--timeout" => {
+                let v = value(&flag)?;
+                let secs: u64 = v
+                    .parse()
+                    .map_err(|_| format!("--timeout {v:?} is not a number of seconds"))?;
+                cli.timeout = Duration::from_secs(secs);
             }
-            "run" | "check-config" | "render-nats-config" if command.is_none() => {
-                command = Some(match arg.as_str() {
+            "run" | "check-config" | "render-nats-config" | "reload" if command.is_none() => {
+                command = Some(match flag.as_str() {
                     "run" => Command::Run,
                     "check-config" => Command::CheckConfig,
+                    "reload" => Command::Reload,
                     _ => Command::RenderNatsConfig,
                 })
             }
@@ -75,10 +116,8 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Cli, String> {
             a => return Err(format!("unexpected argument {a:?}")),
         }
     }
-    Ok(Cli {
-        command: command.unwrap_or(Command::Run),
-        config,
-    })
+    cli.command = command.unwrap_or(Command::Run);
+    Ok(cli)
 }
 
 #[cfg(test)]
@@ -91,39 +130,47 @@ mod tests {
 
     #[test]
     fn forms() {
+        let c = p(&[]).unwrap();
         assert_eq!(
-            p(&[]).unwrap(),
-            Cli {
-                command: Command::Run,
-                config: None
-            }
+            (c.command, c.config, c.log),
+            (Command::Run, None, Output::Auto)
         );
         assert_eq!(
             p(&["--config", "a.yaml"]).unwrap().config,
             Some(PathBuf::from("a.yaml"))
         );
+        let c = p(&["check-config", "--config=a.toml"]).unwrap();
         assert_eq!(
-            p(&["check-config", "--config=a.toml"]).unwrap(),
-            Cli {
-                command: Command::CheckConfig,
-                config: Some("a.toml".into())
-            }
+            (c.command, c.config),
+            (Command::CheckConfig, Some("a.toml".into()))
         );
         assert_eq!(
             p(&["-c", "x.yaml", "render-nats-config"]).unwrap().command,
             Command::RenderNatsConfig
         );
         assert_eq!(p(&["--version"]).unwrap().command, Command::Version);
+        assert_eq!(p(&["--log", "journald"]).unwrap().log, Output::Journald);
+        let c = p(&["reload", "--pid", "42", "--timeout=5"]).unwrap();
+        assert_eq!(
+            (c.command, c.pid, c.timeout),
+            (Command::Reload, Some(42), Duration::from_secs(5))
+        );
     }
 
     #[test]
     fn mistakes() {
-        assert!(p(&["--config"]).unwrap_err().contains("needs a file"));
+        assert!(p(&["--config"]).unwrap_err().contains("needs a value"));
         assert!(p(&["--bogus"])
             .unwrap_err()
             .contains("unknown option --bogus"));
         assert!(p(&["run", "check-config"])
             .unwrap_err()
             .contains("unexpected argument"));
+        assert!(p(&["--log", "syslog"])
+            .unwrap_err()
+            .contains("unknown log output"));
+        assert!(p(&["reload", "--pid", "me"])
+            .unwrap_err()
+            .contains("not a process id"));
     }
 }

@@ -99,6 +99,31 @@ async fn bind_http(host: &str, port: u16) -> Result<TcpListener, String> {
     })
 }
 
+/// The daemon's pid, for `marketprism-broker reload` without --pid.
+pub const PID_FILE: &str = "marketprism-broker.pid";
+/// `<count>\t<ok|failed>\t<message>`: the outcome of the last reload,
+/// which `marketprism-broker reload` waits for.
+pub const RELOAD_STATE_FILE: &str = "reload-state";
+
+fn write_reload_state(dir: &std::path::Path, count: u64, ok: bool, message: &str) {
+    let line = format!(
+        "{count}\t{}\t{}\n",
+        if ok { "ok" } else { "failed" },
+        message.replace('\n', " ")
+    );
+    if let Err(e) = supervisor::write_atomic(&dir.join(RELOAD_STATE_FILE), line.as_bytes(), 0o644) {
+        tracing::warn!(error = %e, "cannot record the reload outcome");
+    }
+}
+
+fn read_reload_state(dir: &std::path::Path) -> Option<(u64, bool, String)> {
+    let text = std::fs::read_to_string(dir.join(RELOAD_STATE_FILE)).ok()?;
+    let mut parts = text.trim_end().splitn(3, '\t');
+    let count = parts.next()?.parse().ok()?;
+    let ok = parts.next()? == "ok";
+    Some((count, ok, parts.next().unwrap_or("").to_string()))
+}
+
 /// What the running daemon is made of, for reloads and shutdown.
 struct Ctx {
     app: Arc<App>,
@@ -107,6 +132,9 @@ struct Ctx {
     commands: Option<mpsc::Sender<Command>>,
     /// The --config path, so a reload reads what start-up read.
     explicit: Option<PathBuf>,
+    /// Where the pid and reload-state files live (fixed at start).
+    runtime_dir: PathBuf,
+    reloads: u64,
 }
 
 pub async fn run(loaded: Loaded, explicit: Option<PathBuf>) -> i32 {
@@ -162,12 +190,25 @@ pub async fn run(loaded: Loaded, explicit: Option<PathBuf>) -> i32 {
         config.auto_start_nats,
         credentials.clone(),
     ));
+    let runtime_dir = config.runtime_dir();
+    if let Err(e) = std::fs::create_dir_all(&runtime_dir).and_then(|_| {
+        supervisor::write_atomic(
+            &runtime_dir.join(PID_FILE),
+            format!("{}\n", std::process::id()).as_bytes(),
+            0o644,
+        )
+    }) {
+        tracing::warn!(dir = %runtime_dir.display(), error = %e, "cannot write the pid file");
+    }
+    write_reload_state(&runtime_dir, 0, true, "started");
     let mut ctx = Ctx {
         http: Some(Http::start(listener, app.clone())),
         app,
         supervisor: None,
         commands: None,
         explicit,
+        runtime_dir,
+        reloads: 0,
     };
 
     let (child_stop_tx, child_stop_rx) = watch::channel(false);
@@ -226,6 +267,7 @@ pub async fn run(loaded: Loaded, explicit: Option<PathBuf>) -> i32 {
             }
         };
     }
+    let _ = std::fs::remove_file(ctx.runtime_dir.join(PID_FILE));
     tracing::info!(code, "marketprism-broker stopped");
     code
 }
@@ -358,6 +400,7 @@ async fn reload(ctx: &mut Ctx) {
     systemd::reloading();
     let started = Instant::now();
     let outcome = apply_reload(ctx).await;
+    ctx.reloads += 1;
     let app = &ctx.app;
     match &outcome {
         Ok(summary) => {
@@ -366,18 +409,25 @@ async fn reload(ctx: &mut Ctx) {
                 took_ms = started.elapsed().as_millis() as u64,
                 "reload done: {summary}"
             );
+            write_reload_state(&ctx.runtime_dir, ctx.reloads, true, summary);
         }
         Err(e) => {
             app.set_note(Some(format!("reload failed: {e}")));
             tracing::error!("reload failed: {e}");
+            write_reload_state(&ctx.runtime_dir, ctx.reloads, false, e);
         }
     }
     systemd::ready(&status_line(app, None));
 }
 
 async fn apply_reload(ctx: &mut Ctx) -> Result<String, String> {
-    let loaded = crate::config::load(ctx.explicit.as_deref())
-        .map_err(|e| format!("{e}; still running on the previous config"))?;
+    let explicit = ctx.explicit.clone();
+    let loaded = tokio::task::spawn_blocking(move || {
+        crate::config::load_for_reload(explicit.as_deref(), Duration::from_millis(20))
+    })
+    .await
+    .map_err(|e| format!("cannot read the config: {e}"))?
+    .map_err(|e| format!("{e}; still running on the previous config"))?;
     for w in &loaded.warnings {
         tracing::warn!("config: {w}");
     }
@@ -569,6 +619,81 @@ async fn maintain(app: Arc<App>, mut stop: watch::Receiver<bool>) {
             tracing::warn!(error = %e, "stream reconciliation failed; will retry");
         }
     }
+}
+
+/// `reload`: SIGHUP the daemon, then wait for the reload-state file to
+/// show a newer outcome. Exit 0 when applied, 1 when refused (the old
+/// config keeps running), 69 when there is no daemon to reload.
+pub fn reload_command(
+    pid: Option<u32>,
+    explicit: Option<&std::path::Path>,
+    timeout: Duration,
+) -> i32 {
+    // Under systemd RUNTIME_DIRECTORY is set for ExecReload too; outside
+    // it the config says where the state is, if it parses. If it does not,
+    // the daemon will refuse it: say why right away (and still signal, so
+    // the daemon's log and STATUS say it too).
+    let loaded = crate::config::load(explicit);
+    let dir = std::env::var_os("RUNTIME_DIRECTORY")
+        .and_then(|v| v.to_string_lossy().split(':').next().map(PathBuf::from))
+        .or_else(|| loaded.as_ref().ok().map(|l| l.config.runtime_dir()));
+    let pid = match pid.or_else(|| {
+        let dir = dir.as_ref()?;
+        std::fs::read_to_string(dir.join(PID_FILE))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }) {
+        Some(p) => p,
+        None => {
+            eprintln!("marketprism-broker: no running daemon found (give --pid)");
+            return exit::UNAVAILABLE;
+        }
+    };
+    let dir = match (dir, &loaded) {
+        (Some(d), _) => Some(d),
+        (None, Err(e)) => {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGHUP,
+            );
+            eprintln!("reload failed: {e}; still running on the previous config");
+            return 1;
+        }
+        (None, Ok(_)) => None,
+    };
+    let before = dir.as_deref().and_then(read_reload_state).map(|s| s.0);
+    let target = nix::unistd::Pid::from_raw(pid as i32);
+    if let Err(e) = nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGHUP) {
+        eprintln!("marketprism-broker: cannot signal pid {pid}: {e}");
+        return exit::UNAVAILABLE;
+    }
+    let (Some(dir), Some(before)) = (dir, before) else {
+        eprintln!("marketprism-broker: SIGHUP sent to {pid}; its outcome cannot be followed here (see its log)");
+        return exit::OK;
+    };
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Some((count, ok, message)) = read_reload_state(&dir) {
+            if count > before {
+                return if ok {
+                    println!("reloaded: {message}");
+                    exit::OK
+                } else {
+                    eprintln!("reload failed: {message}");
+                    1
+                };
+            }
+        }
+        if nix::sys::signal::kill(target, None).is_err() {
+            eprintln!("marketprism-broker: pid {pid} exited during the reload");
+            return exit::UNAVAILABLE;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("marketprism-broker: no reload outcome from pid {pid} within {timeout:?}");
+    1
 }
 
 /// `check-config`: validation, then nats-server's own check of the

@@ -23,6 +23,9 @@ fn real_main() -> i32 {
         }
         _ => {}
     }
+    if args.command == cli::Command::Reload {
+        return daemon::reload_command(args.pid, args.config.as_deref(), args.timeout);
+    }
     let loaded = match config::load(args.config.as_deref()) {
         Ok(l) => l,
         Err(e) => {
@@ -37,7 +40,7 @@ fn real_main() -> i32 {
             exit::OK
         }
         _ => {
-            logging::init();
+            logging::init(args.log);
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .thread_name("mpb-worker")

@@ -76,6 +76,32 @@ impl Diff<'_> {
         true
     }
 
+    /// A flat struct of values that apply in place: one line per changed
+    /// field, read off the Debug form (`Name { a: 1, b: Dur(2s) }`).
+    fn fields<T: PartialEq + Debug>(&mut self, key: &str, old: &T, new: &T) {
+        if old == new {
+            return;
+        }
+        let pairs = |v: &T| -> Vec<(String, String)> {
+            let text = format!("{v:?}");
+            let inner = text
+                .split_once('{')
+                .map(|(_, r)| r.trim_end_matches('}').trim())
+                .unwrap_or("");
+            inner
+                .split(", ")
+                .filter_map(|kv| kv.split_once(": "))
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .collect()
+        };
+        let (a, b) = (pairs(old), pairs(new));
+        for ((k, x), (_, y)) in a.iter().zip(&b) {
+            if x != y {
+                self.plan.changes.push(format!("{key}.{k}: {x} -> {y}"));
+            }
+        }
+    }
+
     fn shown<T: PartialEq + Display>(
         &mut self,
         key: &str,
@@ -133,8 +159,8 @@ pub fn plan(old: &Config, new: &Config) -> ReloadPlan {
         &new.auto_create_streams,
         Nothing,
     );
-    d.field("supervisor", &old.supervisor, &new.supervisor, Nothing);
-    d.field("api", &old.api, &new.api, Nothing);
+    d.fields("supervisor", &old.supervisor, &new.supervisor);
+    d.fields("api", &old.api, &new.api);
 
     let (o, n) = (&old.nats, &new.nats);
     if new.auto_start_nats {

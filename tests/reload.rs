@@ -154,6 +154,7 @@ async fn a_broken_file_keeps_everything_running_on_the_old_config() {
     let (client, drops) = watched_client(&d.nats_url()).await;
     client.flush().await.unwrap();
     for (i, broken) in [
+        "",
         "nats:\n  nats_port: [unclosed\n",
         "port: 1\nport: 2\n",
         "nats:\n  max_payload: 1XB\n",
@@ -169,6 +170,7 @@ async fn a_broken_file_keeps_everything_running_on_the_old_config() {
         .await;
     }
     let log = d.log();
+    assert!(log.contains("config file is empty"), "{log}");
     assert!(
         log.contains(&format!(
             "{}:2: nats.max_payload: invalid size \"1XB\"",
@@ -250,4 +252,98 @@ async fn a_restart_change_whose_port_is_taken_changes_nothing() {
     assert_eq!(d.child_pid(), Some(pid));
     let (status, _) = d.publish("market.a.b.trade", json!(1)).await;
     assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_reload_command_waits_for_the_verdict() {
+    let d = Daemon::builder().nats("  max_payload: 1MB\n").start();
+    d.wait_healthy(Duration::from_secs(20)).await;
+    let reload = |with_pid: bool| {
+        let mut c = std::process::Command::new(BIN);
+        c.arg("reload")
+            .arg("--config")
+            .arg(&d.config_path)
+            .arg("--timeout")
+            .arg("20");
+        if with_pid {
+            c.arg("--pid").arg(d.pid().to_string());
+        }
+        c.env_remove("RUNTIME_DIRECTORY").output().unwrap()
+    };
+    d.edit_config(|c| c.replace("max_payload: 1MB", "max_payload: 3MB"));
+    let out = reload(true);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.starts_with("reloaded: nats-server (pid")
+            && stdout.contains("reloaded its config live"),
+        "{stdout}"
+    );
+    // Right when it returns, the change is in force.
+    assert_eq!(varz(&d).await["max_payload"], 3 << 20);
+
+    // A broken file: exit 1 with the reason; the pid comes from the pid file.
+    let good = std::fs::read_to_string(&d.config_path).unwrap();
+    std::fs::write(
+        &d.config_path,
+        good.replace("nats:\n", "nats:\n  nats_prot: 1\n"),
+    )
+    .unwrap();
+    let out = reload(true);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("reload failed:") && stderr.contains("did you mean `nats_port`?"),
+        "{stderr}"
+    );
+    let (code, _) = d.get("/health").await;
+    assert_eq!(code, 200);
+    // Good again, and the pid taken from the daemon's pid file.
+    std::fs::write(
+        &d.config_path,
+        good.replace("max_payload: 3MB", "max_payload: 4MB"),
+    )
+    .unwrap();
+    let out = reload(false);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(varz(&d).await["max_payload"], 4 << 20);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_of_sighups_ends_on_the_last_file() {
+    let d = Daemon::builder().nats("  max_connections: 100\n").start();
+    d.wait_healthy(Duration::from_secs(20)).await;
+    let pid = d.child_pid().unwrap();
+    for n in 101..=120 {
+        d.edit_config(|c| {
+            c.replace(
+                &format!("max_connections: {}", n - 1),
+                &format!("max_connections: {n}"),
+            )
+        });
+        d.signal(Signal::SIGHUP);
+    }
+    eventually(
+        Duration::from_secs(20),
+        "the last value in force",
+        || async { (varz(&d).await["max_connections"] == 120).then_some(()) },
+    )
+    .await;
+    assert_eq!(d.child_pid(), Some(pid));
+    // Signals that came in during a reload coalesce into one more reload.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let reloads = d.log().matches("reload done").count();
+    assert!(
+        (1..20).contains(&reloads),
+        "{reloads} reloads for 20 SIGHUPs"
+    );
+    assert!(!d.log().contains("reload failed"), "{}", d.log());
 }

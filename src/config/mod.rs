@@ -92,6 +92,51 @@ pub fn load(explicit: Option<&Path>) -> Result<Loaded, ConfigError> {
     }
 }
 
+/// Loads for a reload: like [`load`], but the file must have stopped
+/// changing (two identical reads `settle` apart) and must not be empty.
+/// A reload triggered while an editor or `cat >` is still writing would
+/// otherwise apply half a file, and an empty YAML file is valid: it means
+/// "all defaults".
+pub fn load_for_reload(
+    explicit: Option<&Path>,
+    settle: std::time::Duration,
+) -> Result<Loaded, ConfigError> {
+    let env = std::env::var_os(ENV_CONFIG)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from);
+    let path = match explicit.map(Path::to_path_buf).or(env) {
+        Some(p) => p,
+        None if Path::new(DEFAULT_PATH).exists() => PathBuf::from(DEFAULT_PATH),
+        None => return load(None),
+    };
+    let file_err = |message: String| ConfigError {
+        file: Some(path.clone()),
+        line: None,
+        key: String::new(),
+        message,
+    };
+    let mut last =
+        std::fs::read(&path).map_err(|e| file_err(format!("cannot read config file: {e}")))?;
+    for _ in 0..50 {
+        std::thread::sleep(settle);
+        let now =
+            std::fs::read(&path).map_err(|e| file_err(format!("cannot read config file: {e}")))?;
+        if now == last {
+            if last.iter().all(u8::is_ascii_whitespace) {
+                return Err(file_err(
+                    "config file is empty (still being written?); not reloading an empty file"
+                        .into(),
+                ));
+            }
+            return load_file(&path);
+        }
+        last = now;
+    }
+    Err(file_err(
+        "config file keeps changing; not reloading a file that is being written".into(),
+    ))
+}
+
 /// Reads and validates one file.
 pub fn load_file(path: &Path) -> Result<Loaded, ConfigError> {
     let file_err = |message: String| ConfigError {

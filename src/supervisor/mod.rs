@@ -780,11 +780,11 @@ async fn relay<R: tokio::io::AsyncRead + Unpin>(
             level = ChildLevel::Debug;
         }
         match level {
-            ChildLevel::Trace => tracing::trace!(target: "nats-server", pid, "{msg}"),
-            ChildLevel::Debug => tracing::debug!(target: "nats-server", pid, "{msg}"),
-            ChildLevel::Info => tracing::info!(target: "nats-server", pid, "{msg}"),
-            ChildLevel::Warn => tracing::warn!(target: "nats-server", pid, "{msg}"),
-            ChildLevel::Error => tracing::error!(target: "nats-server", pid, "{msg}"),
+            ChildLevel::Trace => tracing::trace!(target: "nats-server", nats_pid = pid, "{msg}"),
+            ChildLevel::Debug => tracing::debug!(target: "nats-server", nats_pid = pid, "{msg}"),
+            ChildLevel::Info => tracing::info!(target: "nats-server", nats_pid = pid, "{msg}"),
+            ChildLevel::Warn => tracing::warn!(target: "nats-server", nats_pid = pid, "{msg}"),
+            ChildLevel::Error => tracing::error!(target: "nats-server", nats_pid = pid, "{msg}"),
         }
         let mut t = tail.lock().unwrap_or_else(|e| e.into_inner());
         if t.len() == TAIL_LINES {

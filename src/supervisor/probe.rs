@@ -153,7 +153,8 @@ pub fn check_port_free(host: &str, port: u16, what: &str) -> Result<(), String> 
 /// user's process without privileges, another network namespace).
 pub fn port_holder(port: u16) -> Option<(u32, String)> {
     let mut inodes = Vec::new();
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+    // /proc/self/net: still visible under systemd's ProcSubset=pid.
+    for table in ["/proc/self/net/tcp", "/proc/self/net/tcp6"] {
         let Ok(text) = std::fs::read_to_string(table) else {
             continue;
         };

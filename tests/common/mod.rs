@@ -546,6 +546,9 @@ impl Daemon {
         let old = std::fs::read_to_string(&self.config_path).unwrap();
         let new = edit(old.clone());
         assert_ne!(old, new, "the edit changed nothing");
-        std::fs::write(&self.config_path, new).unwrap();
+        // Atomically, as a careful operator (or an editor) replaces it.
+        let tmp = self.config_path.with_extension("yaml.tmp");
+        std::fs::write(&tmp, new).unwrap();
+        std::fs::rename(&tmp, &self.config_path).unwrap();
     }
 }
