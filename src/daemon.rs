@@ -444,13 +444,30 @@ async fn apply_reload(ctx: &mut Ctx) -> Result<String, String> {
         tracing::info!("reload: {c}");
     }
     // The new HTTP address first: if it cannot be had, nothing changes.
-    let listener = match plan.rebind_http {
-        true => Some(
+    // Only the same port on another host (127.0.0.1 -> 0.0.0.0) overlaps
+    // the old socket: then the old one must go first, and comes back if
+    // the new bind fails.
+    let listener = if !plan.rebind_http {
+        None
+    } else if new.port == old.port {
+        if let Some(h) = ctx.http.take() {
+            h.stop().await;
+        }
+        match bind_http(&new.host, new.port).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                if let Ok(l) = bind_http(&old.host, old.port).await {
+                    ctx.http = Some(Http::start(l, ctx.app.clone()));
+                }
+                return Err(format!("{e}; still running on the previous config"));
+            }
+        }
+    } else {
+        Some(
             bind_http(&new.host, new.port)
                 .await
                 .map_err(|e| format!("{e}; still running on the previous config"))?,
-        ),
-        false => None,
+        )
     };
     let mut summary = Vec::new();
     let mut failing = None;

@@ -347,3 +347,23 @@ async fn a_burst_of_sighups_ends_on_the_last_file() {
     );
     assert!(!d.log().contains("reload failed"), "{}", d.log());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_http_api_can_widen_its_bind_address_on_the_same_port() {
+    let d = Daemon::builder().top("host: \"127.0.0.1\"\n").start();
+    d.wait_healthy(Duration::from_secs(20)).await;
+    d.edit_config(|c| c.replace("host: \"127.0.0.1\"\n", "host: \"0.0.0.0\"\n"));
+    d.signal(Signal::SIGHUP);
+    eventually(Duration::from_secs(10), "the reload to finish", || async {
+        d.log().contains("reload done").then_some(())
+    })
+    .await;
+    assert!(
+        d.log()
+            .contains(&format!("HTTP API moved to 0.0.0.0:{}", d.http)),
+        "{}",
+        d.log()
+    );
+    let (code, _) = d.get("/health").await;
+    assert_eq!(code, 200);
+}
