@@ -50,6 +50,7 @@ readonly HTTP_PORT=8085          # config/broker.yaml
 readonly CT_PATH=/usr/sbin:/usr/bin:/sbin:/bin
 
 # Run state, read by cleanup.
+PRISTINE=""       # the cached rootfs
 RUN_DIR=""        # per-run folder: rootfs/ and nspawn.log
 ROOTFS=""
 BUILD_DIR=""      # debootstrap target while the cache is being built
@@ -197,12 +198,12 @@ host_tools() {
     log "binary: $MPB_BINARY ($("$MPB_BINARY" --version 2>&1 | head -1))"
 }
 
-# A pristine rootfs, built once by debootstrap and kept in E2E_CACHE, copied
-# to a fresh per-run folder.
-rootfs() {
+# The pristine rootfs, built once by debootstrap and kept in E2E_CACHE.
+cached_rootfs() {
     local key pristine
     key=$(printf '%s %s' "$SUITE" "$INCLUDE" | sha256sum | cut -c1-12)
     pristine=$E2E_CACHE/$SUITE-minbase-$key
+    PRISTINE=$pristine
     mkdir -p "$E2E_CACHE"
     (
         flock 9
@@ -229,11 +230,16 @@ rootfs() {
         touch "$E2E_CACHE/.built-$key"
     ) 9>"$E2E_CACHE/.lock"
     if [[ -f $E2E_CACHE/.built-$key ]]; then
-        ROOTFS_SOURCE="debootstrap (new cache)"
+        ROOTFS_SOURCE="debootstrap (cached as $pristine)"
         rm -f "$E2E_CACHE/.built-$key"
     else
-        ROOTFS_SOURCE="cache"
+        ROOTFS_SOURCE="cache ($pristine)"
     fi
+}
+
+# A fresh copy of it per run, so that each run starts clean.
+copy_rootfs() {
+    local pristine=$PRISTINE
     RUN_DIR=$(mktemp -d "$E2E_CACHE/run.XXXXXX")
     ROOTFS=$RUN_DIR/rootfs
     log "copying $pristine to $ROOTFS"
@@ -442,6 +448,7 @@ check_analyze() {
     EXPOSURE=$(grep -o 'Overall exposure level for .*' <<<"$sec" | sed 's/.*: //' || true)
     grep -E '^✗' <<<"$sec" | sed 's/  */ /g; s/^/      exposed: /' || true
     echo "      systemd-analyze security --offline=yes: overall exposure ${EXPOSURE:-?}"
+    echo "${EXPOSURE:-?}" >"$RUN_DIR/exposure" # checks run in a subshell
     local online
     online=$(in_ct systemd-analyze security "$UNIT" 2>&1 | grep -o 'Overall exposure level for .*' | sed 's/.*: //' || true)
     echo "      systemd-analyze security (loaded unit): overall exposure ${online:-?}"
@@ -532,9 +539,9 @@ summary() {
     echo "systemd-analyze security --offline=yes exposure: $EXPOSURE"
     echo "timings:"
     for p in "${PHASES[@]}"; do
-        printf '  %-10s %s\n' "${p% *}" "$(fmt_us "${p##* }")"
+        printf '  %-12s %s\n' "${p% *}" "$(fmt_us "${p##* }")"
     done
-    printf '  %-10s %s\n' total "$(fmt_us $(($(now_us) - T0)))"
+    printf '  %-12s %s\n' total "$(fmt_us $(($(now_us) - T0)))"
     echo "e2e: $PASSED passed, $FAILED failed"
 }
 
@@ -542,6 +549,7 @@ on_exit() {
     local rc=$?
     set +e
     trap - EXIT INT TERM
+    [[ -n $RUN_DIR && -f $RUN_DIR/exposure ]] && EXPOSURE=$(<"$RUN_DIR/exposure")
     local start
     start=$(now_us)
     teardown
@@ -557,7 +565,8 @@ main() {
     trap 'exit 130' INT
     trap 'exit 143' TERM
     phase host host_tools
-    phase rootfs rootfs
+    phase debootstrap cached_rootfs
+    phase copy copy_rootfs
     phase install install_broker
     phase boot boot
     phase checks checks
