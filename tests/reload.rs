@@ -367,3 +367,42 @@ async fn the_http_api_can_widen_its_bind_address_on_the_same_port() {
     let (code, _) = d.get("/health").await;
     assert_eq!(code, 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_live_change_the_running_server_refuses_becomes_a_restart() {
+    // Raising JetStream's memory limit is live on current nats-server
+    // releases; 2.9 refuses it (and logs it), keeping the old value. The
+    // daemon must notice through /varz and restart instead.
+    for bin in nats_servers() {
+        let d = Daemon::builder()
+            .bin(&bin)
+            .nats("  jetstream_max_memory: 256MB\n")
+            .start();
+        d.wait_healthy(Duration::from_secs(20)).await;
+        let pid = d.child_pid().unwrap();
+        let version = varz(&d).await["version"].as_str().unwrap().to_string();
+        d.edit_config(|c| c.replace("jetstream_max_memory: 256MB", "jetstream_max_memory: 512MB"));
+        d.signal(Signal::SIGHUP);
+        eventually(Duration::from_secs(20), "the reload to finish", || async {
+            d.log().contains("reload done").then_some(())
+        })
+        .await;
+        d.wait_healthy(Duration::from_secs(20)).await;
+        let v = varz(&d).await;
+        assert_eq!(
+            v["jetstream"]["config"]["max_memory"],
+            512 << 20,
+            "{version}: {v}"
+        );
+        if version.starts_with("2.9.") {
+            assert_ne!(d.child_pid(), Some(pid), "2.9 cannot raise it live");
+            assert!(
+                d.log().contains("did not take the change live"),
+                "{}",
+                d.log()
+            );
+        } else {
+            assert_eq!(d.child_pid(), Some(pid), "{version} raises it live");
+        }
+    }
+}

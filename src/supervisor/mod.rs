@@ -201,7 +201,7 @@ pub struct Supervisor {
     bin: PathBuf,
     spawner: Spawner,
     status: watch::Sender<ChildStatus>,
-    tail: Arc<Mutex<VecDeque<String>>>,
+    tail: Arc<Mutex<Tail>>,
     monitor: SocketAddr,
     client: SocketAddr,
 }
@@ -232,7 +232,7 @@ impl Supervisor {
             bin,
             spawner,
             status,
-            tail: Arc::new(Mutex::new(VecDeque::new())),
+            tail: Arc::new(Mutex::new(Tail::default())),
         })
     }
 
@@ -247,7 +247,11 @@ impl Supervisor {
     /// The last lines nats-server printed, for error messages.
     pub fn tail(&self, n: usize) -> Vec<String> {
         let t = self.tail.lock().unwrap_or_else(|e| e.into_inner());
-        t.iter().skip(t.len().saturating_sub(n)).cloned().collect()
+        t.lines
+            .iter()
+            .skip(t.lines.len().saturating_sub(n))
+            .cloned()
+            .collect()
     }
 
     /// Runs until `stop` turns true (then stops the child gracefully) or
@@ -512,6 +516,7 @@ impl Supervisor {
         let text = natsconf::render(&self.config, &self.render);
         write_atomic(&conf, text.as_bytes(), 0o600)
             .map_err(|e| format!("cannot write {}: {e}", conf.display()))?;
+        let seen = self.tail.lock().unwrap_or_else(|e| e.into_inner()).seen;
         signal::kill(Pid::from_raw(pid as i32), Signal::SIGHUP)
             .map_err(|e| format!("SIGHUP: {e}"))?;
         let deadline = Instant::now() + HOT_RELOAD_CONFIRM;
@@ -520,6 +525,17 @@ impl Supervisor {
                 if now != before {
                     return Ok(());
                 }
+            }
+            // It says so at once when it refuses: no need to wait it out.
+            let refusal = self
+                .tail
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .since(seen)
+                .into_iter()
+                .find(|l| l.starts_with("Failed to reload server configuration"));
+            if let Some(line) = refusal {
+                return Err(format!("nats-server says: {line}"));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -767,10 +783,37 @@ pub fn parse_child_line(line: &str) -> (ChildLevel, &str) {
 /// Re-logs the child's output line by line under the target `nats-server`
 /// and keeps a tail for error messages.
 /// Lines starting with one of `benign` are logged at debug level.
+/// The last lines nats-server printed, and how many it printed in all.
+#[derive(Debug, Default)]
+pub struct Tail {
+    lines: VecDeque<String>,
+    seen: u64,
+}
+
+impl Tail {
+    fn push(&mut self, line: String) {
+        if self.lines.len() == TAIL_LINES {
+            self.lines.pop_front();
+        }
+        self.lines.push_back(line);
+        self.seen += 1;
+    }
+
+    /// The lines printed after the first `seen` (those still kept).
+    fn since(&self, seen: u64) -> Vec<String> {
+        let newer = (self.seen - seen.min(self.seen)) as usize;
+        self.lines
+            .iter()
+            .skip(self.lines.len().saturating_sub(newer))
+            .cloned()
+            .collect()
+    }
+}
+
 async fn relay<R: tokio::io::AsyncRead + Unpin>(
     stream: R,
     pid: u32,
-    tail: Arc<Mutex<VecDeque<String>>>,
+    tail: Arc<Mutex<Tail>>,
     benign: &'static [&'static str],
 ) {
     let mut lines = BufReader::new(stream).lines();
@@ -786,11 +829,9 @@ async fn relay<R: tokio::io::AsyncRead + Unpin>(
             ChildLevel::Warn => tracing::warn!(target: "nats-server", nats_pid = pid, "{msg}"),
             ChildLevel::Error => tracing::error!(target: "nats-server", nats_pid = pid, "{msg}"),
         }
-        let mut t = tail.lock().unwrap_or_else(|e| e.into_inner());
-        if t.len() == TAIL_LINES {
-            t.pop_front();
-        }
-        t.push_back(msg.to_string());
+        tail.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(msg.to_string());
     }
 }
 
@@ -816,6 +857,20 @@ mod tests {
             parse_child_line("panic: oops"),
             (ChildLevel::Info, "panic: oops")
         );
+    }
+
+    #[test]
+    fn the_tail_keeps_the_last_lines_and_knows_what_is_new() {
+        let mut t = Tail::default();
+        for i in 0..TAIL_LINES + 5 {
+            t.push(format!("line {i}"));
+        }
+        assert_eq!(t.lines.len(), TAIL_LINES);
+        let seen = t.seen;
+        assert!(t.since(seen).is_empty());
+        t.push("new".into());
+        assert_eq!(t.since(seen), ["new"]);
+        assert_eq!(t.since(0).len(), TAIL_LINES);
     }
 
     #[test]

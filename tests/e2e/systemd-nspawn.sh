@@ -53,7 +53,6 @@ readonly CT_PATH=/usr/sbin:/usr/bin:/sbin:/bin
 PRISTINE=""       # the cached rootfs
 RUN_DIR=""        # per-run folder: rootfs/ and nspawn.log
 ROOTFS=""
-BUILD_DIR=""      # debootstrap target while the cache is being built
 NSPAWN_PID=""
 CT_PID=""         # the container's PID 1 (systemd), as seen from the host
 CGROUP_DIRS=()
@@ -207,26 +206,37 @@ cached_rootfs() {
     mkdir -p "$E2E_CACHE"
     (
         flock 9
+        # Left by a killed run (debootstrap may have left /proc mounted).
+        local stale
+        for stale in "$E2E_CACHE"/build.*; do
+            [[ -d $stale ]] || continue
+            umount_under "$stale"
+            rm -rf --one-file-system "$stale"
+        done
         if [[ $E2E_REFRESH == 1 && -d $pristine ]]; then
             log "E2E_REFRESH=1: dropping $pristine"
             rm -rf --one-file-system "$pristine"
         fi
         [[ -d $pristine ]] && exit 0
-        BUILD_DIR=$(mktemp -d "$E2E_CACHE/build.XXXXXX")
-        trap 'umount_under "$BUILD_DIR"; rm -rf --one-file-system "$BUILD_DIR"' EXIT
-        log "debootstrap $SUITE into $BUILD_DIR (about a minute)"
-        local args=(--variant=minbase "--include=$INCLUDE" "$SUITE" "$BUILD_DIR/rootfs")
+        local build
+        build=$(mktemp -d "$E2E_CACHE/build.XXXXXX")
+        # shellcheck disable=SC2064 # $build is fixed by now
+        trap "umount_under '$build'; rm -rf --one-file-system '$build'" EXIT
+        trap 'exit 130' INT
+        trap 'exit 143' TERM
+        log "debootstrap $SUITE into $build (about a minute)"
+        local args=(--variant=minbase "--include=$INCLUDE" "$SUITE" "$build/rootfs")
         [[ -n $E2E_MIRROR ]] && args+=("$E2E_MIRROR")
-        if ! timeout 420 debootstrap "${args[@]}" >"$BUILD_DIR/debootstrap.log" 2>&1; then
-            tail -30 "$BUILD_DIR/debootstrap.log" >&2
-            [[ -f $BUILD_DIR/rootfs/debootstrap/debootstrap.log ]] &&
-                tail -30 "$BUILD_DIR/rootfs/debootstrap/debootstrap.log" >&2
+        if ! timeout 420 debootstrap "${args[@]}" >"$build/debootstrap.log" 2>&1; then
+            tail -30 "$build/debootstrap.log" >&2
+            [[ -f $build/rootfs/debootstrap/debootstrap.log ]] &&
+                tail -30 "$build/rootfs/debootstrap/debootstrap.log" >&2
             die "debootstrap failed"
         fi
         # Older caches (another package list) are of no further use.
         find "$E2E_CACHE" -mindepth 1 -maxdepth 1 -name "$SUITE-minbase-*" \
             -exec rm -rf --one-file-system {} +
-        mv "$BUILD_DIR/rootfs" "$pristine"
+        mv "$build/rootfs" "$pristine"
         touch "$E2E_CACHE/.built-$key"
     ) 9>"$E2E_CACHE/.lock"
     if [[ -f $E2E_CACHE/.built-$key ]]; then
