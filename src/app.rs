@@ -212,7 +212,7 @@ impl App {
                         async_nats::Event::ClientError(e) => {
                             tracing::debug!(error = %e, "nats client error")
                         }
-                        other => tracing::warn!(event = %other, "nats client event"),
+                        other => tracing::warn!(event = %other, "nats client event: {other}"),
                     }
                 }
             });

@@ -112,7 +112,7 @@ fn write_reload_state(dir: &std::path::Path, count: u64, ok: bool, message: &str
         message.replace('\n', " ")
     );
     if let Err(e) = supervisor::write_atomic(&dir.join(RELOAD_STATE_FILE), line.as_bytes(), 0o644) {
-        tracing::warn!(error = %e, "cannot record the reload outcome");
+        tracing::warn!(error = %e, "cannot record the reload outcome: {e}");
     }
 }
 
@@ -141,7 +141,7 @@ pub async fn run(loaded: Loaded, explicit: Option<PathBuf>) -> i32 {
     let source = source_text(&loaded);
     match &loaded.source {
         Source::File(p) => {
-            tracing::info!(config = %p.display(), version = env!("CARGO_PKG_VERSION"), "marketprism-broker starting")
+            tracing::info!(config = %p.display(), version = env!("CARGO_PKG_VERSION"), "marketprism-broker {} starting with {}", env!("CARGO_PKG_VERSION"), p.display())
         }
         Source::BuiltinDefaults => tracing::info!(
             version = env!("CARGO_PKG_VERSION"),
@@ -156,7 +156,7 @@ pub async fn run(loaded: Loaded, explicit: Option<PathBuf>) -> i32 {
     let mut signals = match signals() {
         Ok(s) => s,
         Err(e) => {
-            tracing::error!(error = %e, "cannot install signal handlers");
+            tracing::error!(error = %e, "cannot install signal handlers: {e}");
             return exit::SOFTWARE;
         }
     };
@@ -198,7 +198,7 @@ pub async fn run(loaded: Loaded, explicit: Option<PathBuf>) -> i32 {
             0o644,
         )
     }) {
-        tracing::warn!(dir = %runtime_dir.display(), error = %e, "cannot write the pid file");
+        tracing::warn!(dir = %runtime_dir.display(), error = %e, "cannot write the pid file in {}: {e}", runtime_dir.display());
     }
     write_reload_state(&runtime_dir, 0, true, "started");
     let mut ctx = Ctx {
@@ -262,7 +262,7 @@ pub async fn run(loaded: Loaded, explicit: Option<PathBuf>) -> i32 {
             Ok(Ok(())) => code,
             Ok(Err(e)) => failure_code(&e),
             Err(e) => {
-                tracing::error!(error = %e, "supervisor task failed");
+                tracing::error!(error = %e, "supervisor task failed: {e}");
                 exit::SOFTWARE
             }
         };
@@ -329,7 +329,7 @@ async fn start_and_serve(ctx: &mut Ctx, signals: &mut Signals) -> i32 {
     let wait = config.supervisor.start_timeout.get();
     tokio::select! {
         ok = app.wait_connected(wait) => if !ok {
-            tracing::warn!(urls = ?app.nats_urls(), "not connected to NATS after {wait:?}; going on and reconnecting in the background");
+            tracing::warn!(urls = ?app.nats_urls(), "not connected to NATS at {} after {wait:?}; going on and reconnecting in the background", app.nats_urls().join(", "));
         },
         r = sup_done(&mut ctx.supervisor) => { return ended_early(r, &mut ctx.supervisor); }
         _ = crate::flag_set(&mut signals.stop) => return exit::OK,
@@ -338,7 +338,7 @@ async fn start_and_serve(ctx: &mut Ctx, signals: &mut Signals) -> i32 {
     // 3. Streams.
     if app.is_connected() {
         if let Err(e) = app.sync_streams().await {
-            tracing::error!(error = %e, "stream reconciliation failed; retrying in the background");
+            tracing::error!(error = %e, "stream reconciliation failed ({e}); retrying in the background");
         }
     }
     let (bg_stop_tx, bg_stop_rx) = watch::channel(false);
@@ -387,7 +387,7 @@ fn ended_early(
         Ok(Ok(())) => exit::OK,
         Ok(Err(e)) => failure_code(&e),
         Err(e) => {
-            tracing::error!(error = %e, "supervisor task failed");
+            tracing::error!(error = %e, "supervisor task failed: {e}");
             exit::SOFTWARE
         }
     }
@@ -534,7 +534,7 @@ fn status_line(app: &App, connections: Option<u64>) -> String {
     let child = app.child.borrow().clone();
     let streams = app.sync.lock().map(|s| s.report.streams.len()).unwrap_or(0);
     let conns = connections
-        .map(|c| format!(", {c} connections"))
+        .map(|c| format!(", {c} connection{}", if c == 1 { "" } else { "s" }))
         .unwrap_or_default();
     let base = if app.supervised {
         match (child.phase, child.pid) {
@@ -633,7 +633,7 @@ async fn maintain(app: Arc<App>, mut stop: watch::Receiver<bool>) {
             continue;
         }
         if let Err(e) = app.sync_streams().await {
-            tracing::warn!(error = %e, "stream reconciliation failed; will retry");
+            tracing::warn!(error = %e, "stream reconciliation failed ({e}); will retry");
         }
     }
 }

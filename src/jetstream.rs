@@ -298,11 +298,12 @@ pub async fn reconcile(
             Change::Create { stream } => {
                 match js.create_stream(to_nats(&stream, &desired[&stream])).await {
                     Ok(info) => {
-                        tracing::info!(stream = %stream, subjects = ?info.cached_info().config.subjects, "created stream");
+                        let subjects = info.cached_info().config.subjects.join(", ");
+                        tracing::info!(stream = %stream, subjects = %subjects, "created stream {stream} ({subjects})");
                         report.created.push(stream);
                     }
                     Err(e) => {
-                        tracing::error!(stream = %stream, error = %e, "cannot create stream");
+                        tracing::error!(stream = %stream, error = %e, "cannot create stream {stream}: {e}");
                         report.errors.push(format!("{stream}: cannot create: {e}"));
                     }
                 }
@@ -315,11 +316,11 @@ pub async fn reconcile(
                     .collect();
                 match js.update_stream(cfg).await {
                     Ok(_) => {
-                        tracing::info!(stream = %stream, changes = %what.join(", "), "updated stream");
+                        tracing::info!(stream = %stream, changes = %what.join(", "), "updated stream {stream}: {}", what.join(", "));
                         report.updated.push(stream);
                     }
                     Err(e) => {
-                        tracing::error!(stream = %stream, changes = %what.join(", "), error = %e, "cannot update stream");
+                        tracing::error!(stream = %stream, changes = %what.join(", "), error = %e, "cannot update stream {stream} ({}): {e}", what.join(", "));
                         report
                             .errors
                             .push(format!("{stream}: cannot update {}: {e}", what.join(", ")));

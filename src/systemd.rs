@@ -8,7 +8,7 @@ use sd_notify::NotifyState;
 
 fn send(states: &[NotifyState]) {
     if let Err(e) = sd_notify::notify(states) {
-        tracing::warn!(error = %e, "cannot notify systemd");
+        tracing::warn!(error = %e, "cannot notify systemd: {e}");
     }
 }
 

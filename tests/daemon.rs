@@ -619,7 +619,7 @@ async fn sigterm_stops_everything_and_exits_0() {
     );
     let log = d.log();
     let stopped = log
-        .find("stopping nats-server (SIGTERM)")
+        .find("stopping nats-server (SIGTERM")
         .expect("child stop logged");
     let http_closed = log.find("SIGTERM received").unwrap();
     assert!(http_closed < stopped);
@@ -1074,8 +1074,8 @@ async fn a_child_deaf_to_sigterm_is_killed_after_stop_timeout() {
     assert!(!alive(child));
     let log = d.log();
     assert!(
-        log.contains("stopping nats-server (SIGTERM)")
-            && log.contains("killing nats-server (SIGKILL)"),
+        log.contains("stopping nats-server (SIGTERM")
+            && log.contains("killing nats-server (SIGKILL"),
         "{log}"
     );
 }

@@ -26,7 +26,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, mut shutdown: watch::Re
                     Ok(x) => x,
                     Err(e) => {
                         // EMFILE and friends: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
+                        tracing::warn!(error = %e, "accept failed: {e}");
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
@@ -50,6 +50,6 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, mut shutdown: watch::Re
     let drain = app.config().api.drain_timeout.get();
     tokio::select! {
         _ = graceful.shutdown() => tracing::debug!("http connections drained"),
-        _ = tokio::time::sleep(drain) => tracing::warn!(?drain, "http connections still open after the drain timeout; closing them"),
+        _ = tokio::time::sleep(drain) => tracing::warn!(?drain, "http connections still open after the drain timeout ({drain:?}); closing them"),
     }
 }

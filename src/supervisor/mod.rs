@@ -291,14 +291,14 @@ impl Supervisor {
                         let ev = match self.spawn_child(first_spawn).await {
                             Ok(r) => {
                                 let pid = r.pid;
-                                tracing::info!(pid, conf = %self.conf_path().display(), "nats-server started");
+                                tracing::info!(pid, conf = %self.conf_path().display(), "nats-server started (pid {pid}, config {})", self.conf_path().display());
                                 running = Some(r);
                                 next_probe = Instant::now();
                                 Event::Spawned { pid }
                             }
                             Err(SpawnError::Fatal(e)) => return Err(e),
                             Err(SpawnError::Retry(error)) => {
-                                tracing::error!(%error, "cannot start nats-server");
+                                tracing::error!(%error, "cannot start nats-server: {error}");
                                 Event::SpawnFailed { error }
                             }
                         };
@@ -306,11 +306,11 @@ impl Supervisor {
                         pending.extend(step(&mut m, ev));
                     }
                     Action::Terminate { pid } => {
-                        tracing::info!(pid, "stopping nats-server (SIGTERM)");
+                        tracing::info!(pid, "stopping nats-server (SIGTERM to pid {pid})");
                         let _ = signal::kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
                     }
                     Action::Kill { pid } => {
-                        tracing::warn!(pid, "killing nats-server (SIGKILL)");
+                        tracing::warn!(pid, "killing nats-server (SIGKILL to pid {pid})");
                         let _ = signal::killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
                     }
                     Action::WakeAt(t) => wake = Some(t),
@@ -321,7 +321,14 @@ impl Supervisor {
                             st.healthy_since = Some(SystemTime::now());
                             st.ports = ports;
                         });
-                        tracing::info!(pid, ?ports, "nats-server is ready");
+                        let listening = ports
+                            .map(|p| format!("clients on {}, monitor on {}", p.nats, p.http))
+                            .unwrap_or_default();
+                        tracing::info!(
+                            pid,
+                            ?ports,
+                            "nats-server is ready (pid {pid}; {listening})"
+                        );
                         if let Some(r) = restart_reply.take() {
                             let _ = r.send(Applied::Done(format!(
                                 "nats-server restarted with the new config (pid {pid})"
@@ -387,7 +394,7 @@ impl Supervisor {
                     }
                     let status = describe_exit(status);
                     if !matches!(m.state, State::Stopping { .. }) {
-                        tracing::warn!(pid = r.pid, %status, "nats-server exited");
+                        tracing::warn!(pid = r.pid, %status, "nats-server (pid {}) exited: {status}", r.pid);
                     }
                     Event::Exited { status }
                 }
@@ -408,7 +415,7 @@ impl Supervisor {
                         Ok(()) => Event::Healthy,
                         Err(error) => {
                             if matches!(m.state, State::Running { .. }) {
-                                tracing::warn!(%error, "nats-server health probe failed");
+                                tracing::warn!(%error, "nats-server health probe failed: {error}");
                             }
                             Event::ProbeFailed { error }
                         }
@@ -668,7 +675,7 @@ impl Supervisor {
         let pid = child.id().unwrap_or(0);
         let pid_path = self.pid_path();
         if let Err(e) = write_atomic(&pid_path, format!("{pid}\n").as_bytes(), 0o644) {
-            tracing::warn!(path = %pid_path.display(), error = %e, "cannot write the pid file");
+            tracing::warn!(path = %pid_path.display(), error = %e, "cannot write the pid file {}: {e}", pid_path.display());
         }
         // Without configured users the only "plaintext password" is the
         // password-less anonymous user natsconf renders for no_auth_user
