@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared set-up for scripts/run-dev and scripts/test: installs what a fresh
 # Debian 12 machine lacks. Sourced, not run.
 
@@ -54,5 +55,18 @@ ensure_node_client() {
   fi
   if [ ! -d tests/clients/node/node_modules/nats ]; then
     (cd tests/clients/node && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+}
+
+# What building and checking the .deb and .rpm takes.
+ensure_packaging_tools() {
+  local missing=()
+  command -v dpkg-buildpackage >/dev/null 2>&1 || missing+=(dpkg-dev)
+  command -v dh >/dev/null 2>&1 || missing+=(debhelper)
+  command -v lintian >/dev/null 2>&1 || missing+=(lintian)
+  command -v fakeroot >/dev/null 2>&1 || missing+=(fakeroot)
+  command -v rpmbuild >/dev/null 2>&1 || missing+=(rpm)
+  if [ ${#missing[@]} -gt 0 ]; then
+    apt_install "${missing[@]}"
   fi
 }

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# End-to-end test of systemd/marketprism-broker.service under a real systemd.
+# End-to-end test of marketprism-broker under a real systemd.
 #
 # Boots a minimal Debian bookworm in systemd-nspawn (systemd as PID 1 in the
-# container, its own network namespace), installs the daemon, its unit, its
-# sysusers entry and config/broker.yaml the way a package would, and checks:
+# container, its own network namespace) and tests the service there, in one
+# of two modes:
+#
+# Binary mode (E2E_DEB unset): installs the daemon binary, the tree's unit,
+# sysusers entry, config/broker.yaml and man page by hand, the way a package
+# would, with nats-server from the rootfs's local apt archive, and checks:
 #   a. `systemctl start` returns 0 only once /health says healthy (Type=notify)
 #   b. `systemctl status` shows the daemon's STATUS= text
 #   c. the journal tells the daemon's lines (-t marketprism-broker) from
@@ -15,11 +19,32 @@
 #   g. `systemd-analyze verify` is clean for the unit; prints the
 #      `systemd-analyze security` exposure figure
 #
+# Package mode (E2E_DEB=path/to/marketprism-broker_<ver>_<arch>.deb): installs
+# the package with apt inside the booted container (no network there:
+# nats-server, a real dependency, comes from the rootfs's local archive) and
+# checks:
+#   i0. `apt-get install ./the.deb`: exit 0; the unit is enabled, active and
+#       healthy as soon as apt returns; account, conffile, state directory,
+#       generated nats-server.conf, man page, examples; nats-server pulled in
+#       as a dependency
+#   a-g as above, against the installed package (a restarts the running unit)
+#   i1. upgrade to a repacked higher version: a locally edited conffile is
+#       kept without a prompt, the service is restarted and healthy, streams
+#       and stored messages survive
+#   i2. `apt-get remove`: nothing left running; conffile, state and account
+#       stay
+#   i3. `apt-get purge`: conffile and state gone, the account stays
+# Debian's own nats-server.service is masked before anything is installed, so
+# it never takes port 4222.
+#
 # Runs as root on Debian 12; installs debootstrap and systemd-container when
 # missing. Usage:
 #   tests/e2e/systemd-nspawn.sh
+#   E2E_DEB=../marketprism-broker_0.1.0_amd64.deb tests/e2e/systemd-nspawn.sh
 # Environment:
-#   MPB_BINARY       daemon binary (default: <repo>/target/release/marketprism-broker)
+#   E2E_DEB          the package to test (package mode); unset: binary mode
+#   MPB_BINARY       binary mode: daemon binary
+#                    (default: <repo>/target/release/marketprism-broker)
 #   E2E_CACHE        where the pristine rootfs is kept between runs
 #                    (default: /var/cache/marketprism-broker-e2e)
 #   E2E_REFRESH=1    rebuild the cached rootfs
@@ -27,6 +52,12 @@
 #                    the first one); the exit status is non-zero either way
 #   E2E_MIRROR       Debian mirror for debootstrap (default: debootstrap's own)
 #   E2E_TMPFS=0      copy the working rootfs onto disk instead of a tmpfs
+#
+# The cached rootfs is debootstrap's minbase plus systemd, dbus, procps and
+# man-db (systemd-analyze verify runs man(1) for Documentation=man:...), with
+# apt's package lists and nats-server's .deb (and whatever it needs) in
+# /var/cache/apt/archives, fetched while the cache is built; the container
+# itself has no network.
 #
 # Works on a host without systemd as PID 1 and with the cgroup v1 "hybrid"
 # layout (name=systemd v1 hierarchy + cgroup2 at /sys/fs/cgroup/unified):
@@ -37,6 +68,7 @@ set -euo pipefail
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_ROOT=$(cd "$SCRIPT_DIR/../.." && pwd)
 
+E2E_DEB=${E2E_DEB:-}
 MPB_BINARY=${MPB_BINARY:-$REPO_ROOT/target/release/marketprism-broker}
 E2E_CACHE=${E2E_CACHE:-/var/cache/marketprism-broker-e2e}
 E2E_REFRESH=${E2E_REFRESH:-0}
@@ -45,11 +77,25 @@ E2E_MIRROR=${E2E_MIRROR:-}
 E2E_TMPFS=${E2E_TMPFS:-1}
 
 readonly SUITE=bookworm
-readonly INCLUDE=systemd,systemd-sysv,dbus,procps,nats-server
-readonly UNIT=marketprism-broker.service
-readonly UNIT_PATH=/etc/systemd/system/$UNIT
+readonly INCLUDE=systemd,systemd-sysv,dbus,procps,man-db
+# Downloaded into the rootfs's /var/cache/apt/archives, not installed.
+readonly ARCHIVED=nats-server
+# Changes whenever the way the cache is built changes.
+readonly CACHE_RECIPE="include=$INCLUDE archived=$ARCHIVED apt-lists"
+readonly PKG=marketprism-broker
+readonly UNIT=$PKG.service
+readonly CONF=/etc/marketprism-broker/broker.yaml
+readonly STATE_DIR=/var/lib/marketprism-broker
+readonly CT_DEB_DIR=/var/tmp/mpb-e2e  # where the .debs are put in the container
 readonly HTTP_PORT=8085          # config/broker.yaml
 readonly CT_PATH=/usr/sbin:/usr/bin:/sbin:/bin
+if [[ -n $E2E_DEB ]]; then
+    readonly MODE=package
+    readonly UNIT_PATH=/lib/systemd/system/$UNIT   # as shipped by the package
+else
+    readonly MODE=binary
+    readonly UNIT_PATH=/etc/systemd/system/$UNIT   # as installed by hand
+fi
 
 # Run state, read by cleanup.
 PRISTINE=""       # the cached rootfs
@@ -70,6 +116,8 @@ CURRENT_PHASE=""
 PHASE_START=0
 INTERRUPTED=""
 EXPOSURE="?"
+DEB_VERSION=""    # package mode: the version of E2E_DEB
+DEB_NAME=""       # ... and its file name
 
 # --- helpers -----------------------------------------------------------------
 
