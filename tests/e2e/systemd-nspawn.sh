@@ -159,6 +159,29 @@ http_get() {
         cat <&3' _ "$HTTP_PORT" "$1"
 }
 
+# http_post_json PATH BODY: the raw response to a POST of the JSON BODY.
+http_post_json() {
+    # shellcheck disable=SC2016 # expanded by the inner bash
+    in_ct timeout 5 env LC_ALL=C bash -c '
+        exec 3<>"/dev/tcp/127.0.0.1/$1"
+        printf "POST %s HTTP/1.0\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" \
+            "$2" "${#3}" "$3" >&3
+        cat <&3' _ "$HTTP_PORT" "$1" "$2"
+}
+
+# http_code RESPONSE: its status code.
+http_code() {
+    local first=${1%%$'\n'*}
+    first=${first#* }
+    echo "${first%% *}"
+}
+
+# apt_ct ARGS...: apt-get inside the container, non-interactive, with no
+# standard input (a dpkg prompt fails instead of waiting).
+apt_ct() {
+    in_ct env DEBIAN_FRONTEND=noninteractive apt-get "$@" </dev/null
+}
+
 health_ok() {
     local body
     body=$(http_get /health 2>/dev/null || true)
