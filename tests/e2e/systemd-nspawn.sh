@@ -78,15 +78,19 @@ E2E_TMPFS=${E2E_TMPFS:-1}
 
 readonly SUITE=bookworm
 readonly INCLUDE=systemd,systemd-sysv,dbus,procps,man-db
-# Downloaded into the rootfs's /var/cache/apt/archives, not installed.
-readonly ARCHIVED=nats-server
+# Downloaded into the rootfs's /var/cache/apt/archives, not installed
+# (space-separated).
+readonly ARCHIVED="nats-server"
 # Changes whenever the way the cache is built changes.
 readonly CACHE_RECIPE="include=$INCLUDE archived=$ARCHIVED apt-lists"
 readonly PKG=marketprism-broker
 readonly UNIT=$PKG.service
 readonly CONF=/etc/marketprism-broker/broker.yaml
 readonly STATE_DIR=/var/lib/marketprism-broker
-readonly CT_DEB_DIR=/var/tmp/mpb-e2e  # where the .debs are put in the container
+# Where the .debs under test are put in the container: apt's own archive.
+# apt 2.6's --no-download takes a local .deb from there only, elsewhere it
+# fails with "Internal Error, Pathname to install is not absolute".
+readonly CT_DEB_DIR=/var/cache/apt/archives
 readonly HTTP_PORT=8085          # config/broker.yaml
 readonly CT_PATH=/usr/sbin:/usr/bin:/sbin:/bin
 if [[ -n $E2E_DEB ]]; then
@@ -270,19 +274,29 @@ host_tools() {
         fi
     fi
     local t
-    for t in debootstrap systemd-nspawn nsenter setsid flock; do
+    for t in debootstrap systemd-nspawn nsenter setsid flock dpkg-deb; do
         command -v "$t" >/dev/null || die "$t not found"
     done
-    [[ -x $MPB_BINARY ]] || die "no daemon binary at $MPB_BINARY (cargo build --release, or set MPB_BINARY)"
     [[ -d /sys/fs/cgroup/systemd || -d /sys/fs/cgroup/unified || -f /sys/fs/cgroup/cgroup.procs ]] ||
         die "no usable cgroup hierarchy under /sys/fs/cgroup"
-    log "binary: $MPB_BINARY ($("$MPB_BINARY" --version 2>&1 | head -1))"
+    if [[ $MODE == package ]]; then
+        [[ -f $E2E_DEB ]] || die "E2E_DEB: no such file: $E2E_DEB"
+        local name
+        name=$(dpkg-deb -f "$E2E_DEB" Package 2>/dev/null) || die "E2E_DEB: not a .deb: $E2E_DEB"
+        [[ $name == "$PKG" ]] || die "E2E_DEB is package '$name', not $PKG"
+        DEB_VERSION=$(dpkg-deb -f "$E2E_DEB" Version)
+        DEB_NAME=${E2E_DEB##*/}
+        log "package: $E2E_DEB ($PKG $DEB_VERSION, $(dpkg-deb -f "$E2E_DEB" Architecture))"
+    else
+        [[ -x $MPB_BINARY ]] || die "no daemon binary at $MPB_BINARY (cargo build --release, or set MPB_BINARY)"
+        log "binary: $MPB_BINARY ($("$MPB_BINARY" --version 2>&1 | head -1))"
+    fi
 }
 
 # The pristine rootfs, built once by debootstrap and kept in E2E_CACHE.
 cached_rootfs() {
     local key pristine
-    key=$(printf '%s %s' "$SUITE" "$INCLUDE" | sha256sum | cut -c1-12)
+    key=$(printf '%s %s' "$SUITE" "$CACHE_RECIPE" | sha256sum | cut -c1-12)
     pristine=$E2E_CACHE/$SUITE-minbase-$key
     PRISTINE=$pristine
     mkdir -p "$E2E_CACHE"
@@ -315,6 +329,7 @@ cached_rootfs() {
                 tail -30 "$build/rootfs/debootstrap/debootstrap.log" >&2
             die "debootstrap failed"
         fi
+        archive_packages "$build/rootfs" "$build/apt.log"
         # Older caches (another package list) are of no further use.
         find "$E2E_CACHE" -mindepth 1 -maxdepth 1 -name "$SUITE-minbase-*" \
             -exec rm -rf --one-file-system {} +
@@ -327,6 +342,30 @@ cached_rootfs() {
     else
         ROOTFS_SOURCE="cache ($pristine)"
     fi
+}
+
+# archive_packages ROOTFS LOG: apt's package lists and the .debs of ARCHIVED
+# (with what they need beyond the rootfs) in ROOTFS's /var/cache/apt/archives,
+# for apt inside the container, which has no network. debootstrap's own .debs
+# are dropped: nothing needs them, and they would be copied on every run.
+archive_packages() {
+    local root=$1 out=$2 pkg pkgs
+    read -ra pkgs <<<"$ARCHIVED"
+    log "apt-get update and --download-only ${pkgs[*]} in the rootfs"
+    if ! {
+        chroot "$root" apt-get clean &&
+            chroot "$root" apt-get update &&
+            chroot "$root" env DEBIAN_FRONTEND=noninteractive \
+                apt-get install --download-only -y "${pkgs[@]}"
+    } </dev/null >"$out" 2>&1; then
+        tail -30 "$out" >&2
+        die "apt-get in the new rootfs failed"
+    fi
+    for pkg in "${pkgs[@]}"; do
+        compgen -G "$root/var/cache/apt/archives/${pkg}_*.deb" >/dev/null ||
+            die "no $pkg .deb in the rootfs's apt archive after --download-only"
+    done
+    log "archived: $(cd "$root/var/cache/apt/archives" && echo *.deb)"
 }
 
 # A fresh copy of it per run, so that each run starts clean. On a tmpfs of
@@ -345,22 +384,48 @@ copy_rootfs() {
     cp -a --reflink=auto "$PRISTINE/." "$ROOTFS/"
 }
 
-# Install the daemon like a package would, while the container is down.
+# mask_nats_unit: Debian's nats-server package enables and starts its own
+# unit, on port 4222. Masked before nats-server is installed (a mask needs no
+# unit file), it never starts; deb-systemd-helper only lifts masks it set
+# itself.
+mask_nats_unit() {
+    chroot "$ROOTFS" systemctl --quiet mask nats-server.service
+}
+
+# Binary mode: install the daemon like a package would, while the container
+# is down.
 install_broker() {
+    mask_nats_unit
+    # nats-server from the rootfs's local archive (no network needed).
+    local out
+    if ! out=$(chroot "$ROOTFS" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y --no-download nats-server </dev/null 2>&1); then
+        echo "$out" | tail -20 >&2
+        die "apt-get install nats-server in the rootfs failed"
+    fi
+    chroot "$ROOTFS" systemctl --quiet disable nats-server.service
     install -m 0755 "$MPB_BINARY" "$ROOTFS/usr/bin/marketprism-broker"
     install -m 0644 "$REPO_ROOT/systemd/marketprism-broker.service" "$ROOTFS$UNIT_PATH"
     install -D -m 0644 "$REPO_ROOT/systemd/marketprism-broker.sysusers" \
         "$ROOTFS/usr/lib/sysusers.d/marketprism-broker.conf"
     chroot "$ROOTFS" systemd-sysusers /usr/lib/sysusers.d/marketprism-broker.conf
     install -d -m 0755 "$ROOTFS/etc/marketprism-broker"
-    install -m 0640 "$REPO_ROOT/config/broker.yaml" "$ROOTFS/etc/marketprism-broker/broker.yaml"
-    chroot "$ROOTFS" chown root:marketprism-broker /etc/marketprism-broker/broker.yaml
-    # Debian's nats-server package enables its own unit on port 4222.
-    chroot "$ROOTFS" systemctl --quiet disable nats-server.service
-    chroot "$ROOTFS" systemctl --quiet mask nats-server.service
+    install -m 0640 "$REPO_ROOT/config/broker.yaml" "$ROOTFS$CONF"
+    chroot "$ROOTFS" chown root:marketprism-broker "$CONF"
+    # The unit's Documentation=man:marketprism-broker(8), for check g.
+    install -d -m 0755 "$ROOTFS/usr/share/man/man8"
+    gzip -9n <"$REPO_ROOT/doc/marketprism-broker.8" >"$ROOTFS/usr/share/man/man8/marketprism-broker.8.gz"
     # Ours is started explicitly by check a, so that `systemctl start` is
     # the real start.
-    log "installed: $(chroot "$ROOTFS" id marketprism-broker)"
+    log "installed: $(chroot "$ROOTFS" id marketprism-broker); $(chroot "$ROOTFS" dpkg-query -W nats-server)"
+}
+
+# Package mode: only put the .deb into the rootfs; check i0 installs it with
+# apt in the running container.
+stage_package() {
+    mask_nats_unit
+    install -m 0644 "$E2E_DEB" "$ROOTFS$CT_DEB_DIR/$DEB_NAME"
+    log "staged $CT_DEB_DIR/$DEB_NAME; nats-server.service masked"
 }
 
 # Create a cgroup for nspawn in every hierarchy it uses, so that it does not
@@ -414,20 +479,32 @@ boot() {
 
 # --- checks ------------------------------------------------------------------
 
+# The package started the unit when it was installed: there check a
+# restarts it.
 check_start() {
-    local rc=0
-    in_ct timeout 120 systemctl start "$UNIT" || rc=$?
+    local verb=start rc=0 before=""
+    if [[ $MODE == package ]]; then
+        verb=restart
+        before=$(unit_prop MainPID)
+    fi
+    in_ct timeout 120 systemctl "$verb" "$UNIT" || rc=$?
     # Probed at once, no retry: READY=1 must mean healthy.
     local active health
     active=$(unit_prop ActiveState)
     health=$(http_get /health 2>&1 || true)
-    ((rc == 0)) || fail_check "systemctl start exited $rc"
-    ok "systemctl start returned 0"
-    [[ $active == active ]] || fail_check "ActiveState=$active right after start"
-    ok "ActiveState=active right after start"
+    ((rc == 0)) || fail_check "systemctl $verb exited $rc"
+    ok "systemctl $verb returned 0"
+    [[ $active == active ]] || fail_check "ActiveState=$active right after $verb"
+    ok "ActiveState=active right after $verb"
     grep -q '"status":"healthy"' <<<"$health" ||
-        fail_check "/health right after start: $(tail -1 <<<"$health")"
+        fail_check "/health right after $verb: $(tail -1 <<<"$health")"
     ok "/health at once: $(grep -o '"status":"[a-z]*"' <<<"$health")"
+    if [[ -n $before ]]; then
+        local after
+        after=$(unit_prop MainPID)
+        [[ $after != "$before" ]] || fail_check "MainPID $after unchanged by restart"
+        ok "new MainPID $after (was $before)"
+    fi
 }
 
 check_status() {
@@ -557,9 +634,12 @@ check_analyze() {
     local ours
     ours=$(grep -F "$UNIT" <<<"$err" || true)
     if grep -q "Command 'man " <<<"$ours"; then
-        echo "      note: Documentation=man:... is checked by running man(1); this rootfs has no"
-        echo "            man-db and the repo ships no such page"
+        echo "      note: Documentation=man:... is checked by running man(1) (man-db is in the"
+        echo "            rootfs): the page is not installed, or man cannot read it"
     fi
+    local docs
+    docs=$(unit_prop Documentation)
+    echo "      Documentation=${docs:-(none)} in the unit under test ($UNIT_PATH)"
     local sec
     sec=$(in_ct systemd-analyze security --offline=yes "$UNIT_PATH" 2>&1 || true)
     EXPOSURE=$(grep -o 'Overall exposure level for .*' <<<"$sec" | sed 's/.*: //' || true)
@@ -574,16 +654,257 @@ check_analyze() {
     ok "systemd-analyze verify: exit 0, nothing about $UNIT"
 }
 
+# --- package checks ------------------------------------------------------------
+
+# pkg_field PKG FIELD: dpkg-query's FIELD of PKG.
+pkg_field() {
+    in_ct dpkg-query -W -f="\${$2}\n" "$1"
+}
+
+# pkg_status PKG: dpkg's state of PKG (installed, config-files, ...;
+# not-installed also when dpkg does not know it).
+pkg_status() {
+    local st
+    st=$(pkg_field "$1" db:Status-Status 2>/dev/null) || st=""
+    echo "${st:-not-installed}"
+}
+
+# show_log FILE: apt's output, indented. dpkg's lines come through apt's pty
+# with CR LF; of a line rewritten with CRs (the "Reading database" counter),
+# the last state.
+show_log() {
+    sed -E 's/\r+$//; s/^.*\r//; s/^/      | /' "$1"
+}
+
+# stat_is PATH "MODE OWNER[ GROUP]": PATH's octal mode, owner and group.
+stat_is() {
+    local got want=$2
+    got=$(in_ct stat -c '%a %U %G' "$1") || fail_check "$1 does not exist"
+    [[ "$got " == "$want "* ]] || fail_check "$1 is '$got', not '$want'"
+    ok "$1: $got"
+}
+
+# stream_messages NAME: the "messages" count of GET /api/v1/streams/NAME.
+stream_messages() {
+    local resp n
+    resp=$(http_get "/api/v1/streams/$1") || return 1
+    [[ $(http_code "$resp") == 200 ]] || return 1
+    n=$(grep -o '"messages":[0-9]*' <<<"$resp" | head -1)
+    [[ -n $n ]] || return 1
+    echo "${n#*:}"
+}
+
+# no_daemon_left: no marketprism-broker or nats-server process in the
+# container.
+no_daemon_left() {
+    local left
+    left=$(in_ct pgrep -a -f '(^|/)(marketprism-broker|nats-server)( |$)' || true)
+    [[ -z $left ]] || fail_check "processes left: $left"
+    ok "no marketprism-broker or nats-server process left"
+}
+
+# nats_unit_masked: Debian's nats-server.service is masked and not running.
+nats_unit_masked() {
+    local enabled active
+    enabled=$(in_ct systemctl is-enabled nats-server.service 2>/dev/null || true)
+    active=$(in_ct systemctl is-active nats-server.service 2>/dev/null || true)
+    [[ $enabled == masked && $active != active ]] ||
+        fail_check "nats-server.service is '$enabled' and '$active'"
+    ok "nats-server.service: $enabled, $active"
+}
+
+check_install() {
+    local st
+    st=$(pkg_status nats-server)
+    [[ $st == not-installed ]] || fail_check "nats-server is '$st' before $PKG is installed"
+    ok "before: nats-server not installed"
+    nats_unit_masked
+    local rc=0 out=$RUN_DIR/apt-install.log start took
+    start=$(now_us)
+    apt_ct install -y --no-download "$CT_DEB_DIR/$DEB_NAME" >"$out" 2>&1 || rc=$?
+    took=$(fmt_us $(($(now_us) - start)))
+    # Probed at once, no retry: the package's start must wait for READY.
+    local active enabled health
+    active=$(unit_prop ActiveState)
+    enabled=$(in_ct systemctl is-enabled "$UNIT" 2>/dev/null || true)
+    health=$(http_get /health 2>&1 || true)
+    show_log "$out"
+    ((rc == 0)) || fail_check "apt-get install exited $rc"
+    ok "apt-get install -y --no-download $CT_DEB_DIR/$DEB_NAME returned 0 after $took"
+    [[ $enabled == enabled ]] || fail_check "$UNIT is '$enabled' after install"
+    [[ $active == active ]] || fail_check "ActiveState=$active as soon as apt-get returned"
+    ok "$UNIT enabled and active as soon as apt-get returned"
+    grep -q '"status":"healthy"' <<<"$health" ||
+        fail_check "/health as soon as apt-get returned: $(tail -1 <<<"$health")"
+    ok "/health at once: $(grep -o '"status":"[a-z]*"' <<<"$health")"
+
+    local user group
+    user=$(in_ct getent passwd "$PKG") || fail_check "no user $PKG"
+    group=$(in_ct getent group "$PKG") || fail_check "no group $PKG"
+    ok "user $user; group $group"
+    pkg_field "$PKG" Conffiles | grep -q "^ $CONF " ||
+        fail_check "$CONF is not a conffile of $PKG"
+    ok "$CONF is a conffile"
+    stat_is "$CONF" "640 root $PKG"
+    stat_is "$STATE_DIR" "750 $PKG"
+    stat_is "$STATE_DIR/nats-server.conf" "600 $PKG"
+    local f
+    for f in /usr/share/man/man8/marketprism-broker.8.gz /usr/share/doc/marketprism-broker/examples; do
+        in_ct test -e "$f" || fail_check "$f missing"
+    done
+    ok "man page and examples installed ($(in_ct ls /usr/share/doc/marketprism-broker/examples | tr '\n' ' '))"
+
+    st=$(pkg_status nats-server)
+    [[ $st == installed ]] || fail_check "nats-server is '$st' after the install"
+    in_ct apt-mark showauto nats-server | grep -qx nats-server ||
+        fail_check "nats-server is installed but not marked as automatically installed"
+    ok "nats-server $(pkg_field nats-server Version) installed as a dependency"
+    nats_unit_masked
+    # As in binary mode. A no-op here: the mask made its postinst's enable
+    # (systemctl preset) fail, and deb-systemd-invoke then skips the start.
+    in_ct systemctl --quiet disable nats-server.service 2>/dev/null || true
+}
+
+check_upgrade() {
+    if [[ $(unit_prop ActiveState) != active ]]; then
+        in_ct timeout 120 systemctl start "$UNIT" || fail_check "systemctl start failed"
+        ok "started again"
+    fi
+    health_ok || fail_check "/health not healthy before the upgrade"
+
+    # Messages stored before the upgrade.
+    local i n=5 resp before
+    for ((i = 1; i <= n; i++)); do
+        resp=$(http_post_json /api/v1/publish \
+            "{\"subject\":\"market.binance.BTCUSDT.trade\",\"message\":{\"i\":$i}}")
+        [[ $resp == *'"persisted":true'* ]] ||
+            fail_check "publish $i: $(head -1 <<<"$resp") $(tail -1 <<<"$resp")"
+    done
+    before=$(stream_messages MARKET_DATA) || fail_check "GET /api/v1/streams/MARKET_DATA failed"
+    ((before >= n)) || fail_check "MARKET_DATA holds $before messages after $n publishes"
+    ok "published $n messages, each persisted; MARKET_DATA holds $before"
+
+    # A local change of the conffile: one more stream.
+    in_ct grep -qx '  streams: {}' "$CONF" || fail_check "no '  streams: {}' line in $CONF"
+    in_ct sed -i 's/^  streams: {}$/  streams:\n    UPGRADE_TEST:\n      subjects: ["upgrade.>"]/' "$CONF"
+    in_ct timeout 60 systemctl reload "$UNIT" || fail_check "systemctl reload of the edited $CONF failed"
+    resp=$(http_get /api/v1/streams/UPGRADE_TEST)
+    [[ $(http_code "$resp") == 200 ]] ||
+        fail_check "GET /api/v1/streams/UPGRADE_TEST after reload: $(head -1 <<<"$resp")"
+    ok "edited $CONF (stream UPGRADE_TEST), reloaded: the stream exists"
+
+    # The same package with a higher version.
+    local version=$DEB_VERSION+e2e1 dir=$RUN_DIR/repack newer
+    newer=${PKG}_${version#*:}_$(dpkg-deb -f "$E2E_DEB" Architecture).deb
+    dpkg-deb -R "$E2E_DEB" "$dir"
+    sed -i "s/^Version: .*/Version: $version/" "$dir/DEBIAN/control"
+    dpkg-deb -Zgzip -b "$dir" "$ROOTFS$CT_DEB_DIR/$newer" >/dev/null
+    rm -rf "$dir"
+    ok "repacked as $newer"
+
+    local pid rc=0 out=$RUN_DIR/apt-upgrade.log start took
+    pid=$(unit_prop MainPID)
+    start=$(now_us)
+    apt_ct install -y --no-download "$CT_DEB_DIR/$newer" >"$out" 2>&1 || rc=$?
+    took=$(fmt_us $(($(now_us) - start)))
+    local active health new_pid
+    active=$(unit_prop ActiveState)
+    health=$(http_get /health 2>&1 || true)
+    new_pid=$(unit_prop MainPID)
+    show_log "$out"
+    ((rc == 0)) || fail_check "apt-get install of $newer exited $rc"
+    ok "apt-get install -y --no-download $CT_DEB_DIR/$newer returned 0 after $took"
+    local installed
+    installed=$(pkg_field "$PKG" Version)
+    [[ $installed == "$version" ]] || fail_check "installed version is $installed"
+    ok "$PKG $installed installed"
+
+    in_ct grep -q UPGRADE_TEST "$CONF" || fail_check "the local edit of $CONF is gone"
+    local stray
+    stray=$(in_ct find /etc/marketprism-broker -name '*.dpkg-*')
+    [[ -z $stray ]] || fail_check "dpkg left: $stray"
+    ok "local edit of $CONF kept, no prompt, no .dpkg-* file"
+    stat_is "$CONF" "640 root $PKG"
+
+    [[ $new_pid != "$pid" && $new_pid != 0 ]] || fail_check "MainPID $pid -> $new_pid: not restarted"
+    [[ $active == active ]] || fail_check "ActiveState=$active as soon as apt-get returned"
+    grep -q '"status":"healthy"' <<<"$health" ||
+        fail_check "/health as soon as apt-get returned: $(tail -1 <<<"$health")"
+    ok "restarted (MainPID $pid -> $new_pid), active and healthy at once"
+
+    resp=$(http_get /api/v1/streams/UPGRADE_TEST)
+    [[ $(http_code "$resp") == 200 ]] ||
+        fail_check "GET /api/v1/streams/UPGRADE_TEST after the upgrade: $(head -1 <<<"$resp")"
+    local after
+    after=$(stream_messages MARKET_DATA) || fail_check "GET /api/v1/streams/MARKET_DATA failed"
+    ((after >= before)) || fail_check "MARKET_DATA holds $after messages, $before before the upgrade"
+    ok "UPGRADE_TEST exists; MARKET_DATA holds $after messages ($before before)"
+}
+
+check_remove() {
+    local rc=0 out=$RUN_DIR/apt-remove.log
+    apt_ct remove -y "$PKG" >"$out" 2>&1 || rc=$?
+    show_log "$out"
+    ((rc == 0)) || fail_check "apt-get remove exited $rc"
+    local st
+    st=$(pkg_status "$PKG")
+    [[ $st == config-files ]] || fail_check "$PKG is '$st' after remove"
+    ok "apt-get remove returned 0; $PKG is $st"
+    no_daemon_left
+    st=$(pkg_status nats-server)
+    [[ $st == installed ]] || fail_check "nats-server is '$st'"
+    ok "nats-server still installed"
+    nats_unit_masked
+    in_ct test -f "$CONF" || fail_check "$CONF is gone"
+    in_ct test -d "$STATE_DIR" || fail_check "$STATE_DIR is gone"
+    in_ct getent passwd "$PKG" >/dev/null || fail_check "user $PKG is gone"
+    ok "$CONF, $STATE_DIR and user $PKG are still there"
+}
+
+check_purge() {
+    local rc=0 out=$RUN_DIR/apt-purge.log
+    apt_ct purge -y "$PKG" >"$out" 2>&1 || rc=$?
+    show_log "$out"
+    ((rc == 0)) || fail_check "apt-get purge exited $rc"
+    local st
+    st=$(pkg_status "$PKG")
+    [[ $st == not-installed ]] || fail_check "$PKG is '$st' after purge"
+    ok "apt-get purge returned 0; $PKG is $st"
+    local d
+    for d in /etc/marketprism-broker "$STATE_DIR"; do
+        if in_ct test -e "$d"; then
+            fail_check "$d still exists: $(in_ct ls -la "$d" | tr '\n' ';')"
+        fi
+    done
+    ok "/etc/marketprism-broker and $STATE_DIR are gone"
+    local user
+    user=$(in_ct getent passwd "$PKG") || fail_check "user $PKG is gone"
+    in_ct getent group "$PKG" >/dev/null || fail_check "group $PKG is gone"
+    ok "user and group $PKG stay: $user"
+}
+
 checks() {
-    local c
-    for c in \
-        "a|systemctl start: active and healthy at once (READY only when healthy)|check_start" \
-        "b|systemctl status shows the daemon's STATUS text|check_status" \
-        "c|journal: daemon and nats-server lines under their own identifiers|check_journal" \
-        "d|systemctl reload: exit 0, same MainPID; a broken config fails it and changes nothing|check_reload" \
-        "e|kill -9 nats-server: the daemon restarts it within 5 s|check_child_restart" \
-        "f|systemctl stop: exit 0, nothing left|check_stop" \
-        "g|systemd-analyze verify clean; security exposure|check_analyze"; do
+    local all=(
+        "a|systemctl start: active and healthy at once (READY only when healthy)|check_start"
+        "b|systemctl status shows the daemon's STATUS text|check_status"
+        "c|journal: daemon and nats-server lines under their own identifiers|check_journal"
+        "d|systemctl reload: exit 0, same MainPID; a broken config fails it and changes nothing|check_reload"
+        "e|kill -9 nats-server: the daemon restarts it within 5 s|check_child_restart"
+        "f|systemctl stop: exit 0, nothing left|check_stop"
+        "g|systemd-analyze verify clean; security exposure|check_analyze"
+    )
+    if [[ $MODE == package ]]; then
+        all=(
+            "i0|apt-get install of the .deb: started, healthy, files and account right, nats-server as a dependency|check_install"
+            "${all[@]}"
+            "i1|upgrade to a higher version: local conffile edit kept, restarted, streams and messages kept|check_upgrade"
+            "i2|apt-get remove: stopped; conffile, state and account stay|check_remove"
+            "i3|apt-get purge: conffile and state gone, account stays|check_purge"
+        )
+        all[1]="a|systemctl restart: active and healthy at once (READY only when healthy)|check_start"
+    fi
+    local c id desc fn
+    for c in "${all[@]}"; do
         IFS='|' read -r id desc fn <<<"$c"
         if ((FAILED > 0)) && [[ $E2E_KEEP_GOING != 1 ]]; then
             RESULTS+=("SKIP  $id. $desc")
@@ -678,7 +999,11 @@ teardown() {
 summary() {
     echo
     echo "==== systemd-nspawn e2e summary"
-    echo "binary:  $MPB_BINARY"
+    if [[ $MODE == package ]]; then
+        echo "package: $E2E_DEB ($PKG ${DEB_VERSION:-?})"
+    else
+        echo "binary:  $MPB_BINARY"
+    fi
     echo "rootfs:  $ROOTFS_SOURCE"
     local r p
     for r in "${RESULTS[@]}"; do echo "$r"; done
@@ -718,7 +1043,11 @@ main() {
     phase host host_tools
     phase debootstrap cached_rootfs
     phase copy copy_rootfs
-    phase install install_broker
+    if [[ $MODE == package ]]; then
+        phase stage stage_package
+    else
+        phase install install_broker
+    fi
     phase boot boot
     phase checks checks
 }
