@@ -1,0 +1,789 @@
+//! The publish benchmark: how close the HTTP front door gets to what
+//! nats-server does for a direct async-nats client, measured in one run on
+//! one machine, so every verdict is a ratio against a baseline of the same
+//! run, never an absolute time.
+//!
+//! It starts the release-built daemon (with its own nats-server, on free
+//! ports, in a fresh state directory) and measures:
+//! 1. direct: async-nats JetStream publishes of the seed's trade message to
+//!    MARKET_DATA (file storage), 1 / 16 / 256 acks in flight;
+//! 2. HTTP: POST /api/v1/publish of the same message over 1 / 16 / 64
+//!    keep-alive connections (a hyper client in this process);
+//! 3. HTTP batch publish: reported as missing until the endpoint exists;
+//! 4. readiness: exec of the daemon to READY=1 on a real notify socket,
+//!    next to exec of nats-server alone (same rendered config) to /healthz;
+//! 5. recovery: kill -9 of nats-server under HTTP load until /health is 200
+//!    again and until the first acknowledged publish after the kill;
+//! 6. the daemon's RSS idle and under load, CPU seconds per 100k publishes.
+//!
+//! Run: `./scripts/bench` (or `cargo bench --bench publish -- [--secs S]
+//! [--json FILE]`). nats-server: $MPB_NATS_SERVER, else
+//! /usr/sbin/nats-server.
+
+use std::io::Read;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper_util::rt::TokioIo;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_marketprism-broker");
+/// The seed's trade example, to the subject its MARKET_DATA stream captures.
+const SUBJECT: &str = "market.binance.BTCUSDT.trade";
+const TRADE: &str = r#"{"symbol":"BTCUSDT","price":"50000.00","quantity":"0.1","timestamp":"2024-01-01T12:00:00Z"}"#;
+/// Linux reports process CPU times in USER_HZ ticks, 100 a second on every
+/// architecture (it is part of the kernel ABI, unlike CONFIG_HZ).
+const USER_HZ: f64 = 100.0;
+
+struct Opts {
+    secs: f64,
+    rounds: usize,
+    json: Option<PathBuf>,
+    nats_server: PathBuf,
+}
+
+impl Opts {
+    fn parse() -> Opts {
+        let mut o = Opts {
+            secs: 3.0,
+            rounds: 5,
+            json: None,
+            nats_server: std::env::var_os("MPB_NATS_SERVER")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| "/usr/sbin/nats-server".into()),
+        };
+        let mut args = std::env::args().skip(1);
+        while let Some(a) = args.next() {
+            match a.as_str() {
+                "--secs" => o.secs = args.next().and_then(|v| v.parse().ok()).expect("--secs N"),
+                "--rounds" => {
+                    o.rounds = args
+                        .next()
+                        .and_then(|v| v.parse().ok())
+                        .expect("--rounds N")
+                }
+                "--json" => o.json = Some(args.next().expect("--json FILE").into()),
+                "--nats-server" => o.nats_server = args.next().expect("--nats-server PATH").into(),
+                // cargo bench passes --bench; the libtest filters mean nothing here.
+                _ => {}
+            }
+        }
+        assert!(
+            o.nats_server.exists(),
+            "{} is missing: install Debian's nats-server or set MPB_NATS_SERVER",
+            o.nats_server.display()
+        );
+        o
+    }
+}
+
+fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<std::net::TcpListener> = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
+}
+
+/// Latency samples in microseconds.
+#[derive(Default)]
+struct Samples(Vec<u32>);
+
+impl Samples {
+    fn add(&mut self, d: Duration) {
+        self.0.push(d.as_micros().min(u32::MAX as u128) as u32);
+    }
+    fn merge(&mut self, o: Samples) {
+        self.0.extend(o.0);
+    }
+    fn pct(&mut self, p: f64) -> f64 {
+        if self.0.is_empty() {
+            return f64::NAN;
+        }
+        self.0.sort_unstable();
+        let i = ((self.0.len() - 1) as f64 * p).round() as usize;
+        self.0[i] as f64 / 1000.0
+    }
+}
+
+/// One measured load: rate and latency percentiles.
+struct Run {
+    label: String,
+    ok: u64,
+    errors: u64,
+    secs: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+impl Run {
+    fn rate(&self) -> f64 {
+        self.ok as f64 / self.secs
+    }
+    fn json(&self) -> Value {
+        json!({"label": self.label, "ok": self.ok, "errors": self.errors, "secs": self.secs,
+               "rate_per_s": self.rate(), "p50_ms": self.p50_ms, "p99_ms": self.p99_ms})
+    }
+}
+
+// ------------------------------------------------------------- daemon ----
+
+struct Daemon {
+    child: Child,
+    dir: tempfile::TempDir,
+    http: u16,
+    nats: u16,
+    notify: UnixDatagram,
+}
+
+/// The daemon's config for the benchmark: the defaults (the seed's
+/// streams) on free ports. `stable_after` is short so that each kill of the
+/// recovery test is a first crash, restarted after the initial delay rather
+/// than a growing backoff.
+fn write_config(dir: &Path, ports: (u16, u16, u16), nats_server: &Path) -> PathBuf {
+    let (http, nats, monitor) = ports;
+    let cfg = format!(
+        "port: {http}\nnats:\n  nats_port: {nats}\n  http_port: {monitor}\n  data_dir: {data:?}\n  server_bin: {bin:?}\n  server_name: bench\nsupervisor:\n  stable_after: 2s\n",
+        data = dir.join("state").display().to_string(),
+        bin = nats_server.display().to_string(),
+    );
+    let path = dir.join("broker.yaml");
+    std::fs::write(&path, cfg).unwrap();
+    path
+}
+
+impl Daemon {
+    /// Execs the daemon and returns it with the time exec took to READY=1.
+    fn start(nats_server: &Path) -> (Daemon, Duration) {
+        let dir = tempfile::tempdir().unwrap();
+        let [http, nats, monitor] = free_ports::<3>();
+        let config = write_config(dir.path(), (http, nats, monitor), nats_server);
+        let sock_path = dir.path().join("notify.sock");
+        let notify = UnixDatagram::bind(&sock_path).unwrap();
+        notify
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap();
+        let t0 = Instant::now();
+        let child = Command::new(BIN)
+            .arg("--config")
+            .arg(&config)
+            .env("NOTIFY_SOCKET", &sock_path)
+            .env("RUST_LOG", "info,async_nats=warn")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("STATE_DIRECTORY")
+            .env_remove("RUNTIME_DIRECTORY")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut d = Daemon {
+            child,
+            dir,
+            http,
+            nats,
+            notify,
+        };
+        let ready = d.wait_notify("READY=1", Duration::from_secs(60));
+        (d, ready - t0)
+    }
+
+    fn wait_notify(&mut self, line: &str, timeout: Duration) -> Instant {
+        let deadline = Instant::now() + timeout;
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Ok(n) = self.notify.recv(&mut buf) {
+                let at = Instant::now();
+                if String::from_utf8_lossy(&buf[..n])
+                    .lines()
+                    .any(|l| l == line)
+                {
+                    return at;
+                }
+            }
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!("the daemon exited ({st}) before {line}:\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {line} within {timeout:?}:\n{}",
+                self.log()
+            );
+        }
+    }
+
+    fn log(&self) -> String {
+        let mut s = String::new();
+        let _ = std::fs::File::open(self.dir.path().join("daemon.log"))
+            .and_then(|mut f| f.read_to_string(&mut s));
+        s
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn child_pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.dir.path().join("state/nats-server.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    fn stop(mut self) {
+        let _ = kill(Pid::from_raw(self.pid() as i32), Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// VmRSS of a process, in MB.
+fn rss_mb(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// User + system CPU seconds a process has used so far.
+fn cpu_secs(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields of the whole line.
+    let rest = s.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (tick(11) + tick(12)) / USER_HZ
+}
+
+// --------------------------------------------------------- readiness ----
+
+/// exec of nats-server alone, on the config the daemon renders for the
+/// same settings (fresh store), to its /healthz answering 200.
+async fn nats_server_alone(nats_server: &Path) -> Duration {
+    let dir = tempfile::tempdir().unwrap();
+    let [http, nats, monitor] = free_ports::<3>();
+    let config = write_config(dir.path(), (http, nats, monitor), nats_server);
+    let out = Command::new(BIN)
+        .arg("render-nats-config")
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "render-nats-config failed");
+    let conf = dir.path().join("nats-server.conf");
+    std::fs::write(&conf, &out.stdout).unwrap();
+    std::fs::create_dir_all(dir.path().join("state")).unwrap();
+    let t0 = Instant::now();
+    let mut child = Command::new(nats_server)
+        .arg("-c")
+        .arg(&conf)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = t0 + Duration::from_secs(30);
+    let took = loop {
+        if let Ok((200, _)) = get(monitor, "/healthz").await {
+            break t0.elapsed();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nats-server alone never got healthy"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    took
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+// -------------------------------------------------------------- HTTP ----
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+async fn connect(port: u16) -> std::io::Result<Sender> {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    tcp.set_nodelay(true)?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(std::io::Error::other)?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+async fn get(port: u16, path: &str) -> Result<(u16, Bytes), Box<dyn std::error::Error>> {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+    tokio::spawn(conn);
+    let req = hyper::Request::get(path)
+        .header("host", "127.0.0.1")
+        .body(Empty::<Bytes>::new())?;
+    let resp = sender.send_request(req).await?;
+    let status = resp.status().as_u16();
+    Ok((status, resp.into_body().collect().await?.to_bytes()))
+}
+
+fn publish_body() -> Bytes {
+    Bytes::from(format!(r#"{{"subject":"{SUBJECT}","message":{TRADE}}}"#))
+}
+
+/// One POST /api/v1/publish on a kept-alive connection: Ok(true) for a
+/// 200 with "persisted":true.
+async fn post_publish(sender: &mut Sender, body: &Bytes) -> Result<bool, hyper::Error> {
+    let req = hyper::Request::post("/api/v1/publish")
+        .header("host", "127.0.0.1")
+        .header("content-type", "application/json")
+        .body(Full::new(body.clone()))
+        .unwrap();
+    let resp = sender.send_request(req).await?;
+    let ok = resp.status() == 200;
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok(ok && says_persisted(&body))
+}
+
+fn says_persisted(body: &[u8]) -> bool {
+    body.windows(16).any(|w| w == b"\"persisted\":true")
+}
+
+/// `conns` keep-alive connections, each publishing one request after the
+/// other until `stop`; every answer's latency is kept.
+async fn http_load(port: u16, conns: usize, secs: f64, label: &str) -> Run {
+    let body = publish_body();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..conns {
+        let body = body.clone();
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut s = Samples::default();
+            let (mut ok, mut errors) = (0u64, 0u64);
+            let mut sender = connect(port).await.expect("connect to the HTTP API");
+            while !stop.load(Relaxed) {
+                let t = Instant::now();
+                match post_publish(&mut sender, &body).await {
+                    Ok(true) => {
+                        ok += 1;
+                        s.add(t.elapsed());
+                    }
+                    Ok(false) => errors += 1,
+                    Err(_) => {
+                        errors += 1;
+                        sender = connect(port).await.expect("reconnect to the HTTP API");
+                    }
+                }
+            }
+            (s, ok, errors)
+        }));
+    }
+    let t0 = Instant::now();
+    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    stop.store(true, Relaxed);
+    let mut all = Samples::default();
+    let (mut ok, mut errors) = (0, 0);
+    for t in tasks {
+        let (s, o, e) = t.await.unwrap();
+        all.merge(s);
+        ok += o;
+        errors += e;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    Run {
+        label: label.into(),
+        ok,
+        errors,
+        secs,
+        p50_ms: all.pct(0.50),
+        p99_ms: all.pct(0.99),
+    }
+}
+
+// ------------------------------------------------------------ direct ----
+
+/// `inflight` tasks on one async-nats connection, each publishing and
+/// awaiting its ack one after the other: that many acks in flight.
+async fn direct_load(js: &async_nats::jetstream::Context, inflight: usize, secs: f64) -> Run {
+    let payload = Bytes::from_static(TRADE.as_bytes());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..inflight {
+        let js = js.clone();
+        let payload = payload.clone();
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut s = Samples::default();
+            let (mut ok, mut errors) = (0u64, 0u64);
+            while !stop.load(Relaxed) {
+                let t = Instant::now();
+                let r = async { js.publish(SUBJECT, payload.clone()).await?.await }.await;
+                match r {
+                    Ok(_) => {
+                        ok += 1;
+                        s.add(t.elapsed());
+                    }
+                    Err(_) => errors += 1,
+                }
+            }
+            (s, ok, errors)
+        }));
+    }
+    let t0 = Instant::now();
+    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    stop.store(true, Relaxed);
+    let mut all = Samples::default();
+    let (mut ok, mut errors) = (0, 0);
+    for t in tasks {
+        let (s, o, e) = t.await.unwrap();
+        all.merge(s);
+        ok += o;
+        errors += e;
+    }
+    Run {
+        label: format!("direct async-nats, {inflight} in flight"),
+        ok,
+        errors,
+        secs: t0.elapsed().as_secs_f64(),
+        p50_ms: all.pct(0.50),
+        p99_ms: all.pct(0.99),
+    }
+}
+
+// ---------------------------------------------------------- recovery ----
+
+struct Recovery {
+    healthy: Duration,
+    first_ack: Duration,
+}
+
+/// kill -9 of nats-server while 4 connections publish over HTTP: time to
+/// /health 200 and to the first publish acknowledged after the kill.
+async fn recovery(d: &Daemon) -> Recovery {
+    let port = d.http;
+    let stop = Arc::new(AtomicBool::new(false));
+    let killed_at_ns = Arc::new(AtomicU64::new(0));
+    let first_ack_ns = Arc::new(AtomicU64::new(u64::MAX));
+    let base = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let (stop, killed_at_ns, first_ack_ns) =
+            (stop.clone(), killed_at_ns.clone(), first_ack_ns.clone());
+        tasks.push(tokio::spawn(async move {
+            let body = publish_body();
+            let mut sender = connect(port).await.expect("connect");
+            while !stop.load(Relaxed) {
+                let sent = base.elapsed().as_nanos() as u64;
+                match post_publish(&mut sender, &body).await {
+                    Ok(true) => {
+                        let k = killed_at_ns.load(Relaxed);
+                        // Only a request sent after the kill proves the new
+                        // child: one in flight could have been acked before.
+                        if k != 0 && sent > k {
+                            first_ack_ns.fetch_min(base.elapsed().as_nanos() as u64, Relaxed);
+                        }
+                    }
+                    Ok(false) => tokio::time::sleep(Duration::from_millis(1)).await,
+                    Err(_) => sender = connect(port).await.expect("reconnect"),
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = d.child_pid().expect("nats-server's pid file");
+    let killed = Instant::now();
+    killed_at_ns.store(base.elapsed().as_nanos() as u64, Relaxed);
+    kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+    let deadline = killed + Duration::from_secs(30);
+    // The old child's health could still be cached as green for an instant:
+    // wait for the new pid before trusting /health.
+    let healthy = loop {
+        let new_child = d.child_pid().is_some_and(|p| p != pid);
+        if new_child && matches!(get(port, "/health").await, Ok((200, _))) {
+            break killed.elapsed();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not healthy within 30 s of the kill"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    while first_ack_ns.load(Relaxed) == u64::MAX {
+        assert!(
+            Instant::now() < deadline,
+            "no publish acknowledged after the kill"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    stop.store(true, Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let first_ack = Duration::from_nanos(first_ack_ns.load(Relaxed) - killed_at_ns.load(Relaxed));
+    Recovery { healthy, first_ack }
+}
+
+// -------------------------------------------------------------- main ----
+
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "ok"
+    } else {
+        "MISS"
+    }
+}
+
+fn main() {
+    let opts = Opts::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(run(opts));
+}
+
+async fn run(opts: Opts) {
+    let version = Command::new(&opts.nats_server)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!(
+        "marketprism-broker publish benchmark: {version}, {cores} cores, {} s a run",
+        opts.secs
+    );
+
+    // 4. Readiness, alternating so both see the same machine state.
+    let (mut alone, mut daemon_ready) = (Vec::new(), Vec::new());
+    for _ in 0..opts.rounds {
+        alone.push(nats_server_alone(&opts.nats_server).await);
+        let (d, ready) = Daemon::start(&opts.nats_server);
+        daemon_ready.push(ready);
+        d.stop();
+    }
+    let (alone, daemon_ready) = (median(alone), median(daemon_ready));
+
+    let (d, _) = Daemon::start(&opts.nats_server);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_idle = rss_mb(d.pid());
+
+    // 1. Direct.
+    let client = async_nats::connect(format!("nats://127.0.0.1:{}", d.nats))
+        .await
+        .expect("connect to nats-server");
+    let js = async_nats::jetstream::new(client);
+    let warm = opts.secs.min(1.0) / 2.0;
+    let mut direct = Vec::new();
+    for n in [1, 16, 256] {
+        direct_load(&js, n, warm).await;
+        direct.push(direct_load(&js, n, opts.secs).await);
+    }
+
+    // 2. HTTP, with RSS sampled throughout and CPU counted.
+    let sampling = Arc::new(AtomicBool::new(true));
+    let peak = Arc::new(AtomicU64::new(0));
+    let sampler = {
+        let (sampling, peak, pid) = (sampling.clone(), peak.clone(), d.pid());
+        tokio::spawn(async move {
+            while sampling.load(Relaxed) {
+                let kb = (rss_mb(pid) * 1024.0) as u64;
+                peak.fetch_max(kb, Relaxed);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let child = d.child_pid().expect("nats-server pid");
+    let (cpu0, child_cpu0) = (cpu_secs(d.pid()), cpu_secs(child));
+    let mut http = Vec::new();
+    for n in [1, 16, 64] {
+        let label = format!(
+            "HTTP publish, {n} connection{}",
+            if n == 1 { "" } else { "s" }
+        );
+        http_load(d.http, n, warm, &label).await;
+        http.push(http_load(d.http, n, opts.secs, &label).await);
+    }
+    let http_total: u64 = http.iter().map(|r| r.ok).sum::<u64>();
+    // Warm-up requests count too: take them from the daemon's own stats.
+    let published = match get(d.http, "/api/v1/status").await {
+        Ok((200, b)) => serde_json::from_slice::<Value>(&b).unwrap()["message_stats"]["published"]
+            .as_u64()
+            .unwrap_or(http_total),
+        _ => http_total,
+    };
+    let cpu_per_100k = (cpu_secs(d.pid()) - cpu0) / published as f64 * 100_000.0;
+    let child_cpu_per_100k = (cpu_secs(child) - child_cpu0) / published as f64 * 100_000.0;
+    sampling.store(false, Relaxed);
+    sampler.await.unwrap();
+    let rss_load = peak.load(Relaxed) as f64 / 1024.0;
+
+    // 5. Recovery, each kill a first crash (stable_after is 2 s).
+    let mut rec = Vec::new();
+    for _ in 0..3 {
+        rec.push(recovery(&d).await);
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+    }
+    let healthy_max = rec.iter().map(|r| r.healthy).max().unwrap();
+    let ack_max = rec.iter().map(|r| r.first_ack).max().unwrap();
+    d.stop();
+
+    // The table.
+    println!();
+    println!(
+        "{:<40} {:>10} {:>9} {:>9} {:>7}",
+        "load", "per s", "p50 ms", "p99 ms", "errors"
+    );
+    for r in direct.iter().chain(http.iter()) {
+        println!(
+            "{:<40} {:>10.0} {:>9.3} {:>9.3} {:>7}",
+            r.label,
+            r.rate(),
+            r.p50_ms,
+            r.p99_ms,
+            r.errors
+        );
+    }
+    println!(
+        "{:<40} {:>10}",
+        "HTTP batch publish, 100 and 1000", "n/a: no batch endpoint yet"
+    );
+
+    let ratio = |h: &Run, d: &Run| h.rate() / d.rate();
+    let r1 = ratio(&http[0], &direct[0]);
+    let r16 = ratio(&http[1], &direct[1]);
+    let r64 = ratio(&http[2], &direct[2]);
+    let ready_over = ms(daemon_ready) - ms(alone);
+    println!();
+    println!("{:<58} {:>9} {:>12}", "ratio or figure", "value", "target");
+    let line = |what: &str, v: String, target: &str, ok: Option<bool>| {
+        println!(
+            "{:<58} {:>9} {:>12}  {}",
+            what,
+            v,
+            target,
+            ok.map_or("", verdict)
+        )
+    };
+    line(
+        "HTTP 1 conn / direct 1 in flight",
+        format!("{r1:.2}"),
+        ">= 0.50",
+        Some(r1 >= 0.5),
+    );
+    line(
+        "HTTP 16 conns / direct 16 in flight",
+        format!("{r16:.2}"),
+        ">= 0.50",
+        Some(r16 >= 0.5),
+    );
+    line(
+        "HTTP 64 conns / direct 256 in flight",
+        format!("{r64:.2}"),
+        "",
+        None,
+    );
+    line(
+        "HTTP batch 1000 / direct 256 in flight",
+        "n/a".into(),
+        ">= 0.80",
+        None,
+    );
+    line(
+        "nats-server alone: exec to /healthz (ms, median)",
+        format!("{:.1}", ms(alone)),
+        "",
+        None,
+    );
+    line(
+        "daemon: exec to READY=1 (ms, median)",
+        format!("{:.1}", ms(daemon_ready)),
+        "",
+        None,
+    );
+    line(
+        "daemon READY over nats-server /healthz (ms)",
+        format!("{ready_over:+.1}"),
+        "<= +100",
+        Some(ready_over <= 100.0),
+    );
+    line(
+        "kill -9 to healthy (ms, worst of 3)",
+        format!("{:.0}", ms(healthy_max)),
+        "<= 1000",
+        Some(ms(healthy_max) <= 1000.0),
+    );
+    line(
+        "kill -9 to first acked publish (ms, worst of 3)",
+        format!("{:.0}", ms(ack_max)),
+        "",
+        None,
+    );
+    line(
+        "daemon RSS idle (MB)",
+        format!("{rss_idle:.1}"),
+        "<= 20",
+        Some(rss_idle <= 20.0),
+    );
+    line(
+        "daemon RSS under load, peak (MB)",
+        format!("{rss_load:.1}"),
+        "<= 40",
+        Some(rss_load <= 40.0),
+    );
+    line(
+        "daemon CPU s per 100k HTTP publishes",
+        format!("{cpu_per_100k:.2}"),
+        "",
+        None,
+    );
+    line(
+        "nats-server CPU s per 100k HTTP publishes",
+        format!("{child_cpu_per_100k:.2}"),
+        "",
+        None,
+    );
+
+    if let Some(path) = &opts.json {
+        let doc = json!({
+            "nats_server": version,
+            "cores": cores,
+            "secs_per_run": opts.secs,
+            "direct": direct.iter().map(Run::json).collect::<Vec<_>>(),
+            "http": http.iter().map(Run::json).collect::<Vec<_>>(),
+            "http_batch": null,
+            "ratios": {"http1_direct1": r1, "http16_direct16": r16, "http64_direct256": r64},
+            "readiness_ms": {"nats_server_alone": ms(alone), "daemon_ready": ms(daemon_ready)},
+            "recovery_ms": rec.iter().map(|r| json!({"healthy": ms(r.healthy), "first_ack": ms(r.first_ack)})).collect::<Vec<_>>(),
+            "rss_mb": {"idle": rss_idle, "load_peak": rss_load},
+            "cpu_s_per_100k": {"daemon": cpu_per_100k, "nats_server": child_cpu_per_100k},
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
+        println!("\nwrote {}", path.display());
+    }
+}
