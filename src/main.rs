@@ -1,3 +1,5 @@
+use std::time::Duration;
+
 use marketprism_broker::{cli, config, daemon, exit, logging};
 
 fn main() {
@@ -52,7 +54,9 @@ fn real_main() -> i32 {
                     return exit::SOFTWARE;
                 }
             };
-            runtime.block_on(daemon::run(loaded, args.config.clone()))
+            let code = runtime.block_on(daemon::run(loaded, args.config.clone()));
+            marketprism_broker::systemd::flush(Duration::from_secs(2));
+            code
         }
     }
 }

@@ -2,13 +2,113 @@
 //! extension. Every call is a no-op without NOTIFY_SOCKET (the sd-notify
 //! crate checks), so the daemon runs the same outside systemd.
 
+use std::ffi::OsString;
+use std::fmt::Write as _;
+use std::os::unix::net::UnixDatagram;
+use std::sync::mpsc;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use sd_notify::NotifyState;
 
+/// What the notify thread is asked to do.
+enum Job {
+    Send(String),
+    /// Answer once everything queued before has been sent.
+    Flush(mpsc::Sender<()>),
+}
+
+/// How long one datagram may wait for room in the receiver's queue.
+const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The queue to the notify thread; None without NOTIFY_SOCKET.
+///
+/// Why a thread: sending to the notify socket blocks while the receiver's
+/// queue is full (10 datagrams by default, net.unix.max_dgram_qlen), and a
+/// blocking send on an async worker stalls every task on it; with one
+/// worker (a 1-CPU machine) the whole daemon. The watchdog still proves
+/// liveness: WATCHDOG=1 is queued by the task whose progress it vouches
+/// for, so a wedged runtime queues nothing.
+fn queue() -> Option<&'static mpsc::Sender<Job>> {
+    static QUEUE: OnceLock<Option<mpsc::Sender<Job>>> = OnceLock::new();
+    QUEUE
+        .get_or_init(|| {
+            let path = std::env::var_os("NOTIFY_SOCKET").filter(|p| !p.is_empty())?;
+            let (tx, rx) = mpsc::channel();
+            std::thread::Builder::new()
+                .name("sd-notify".into())
+                .spawn(move || writer(path, rx))
+                .ok()?;
+            Some(tx)
+        })
+        .as_ref()
+}
+
+fn writer(path: OsString, rx: mpsc::Receiver<Job>) {
+    while let Ok(job) = rx.recv() {
+        let mut jobs = vec![job];
+        jobs.extend(rx.try_iter());
+        let last_status = jobs
+            .iter()
+            .rposition(|j| matches!(j, Job::Send(m) if m.starts_with("STATUS=")));
+        for (i, job) in jobs.into_iter().enumerate() {
+            match job {
+                // A status line alone that a newer one replaces is skipped:
+                // a slow receiver gets the current state, not a backlog.
+                Job::Send(m) if m.starts_with("STATUS=") && Some(i) != last_status => {}
+                Job::Send(m) => {
+                    if let Err(e) = send_now(&path, &m) {
+                        tracing::warn!(error = %e, "cannot notify systemd: {e}");
+                    }
+                }
+                Job::Flush(done) => {
+                    let _ = done.send(());
+                }
+            }
+        }
+    }
+}
+
+fn send_now(path: &OsString, msg: &str) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let sock = UnixDatagram::unbound()?;
+    sock.set_write_timeout(Some(SEND_TIMEOUT))?;
+    match path.as_bytes().strip_prefix(b"@") {
+        Some(name) => {
+            use std::os::linux::net::SocketAddrExt;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+            sock.connect_addr(&addr)?;
+        }
+        None => sock.connect(path)?,
+    }
+    let n = sock.send(msg.as_bytes())?;
+    if n != msg.len() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::WriteZero,
+            "incomplete notify datagram",
+        ));
+    }
+    Ok(())
+}
+
+/// Queues one notify datagram (never blocks the caller).
 fn send(states: &[NotifyState]) {
-    if let Err(e) = sd_notify::notify(states) {
-        tracing::warn!(error = %e, "cannot notify systemd: {e}");
+    let Some(q) = queue() else { return };
+    let mut msg = String::new();
+    for s in states {
+        let _ = writeln!(msg, "{s}");
+    }
+    let _ = q.send(Job::Send(msg));
+}
+
+/// Waits (up to `timeout`) until everything queued has been sent: called
+/// before the process exits, so STOPPING=1 and the last STATUS are not
+/// lost with the thread.
+pub fn flush(timeout: Duration) {
+    let Some(q) = queue() else { return };
+    let (tx, rx) = mpsc::channel();
+    if q.send(Job::Flush(tx)).is_ok() {
+        let _ = rx.recv_timeout(timeout);
     }
 }
 

@@ -214,3 +214,40 @@ async fn status_follows_a_restart() {
     assert!(all.contains("STATUS=restarting nats-server in "), "{all}");
     assert!(all.contains("killed by signal 9"), "{all}");
 }
+
+/// A notify socket nobody reads fills after a few datagrams (10 by
+/// default). On a 1-CPU machine the runtime has one worker: a blocking
+/// send there would freeze the whole daemon. It must keep serving, and
+/// still stop cleanly.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unread_notify_socket_never_stalls_a_single_worker_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify.sock");
+    let unread = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    let mut d = Daemon::builder()
+        .env("NOTIFY_SOCKET", path.to_str().unwrap())
+        .env("WATCHDOG_USEC", "100000")
+        .env("TOKIO_WORKER_THREADS", "1")
+        .start();
+    d.wait_healthy(Duration::from_secs(20)).await;
+    // Watchdog pings every 50 ms: the queue has long been full by now.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for i in 0..3 {
+        let (code, v) = d
+            .publish("market.binance.BTCUSDT.trade", serde_json::json!({"i": i}))
+            .await;
+        assert_eq!(code, 200, "{v}; log:\n{}", d.log());
+    }
+    let (code, h) = d.get("/health").await;
+    assert_eq!(code, 200, "{h}");
+    // What systemd would have read: READY=1 among the first datagrams.
+    unread.set_nonblocking(true).unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = unread.recv(&mut buf) {
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(seen.lines().any(|l| l == "READY=1"), "{seen}");
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(Duration::from_secs(15)).code(), Some(0));
+}
