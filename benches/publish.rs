@@ -48,6 +48,8 @@ struct Opts {
     rounds: usize,
     json: Option<PathBuf>,
     nats_server: PathBuf,
+    /// TOKIO_WORKER_THREADS for the daemon (its runtime's default otherwise).
+    daemon_workers: Option<String>,
 }
 
 impl Opts {
@@ -59,6 +61,7 @@ impl Opts {
             nats_server: std::env::var_os("MPB_NATS_SERVER")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| "/usr/sbin/nats-server".into()),
+            daemon_workers: None,
         };
         let mut args = std::env::args().skip(1);
         while let Some(a) = args.next() {
@@ -72,6 +75,9 @@ impl Opts {
                 }
                 "--json" => o.json = Some(args.next().expect("--json FILE").into()),
                 "--nats-server" => o.nats_server = args.next().expect("--nats-server PATH").into(),
+                "--daemon-workers" => {
+                    o.daemon_workers = Some(args.next().expect("--daemon-workers N"))
+                }
                 // cargo bench passes --bench; the libtest filters mean nothing here.
                 _ => {}
             }
@@ -141,6 +147,8 @@ struct Daemon {
     http: u16,
     nats: u16,
     notify: UnixDatagram,
+    /// Held while the daemon is ours: the notify reader stops without it.
+    alive: Arc<()>,
 }
 
 /// The daemon's config for the benchmark: the defaults (the seed's
@@ -161,7 +169,8 @@ fn write_config(dir: &Path, ports: (u16, u16, u16), nats_server: &Path) -> PathB
 
 impl Daemon {
     /// Execs the daemon and returns it with the time exec took to READY=1.
-    fn start(nats_server: &Path) -> (Daemon, Duration) {
+    fn start(opts: &Opts) -> (Daemon, Duration) {
+        let nats_server = &opts.nats_server;
         let dir = tempfile::tempdir().unwrap();
         let [http, nats, monitor] = free_ports::<3>();
         let config = write_config(dir.path(), (http, nats, monitor), nats_server);
@@ -171,8 +180,12 @@ impl Daemon {
             .set_read_timeout(Some(Duration::from_millis(100)))
             .unwrap();
         let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap();
+        let mut cmd = Command::new(BIN);
+        if let Some(n) = &opts.daemon_workers {
+            cmd.env("TOKIO_WORKER_THREADS", n);
+        }
         let t0 = Instant::now();
-        let child = Command::new(BIN)
+        let child = cmd
             .arg("--config")
             .arg(&config)
             .env("NOTIFY_SOCKET", &sock_path)
@@ -191,8 +204,29 @@ impl Daemon {
             http,
             nats,
             notify,
+            alive: Arc::new(()),
         };
         let ready = d.wait_notify("READY=1", Duration::from_secs(60));
+        // Keep reading, as systemd does: an unread notify socket fills up.
+        let sock = d.notify.try_clone().unwrap();
+        let sock_alive = Arc::clone(&d.alive);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            loop {
+                match sock.recv(&mut buf) {
+                    Ok(_) => {}
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) => {}
+                    Err(_) => break,
+                }
+                if Arc::strong_count(&sock_alive) == 1 {
+                    break;
+                }
+            }
+        });
         (d, ready - t0)
     }
 
@@ -583,13 +617,13 @@ async fn run(opts: Opts) {
     let (mut alone, mut daemon_ready) = (Vec::new(), Vec::new());
     for _ in 0..opts.rounds {
         alone.push(nats_server_alone(&opts.nats_server).await);
-        let (d, ready) = Daemon::start(&opts.nats_server);
+        let (d, ready) = Daemon::start(&opts);
         daemon_ready.push(ready);
         d.stop();
     }
     let (alone, daemon_ready) = (median(alone), median(daemon_ready));
 
-    let (d, _) = Daemon::start(&opts.nats_server);
+    let (d, _) = Daemon::start(&opts);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_idle = rss_mb(d.pid());
 
