@@ -351,6 +351,10 @@ pub struct ApiConfig {
     pub header_read_timeout: Dur,
     /// How long in-flight requests may finish at shutdown.
     pub drain_timeout: Dur,
+    /// Most entries one POST /api/v1/publish/batch may carry (413 past it).
+    pub batch_max_entries: u32,
+    /// Largest body of a batch publish (413 past it).
+    pub batch_max_bytes: Size,
 }
 
 impl Default for ApiConfig {
@@ -359,6 +363,8 @@ impl Default for ApiConfig {
             publish_timeout: Dur::secs(5),
             header_read_timeout: Dur::secs(10),
             drain_timeout: Dur::secs(10),
+            batch_max_entries: 10_000,
+            batch_max_bytes: Size(16 << 20),
         }
     }
 }

@@ -256,6 +256,12 @@ pub fn validate(c: &Config) -> Result<Vec<String>, Violation> {
             return fail(&["api", key], "must be greater than 0");
         }
     }
+    if c.api.batch_max_entries == 0 {
+        return fail(&["api", "batch_max_entries"], "must be at least 1");
+    }
+    if c.api.batch_max_bytes.bytes() == 0 {
+        return fail(&["api", "batch_max_bytes"], "must be greater than 0");
+    }
     Ok(warnings)
 }
 

@@ -1,19 +1,17 @@
 //! Request routing and the handlers.
 
-use std::borrow::Cow;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use async_nats::jetstream::{context::PublishErrorKind, stream};
+use async_nats::jetstream::stream;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{header, Method, Request, Response, StatusCode};
-use serde::Deserialize;
-use serde_json::{json, value::RawValue, Value};
+use serde_json::{json, Value};
 
-use super::error::{json_bytes, json_response, ApiError};
+use super::error::{json_response, ApiError};
 use crate::app::{App, Lost};
 use crate::subject;
 use crate::supervisor::Phase;
@@ -37,8 +35,11 @@ async fn route(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> {
         "/api/v1/status" if get => status(app).await,
         "/api/v1/streams" if get => streams(app).await,
         "/api/v1/nats/info" if get => nats_info(app).await,
-        "/api/v1/publish" if req.method() == Method::POST => publish(app, req).await,
-        "/api/v1/publish" => Err(ApiError::method_not_allowed("POST")),
+        "/api/v1/publish" if req.method() == Method::POST => super::publish::single(app, req).await,
+        "/api/v1/publish/batch" if req.method() == Method::POST => {
+            super::publish::batch(app, req).await
+        }
+        "/api/v1/publish" | "/api/v1/publish/batch" => Err(ApiError::method_not_allowed("POST")),
         "/health" | "/api/v1/status" | "/api/v1/streams" | "/api/v1/nats/info" => {
             Err(ApiError::method_not_allowed("GET, HEAD"))
         }
@@ -383,231 +384,4 @@ async fn nats_info(app: &App) -> Result<Resp, ApiError> {
         "healthy_since": child.healthy_since.map(rfc3339),
     });
     Ok(json_response(StatusCode::OK, &body))
-}
-
-// ------------------------------------------------------------ publish ----
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PublishRequest<'a> {
-    #[serde(borrow)]
-    subject: Cow<'a, str>,
-    #[serde(borrow)]
-    message: &'a RawValue,
-}
-
-#[derive(serde::Serialize)]
-struct PublishAnswer<'a> {
-    success: bool,
-    persisted: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    stream: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    seq: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    duplicate: Option<bool>,
-}
-
-async fn publish(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> {
-    let r = publish_inner(app, req).await;
-    match &r {
-        Ok((_, persisted)) => app.stats.published(*persisted),
-        Err(e) => app.stats.error(e.status.as_u16()),
-    }
-    r.map(|(resp, _)| resp)
-}
-
-fn is_json(req: &Request<Incoming>) -> bool {
-    req.headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"))
-}
-
-async fn publish_inner(app: &App, req: Request<Incoming>) -> Result<(Resp, bool), ApiError> {
-    if !is_json(&req) {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "send the request as Content-Type: application/json",
-        ));
-    }
-    let max_payload = app.config().nats.max_payload.bytes() as usize;
-    // Room for JSON escaping of a payload right at the limit (a string of
-    // control characters grows 6x) plus the envelope.
-    let body_limit = max_payload.saturating_mul(6).saturating_add(64 << 10);
-    let too_large = || {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!(
-                "the message is larger than max_payload ({})",
-                app.config().nats.max_payload
-            ),
-        )
-    };
-    let declared_len = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared_len.is_some_and(|l| l > body_limit as u64) {
-        return Err(too_large());
-    }
-    let body = match Limited::new(req.into_body(), body_limit).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            return Err(too_large())
-        }
-        Err(e) => {
-            return Err(ApiError::bad_request(
-                "bad_body",
-                format!("cannot read the request body: {e}"),
-            ))
-        }
-    };
-    let parsed: PublishRequest = serde_json::from_slice(&body).map_err(|e| {
-        let code = if e.to_string().starts_with("missing field `subject`") {
-            "missing_subject"
-        } else {
-            "invalid_json"
-        };
-        ApiError::bad_request(
-            code,
-            format!(
-                "invalid publish request: {e}; expected {{\"subject\": \"...\", \"message\": ...}}"
-            ),
-        )
-    })?;
-    let subj: &str = &parsed.subject;
-    if let Err(e) = subject::check(subj, false) {
-        let code = if e.0.contains("wildcard") {
-            "wildcard_subject"
-        } else {
-            "invalid_subject"
-        };
-        return Err(ApiError::bad_request(code, e.0));
-    }
-    if subj.starts_with('$') {
-        return Err(ApiError::bad_request(
-            "reserved_subject",
-            format!("subject {subj:?}: subjects starting with `$` are reserved for NATS itself"),
-        ));
-    }
-    // A JSON string is sent as its text; anything else as the JSON bytes
-    // exactly as they came (no re-serialisation): a slice of the body.
-    let raw = parsed.message.get();
-    let payload = if raw.starts_with('"') {
-        let s: String = serde_json::from_str(raw)
-            .map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))?;
-        Bytes::from(s)
-    } else {
-        let start = raw.as_ptr() as usize - body.as_ptr() as usize;
-        body.slice(start..start + raw.len())
-    };
-    if payload.len() > max_payload {
-        return Err(too_large());
-    }
-    let nats = app.nats().filter(|_| app.is_connected()).ok_or_else(|| {
-        ApiError::unavailable(
-            "nats-server is not available right now (restarting or unreachable); retry shortly",
-        )
-    })?;
-    let timeout = app.config().api.publish_timeout.get();
-    let stream_name = app.matcher().stream_for(subj).map(str::to_string);
-    match stream_name {
-        Some(stream) => {
-            let work = async {
-                let ack = nats.js.publish(subj.to_string(), payload).await?;
-                ack.await
-            };
-            let ack = match app.while_connected(timeout, work).await {
-                Err(Lost::TimedOut) => {
-                    return Err(ApiError::unavailable(format!(
-                        "no acknowledgement from stream {stream} within {timeout:?}"
-                    )))
-                }
-                // Not acknowledged, so not promised: the client retries.
-                Err(Lost::Disconnected) => {
-                    return Err(ApiError::unavailable(format!(
-                        "the connection to nats-server dropped before stream {stream} acknowledged the message; it may not be stored"
-                    )))
-                }
-                Ok(Err(e)) => return Err(publish_error(&stream, e)),
-                Ok(Ok(ack)) => ack,
-            };
-            let answer = PublishAnswer {
-                success: true,
-                persisted: true,
-                stream: Some(&ack.stream),
-                seq: Some(ack.sequence),
-                duplicate: Some(ack.duplicate),
-            };
-            Ok((
-                json_bytes(
-                    StatusCode::OK,
-                    serde_json::to_vec(&answer).unwrap_or_default(),
-                ),
-                true,
-            ))
-        }
-        None => {
-            match tokio::time::timeout(timeout, nats.client.publish(subj.to_string(), payload))
-                .await
-            {
-                Err(_) => {
-                    return Err(ApiError::unavailable(format!(
-                        "publish not accepted within {timeout:?}"
-                    )))
-                }
-                Ok(Err(e)) => return Err(ApiError::unavailable(format!("publish failed: {e}"))),
-                Ok(Ok(())) => {}
-            }
-            let answer = PublishAnswer {
-                success: true,
-                persisted: false,
-                stream: None,
-                seq: None,
-                duplicate: None,
-            };
-            Ok((
-                json_bytes(
-                    StatusCode::OK,
-                    serde_json::to_vec(&answer).unwrap_or_default(),
-                ),
-                false,
-            ))
-        }
-    }
-}
-
-fn publish_error(stream: &str, e: async_nats::jetstream::context::PublishError) -> ApiError {
-    let text = e.to_string();
-    match e.kind() {
-        PublishErrorKind::MaxPayloadExceeded => {
-            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", text)
-        }
-        PublishErrorKind::TimedOut => {
-            ApiError::unavailable(format!("no acknowledgement from stream {stream}: {text}"))
-        }
-        PublishErrorKind::StreamNotFound => ApiError {
-            code: "stream_unavailable",
-            ..ApiError::unavailable(format!("stream {stream} does not answer: {text}"))
-        },
-        _ if text.contains("insufficient")
-            || text.contains("maximum")
-            || text.contains("storage") =>
-        {
-            ApiError::new(
-                StatusCode::INSUFFICIENT_STORAGE,
-                "stream_full",
-                format!("stream {stream} refused the message: {text}"),
-            )
-        }
-        _ => ApiError::unavailable(format!("publish to stream {stream} failed: {text}")),
-    }
 }

@@ -1,0 +1,573 @@
+//! POST /api/v1/publish and /api/v1/publish/batch: one parser and one
+//! sender for an entry, so a batch entry means exactly what a single
+//! publish means.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::future::IntoFuture;
+use std::sync::Arc;
+
+use async_nats::jetstream::context::{PublishAckFuture, PublishError, PublishErrorKind};
+use async_nats::jetstream::message::PublishMessage;
+use bytes::Bytes;
+use futures::stream::{FuturesUnordered, StreamExt};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::{header, Request, Response, StatusCode};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use super::error::{json_bytes, ApiError};
+use crate::app::{App, Lost, Nats};
+use crate::subject;
+
+type Resp = Response<http_body_util::Full<Bytes>>;
+
+/// Acks a batch keeps in flight before it waits for the oldest ones.
+const BATCH_WINDOW: usize = 1024;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishRequest<'a> {
+    #[serde(borrow)]
+    subject: Cow<'a, str>,
+    #[serde(borrow)]
+    message: &'a RawValue,
+    #[serde(default)]
+    headers: Option<BTreeMap<String, HeaderValues>>,
+    #[serde(default, borrow)]
+    msg_id: Option<Cow<'a, str>>,
+}
+
+/// A header's value: one string or several.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum HeaderValues {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// One message ready for NATS.
+struct Entry {
+    subject: String,
+    payload: Bytes,
+    headers: Option<async_nats::HeaderMap>,
+}
+
+/// What a successful publish answers.
+#[derive(Serialize)]
+struct Outcome {
+    success: bool,
+    persisted: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    duplicate: Option<bool>,
+}
+
+impl Outcome {
+    fn core() -> Outcome {
+        Outcome {
+            success: true,
+            persisted: false,
+            stream: None,
+            seq: None,
+            duplicate: None,
+        }
+    }
+}
+
+fn content_type(req: &Request<Incoming>) -> Option<String> {
+    let v = req.headers().get(header::CONTENT_TYPE)?.to_str().ok()?;
+    Some(v.split(';').next()?.trim().to_ascii_lowercase())
+}
+
+fn too_large(what: String) -> ApiError {
+    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", what)
+}
+
+/// The body, at most `limit` bytes (413 past it, before reading it all
+/// when Content-Length already tells).
+async fn read_body(
+    req: Request<Incoming>,
+    limit: usize,
+    what: impl Fn() -> String,
+) -> Result<Bytes, ApiError> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|l| l > limit as u64) {
+        return Err(too_large(what()));
+    }
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(too_large(what()))
+        }
+        Err(e) => Err(ApiError::bad_request(
+            "bad_body",
+            format!("cannot read the request body: {e}"),
+        )),
+    }
+}
+
+/// Header names as NATS carries them: printable ASCII without ':' or
+/// spaces; values on one line.
+fn headers(map: BTreeMap<String, HeaderValues>) -> Result<async_nats::HeaderMap, ApiError> {
+    let mut out = async_nats::HeaderMap::new();
+    for (name, values) in map {
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
+            return Err(ApiError::bad_request(
+                "invalid_header",
+                format!("header name {name:?}: use printable ASCII without ':' or spaces"),
+            ));
+        }
+        let values = match values {
+            HeaderValues::One(v) => vec![v],
+            HeaderValues::Many(v) => v,
+        };
+        for v in values {
+            if v.contains(['\r', '\n']) {
+                return Err(ApiError::bad_request(
+                    "invalid_header",
+                    format!("header {name}: values may not contain line breaks"),
+                ));
+            }
+            out.append(name.as_str(), v.as_str());
+        }
+    }
+    Ok(out)
+}
+
+/// Parses and checks one publish object; `raw` is a slice of `body`, so a
+/// JSON message goes to NATS as the very bytes that came (no copy, no
+/// re-serialisation).
+fn parse_entry(app: &App, body: &Bytes, raw: &[u8]) -> Result<Entry, ApiError> {
+    let parsed: PublishRequest = serde_json::from_slice(raw).map_err(|e| {
+        let code = if e.to_string().starts_with("missing field `subject`") {
+            "missing_subject"
+        } else {
+            "invalid_json"
+        };
+        ApiError::bad_request(
+            code,
+            format!(
+                "invalid publish request: {e}; expected {{\"subject\": \"...\", \"message\": ...}}"
+            ),
+        )
+    })?;
+    let subj: &str = &parsed.subject;
+    if let Err(e) = subject::check(subj, false) {
+        let code = if e.0.contains("wildcard") {
+            "wildcard_subject"
+        } else {
+            "invalid_subject"
+        };
+        return Err(ApiError::bad_request(code, e.0));
+    }
+    if subj.starts_with('$') {
+        return Err(ApiError::bad_request(
+            "reserved_subject",
+            format!("subject {subj:?}: subjects starting with `$` are reserved for NATS itself"),
+        ));
+    }
+    let text = parsed.message.get();
+    let payload = if text.starts_with('"') {
+        let s: String = serde_json::from_str(text)
+            .map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))?;
+        Bytes::from(s)
+    } else {
+        let start = text.as_ptr() as usize - body.as_ptr() as usize;
+        body.slice(start..start + text.len())
+    };
+    let max_payload = app.config().nats.max_payload;
+    if payload.len() as u64 > max_payload.bytes() {
+        return Err(too_large(format!(
+            "the message is larger than max_payload ({max_payload})"
+        )));
+    }
+    let mut hdrs = parsed.headers.map(headers).transpose()?;
+    if let Some(id) = parsed.msg_id {
+        if id.is_empty() || id.contains(['\r', '\n']) {
+            return Err(ApiError::bad_request(
+                "invalid_msg_id",
+                "msg_id must be a non-empty string on one line",
+            ));
+        }
+        hdrs.get_or_insert_with(async_nats::HeaderMap::new)
+            .insert(async_nats::header::NATS_MESSAGE_ID, id.as_ref());
+    }
+    Ok(Entry {
+        subject: parsed.subject.into_owned(),
+        payload,
+        headers: hdrs,
+    })
+}
+
+fn connected(app: &App) -> Result<Arc<Nats>, ApiError> {
+    app.nats().filter(|_| app.is_connected()).ok_or_else(|| {
+        ApiError::unavailable(
+            "nats-server is not available right now (restarting or unreachable); retry shortly",
+        )
+    })
+}
+
+fn lost(stream: &str, l: Lost, app: &App) -> ApiError {
+    match l {
+        Lost::TimedOut => ApiError::unavailable(format!(
+            "no acknowledgement from stream {stream} within {:?}",
+            app.config().api.publish_timeout.get()
+        )),
+        // Not acknowledged, so not promised: the client retries.
+        Lost::Disconnected => ApiError::unavailable(format!(
+            "the connection to nats-server dropped before stream {stream} acknowledged the message; it may not be stored"
+        )),
+    }
+}
+
+/// Hands a JetStream publish to the connection; the returned future is the
+/// ack.
+async fn send_js(
+    app: &App,
+    nats: &Nats,
+    stream: &str,
+    e: Entry,
+) -> Result<PublishAckFuture, ApiError> {
+    let mut msg = PublishMessage::build().payload(e.payload);
+    if let Some(h) = e.headers {
+        msg = msg.headers(h);
+    }
+    let timeout = app.config().api.publish_timeout.get();
+    match app
+        .while_connected(timeout, nats.js.send_publish(e.subject, msg))
+        .await
+    {
+        Ok(Ok(ack)) => Ok(ack),
+        Ok(Err(err)) => Err(publish_error(stream, err)),
+        Err(l) => Err(lost(stream, l, app)),
+    }
+}
+
+async fn await_ack(app: &App, stream: &str, ack: PublishAckFuture) -> Result<Outcome, ApiError> {
+    let timeout = app.config().api.publish_timeout.get();
+    match app.while_connected(timeout, ack.into_future()).await {
+        Ok(Ok(a)) => Ok(Outcome {
+            success: true,
+            persisted: true,
+            stream: Some(a.stream),
+            seq: Some(a.sequence),
+            duplicate: Some(a.duplicate),
+        }),
+        Ok(Err(err)) => Err(publish_error(stream, err)),
+        Err(l) => Err(lost(stream, l, app)),
+    }
+}
+
+async fn send_core(app: &App, nats: &Nats, e: Entry) -> Result<Outcome, ApiError> {
+    let timeout = app.config().api.publish_timeout.get();
+    let fut = async {
+        match e.headers {
+            Some(h) => {
+                nats.client
+                    .publish_with_headers(e.subject, h, e.payload)
+                    .await
+            }
+            None => nats.client.publish(e.subject, e.payload).await,
+        }
+    };
+    match tokio::time::timeout(timeout, fut).await {
+        Err(_) => Err(ApiError::unavailable(format!(
+            "publish not accepted within {timeout:?}"
+        ))),
+        Ok(Err(err)) => Err(ApiError::unavailable(format!("publish failed: {err}"))),
+        Ok(Ok(())) => Ok(Outcome::core()),
+    }
+}
+
+pub fn publish_error(stream: &str, e: PublishError) -> ApiError {
+    let text = e.to_string();
+    match e.kind() {
+        PublishErrorKind::MaxPayloadExceeded => too_large(text),
+        PublishErrorKind::TimedOut => {
+            ApiError::unavailable(format!("no acknowledgement from stream {stream}: {text}"))
+        }
+        PublishErrorKind::StreamNotFound => ApiError {
+            code: "stream_unavailable",
+            ..ApiError::unavailable(format!("stream {stream} does not answer: {text}"))
+        },
+        _ if text.contains("insufficient")
+            || text.contains("maximum")
+            || text.contains("storage") =>
+        {
+            ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "stream_full",
+                format!("stream {stream} refused the message: {text}"),
+            )
+        }
+        _ => ApiError::unavailable(format!("publish to stream {stream} failed: {text}")),
+    }
+}
+
+fn not_json() -> ApiError {
+    ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        "send the request as Content-Type: application/json",
+    )
+}
+
+// ------------------------------------------------------------- single ----
+
+/// POST /api/v1/publish.
+pub async fn single(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> {
+    let r = single_inner(app, req).await;
+    match &r {
+        Ok(o) => app.stats.published(o.persisted),
+        Err(e) => app.stats.error(e.status.as_u16()),
+    }
+    r.map(|o| json_bytes(StatusCode::OK, serde_json::to_vec(&o).unwrap_or_default()))
+}
+
+async fn single_inner(app: &App, req: Request<Incoming>) -> Result<Outcome, ApiError> {
+    if content_type(&req).as_deref() != Some("application/json") {
+        return Err(not_json());
+    }
+    let max_payload = app.config().nats.max_payload;
+    // Room for JSON escaping of a payload right at the limit (a string of
+    // control characters grows 6x) plus the envelope and headers.
+    let limit = (max_payload.bytes() as usize)
+        .saturating_mul(6)
+        .saturating_add(64 << 10);
+    let body = read_body(req, limit, || {
+        format!("the message is larger than max_payload ({max_payload})")
+    })
+    .await?;
+    let entry = parse_entry(app, &body, &body)?;
+    let nats = connected(app)?;
+    match app.matcher().stream_for(&entry.subject).map(str::to_string) {
+        Some(stream) => {
+            let ack = send_js(app, &nats, &stream, entry).await?;
+            await_ack(app, &stream, ack).await
+        }
+        None => send_core(app, &nats, entry).await,
+    }
+}
+
+// -------------------------------------------------------------- batch ----
+
+/// One entry's answer in a batch: the single publish's answer, or its
+/// error with the status a single publish would have had.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum EntryAnswer {
+    Ok(Outcome),
+    Err {
+        success: bool,
+        status: u16,
+        error: ErrorBody,
+    },
+}
+
+#[derive(Serialize)]
+struct ErrorBody {
+    code: &'static str,
+    message: String,
+}
+
+impl From<Result<Outcome, ApiError>> for EntryAnswer {
+    fn from(r: Result<Outcome, ApiError>) -> Self {
+        match r {
+            Ok(o) => EntryAnswer::Ok(o),
+            Err(e) => EntryAnswer::Err {
+                success: false,
+                status: e.status.as_u16(),
+                error: ErrorBody {
+                    code: e.code,
+                    message: e.message,
+                },
+            },
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct BatchAnswer {
+    success: bool,
+    count: usize,
+    succeeded: usize,
+    failed: usize,
+    results: Vec<EntryAnswer>,
+}
+
+/// The entries of a batch body, each a slice of it: a JSON array of
+/// publish objects, or NDJSON (one per line; blank lines skipped).
+fn split_batch(body: &Bytes, ndjson: bool) -> Result<Vec<&[u8]>, ApiError> {
+    if ndjson {
+        return Ok(body
+            .split(|&b| b == b'\n')
+            .map(|l| l.trim_ascii())
+            .filter(|l| !l.is_empty())
+            .collect());
+    }
+    let items: Vec<&RawValue> = serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(
+            "not_a_batch",
+            format!("the body is not a JSON array of publish objects: {e}"),
+        )
+    })?;
+    Ok(items.into_iter().map(|r| r.get().as_bytes()).collect())
+}
+
+/// POST /api/v1/publish/batch: every entry is parsed and checked like a
+/// single publish; JetStream publishes are pipelined (up to BATCH_WINDOW
+/// acks in flight, in order on one connection) and answered per entry, in
+/// order. 200 when all succeeded, 207 when any failed.
+pub async fn batch(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> {
+    let ndjson = match content_type(&req).as_deref() {
+        Some("application/json") => false,
+        Some("application/x-ndjson") => true,
+        _ => return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send a JSON array as application/json, or one object per line as application/x-ndjson",
+        )),
+    };
+    let api = app.config().api.clone();
+    let max_bytes = api.batch_max_bytes;
+    let body = read_body(req, max_bytes.bytes() as usize, || {
+        format!("the batch is larger than api.batch_max_bytes ({max_bytes})")
+    })
+    .await?;
+    let raws = split_batch(&body, ndjson)?;
+    if raws.is_empty() {
+        return Err(ApiError::bad_request(
+            "empty_batch",
+            "the batch has no entries",
+        ));
+    }
+    if raws.len() > api.batch_max_entries as usize {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "batch_too_large",
+            format!(
+                "the batch has {} entries, more than api.batch_max_entries ({})",
+                raws.len(),
+                api.batch_max_entries
+            ),
+        ));
+    }
+    let nats = connected(app)?;
+    let matcher = app.matcher();
+    let mut results: Vec<Option<Result<Outcome, ApiError>>> = Vec::with_capacity(raws.len());
+    results.resize_with(raws.len(), || None);
+    let mut acks = FuturesUnordered::new();
+    for (i, raw) in raws.into_iter().enumerate() {
+        let entry = match parse_entry(app, &body, raw) {
+            Ok(e) => e,
+            Err(e) => {
+                results[i] = Some(Err(e));
+                continue;
+            }
+        };
+        match matcher.stream_for(&entry.subject) {
+            Some(stream) => match send_js(app, &nats, stream, entry).await {
+                Ok(ack) => {
+                    let stream = stream.to_string();
+                    acks.push(async move { (i, await_ack(app, &stream, ack).await) });
+                }
+                Err(e) => results[i] = Some(Err(e)),
+            },
+            None => results[i] = Some(send_core(app, &nats, entry).await),
+        }
+        while acks.len() >= BATCH_WINDOW {
+            if let Some((j, r)) = acks.next().await {
+                results[j] = Some(r);
+            }
+        }
+    }
+    while let Some((j, r)) = acks.next().await {
+        results[j] = Some(r);
+    }
+    let mut succeeded = 0;
+    let results: Vec<EntryAnswer> = results
+        .into_iter()
+        .map(|r| {
+            let r = r.expect("every entry has a result");
+            match &r {
+                Ok(o) => {
+                    succeeded += 1;
+                    app.stats.published(o.persisted);
+                }
+                Err(e) => app.stats.error(e.status.as_u16()),
+            }
+            r.into()
+        })
+        .collect();
+    let count = results.len();
+    let answer = BatchAnswer {
+        success: succeeded == count,
+        count,
+        succeeded,
+        failed: count - succeeded,
+        results,
+    };
+    let status = if succeeded == count {
+        StatusCode::OK
+    } else {
+        StatusCode::MULTI_STATUS
+    };
+    Ok(json_bytes(
+        status,
+        serde_json::to_vec(&answer).unwrap_or_default(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ndjson_entries_are_the_non_blank_lines() {
+        let body = Bytes::from_static(b"{\"a\":1}\n\n  {\"b\":2}\r\n");
+        let e = split_batch(&body, true).unwrap();
+        assert_eq!(e, vec![&b"{\"a\":1}"[..], &b"{\"b\":2}"[..]]);
+    }
+
+    #[test]
+    fn a_json_batch_must_be_an_array() {
+        let e = split_batch(&Bytes::from_static(b"{\"subject\":\"a\"}"), false).unwrap_err();
+        assert_eq!((e.status.as_u16(), e.code), (400, "not_a_batch"));
+        let body = Bytes::from_static(b"[{\"x\":1}, 2]");
+        let ok = split_batch(&body, false).unwrap();
+        assert_eq!(ok, vec![&b"{\"x\":1}"[..], &b"2"[..]]);
+    }
+
+    #[test]
+    fn header_names_and_values_are_checked() {
+        let m = |k: &str, v: &str| BTreeMap::from([(k.to_string(), HeaderValues::One(v.into()))]);
+        assert!(headers(m("X-Trace", "abc")).is_ok());
+        assert_eq!(
+            headers(m("bad name", "x")).unwrap_err().code,
+            "invalid_header"
+        );
+        assert_eq!(headers(m("X:y", "x")).unwrap_err().code, "invalid_header");
+        assert_eq!(
+            headers(m("X", "a\r\nb")).unwrap_err().code,
+            "invalid_header"
+        );
+        let many = BTreeMap::from([(
+            "X-Tag".to_string(),
+            HeaderValues::Many(vec!["a".into(), "b".into()]),
+        )]);
+        let h = headers(many).unwrap();
+        assert_eq!(h.get_all("X-Tag").count(), 2);
+    }
+}
