@@ -9,7 +9,8 @@
 //!    MARKET_DATA (file storage), 1 / 16 / 256 acks in flight;
 //! 2. HTTP: POST /api/v1/publish of the same message over 1 / 16 / 64
 //!    keep-alive connections (a hyper client in this process);
-//! 3. HTTP batch publish: reported as missing until the endpoint exists;
+//! 3. HTTP batch publish: 100 and 1000 messages a request (JSON array),
+//!    over 4 connections;
 //! 4. readiness: exec of the daemon to READY=1 on a real notify socket,
 //!    next to exec of nats-server alone (same rendered config) to /healthz;
 //! 5. recovery: kill -9 of nats-server under HTTP load until /health is 200
@@ -385,17 +386,44 @@ async fn get(port: u16, path: &str) -> Result<(u16, Bytes), Box<dyn std::error::
     Ok((status, resp.into_body().collect().await?.to_bytes()))
 }
 
-fn publish_body() -> Bytes {
-    Bytes::from(format!(r#"{{"subject":"{SUBJECT}","message":{TRADE}}}"#))
+/// What one request of a load sends.
+#[derive(Clone)]
+struct Load {
+    path: &'static str,
+    body: Bytes,
+    /// Messages one request publishes.
+    msgs: u64,
 }
 
-/// One POST /api/v1/publish on a kept-alive connection: Ok(true) for a
-/// 200 with "persisted":true.
-async fn post_publish(sender: &mut Sender, body: &Bytes) -> Result<bool, hyper::Error> {
-    let req = hyper::Request::post("/api/v1/publish")
+impl Load {
+    /// The seed's trade message, one a request.
+    fn single() -> Load {
+        Load {
+            path: "/api/v1/publish",
+            body: Bytes::from(format!(r#"{{"subject":"{SUBJECT}","message":{TRADE}}}"#)),
+            msgs: 1,
+        }
+    }
+
+    /// `n` of them as one JSON array to the batch endpoint.
+    fn batch(n: u64) -> Load {
+        let one = format!(r#"{{"subject":"{SUBJECT}","message":{TRADE}}}"#);
+        let body = format!("[{}]", vec![one; n as usize].join(","));
+        Load {
+            path: "/api/v1/publish/batch",
+            body: Bytes::from(body),
+            msgs: n,
+        }
+    }
+}
+
+/// One POST on a kept-alive connection: Ok(true) for a 200 that says the
+/// message was persisted (for a batch, 200 means every entry was).
+async fn post_publish(sender: &mut Sender, load: &Load) -> Result<bool, hyper::Error> {
+    let req = hyper::Request::post(load.path)
         .header("host", "127.0.0.1")
         .header("content-type", "application/json")
-        .body(Full::new(body.clone()))
+        .body(Full::new(load.body.clone()))
         .unwrap();
     let resp = sender.send_request(req).await?;
     let ok = resp.status() == 200;
@@ -409,12 +437,11 @@ fn says_persisted(body: &[u8]) -> bool {
 
 /// `conns` keep-alive connections, each publishing one request after the
 /// other until `stop`; every answer's latency is kept.
-async fn http_load(port: u16, conns: usize, secs: f64, label: &str) -> Run {
-    let body = publish_body();
+async fn http_load(port: u16, conns: usize, secs: f64, load: &Load, label: &str) -> Run {
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for _ in 0..conns {
-        let body = body.clone();
+        let load = load.clone();
         let stop = stop.clone();
         tasks.push(tokio::spawn(async move {
             let mut s = Samples::default();
@@ -422,9 +449,9 @@ async fn http_load(port: u16, conns: usize, secs: f64, label: &str) -> Run {
             let mut sender = connect(port).await.expect("connect to the HTTP API");
             while !stop.load(Relaxed) {
                 let t = Instant::now();
-                match post_publish(&mut sender, &body).await {
+                match post_publish(&mut sender, &load).await {
                     Ok(true) => {
-                        ok += 1;
+                        ok += load.msgs;
                         s.add(t.elapsed());
                     }
                     Ok(false) => errors += 1,
@@ -509,6 +536,16 @@ async fn direct_load(js: &async_nats::jetstream::Context, inflight: usize, secs:
     }
 }
 
+/// message_stats.published of the daemon.
+async fn published_count(d: &Daemon) -> u64 {
+    match get(d.http, "/api/v1/status").await {
+        Ok((200, b)) => serde_json::from_slice::<Value>(&b).unwrap()["message_stats"]["published"]
+            .as_u64()
+            .unwrap_or(0),
+        _ => 0,
+    }
+}
+
 // ---------------------------------------------------------- recovery ----
 
 struct Recovery {
@@ -529,11 +566,11 @@ async fn recovery(d: &Daemon) -> Recovery {
         let (stop, killed_at_ns, first_ack_ns) =
             (stop.clone(), killed_at_ns.clone(), first_ack_ns.clone());
         tasks.push(tokio::spawn(async move {
-            let body = publish_body();
+            let load = Load::single();
             let mut sender = connect(port).await.expect("connect");
             while !stop.load(Relaxed) {
                 let sent = base.elapsed().as_nanos() as u64;
-                match post_publish(&mut sender, &body).await {
+                match post_publish(&mut sender, &load).await {
                     Ok(true) => {
                         let k = killed_at_ns.load(Relaxed);
                         // Only a request sent after the kill proves the new
@@ -660,19 +697,27 @@ async fn run(opts: Opts) {
             "HTTP publish, {n} connection{}",
             if n == 1 { "" } else { "s" }
         );
-        http_load(d.http, n, warm, &label).await;
-        http.push(http_load(d.http, n, opts.secs, &label).await);
+        let single = Load::single();
+        http_load(d.http, n, warm, &single, &label).await;
+        http.push(http_load(d.http, n, opts.secs, &single, &label).await);
     }
-    let http_total: u64 = http.iter().map(|r| r.ok).sum::<u64>();
     // Warm-up requests count too: take them from the daemon's own stats.
-    let published = match get(d.http, "/api/v1/status").await {
-        Ok((200, b)) => serde_json::from_slice::<Value>(&b).unwrap()["message_stats"]["published"]
-            .as_u64()
-            .unwrap_or(http_total),
-        _ => http_total,
-    };
+    let published = published_count(&d).await;
     let cpu_per_100k = (cpu_secs(d.pid()) - cpu0) / published as f64 * 100_000.0;
     let child_cpu_per_100k = (cpu_secs(child) - child_cpu0) / published as f64 * 100_000.0;
+
+    // 3. Batches.
+    let (cpu0, child_cpu0) = (cpu_secs(d.pid()), cpu_secs(child));
+    let mut batch = Vec::new();
+    for n in [100, 1000] {
+        let label = format!("HTTP batch of {n}, 4 conns (p50/p99: request)");
+        let load = Load::batch(n);
+        http_load(d.http, 4, warm, &load, &label).await;
+        batch.push(http_load(d.http, 4, opts.secs, &load, &label).await);
+    }
+    let batched = published_count(&d).await - published;
+    let batch_cpu_per_100k = (cpu_secs(d.pid()) - cpu0) / batched as f64 * 100_000.0;
+    let batch_child_cpu_per_100k = (cpu_secs(child) - child_cpu0) / batched as f64 * 100_000.0;
     sampling.store(false, Relaxed);
     sampler.await.unwrap();
     let rss_load = peak.load(Relaxed) as f64 / 1024.0;
@@ -690,10 +735,10 @@ async fn run(opts: Opts) {
     // The table.
     println!();
     println!(
-        "{:<40} {:>10} {:>9} {:>9} {:>7}",
+        "{:<48} {:>10} {:>9} {:>9} {:>7}",
         "load", "per s", "p50 ms", "p99 ms", "errors"
     );
-    for r in direct.iter().chain(http.iter()) {
+    for r in direct.iter().chain(http.iter()).chain(batch.iter()) {
         println!(
             "{:<40} {:>10.0} {:>9.3} {:>9.3} {:>7}",
             r.label,
@@ -703,10 +748,6 @@ async fn run(opts: Opts) {
             r.errors
         );
     }
-    println!(
-        "{:<40} {:>10}",
-        "HTTP batch publish, 100 and 1000", "n/a: no batch endpoint yet"
-    );
 
     let ratio = |h: &Run, d: &Run| h.rate() / d.rate();
     let r1 = ratio(&http[0], &direct[0]);
@@ -742,11 +783,12 @@ async fn run(opts: Opts) {
         "",
         None,
     );
+    let rb = ratio(&batch[1], &direct[2]);
     line(
         "HTTP batch 1000 / direct 256 in flight",
-        "n/a".into(),
+        format!("{rb:.2}"),
         ">= 0.80",
-        None,
+        Some(rb >= 0.8),
     );
     line(
         "nats-server alone: exec to /healthz (ms, median)",
@@ -802,6 +844,18 @@ async fn run(opts: Opts) {
         "",
         None,
     );
+    line(
+        "daemon CPU s per 100k batched publishes",
+        format!("{batch_cpu_per_100k:.2}"),
+        "",
+        None,
+    );
+    line(
+        "nats-server CPU s per 100k batched publishes",
+        format!("{batch_child_cpu_per_100k:.2}"),
+        "",
+        None,
+    );
 
     if let Some(path) = &opts.json {
         let doc = json!({
@@ -810,12 +864,13 @@ async fn run(opts: Opts) {
             "secs_per_run": opts.secs,
             "direct": direct.iter().map(Run::json).collect::<Vec<_>>(),
             "http": http.iter().map(Run::json).collect::<Vec<_>>(),
-            "http_batch": null,
-            "ratios": {"http1_direct1": r1, "http16_direct16": r16, "http64_direct256": r64},
+            "http_batch": batch.iter().map(Run::json).collect::<Vec<_>>(),
+            "ratios": {"batch1000_direct256": rb, "http1_direct1": r1, "http16_direct16": r16, "http64_direct256": r64},
             "readiness_ms": {"nats_server_alone": ms(alone), "daemon_ready": ms(daemon_ready)},
             "recovery_ms": rec.iter().map(|r| json!({"healthy": ms(r.healthy), "first_ack": ms(r.first_ack)})).collect::<Vec<_>>(),
             "rss_mb": {"idle": rss_idle, "load_peak": rss_load},
-            "cpu_s_per_100k": {"daemon": cpu_per_100k, "nats_server": child_cpu_per_100k},
+            "cpu_s_per_100k": {"daemon": cpu_per_100k, "nats_server": child_cpu_per_100k,
+                "daemon_batched": batch_cpu_per_100k, "nats_server_batched": batch_child_cpu_per_100k},
         });
         std::fs::write(path, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
         println!("\nwrote {}", path.display());
