@@ -740,7 +740,7 @@ async fn run(opts: Opts) {
     );
     for r in direct.iter().chain(http.iter()).chain(batch.iter()) {
         println!(
-            "{:<40} {:>10.0} {:>9.3} {:>9.3} {:>7}",
+            "{:<48} {:>10.0} {:>9.3} {:>9.3} {:>7}",
             r.label,
             r.rate(),
             r.p50_ms,
