@@ -225,8 +225,7 @@ async fn published_messages_can_be_read_back_with_async_nats() {
 
     // The seed's debug example: a string to a subject no stream captures is
     // a core publish, delivered as its UTF-8 text.
-    let mut sub = client.subscribe("test.message").await.unwrap();
-    client.flush().await.unwrap();
+    let mut sub = subscribe_synced(&client, "test.message").await;
     let (status, resp) = d.publish("test.message", json!("Hello World")).await;
     assert_eq!(status, 200, "{resp}");
     assert_eq!(resp, json!({"success": true, "persisted": false}));

@@ -215,11 +215,7 @@ async fn msg_id_deduplicates_a_retried_publish_and_headers_reach_the_stream() {
     d.wait_healthy(Duration::from_secs(20)).await;
     let client = d.client().await;
     let js = async_nats::jetstream::new(client.clone());
-    let mut live = client
-        .subscribe("market.binance.BTCUSDT.trade")
-        .await
-        .unwrap();
-    client.flush().await.unwrap();
+    let mut live = subscribe_synced(&client, "market.binance.BTCUSDT.trade").await;
     let body = json!({
         "subject": "market.binance.BTCUSDT.trade",
         "message": {"price": "1"},

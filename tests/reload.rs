@@ -42,8 +42,7 @@ async fn a_hot_change_keeps_nats_server_and_its_clients() {
     d.wait_healthy(Duration::from_secs(20)).await;
     let pid = d.child_pid().unwrap();
     let (client, drops) = watched_client(&d.nats_url()).await;
-    let mut sub = client.subscribe("hot.>").await.unwrap();
-    client.flush().await.unwrap();
+    let mut sub = subscribe_synced(&client, "hot.>").await;
     let loaded_before = varz(&d).await["config_load_time"].clone();
 
     d.edit_config(|c| {

@@ -365,6 +365,27 @@ impl Daemon {
     }
 }
 
+/// Subscribes and returns once nats-server has registered the
+/// subscription. async-nats' flush only writes the SUB out; a publish from
+/// another connection can still overtake it. A message to our own inbox,
+/// sent after the SUB on the same connection, comes back only after the
+/// server has processed the SUB.
+pub async fn subscribe_synced(
+    client: &async_nats::Client,
+    subject: &str,
+) -> async_nats::Subscriber {
+    use futures::StreamExt;
+    let sub = client.subscribe(subject.to_string()).await.unwrap();
+    let inbox = client.new_inbox();
+    let mut probe = client.subscribe(inbox.clone()).await.unwrap();
+    client.publish(inbox, Bytes::new()).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), probe.next())
+        .await
+        .expect("our own message back within 10 s")
+        .expect("the probe subscription ended");
+    sub
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
