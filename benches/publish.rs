@@ -464,6 +464,20 @@ async fn http_load(port: u16, conns: usize, secs: f64, load: &Load, label: &str)
             (s, ok, errors)
         }));
     }
+    measure(label.into(), secs, stop, tasks).await
+}
+
+/// Per task of a load: latencies, successes, errors.
+type TaskResult = (Samples, u64, u64);
+
+/// Lets the load's tasks run for `secs`, stops them and merges what they
+/// measured.
+async fn measure(
+    label: String,
+    secs: f64,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<TaskResult>>,
+) -> Run {
     let t0 = Instant::now();
     tokio::time::sleep(Duration::from_secs_f64(secs)).await;
     stop.store(true, Relaxed);
@@ -477,7 +491,7 @@ async fn http_load(port: u16, conns: usize, secs: f64, load: &Load, label: &str)
     }
     let secs = t0.elapsed().as_secs_f64();
     Run {
-        label: label.into(),
+        label,
         ok,
         errors,
         secs,
@@ -515,25 +529,13 @@ async fn direct_load(js: &async_nats::jetstream::Context, inflight: usize, secs:
             (s, ok, errors)
         }));
     }
-    let t0 = Instant::now();
-    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
-    stop.store(true, Relaxed);
-    let mut all = Samples::default();
-    let (mut ok, mut errors) = (0, 0);
-    for t in tasks {
-        let (s, o, e) = t.await.unwrap();
-        all.merge(s);
-        ok += o;
-        errors += e;
-    }
-    Run {
-        label: format!("direct async-nats, {inflight} in flight"),
-        ok,
-        errors,
-        secs: t0.elapsed().as_secs_f64(),
-        p50_ms: all.pct(0.50),
-        p99_ms: all.pct(0.99),
-    }
+    measure(
+        format!("direct async-nats, {inflight} in flight"),
+        secs,
+        stop,
+        tasks,
+    )
+    .await
 }
 
 /// message_stats.published of the daemon.
