@@ -8,7 +8,9 @@
 //! 1. direct: async-nats JetStream publishes of the seed's trade message to
 //!    MARKET_DATA (file storage), 1 / 16 / 256 acks in flight;
 //! 2. HTTP: POST /api/v1/publish of the same message over 1 / 16 / 64
-//!    keep-alive connections (a hyper client in this process);
+//!    keep-alive connections, from wrk when it is installed (one thread,
+//!    so the load generator takes as little of the machine as it can),
+//!    else from a hyper client in this process (`--loadgen` chooses);
 //! 3. HTTP batch publish: 100 and 1000 messages a request (JSON array),
 //!    over 4 connections;
 //! 4. readiness: exec of the daemon to READY=1 on a real notify socket,
@@ -51,6 +53,34 @@ struct Opts {
     nats_server: PathBuf,
     /// TOKIO_WORKER_THREADS for the daemon (its runtime's default otherwise).
     daemon_workers: Option<String>,
+    loadgen: Loadgen,
+}
+
+/// What sends the HTTP load.
+#[derive(Clone)]
+enum Loadgen {
+    /// wrk, one thread, driven by a Lua script that reports in `done`.
+    Wrk(PathBuf),
+    /// hyper clients on this process's runtime.
+    Hyper,
+}
+
+impl Loadgen {
+    fn name(&self) -> String {
+        match self {
+            Loadgen::Wrk(p) => format!("wrk ({})", p.display()),
+            Loadgen::Hyper => "hyper client in the benchmark process".into(),
+        }
+    }
+}
+
+/// `wrk` on PATH.
+fn find_wrk() -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join("wrk"))
+        .find(|p| p.is_file())
 }
 
 impl Opts {
@@ -63,6 +93,7 @@ impl Opts {
                 .map(PathBuf::from)
                 .unwrap_or_else(|| "/usr/sbin/nats-server".into()),
             daemon_workers: None,
+            loadgen: find_wrk().map_or(Loadgen::Hyper, Loadgen::Wrk),
         };
         let mut args = std::env::args().skip(1);
         while let Some(a) = args.next() {
@@ -78,6 +109,16 @@ impl Opts {
                 "--nats-server" => o.nats_server = args.next().expect("--nats-server PATH").into(),
                 "--daemon-workers" => {
                     o.daemon_workers = Some(args.next().expect("--daemon-workers N"))
+                }
+                "--loadgen" => {
+                    o.loadgen = match args.next().as_deref() {
+                        Some("hyper") => Loadgen::Hyper,
+                        Some("wrk") => Loadgen::Wrk(
+                            find_wrk()
+                                .expect("--loadgen wrk: no wrk on PATH (apt-get install wrk)"),
+                        ),
+                        _ => panic!("--loadgen wrk|hyper"),
+                    }
                 }
                 // cargo bench passes --bench; the libtest filters mean nothing here.
                 _ => {}
@@ -128,6 +169,9 @@ struct Run {
     secs: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// CPU seconds per 100k successes during the run: the daemon's, and
+    /// nats-server's.
+    cpu: Option<(f64, f64)>,
 }
 
 impl Run {
@@ -136,7 +180,8 @@ impl Run {
     }
     fn json(&self) -> Value {
         json!({"label": self.label, "ok": self.ok, "errors": self.errors, "secs": self.secs,
-               "rate_per_s": self.rate(), "p50_ms": self.p50_ms, "p99_ms": self.p99_ms})
+               "rate_per_s": self.rate(), "p50_ms": self.p50_ms, "p99_ms": self.p99_ms,
+               "cpu_s_per_100k": self.cpu.map(|(d, n)| json!({"daemon": d, "nats_server": n}))})
     }
 }
 
@@ -467,6 +512,94 @@ async fn http_load(port: u16, conns: usize, secs: f64, load: &Load, label: &str)
     measure(label.into(), secs, stop, tasks).await
 }
 
+/// The HTTP load from the chosen generator.
+async fn http_run(
+    gen: &Loadgen,
+    port: u16,
+    conns: usize,
+    secs: f64,
+    load: &Load,
+    label: &str,
+) -> Run {
+    match gen {
+        Loadgen::Hyper => http_load(port, conns, secs, load, label).await,
+        Loadgen::Wrk(wrk) => wrk_load(wrk, port, conns, secs, load, label).await,
+    }
+}
+
+/// The same load from wrk: one thread, `conns` keep-alive connections,
+/// whole seconds (wrk's -d takes no fractions). wrk counts a non-2xx answer
+/// as an error; that a 200 means persisted is checked against the daemon's
+/// own count of acknowledged publishes.
+async fn wrk_load(wrk: &Path, port: u16, conns: usize, secs: f64, load: &Load, label: &str) -> Run {
+    let dir = tempfile::tempdir().unwrap();
+    let body = dir.path().join("body.json");
+    std::fs::write(&body, &load.body).unwrap();
+    let script = dir.path().join("publish.lua");
+    std::fs::write(
+        &script,
+        format!(
+            r#"local f = assert(io.open({body:?}, "rb"))
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = f:read("*a")
+f:close()
+done = function(s, lat, req)
+  io.write(string.format("WRK %d %d %d %d %d %d\n", s.requests, s.duration, s.errors.status,
+    s.errors.connect + s.errors.read + s.errors.write + s.errors.timeout,
+    lat:percentile(50), lat:percentile(99)))
+end
+"#
+        ),
+    )
+    .unwrap();
+    let before = published_count(port).await;
+    let out = tokio::process::Command::new(wrk)
+        .args([
+            "-t1",
+            &format!("-c{conns}"),
+            &format!("-d{}s", secs.ceil().max(1.0)),
+        ])
+        .arg("-s")
+        .arg(&script)
+        .arg(format!("http://127.0.0.1:{port}{}", load.path))
+        .output()
+        .await
+        .expect("run wrk");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let f: Vec<u64> = text
+        .lines()
+        .find_map(|l| l.strip_prefix("WRK "))
+        .unwrap_or_else(|| {
+            panic!(
+                "wrk said no summary: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    let (requests, duration_us, status_errors, io_errors, p50_us, p99_us) =
+        (f[0], f[1], f[2], f[3], f[4], f[5]);
+    let ok = (requests - status_errors) * load.msgs;
+    // Requests still in flight when wrk stopped may have been published
+    // too, so the daemon's count may be higher, never lower.
+    let persisted = published_count(port).await - before;
+    let unpersisted = ok.saturating_sub(persisted);
+    if unpersisted > 0 {
+        eprintln!("{label}: wrk saw {ok} successes but the daemon counted {persisted} publishes");
+    }
+    Run {
+        label: label.into(),
+        ok: ok - unpersisted,
+        errors: status_errors + io_errors + unpersisted,
+        secs: duration_us as f64 / 1e6,
+        p50_ms: p50_us as f64 / 1000.0,
+        p99_ms: p99_us as f64 / 1000.0,
+        cpu: None,
+    }
+}
+
 /// Per task of a load: latencies, successes, errors.
 type TaskResult = (Samples, u64, u64);
 
@@ -497,6 +630,7 @@ async fn measure(
         secs,
         p50_ms: all.pct(0.50),
         p99_ms: all.pct(0.99),
+        cpu: None,
     }
 }
 
@@ -538,9 +672,30 @@ async fn direct_load(js: &async_nats::jetstream::Context, inflight: usize, secs:
     .await
 }
 
+/// Empties MARKET_DATA, so that a load never runs into the stream's
+/// message limit.
+async fn purge(js: &async_nats::jetstream::Context) {
+    js.get_stream("MARKET_DATA")
+        .await
+        .expect("MARKET_DATA exists")
+        .purge()
+        .await
+        .expect("purge MARKET_DATA");
+}
+
+/// Runs one measured load and records the CPU the daemon and nats-server
+/// spent on it.
+async fn with_cpu(pids: (u32, u32), load: impl std::future::Future<Output = Run>) -> Run {
+    let (d0, n0) = (cpu_secs(pids.0), cpu_secs(pids.1));
+    let mut run = load.await;
+    let per = |s: f64| s / run.ok.max(1) as f64 * 100_000.0;
+    run.cpu = Some((per(cpu_secs(pids.0) - d0), per(cpu_secs(pids.1) - n0)));
+    run
+}
+
 /// message_stats.published of the daemon.
-async fn published_count(d: &Daemon) -> u64 {
-    match get(d.http, "/api/v1/status").await {
+async fn published_count(http: u16) -> u64 {
+    match get(http, "/api/v1/status").await {
         Ok((200, b)) => serde_json::from_slice::<Value>(&b).unwrap()["message_stats"]["published"]
             .as_u64()
             .unwrap_or(0),
@@ -651,6 +806,7 @@ async fn run(opts: Opts) {
         "marketprism-broker publish benchmark: {version}, {cores} cores, {} s a run",
         opts.secs
     );
+    println!("HTTP load from {}", opts.loadgen.name());
 
     // 4. Readiness, alternating so both see the same machine state.
     let (mut alone, mut daemon_ready) = (Vec::new(), Vec::new());
@@ -666,19 +822,17 @@ async fn run(opts: Opts) {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_idle = rss_mb(d.pid());
 
-    // 1. Direct.
+    // 1-3. Direct and HTTP loads in pairs, each HTTP load right after the
+    // direct one it is compared with, so drift in the machine's state hits
+    // both alike. Every load starts on an empty stream: MARKET_DATA keeps
+    // at most 1M messages, and a full stream makes nats-server delete one
+    // for each it stores, which would tax whichever load came later.
     let client = async_nats::connect(format!("nats://127.0.0.1:{}", d.nats))
         .await
         .expect("connect to nats-server");
     let js = async_nats::jetstream::new(client);
     let warm = opts.secs.min(1.0) / 2.0;
-    let mut direct = Vec::new();
-    for n in [1, 16, 256] {
-        direct_load(&js, n, warm).await;
-        direct.push(direct_load(&js, n, opts.secs).await);
-    }
-
-    // 2. HTTP, with RSS sampled throughout and CPU counted.
+    let pids = (d.pid(), d.child_pid().expect("nats-server pid"));
     let sampling = Arc::new(AtomicBool::new(true));
     let peak = Arc::new(AtomicU64::new(0));
     let sampler = {
@@ -691,35 +845,33 @@ async fn run(opts: Opts) {
             }
         })
     };
-    let child = d.child_pid().expect("nats-server pid");
-    let (cpu0, child_cpu0) = (cpu_secs(d.pid()), cpu_secs(child));
-    let mut http = Vec::new();
-    for n in [1, 16, 64] {
+    let (mut direct, mut http, mut batch) = (Vec::new(), Vec::new(), Vec::new());
+    for n in [1, 16, 256] {
+        purge(&js).await;
+        direct_load(&js, n, warm).await;
+        purge(&js).await;
+        direct.push(with_cpu(pids, direct_load(&js, n, opts.secs)).await);
+        let conns = n.min(64);
         let label = format!(
-            "HTTP publish, {n} connection{}",
-            if n == 1 { "" } else { "s" }
+            "HTTP publish, {conns} connection{}",
+            if conns == 1 { "" } else { "s" }
         );
         let single = Load::single();
-        http_load(d.http, n, warm, &single, &label).await;
-        http.push(http_load(d.http, n, opts.secs, &single, &label).await);
+        purge(&js).await;
+        http_run(&opts.loadgen, d.http, conns, warm, &single, &label).await;
+        purge(&js).await;
+        let run = http_run(&opts.loadgen, d.http, conns, opts.secs, &single, &label);
+        http.push(with_cpu(pids, run).await);
     }
-    // Warm-up requests count too: take them from the daemon's own stats.
-    let published = published_count(&d).await;
-    let cpu_per_100k = (cpu_secs(d.pid()) - cpu0) / published as f64 * 100_000.0;
-    let child_cpu_per_100k = (cpu_secs(child) - child_cpu0) / published as f64 * 100_000.0;
-
-    // 3. Batches.
-    let (cpu0, child_cpu0) = (cpu_secs(d.pid()), cpu_secs(child));
-    let mut batch = Vec::new();
     for n in [100, 1000] {
         let label = format!("HTTP batch of {n}, 4 conns (p50/p99: request)");
         let load = Load::batch(n);
-        http_load(d.http, 4, warm, &load, &label).await;
-        batch.push(http_load(d.http, 4, opts.secs, &load, &label).await);
+        purge(&js).await;
+        http_run(&opts.loadgen, d.http, 4, warm, &load, &label).await;
+        purge(&js).await;
+        let run = http_run(&opts.loadgen, d.http, 4, opts.secs, &load, &label);
+        batch.push(with_cpu(pids, run).await);
     }
-    let batched = published_count(&d).await - published;
-    let batch_cpu_per_100k = (cpu_secs(d.pid()) - cpu0) / batched as f64 * 100_000.0;
-    let batch_child_cpu_per_100k = (cpu_secs(child) - child_cpu0) / batched as f64 * 100_000.0;
     sampling.store(false, Relaxed);
     sampler.await.unwrap();
     let rss_load = peak.load(Relaxed) as f64 / 1024.0;
@@ -737,19 +889,23 @@ async fn run(opts: Opts) {
     // The table.
     println!();
     println!(
-        "{:<48} {:>10} {:>9} {:>9} {:>7}",
-        "load", "per s", "p50 ms", "p99 ms", "errors"
+        "{:<48} {:>10} {:>9} {:>9} {:>7} {:>16}",
+        "load", "per s", "p50 ms", "p99 ms", "errors", "CPU s/100k d+n"
     );
     for r in direct.iter().chain(http.iter()).chain(batch.iter()) {
+        let (dc, nc) = r.cpu.unwrap_or((f64::NAN, f64::NAN));
         println!(
-            "{:<48} {:>10.0} {:>9.3} {:>9.3} {:>7}",
+            "{:<48} {:>10.0} {:>9.3} {:>9.3} {:>7} {:>7.2} + {:<6.2}",
             r.label,
             r.rate(),
             r.p50_ms,
             r.p99_ms,
-            r.errors
+            r.errors,
+            dc,
+            nc
         );
     }
+    println!("(CPU: the daemon's, then nats-server's; for direct loads the daemon only idles)");
 
     let ratio = |h: &Run, d: &Run| h.rate() / d.rate();
     let r1 = ratio(&http[0], &direct[0]);
@@ -834,27 +990,32 @@ async fn run(opts: Opts) {
         "<= 40",
         Some(rss_load <= 40.0),
     );
+    // CPU of the loads compared above (the per-load column has them all).
+    let cpu = |r: &Run| r.cpu.unwrap_or((f64::NAN, f64::NAN));
+    let (d16, n16) = cpu(&http[1]);
+    let (_, direct_n16) = cpu(&direct[1]);
+    let (db, nb) = cpu(&batch[1]);
     line(
-        "daemon CPU s per 100k HTTP publishes",
-        format!("{cpu_per_100k:.2}"),
+        "daemon CPU s per 100k, HTTP 16 conns",
+        format!("{d16:.2}"),
         "",
         None,
     );
     line(
-        "nats-server CPU s per 100k HTTP publishes",
-        format!("{child_cpu_per_100k:.2}"),
+        "nats-server CPU s per 100k, HTTP 16 conns / direct 16",
+        format!("{n16:.2}/{direct_n16:.2}"),
         "",
         None,
     );
     line(
-        "daemon CPU s per 100k batched publishes",
-        format!("{batch_cpu_per_100k:.2}"),
+        "daemon CPU s per 100k, HTTP batch of 1000",
+        format!("{db:.2}"),
         "",
         None,
     );
     line(
-        "nats-server CPU s per 100k batched publishes",
-        format!("{batch_child_cpu_per_100k:.2}"),
+        "nats-server CPU s per 100k, HTTP batch of 1000",
+        format!("{nb:.2}"),
         "",
         None,
     );
@@ -864,6 +1025,7 @@ async fn run(opts: Opts) {
             "nats_server": version,
             "cores": cores,
             "secs_per_run": opts.secs,
+            "loadgen": opts.loadgen.name(),
             "direct": direct.iter().map(Run::json).collect::<Vec<_>>(),
             "http": http.iter().map(Run::json).collect::<Vec<_>>(),
             "http_batch": batch.iter().map(Run::json).collect::<Vec<_>>(),
@@ -871,8 +1033,6 @@ async fn run(opts: Opts) {
             "readiness_ms": {"nats_server_alone": ms(alone), "daemon_ready": ms(daemon_ready)},
             "recovery_ms": rec.iter().map(|r| json!({"healthy": ms(r.healthy), "first_ack": ms(r.first_ack)})).collect::<Vec<_>>(),
             "rss_mb": {"idle": rss_idle, "load_peak": rss_load},
-            "cpu_s_per_100k": {"daemon": cpu_per_100k, "nats_server": child_cpu_per_100k,
-                "daemon_batched": batch_cpu_per_100k, "nats_server_batched": batch_child_cpu_per_100k},
         });
         std::fs::write(path, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
         println!("\nwrote {}", path.display());

@@ -28,6 +28,15 @@ ensure_nats_server() {
   fi
 }
 
+# wrk, the benchmark's HTTP load generator (it falls back to a hyper client
+# in its own process without it, which takes more of a 2-core machine).
+ensure_wrk() {
+  if ! command -v wrk >/dev/null 2>&1; then
+    echo "installing Debian's wrk package (the benchmark's load generator)" >&2
+    apt_install wrk || echo "no wrk: the benchmark uses its own hyper client" >&2
+  fi
+}
+
 ensure_cargo() {
   if ! command -v cargo >/dev/null 2>&1; then
     echo "cargo is missing: install a Rust toolchain (rustup or Debian's cargo) first" >&2
