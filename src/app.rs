@@ -21,6 +21,9 @@ use crate::supervisor::{probe, ChildStatus};
 pub struct Nats {
     pub client: async_nats::Client,
     pub js: jetstream::Context,
+    /// Single HTTP publishes go through this, so concurrent ones reach the
+    /// connection together.
+    pub coalescer: crate::coalesce::Coalescer,
 }
 
 /// Why a NATS round trip got no answer.
@@ -240,7 +243,12 @@ impl App {
             .map_err(|e| format!("cannot connect to NATS: {e}"))?;
         let mut js = jetstream::new(client.clone());
         js.set_timeout(self.config().api.publish_timeout.get());
-        *self.nats.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(Nats { client, js }));
+        let coalescer = crate::coalesce::Coalescer::start(js.clone());
+        *self.nats.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(Nats {
+            client,
+            js,
+            coalescer,
+        }));
         Ok(())
     }
 

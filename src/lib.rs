@@ -16,6 +16,7 @@
 
 pub mod app;
 pub mod cli;
+pub mod coalesce;
 pub mod config;
 pub mod daemon;
 pub mod exit;

@@ -6,9 +6,11 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::future::IntoFuture;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_nats::jetstream::context::{PublishAckFuture, PublishError, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::publish::PublishAck;
 use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
 use http_body_util::{BodyExt, Limited};
@@ -19,6 +21,7 @@ use serde_json::value::RawValue;
 
 use super::error::{json_bytes, ApiError};
 use crate::app::{App, Lost, Nats};
+use crate::config::Config;
 use crate::subject;
 
 type Resp = Response<http_body_util::Full<Bytes>>;
@@ -79,9 +82,13 @@ impl Outcome {
     }
 }
 
-fn content_type(req: &Request<Incoming>) -> Option<String> {
-    let v = req.headers().get(header::CONTENT_TYPE)?.to_str().ok()?;
-    Some(v.split(';').next()?.trim().to_ascii_lowercase())
+/// Whether the media type (parameters aside) is `want`, in any case.
+fn content_type_is(req: &Request<Incoming>, want: &str) -> bool {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case(want))
 }
 
 fn too_large(what: String) -> ApiError {
@@ -149,7 +156,7 @@ fn headers(map: BTreeMap<String, HeaderValues>) -> Result<async_nats::HeaderMap,
 /// Parses and checks one publish object; `raw` is a slice of `body`, so a
 /// JSON message goes to NATS as the very bytes that came (no copy, no
 /// re-serialisation).
-fn parse_entry(app: &App, body: &Bytes, raw: &[u8]) -> Result<Entry, ApiError> {
+fn parse_entry(cfg: &Config, body: &Bytes, raw: &[u8]) -> Result<Entry, ApiError> {
     let parsed: PublishRequest = serde_json::from_slice(raw).map_err(|e| {
         let code = if e.to_string().starts_with("missing field `subject`") {
             "missing_subject"
@@ -187,7 +194,7 @@ fn parse_entry(app: &App, body: &Bytes, raw: &[u8]) -> Result<Entry, ApiError> {
         let start = text.as_ptr() as usize - body.as_ptr() as usize;
         body.slice(start..start + text.len())
     };
-    let max_payload = app.config().nats.max_payload;
+    let max_payload = cfg.nats.max_payload;
     if payload.len() as u64 > max_payload.bytes() {
         return Err(too_large(format!(
             "the message is larger than max_payload ({max_payload})"
@@ -219,11 +226,10 @@ fn connected(app: &App) -> Result<Arc<Nats>, ApiError> {
     })
 }
 
-fn lost(stream: &str, l: Lost, app: &App) -> ApiError {
+fn lost(stream: &str, l: Lost, timeout: Duration) -> ApiError {
     match l {
         Lost::TimedOut => ApiError::unavailable(format!(
-            "no acknowledgement from stream {stream} within {:?}",
-            app.config().api.publish_timeout.get()
+            "no acknowledgement from stream {stream} within {timeout:?}"
         )),
         // Not acknowledged, so not promised: the client retries.
         Lost::Disconnected => ApiError::unavailable(format!(
@@ -234,44 +240,77 @@ fn lost(stream: &str, l: Lost, app: &App) -> ApiError {
 
 /// Hands a JetStream publish to the connection; the returned future is the
 /// ack.
+fn js_message(e: Entry) -> (String, PublishMessage) {
+    let msg = PublishMessage::build().payload(e.payload);
+    let msg = match e.headers {
+        Some(h) => msg.headers(h),
+        None => msg,
+    };
+    (e.subject, msg)
+}
+
+fn acked(a: PublishAck) -> Outcome {
+    Outcome {
+        success: true,
+        persisted: true,
+        stream: Some(a.stream),
+        seq: Some(a.sequence),
+        duplicate: Some(a.duplicate),
+    }
+}
+
+/// One JetStream publish, awaited: a single watch on the connection and a
+/// single timer cover both the hand-over and the ack.
+async fn publish_js(
+    app: &App,
+    timeout: Duration,
+    nats: &Nats,
+    stream: &str,
+    e: Entry,
+) -> Result<Outcome, ApiError> {
+    let (subject, msg) = js_message(e);
+    let publish = nats.coalescer.publish(subject, msg);
+    match app.while_connected(timeout, publish).await {
+        Ok(Ok(a)) => Ok(acked(a)),
+        Ok(Err(err)) => Err(publish_error(stream, err)),
+        Err(l) => Err(lost(stream, l, timeout)),
+    }
+}
+
+/// Hands a JetStream publish to the connection; the returned future is the
+/// ack (a batch keeps many in flight).
 async fn send_js(
     app: &App,
+    timeout: Duration,
     nats: &Nats,
     stream: &str,
     e: Entry,
 ) -> Result<PublishAckFuture, ApiError> {
-    let mut msg = PublishMessage::build().payload(e.payload);
-    if let Some(h) = e.headers {
-        msg = msg.headers(h);
-    }
-    let timeout = app.config().api.publish_timeout.get();
+    let (subject, msg) = js_message(e);
     match app
-        .while_connected(timeout, nats.js.send_publish(e.subject, msg))
+        .while_connected(timeout, nats.js.send_publish(subject, msg))
         .await
     {
         Ok(Ok(ack)) => Ok(ack),
         Ok(Err(err)) => Err(publish_error(stream, err)),
-        Err(l) => Err(lost(stream, l, app)),
+        Err(l) => Err(lost(stream, l, timeout)),
     }
 }
 
-async fn await_ack(app: &App, stream: &str, ack: PublishAckFuture) -> Result<Outcome, ApiError> {
-    let timeout = app.config().api.publish_timeout.get();
+async fn await_ack(
+    app: &App,
+    timeout: Duration,
+    stream: &str,
+    ack: PublishAckFuture,
+) -> Result<Outcome, ApiError> {
     match app.while_connected(timeout, ack.into_future()).await {
-        Ok(Ok(a)) => Ok(Outcome {
-            success: true,
-            persisted: true,
-            stream: Some(a.stream),
-            seq: Some(a.sequence),
-            duplicate: Some(a.duplicate),
-        }),
+        Ok(Ok(a)) => Ok(acked(a)),
         Ok(Err(err)) => Err(publish_error(stream, err)),
-        Err(l) => Err(lost(stream, l, app)),
+        Err(l) => Err(lost(stream, l, timeout)),
     }
 }
 
-async fn send_core(app: &App, nats: &Nats, e: Entry) -> Result<Outcome, ApiError> {
-    let timeout = app.config().api.publish_timeout.get();
+async fn send_core(timeout: Duration, nats: &Nats, e: Entry) -> Result<Outcome, ApiError> {
     let fut = async {
         match e.headers {
             Some(h) => {
@@ -337,10 +376,11 @@ pub async fn single(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError>
 }
 
 async fn single_inner(app: &App, req: Request<Incoming>) -> Result<Outcome, ApiError> {
-    if content_type(&req).as_deref() != Some("application/json") {
+    if !content_type_is(&req, "application/json") {
         return Err(not_json());
     }
-    let max_payload = app.config().nats.max_payload;
+    let cfg = app.config();
+    let max_payload = cfg.nats.max_payload;
     // Room for JSON escaping of a payload right at the limit (a string of
     // control characters grows 6x) plus the envelope and headers.
     let limit = (max_payload.bytes() as usize)
@@ -350,14 +390,13 @@ async fn single_inner(app: &App, req: Request<Incoming>) -> Result<Outcome, ApiE
         format!("the message is larger than max_payload ({max_payload})")
     })
     .await?;
-    let entry = parse_entry(app, &body, &body)?;
+    let entry = parse_entry(&cfg, &body, &body)?;
     let nats = connected(app)?;
-    match app.matcher().stream_for(&entry.subject).map(str::to_string) {
-        Some(stream) => {
-            let ack = send_js(app, &nats, &stream, entry).await?;
-            await_ack(app, &stream, ack).await
-        }
-        None => send_core(app, &nats, entry).await,
+    let timeout = cfg.api.publish_timeout.get();
+    let matcher = app.matcher();
+    match matcher.stream_for(&entry.subject) {
+        Some(stream) => publish_js(app, timeout, &nats, stream, entry).await,
+        None => send_core(timeout, &nats, entry).await,
     }
 }
 
@@ -431,16 +470,20 @@ fn split_batch(body: &Bytes, ndjson: bool) -> Result<Vec<&[u8]>, ApiError> {
 /// acks in flight, in order on one connection) and answered per entry, in
 /// order. 200 when all succeeded, 207 when any failed.
 pub async fn batch(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> {
-    let ndjson = match content_type(&req).as_deref() {
-        Some("application/json") => false,
-        Some("application/x-ndjson") => true,
-        _ => return Err(ApiError::new(
+    let ndjson = if content_type_is(&req, "application/json") {
+        false
+    } else if content_type_is(&req, "application/x-ndjson") {
+        true
+    } else {
+        return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
             "send a JSON array as application/json, or one object per line as application/x-ndjson",
-        )),
+        ));
     };
-    let api = app.config().api.clone();
+    let cfg = app.config();
+    let api = &cfg.api;
+    let timeout = api.publish_timeout.get();
     let max_bytes = api.batch_max_bytes;
     let body = read_body(req, max_bytes.bytes() as usize, || {
         format!("the batch is larger than api.batch_max_bytes ({max_bytes})")
@@ -470,7 +513,7 @@ pub async fn batch(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> 
     results.resize_with(raws.len(), || None);
     let mut acks = FuturesUnordered::new();
     for (i, raw) in raws.into_iter().enumerate() {
-        let entry = match parse_entry(app, &body, raw) {
+        let entry = match parse_entry(&cfg, &body, raw) {
             Ok(e) => e,
             Err(e) => {
                 results[i] = Some(Err(e));
@@ -478,14 +521,13 @@ pub async fn batch(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> 
             }
         };
         match matcher.stream_for(&entry.subject) {
-            Some(stream) => match send_js(app, &nats, stream, entry).await {
+            Some(stream) => match send_js(app, timeout, &nats, stream, entry).await {
                 Ok(ack) => {
-                    let stream = stream.to_string();
-                    acks.push(async move { (i, await_ack(app, &stream, ack).await) });
+                    acks.push(async move { (i, await_ack(app, timeout, stream, ack).await) });
                 }
                 Err(e) => results[i] = Some(Err(e)),
             },
-            None => results[i] = Some(send_core(app, &nats, entry).await),
+            None => results[i] = Some(send_core(timeout, &nats, entry).await),
         }
         while acks.len() >= BATCH_WINDOW {
             if let Some((j, r)) = acks.next().await {
