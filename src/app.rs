@@ -321,7 +321,13 @@ impl App {
                         .streams
                         .iter()
                         .map(|(n, s)| (n.as_str(), s.as_slice())),
-                );
+                )
+                .with_mappings(c.nats.mappings.iter().map(|(src, m)| {
+                    (
+                        src.as_str(),
+                        m.0.iter().map(|d| d.subject.clone()).collect(),
+                    )
+                }));
                 *self.matcher.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(matcher);
                 st.generation = generation;
                 st.at = Some(SystemTime::now());

@@ -5,11 +5,13 @@
 //! - [`config`]: YAML/TOML -> validated [`config::Config`], errors with file, line, key.
 //! - [`natsconf`]: Config -> nats-server.conf text (pure).
 //! - [`subject`]: subject validation, matching, overlap (pure).
+//! - [`mapping`]: subject mappings: checks and where a subject goes (pure).
 //! - [`jetstream`]: declared vs actual streams -> plan (pure), then apply.
 //! - [`reload`]: old vs new config -> reload plan (pure).
 //! - [`supervisor`]: the nats-server child: spawn, probe, restart, stop.
 //! - [`app`]: shared state: child status, NATS client, stream matcher, stats.
 //! - [`http`]: the HTTP API on hyper 1.x.
+//! - [`coalesce`]: hands concurrent HTTP publishes to NATS together.
 //! - [`stats`]: message counters.
 //! - [`daemon`]: start-up and shutdown order; check-config, render-nats-config.
 //! - [`cli`], [`exit`], [`logging`], [`systemd`]: the process edges.
@@ -23,6 +25,7 @@ pub mod exit;
 pub mod http;
 pub mod jetstream;
 pub mod logging;
+pub mod mapping;
 pub mod natsconf;
 pub mod reload;
 pub mod stats;

@@ -162,6 +162,29 @@ pub fn render(c: &Config, opts: &RenderOptions) -> String {
         }
     }
     let _ = writeln!(w, "    ]");
+    if !n.mappings.is_empty() {
+        let _ = writeln!(w, "    mappings {{");
+        for (source, m) in &n.mappings {
+            match m.0.as_slice() {
+                [d] if d.weight == 100 => {
+                    let _ = writeln!(w, "      {}: {}", q(source), q(&d.subject));
+                }
+                dests => {
+                    let _ = writeln!(w, "      {}: [", q(source));
+                    for d in dests {
+                        let _ = writeln!(
+                            w,
+                            "        {{ destination: {}, weight: {} }}",
+                            q(&d.subject),
+                            d.weight
+                        );
+                    }
+                    let _ = writeln!(w, "      ]");
+                }
+            }
+        }
+        let _ = writeln!(w, "    }}");
+    }
     let _ = writeln!(w, "  }}");
     let _ = writeln!(w, "}}");
     if n.users.is_empty() {
@@ -266,6 +289,30 @@ accounts {
 no_auth_user: "_marketprism_anonymous"
 "#;
         assert_eq!(render(&c, &opts()), expected);
+    }
+
+    #[test]
+    fn mappings_render_into_the_account() {
+        let c = cfg(r#"
+nats:
+  mappings:
+    "legacy.*.*": "market.$2.$1"
+    "orders.>":
+      - {destination: "orders.v1.>", weight: "90%"}
+      - {destination: "orders.v2.>", weight: 10}
+"#);
+        let text = render(&c, &opts());
+        let expected = r#"    mappings {
+      "legacy.*.*": "market.$2.$1"
+      "orders.>": [
+        { destination: "orders.v1.>", weight: 90 }
+        { destination: "orders.v2.>", weight: 10 }
+      ]
+    }
+  }
+}
+"#;
+        assert!(text.contains(expected), "{text}");
     }
 
     #[test]

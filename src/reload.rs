@@ -266,6 +266,15 @@ pub fn plan(old: &Config, new: &Config) -> ReloadPlan {
             | d.field("nats.client_urls", &o.client_urls, &n.client_urls, Nothing);
     }
     d.plan.reconcile_streams |= d.field("nats.streams", &old.streams(), &new.streams(), Nothing);
+    // Hot in nats-server (its account's mappings are replaced wholesale);
+    // the daemon rebuilds its subject -> stream table with the streams.
+    let mappings = if new.auto_start_nats { Signal } else { Nothing };
+    d.plan.reconcile_streams |= d.field(
+        "nats.mappings",
+        &old.nats.mappings,
+        &new.nats.mappings,
+        mappings,
+    );
     plan
 }
 
@@ -289,6 +298,19 @@ mod tests {
         let r = p("port: 1\n", "port: 1\n");
         assert!(r.is_noop());
         assert_eq!(r.nats, NatsAction::Nothing);
+    }
+
+    #[test]
+    fn mappings_are_hot_and_refresh_the_stream_table() {
+        let r = p("nats: {}", "nats: {mappings: {\"a.*\": \"b.$1\"}}");
+        assert_eq!(r.nats, NatsAction::Signal, "{r:?}");
+        assert!(r.reconcile_streams && !r.rebind_http && !r.reconnect_client);
+        let r = p(
+            "auto_start_nats: false\nnats: {}",
+            "auto_start_nats: false\nnats: {mappings: {\"a.*\": \"b.$1\"}}",
+        );
+        assert_eq!(r.nats, NatsAction::Nothing);
+        assert!(r.reconcile_streams);
     }
 
     #[test]

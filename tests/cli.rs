@@ -109,6 +109,7 @@ fn other_config_mistakes_exit_78_naming_key_and_line() {
         ("d.yaml", "nats:\n  ping_interval: sometimes\n", ":2: nats.ping_interval: invalid duration \"sometimes\""),
         ("e.yaml", "port: \"eighty\"\n", ":1: port: invalid type: string \"eighty\", expected u16"),
         ("f.yaml", "nats:\n  nats_port: [1\n", ":3: YAML syntax error"),
+        ("g.yaml", "nats:\n  mappings:\n    \"legacy.*.*\": \"market.$2\"\n", ":3: nats.mappings.legacy.*.*: destination \"market.$2\" does not use wildcard 1 of the source \"legacy.*.*\""),
     ];
     for (name, body, want) in cases {
         let p = write(d.path(), name, body);

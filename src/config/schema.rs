@@ -83,6 +83,9 @@ pub struct NatsConfig {
     pub client_urls: Vec<String>,
     pub users: Vec<UserConfig>,
     pub tls: Option<TlsConfig>,
+    /// Subject mappings: source pattern -> destination(s), rendered into
+    /// the account nats-server runs clients in.
+    pub mappings: BTreeMap<String, MappingConfig>,
 }
 
 impl Default for NatsConfig {
@@ -114,6 +117,7 @@ impl Default for NatsConfig {
             client_urls: Vec::new(),
             users: Vec::new(),
             tls: None,
+            mappings: BTreeMap::new(),
         }
     }
 }
@@ -276,6 +280,82 @@ impl<'de> Deserialize<'de> for PermissionList {
                     allow: ad.allow,
                     deny: ad.deny,
                 })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A mapping's destinations: `"dest"` (all messages), or a list of
+/// `{destination, weight}` splitting them by percent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MappingConfig(pub Vec<crate::mapping::Destination>);
+
+impl<'de> Deserialize<'de> for MappingConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Weighted {
+            destination: String,
+            weight: Weight,
+        }
+        struct Weight(u8);
+        impl<'de> Deserialize<'de> for Weight {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct W;
+                impl Visitor<'_> for W {
+                    type Value = Weight;
+                    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                        f.write_str("a percentage from 1 to 100, such as 90 or \"90%\"")
+                    }
+                    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Weight, E> {
+                        match u8::try_from(v) {
+                            Ok(w @ 1..=100) => Ok(Weight(w)),
+                            _ => Err(E::custom(format!(
+                                "weight {v}: must be a percentage from 1 to 100"
+                            ))),
+                        }
+                    }
+                    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Weight, E> {
+                        u64::try_from(v)
+                            .map_err(|_| E::custom(format!("weight {v}: must be from 1 to 100")))
+                            .and_then(|v| self.visit_u64(v))
+                    }
+                    fn visit_str<E: de::Error>(self, v: &str) -> Result<Weight, E> {
+                        let n = v.trim().trim_end_matches('%').trim();
+                        n.parse::<u64>()
+                            .map_err(|_| {
+                                E::custom(format!(
+                                    "weight {v:?}: expected a percentage such as 90 or \"90%\""
+                                ))
+                            })
+                            .and_then(|n| self.visit_u64(n))
+                    }
+                }
+                d.deserialize_any(W)
+            }
+        }
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = MappingConfig;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a destination subject, or a list of {destination, weight}")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(MappingConfig(vec![crate::mapping::Destination {
+                    subject: v.to_string(),
+                    weight: 100,
+                }]))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some(w) = seq.next_element::<Weighted>()? {
+                    out.push(crate::mapping::Destination {
+                        subject: w.destination,
+                        weight: w.weight.0,
+                    });
+                }
+                Ok(MappingConfig(out))
             }
         }
         d.deserialize_any(V)

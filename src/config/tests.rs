@@ -399,3 +399,18 @@ fn absurd_nesting_is_an_error_not_a_crash() {
     let deep = format!("nats = {}{}", "[".repeat(100_000), "]".repeat(100_000));
     assert!(parse_str(&deep, Format::Toml).is_err());
 }
+
+#[test]
+fn bad_mappings_name_their_key_and_line() {
+    let e = yaml_err("nats:\n  mappings:\n    \"a.*\": \"b\"\n");
+    assert_eq!((e.line, e.key.as_str()), (Some(3), "nats.mappings.a.*"));
+    assert!(e.to_string().contains("does not use wildcard 1"), "{e}");
+    let e = yaml_err(
+        "nats:\n  mappings:\n    \"a\":\n      - {destination: b, weight: 60}\n      - {destination: c, weight: 30}\n",
+    );
+    assert!(e.to_string().contains("add up to 90%"), "{e}");
+    let e = yaml_err("nats:\n  mappings:\n    \"a\":\n      - {destination: b, weight: 140}\n");
+    assert!(e.to_string().contains("from 1 to 100"), "{e}");
+    let e = yaml_err("nats:\n  mappings:\n    \"a.>\": \"b.>\"\n    \"a.x\": \"c\"\n");
+    assert!(e.to_string().contains("overlaps"), "{e}");
+}

@@ -143,6 +143,21 @@ pub fn validate(c: &Config) -> Result<Vec<String>, Violation> {
         warnings.push("streams are declared but not created: JetStream is disabled or auto_create_streams is false".into());
     }
 
+    let sources: Vec<&String> = n.mappings.keys().collect();
+    for (i, (source, m)) in n.mappings.iter().enumerate() {
+        let at = ["nats", "mappings", source.as_str()];
+        crate::mapping::check(source, &m.0).or_else(|e| fail(&at, e))?;
+        if let Some(other) = sources[..i].iter().find(|o| subject::overlaps(o, source)) {
+            return fail(
+                &at,
+                format!("source {source:?} overlaps the mapping source {other:?}: a subject matching both would be mapped by whichever nats-server picks"),
+            );
+        }
+    }
+    if !n.mappings.is_empty() && !c.auto_start_nats {
+        warnings.push("nats.mappings are rendered only into the nats-server the daemon runs; with auto_start_nats: false, configure the same mappings on your server (the daemon still uses them to find the stream a publish lands in)".into());
+    }
+
     let mut seen = HashSet::new();
     for (i, u) in n.users.iter().enumerate() {
         let idx = i.to_string();
