@@ -3,7 +3,7 @@
 //! matcher, counters.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -16,6 +16,9 @@ use crate::natsconf::{self, Credentials};
 use crate::stats::Stats;
 use crate::subject::StreamMatcher;
 use crate::supervisor::{probe, ChildStatus};
+
+/// Messages one subscription of the daemon's client may buffer.
+pub const SUBSCRIPTION_CAPACITY: usize = 4096;
 
 /// The daemon's NATS connection.
 pub struct Nats {
@@ -72,6 +75,10 @@ pub struct App {
     pub credentials: Option<Credentials>,
     /// A sentence to add to systemd's STATUS (a failed reload).
     note: Mutex<Option<String>>,
+    /// Set when the daemon stops: open event streams end themselves.
+    pub closing: watch::Sender<bool>,
+    /// Open GET /api/v1/subscribe streams.
+    pub sse_clients: AtomicUsize,
 }
 
 impl App {
@@ -96,6 +103,8 @@ impl App {
             syncs: AtomicU64::new(0),
             credentials,
             note: Mutex::new(None),
+            closing: watch::channel(false).0,
+            sse_clients: AtomicUsize::new(0),
             config: RwLock::new(config),
         }
     }
@@ -189,6 +198,10 @@ impl App {
             .max_reconnects(None)
             .connection_timeout(Duration::from_secs(2))
             .ping_interval(Duration::from_secs(10))
+            // Messages a subscription may hold before async-nats drops
+            // (the default is 65536): bounds what an event stream that
+            // falls behind can pin in memory.
+            .subscription_capacity(SUBSCRIPTION_CAPACITY)
             // async-nats counts the first try as attempt 1: no delay then.
             .reconnect_delay_callback(move |attempt| {
                 Duration::from_millis((20 * attempt.saturating_sub(1) as u64).min(max_delay_ms))
@@ -214,6 +227,12 @@ impl App {
                         // restarts: the supervisor already says why.
                         async_nats::Event::ClientError(e) => {
                             tracing::debug!(error = %e, "nats client error")
+                        }
+                        // An event stream's subscription buffer was full
+                        // (SUBSCRIPTION_CAPACITY): the message is gone.
+                        // Counted, not logged one by one.
+                        async_nats::Event::SlowConsumer(_) => {
+                            app.stats.sse_dropped.fetch_add(1, Ordering::Relaxed);
                         }
                         other => tracing::warn!(event = %other, "nats client event: {other}"),
                     }

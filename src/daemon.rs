@@ -246,8 +246,10 @@ pub async fn run(loaded: Loaded, explicit: Option<PathBuf>) -> i32 {
 
     let outcome = start_and_serve(&mut ctx, &mut signals).await;
 
-    // Stop: HTTP first, so no request meets a stopping nats-server.
+    // Stop: HTTP first, so no request meets a stopping nats-server; event
+    // streams end themselves (they would otherwise hold the drain open).
     systemd::stopping();
+    let _ = ctx.app.closing.send(true);
     if let Some(h) = ctx.http.take() {
         h.stop().await;
     }

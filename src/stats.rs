@@ -10,13 +10,14 @@ pub struct Stats {
     pub published: AtomicU64,
     /// Of `published`, how many a stream acknowledged.
     pub persisted: AtomicU64,
-    /// Messages delivered to consumers through the daemon (none yet: the
-    /// HTTP API has no consume endpoint in this version).
+    /// Messages delivered to clients through the daemon (event streams).
     pub consumed: AtomicU64,
     /// Publishes refused because the request was wrong (4xx).
     pub rejected: AtomicU64,
     /// Publishes that failed on the NATS side (5xx).
     pub failed: AtomicU64,
+    /// Messages not sent to an event-stream client that read too slowly.
+    pub sse_dropped: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

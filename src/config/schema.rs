@@ -435,6 +435,14 @@ pub struct ApiConfig {
     pub batch_max_entries: u32,
     /// Largest body of a batch publish (413 past it).
     pub batch_max_bytes: Size,
+    /// Period of the comment line that keeps an idle event stream (GET
+    /// /api/v1/subscribe) open through proxies, and finds clients gone.
+    pub sse_heartbeat: Dur,
+    /// Most bytes queued for one event-stream client; past it messages are
+    /// dropped (and counted) until the client catches up.
+    pub sse_buffer: Size,
+    /// Most event streams open at once (429 past it).
+    pub sse_max_clients: u32,
 }
 
 impl Default for ApiConfig {
@@ -445,6 +453,9 @@ impl Default for ApiConfig {
             drain_timeout: Dur::secs(10),
             batch_max_entries: 10_000,
             batch_max_bytes: Size(16 << 20),
+            sse_heartbeat: Dur::secs(15),
+            sse_buffer: Size(1 << 20),
+            sse_max_clients: 100,
         }
     }
 }

@@ -266,6 +266,7 @@ pub fn validate(c: &Config) -> Result<Vec<String>, Violation> {
         ("publish_timeout", c.api.publish_timeout),
         ("header_read_timeout", c.api.header_read_timeout),
         ("drain_timeout", c.api.drain_timeout),
+        ("sse_heartbeat", c.api.sse_heartbeat),
     ] {
         if d.get().is_zero() {
             return fail(&["api", key], "must be greater than 0");
@@ -276,6 +277,9 @@ pub fn validate(c: &Config) -> Result<Vec<String>, Violation> {
     }
     if c.api.batch_max_bytes.bytes() == 0 {
         return fail(&["api", "batch_max_bytes"], "must be greater than 0");
+    }
+    if c.api.sse_buffer.bytes() == 0 {
+        return fail(&["api", "sse_buffer"], "must be greater than 0");
     }
     Ok(warnings)
 }

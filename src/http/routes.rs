@@ -21,10 +21,26 @@ type Resp = Response<Full<Bytes>>;
 /// Service name the seed's status reports.
 pub const SERVICE: &str = "message-broker-service";
 
-pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Resp, Infallible> {
+/// A response body: a whole one, or an event stream.
+pub type Body = http_body_util::Either<Full<Bytes>, super::subscribe::SseBody>;
+
+pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    use http_body_util::Either;
+    if req.uri().path() == "/api/v1/subscribe" {
+        let r = if req.method() == Method::GET {
+            super::subscribe::handle(&app, &req).await
+        } else {
+            Err(ApiError::method_not_allowed("GET"))
+        };
+        return Ok(match r {
+            Ok(resp) => resp.map(Either::Right),
+            Err(e) => e.into_response().map(Either::Left),
+        });
+    }
     Ok(route(&app, req)
         .await
-        .unwrap_or_else(ApiError::into_response))
+        .unwrap_or_else(ApiError::into_response)
+        .map(Either::Left))
 }
 
 async fn route(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> {

@@ -1,0 +1,307 @@
+//! GET /api/v1/subscribe as Server-Sent Events, read by a real HTTP client
+//! as a stream: wildcard filtering, one event per message, heartbeats, the
+//! shutdown event, bad requests, and a slow client whose messages are
+//! dropped and counted instead of piling up in the daemon.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use common::*;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use nix::sys::signal::Signal;
+use serde_json::{json, Value};
+
+/// An open event stream.
+struct Events {
+    body: Incoming,
+    buf: BytesMut,
+}
+
+/// One parsed event, or a comment line (`name` "comment").
+#[derive(Debug)]
+struct Event {
+    name: String,
+    id: Option<u64>,
+    data: Value,
+}
+
+async fn open(port: u16, path: &str) -> (u16, hyper::HeaderMap, Events) {
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::get(path)
+        .header("host", "127.0.0.1")
+        .header("accept", "text/event-stream")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let events = Events {
+        body: resp.into_body(),
+        buf: BytesMut::new(),
+    };
+    (status, headers, events)
+}
+
+impl Events {
+    /// The next event (or comment), waiting at most `timeout`.
+    async fn next(&mut self, timeout: Duration) -> Option<Event> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(end) = self.buf.windows(2).position(|w| w == b"\n\n") {
+                let block = self.buf.split_to(end + 2);
+                return Some(parse(&String::from_utf8_lossy(&block)));
+            }
+            let frame = tokio::time::timeout_at(deadline, self.body.frame())
+                .await
+                .ok()??
+                .ok()?;
+            if let Ok(data) = frame.into_data() {
+                self.buf.extend_from_slice(&data);
+            }
+        }
+    }
+
+    /// The next event that is not a comment, within `timeout`.
+    async fn next_event(&mut self, timeout: Duration) -> Option<Event> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let e = self.next(left).await?;
+            if e.name != "comment" {
+                return Some(e);
+            }
+        }
+    }
+}
+
+fn parse(block: &str) -> Event {
+    let mut e = Event {
+        name: "message".into(),
+        id: None,
+        data: Value::Null,
+    };
+    for line in block.lines() {
+        if line.starts_with(':') {
+            e.name = "comment".into();
+            e.data = line.into();
+        } else if let Some(v) = line.strip_prefix("event: ") {
+            e.name = v.into();
+        } else if let Some(v) = line.strip_prefix("id: ") {
+            e.id = v.parse().ok();
+        } else if let Some(v) = line.strip_prefix("data: ") {
+            e.data = serde_json::from_str(v).unwrap_or_else(|err| panic!("data {v:?}: {err}"));
+        }
+    }
+    e
+}
+
+const T: Duration = Duration::from_secs(5);
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_subscriber_gets_the_matching_messages_as_events() {
+    let d = Daemon::start();
+    d.wait_healthy(Duration::from_secs(20)).await;
+    let consumed = d.get("/api/v1/status").await.1["message_stats"]["consumed"].clone();
+    let (status, headers, mut ev) =
+        open(d.http, "/api/v1/subscribe?subject=market.binance.%3E").await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["content-type"], "text/event-stream");
+    assert_eq!(headers["cache-control"], "no-cache");
+    let hello = ev.next_event(T).await.expect("the subscribed event");
+    assert_eq!(hello.name, "subscribed");
+    assert_eq!(hello.data["subject"], "market.binance.>");
+
+    d.publish("market.binance.BTCUSDT.trade", json!({"price": "1"}))
+        .await;
+    d.publish("market.okx.BTC-USDT.trade", json!({"price": "2"}))
+        .await;
+    // A JSON string goes to NATS as its text, which is not JSON: base64.
+    d.publish("market.binance.ETHUSDT.kline.1m", json!("plain text"))
+        .await;
+    // Not JSON: published straight to NATS.
+    let client = d.client().await;
+    client
+        .publish("market.binance.raw", Bytes::from_static(b"\x00\x01binary"))
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+
+    let a = ev.next_event(T).await.expect("first message");
+    assert_eq!((a.name.as_str(), a.id), ("message", Some(1)));
+    assert_eq!(
+        a.data,
+        json!({"subject": "market.binance.BTCUSDT.trade", "data": {"price": "1"}})
+    );
+    let b = ev.next_event(T).await.expect("second message");
+    assert_eq!(b.id, Some(2));
+    assert_eq!(
+        b.data,
+        json!({"subject": "market.binance.ETHUSDT.kline.1m", "data": "cGxhaW4gdGV4dA==", "data_encoding": "base64"})
+    );
+    let c = ev.next_event(T).await.expect("third message");
+    assert_eq!(
+        c.data,
+        json!({"subject": "market.binance.raw", "data": "AAFiaW5hcnk=", "data_encoding": "base64"})
+    );
+    // market.okx was never sent to this subscriber.
+    assert!(ev.next_event(Duration::from_millis(300)).await.is_none());
+
+    let after = d.get("/api/v1/status").await.1["message_stats"]["consumed"].clone();
+    assert_eq!(after.as_u64(), consumed.as_u64().map(|n| n + 3));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_stream_gets_heartbeats_and_a_shutdown_event() {
+    let mut d = Daemon::builder()
+        .top("api:\n  sse_heartbeat: 200ms\n  drain_timeout: 30s\n")
+        .start();
+    d.wait_healthy(Duration::from_secs(20)).await;
+    let (status, _, mut ev) = open(d.http, "/api/v1/subscribe?subject=nothing.here").await;
+    assert_eq!(status, 200);
+    assert_eq!(ev.next(T).await.unwrap().name, "subscribed");
+    let beat = ev.next(Duration::from_secs(2)).await.expect("a heartbeat");
+    assert_eq!(
+        (beat.name.as_str(), &beat.data),
+        ("comment", &json!(": heartbeat"))
+    );
+
+    // The open stream does not hold the stop up for the drain timeout.
+    let t = std::time::Instant::now();
+    d.signal(Signal::SIGTERM);
+    let bye = ev.next_event(T).await.expect("the shutdown event");
+    assert_eq!(bye.name, "shutdown");
+    assert!(ev.next(T).await.is_none(), "the stream ends after it");
+    let code = d.wait_exit(Duration::from_secs(10));
+    assert_eq!(code.code(), Some(0));
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_subscriptions_are_refused_with_json_errors() {
+    let d = Daemon::builder()
+        .top("api:\n  sse_max_clients: 1\n")
+        .start();
+    d.wait_healthy(Duration::from_secs(20)).await;
+    for (path, status, code) in [
+        ("/api/v1/subscribe", 400, "missing_subject"),
+        ("/api/v1/subscribe?subject=a..b", 400, "invalid_subject"),
+        (
+            "/api/v1/subscribe?subject=%24JS.API.%3E",
+            400,
+            "reserved_subject",
+        ),
+        ("/api/v1/subscribe?subject=%3E", 400, "reserved_subject"),
+    ] {
+        let (s, v) = get_json(d.http, path).await.unwrap();
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{path}: {v}"
+        );
+    }
+    let (s, _, body) = request(d.http, "POST", "/api/v1/subscribe?subject=a", &[], vec![])
+        .await
+        .unwrap();
+    assert_eq!(s, 405, "{}", String::from_utf8_lossy(&body));
+
+    // One stream at a time here: the second is told to come back later,
+    // and the slot is free again once the first is closed.
+    let (s, _, first) = open(d.http, "/api/v1/subscribe?subject=a.b").await;
+    assert_eq!(s, 200);
+    let (s, v) = get_json(d.http, "/api/v1/subscribe?subject=a.c")
+        .await
+        .unwrap();
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (429, Some("too_many_subscribers"))
+    );
+    drop(first);
+    eventually(T, "the closed stream's slot to be free", || async {
+        let (s, headers, _) = open(d.http, "/api/v1/subscribe?subject=a.c").await;
+        (s == 200 && headers["content-type"] == "text/event-stream").then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_client_loses_messages_with_a_count_never_the_daemons_memory() {
+    let d = Daemon::builder()
+        .top("api:\n  sse_buffer: 16KB\n  sse_heartbeat: 200ms\n")
+        .start();
+    d.wait_healthy(Duration::from_secs(20)).await;
+    let (_, _, mut ev) = open(d.http, "/api/v1/subscribe?subject=flood.%3E").await;
+    assert_eq!(ev.next(T).await.unwrap().name, "subscribed");
+    let rss_before = rss_kb(d.pid());
+
+    // 40 MB while the client reads nothing: far more than the socket
+    // buffers and the 16 KB budget hold (and fewer messages than the
+    // daemon's subscription buffer, so each one reaches the event stream's
+    // own accounting).
+    let client = d.client().await;
+    let payload = Bytes::from(format!("\"{}\"", "x".repeat(10_000)));
+    let n = 4_000u64;
+    for i in 0..n {
+        client
+            .publish(format!("flood.{}", i % 10), payload.clone())
+            .await
+            .unwrap();
+    }
+    client.flush().await.unwrap();
+    eventually(
+        Duration::from_secs(20),
+        "the daemon to take every message",
+        || async {
+            let s = d.get("/api/v1/status").await.1;
+            let stats = &s["message_stats"];
+            (stats["consumed"].as_u64().unwrap_or(0) > 0).then_some(())
+        },
+    )
+    .await;
+    let rss_during = rss_kb(d.pid());
+
+    // Now read everything: every message either arrived or was counted in
+    // a `dropped` event, and the ids of those that arrived only go up.
+    let (mut got, mut dropped, mut last_id) = (0u64, 0u64, 0u64);
+    while got + dropped < n {
+        let Some(e) = ev.next_event(Duration::from_secs(5)).await else {
+            break;
+        };
+        match e.name.as_str() {
+            "message" => {
+                got += 1;
+                assert!(e.id.unwrap() > last_id);
+                last_id = e.id.unwrap();
+            }
+            "dropped" => dropped += e.data["dropped"].as_u64().unwrap(),
+            other => panic!("unexpected event {other}: {e:?}"),
+        }
+    }
+    assert!(
+        dropped > 0,
+        "a client that read nothing lost nothing? got {got}"
+    );
+    assert_eq!(got + dropped, n, "got {got}, dropped {dropped}");
+    assert!(
+        rss_during < rss_before + 30 * 1024,
+        "the daemon grew from {rss_before} kB to {rss_during} kB for one slow client"
+    );
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
