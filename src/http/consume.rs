@@ -591,13 +591,15 @@ fn check_tokens(tokens: &[String], stream: &str, name: &str) -> Result<(), ApiEr
     for (i, t) in tokens.iter().enumerate() {
         match AckSubject::parse(t) {
             Some(a) if a.stream == stream && a.consumer == name => {}
-            Some(a) => return Err(ApiError::bad_request(
-                "invalid_token",
-                format!(
+            Some(a) => {
+                return Err(ApiError::bad_request(
+                    "invalid_token",
+                    format!(
                     "tokens[{i}] belongs to consumer {} of stream {}, not to {name} of {stream}",
                     a.consumer, a.stream
                 ),
-            )),
+                ))
+            }
             None => {
                 return Err(ApiError::bad_request(
                     "invalid_token",
