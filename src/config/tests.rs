@@ -369,6 +369,10 @@ fn truncated_and_mutated_configs_never_panic() {
             include_str!("../../config/examples/security.yaml"),
             Format::Yaml,
         ),
+        (
+            include_str!("../../config/examples/consumers.yaml"),
+            Format::Yaml,
+        ),
     ];
     for (src, format) in sources {
         for cut in 0..src.len() {
@@ -542,6 +546,36 @@ fn consumer_mistakes_name_the_consumer_key_and_line() {
 
     let e = yaml_err(&MARKET_WITH_CONSUMERS.replace("max_ack_pending: 50", "max_ack_pending: 0"));
     assert!(e.message.contains("-1 for no limit"), "{e}");
+}
+
+#[test]
+fn the_shipped_consumers_example_keeps_market_data_as_the_seed_has_it() {
+    let c = yaml(include_str!("../../config/examples/consumers.yaml")).unwrap();
+    let streams = c.streams();
+    let md = &streams["MARKET_DATA"];
+    let seed = &default_streams()["MARKET_DATA"];
+    assert_eq!(
+        (
+            &md.subjects,
+            md.max_age,
+            md.max_msgs,
+            md.storage,
+            md.retention
+        ),
+        (
+            &seed.subjects,
+            seed.max_age,
+            seed.max_msgs,
+            seed.storage,
+            seed.retention
+        )
+    );
+    let names: Vec<&str> = md.consumers.keys().map(String::as_str).collect();
+    assert_eq!(names, ["btc-trades", "market-consumer"]);
+    assert_eq!(
+        md.consumers["btc-trades"].deliver_policy,
+        DeliverPolicy::New
+    );
 }
 
 #[test]
