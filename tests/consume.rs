@@ -664,3 +664,33 @@ async fn the_seeds_python_pull_client_and_http_share_the_declared_durable() {
         "only the daemon's own deliveries count"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_changed_filter_is_applied_in_place_keeping_the_position() {
+    for bin in nats_servers() {
+        let d = daemon_on(bin.clone());
+        d.wait_healthy(Duration::from_secs(20)).await;
+        publish(&d, "market.crash.x.trade", json!({"n": 1})).await;
+        let done = fetch(&d, CRASHY, 10, 2000).await;
+        ack(&d, CRASHY, "ack", json!({"tokens": tokens(&done)})).await;
+        d.edit_config(|c| {
+            c.replace(
+                "filter_subject: \"market.crash.>\"",
+                "filter_subject: \"market.crash.x.>\"",
+            )
+        });
+        d.signal(Signal::SIGHUP);
+        let c = eventually(Duration::from_secs(10), "the new filter", || async {
+            let (_, c) = d.get(CRASHY).await;
+            (c["config"]["filter_subjects"] == json!(["market.crash.x.>"])).then_some(c)
+        })
+        .await;
+        // Updated, not recreated: what was acked stays acked.
+        assert_eq!(c["ack_floor"]["stream_seq"], 1, "{}: {c}", bin.display());
+        publish(&d, "market.crash.y.trade", json!({"n": 2})).await;
+        publish(&d, "market.crash.x.trade", json!({"n": 3})).await;
+        let next = fetch(&d, CRASHY, 10, 2000).await;
+        assert_eq!(next.len(), 1, "{}: {next:?}", bin.display());
+        assert_eq!(next[0]["data"], json!({"n": 3}));
+    }
+}

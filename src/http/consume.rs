@@ -38,7 +38,7 @@ use crate::subject;
 
 type Resp = Response<http_body_util::Full<Bytes>>;
 
-/// Default and cap-free values of a fetch request.
+/// What a fetch request without `batch` / `expires_ms` gets.
 const DEFAULT_BATCH: u32 = 10;
 const DEFAULT_EXPIRES_MS: u64 = 1000;
 /// Bodies of fetch requests are tiny; anything bigger is a mistake.
@@ -386,7 +386,11 @@ async fn fetch(
         .consumed
         .fetch_add(messages.len() as u64, Ordering::Relaxed);
     let out: Vec<OutMessage> = messages.iter().map(out_message).collect();
-    let body = serde_json::to_vec(&json_shape(&out)).unwrap_or_default();
+    let body = serde_json::to_vec(&FetchResponse {
+        messages: &out,
+        count: out.len(),
+    })
+    .unwrap_or_default();
     Ok(json_bytes(StatusCode::OK, body))
 }
 
@@ -394,13 +398,6 @@ async fn fetch(
 struct FetchResponse<'a> {
     messages: &'a [OutMessage<'a>],
     count: usize,
-}
-
-fn json_shape<'a>(out: &'a [OutMessage<'a>]) -> FetchResponse<'a> {
-    FetchResponse {
-        messages: out,
-        count: out.len(),
-    }
 }
 
 /// Pulls up to `batch` messages: the server answers at once with what it
