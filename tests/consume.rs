@@ -495,13 +495,15 @@ async fn a_reload_adds_a_declared_consumer() {
         (c["config"]["ack_wait_ms"] == 20_000).then_some(())
     })
     .await;
-    let (_, status) = d.get("/api/v1/status").await;
-    assert!(
-        status["stream_reconciliation"]["updated"]
-            .to_string()
-            .contains("MARKET_DATA/market-consumer"),
-        "{status}"
-    );
+    // The consumer changes before the sync that changed it is recorded.
+    eventually(Duration::from_secs(10), "the update in status", || async {
+        let (_, status) = d.get("/api/v1/status").await;
+        let updated = status["stream_reconciliation"]["updated"].to_string();
+        updated
+            .contains("MARKET_DATA/market-consumer")
+            .then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -692,5 +694,85 @@ async fn a_changed_filter_is_applied_in_place_keeping_the_position() {
         let next = fetch(&d, CRASHY, 10, 2000).await;
         assert_eq!(next.len(), 1, "{}: {next:?}", bin.display());
         assert_eq!(next[0]["data"], json!({"n": 3}));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn start_sequence_and_several_filters_as_each_nats_server_allows() {
+    let extra = r#"        from-seq:
+          deliver_policy: by_start_sequence
+          opt_start_seq: 2
+        two-kinds:
+          filter_subjects: ["market.*.BTCUSDT.trade", "market.*.ETHUSDT.ticker"]
+"#;
+    for (bin, multi) in [(nats_server(), false), (nats_server_current(), true)] {
+        let d = daemon_on(bin.clone());
+        d.wait_healthy(Duration::from_secs(20)).await;
+        for (i, subject) in [
+            "market.a.BTCUSDT.trade",
+            "market.a.BTCUSDT.ticker",
+            "market.a.ETHUSDT.ticker",
+        ]
+        .iter()
+        .enumerate()
+        {
+            publish(&d, subject, json!({"i": i})).await;
+        }
+        // Declared once the stream has messages: nats-server 2.9 starts a
+        // by_start_sequence consumer of an empty stream at 1.
+        d.edit_config(|c| c.replace(CONSUMERS, &format!("{CONSUMERS}{extra}")));
+        d.signal(Signal::SIGHUP);
+        let from = "/api/v1/streams/MARKET_DATA/consumers/from-seq";
+        let c = eventually(
+            Duration::from_secs(10),
+            "from-seq after the reload",
+            || async {
+                let (status, c) = d.get(from).await;
+                (status == 200).then_some(c)
+            },
+        )
+        .await;
+        assert_eq!(
+            (
+                c["config"]["deliver_policy"].as_str(),
+                c["config"]["opt_start_seq"].as_u64()
+            ),
+            (Some("by_start_sequence"), Some(2)),
+            "{c}"
+        );
+        let got: Vec<u64> = fetch(&d, from, 10, 1000)
+            .await
+            .iter()
+            .map(|m| m["stream_seq"].as_u64().unwrap())
+            .collect();
+        assert_eq!(got, [2, 3], "{}", bin.display());
+
+        let two = "/api/v1/streams/MARKET_DATA/consumers/two-kinds";
+        // Reconciled in name order: wait for the sync to reach two-kinds.
+        let (_, s) = eventually(Duration::from_secs(10), "two-kinds reconciled", || async {
+            let (_, s) = d.get("/api/v1/status").await;
+            let r = &s["stream_reconciliation"];
+            let seen = r.to_string().contains("two-kinds");
+            seen.then(|| (r["created"].clone(), r["errors"].to_string()))
+        })
+        .await;
+        let (status, c) = d.get(two).await;
+        if multi {
+            assert_eq!(status, 200, "{c}");
+            let got: Vec<u64> = fetch(&d, two, 10, 1000)
+                .await
+                .iter()
+                .map(|m| m["stream_seq"].as_u64().unwrap())
+                .collect();
+            assert_eq!(got, [1, 3]);
+        } else {
+            // 2.9 would ignore filter_subjects and hand out the whole
+            // stream: the consumer is not created, and status says why.
+            assert_eq!(status, 404, "{c}");
+            assert!(s.contains("needs nats-server 2.10"), "{s}");
+            assert!(d.log().contains("cannot create consumer two-kinds"));
+        }
+        // The others are there all the same.
+        assert_eq!(d.get(MC).await.0, 200);
     }
 }
