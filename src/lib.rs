@@ -6,7 +6,7 @@
 //! - [`natsconf`]: Config -> nats-server.conf text (pure).
 //! - [`subject`]: subject validation, matching, overlap (pure).
 //! - [`mapping`]: subject mappings: checks and where a subject goes (pure).
-//! - [`jetstream`]: declared vs actual streams -> plan (pure), then apply.
+//! - [`jetstream`]: declared vs actual streams and consumers -> plan (pure), then apply.
 //! - [`reload`]: old vs new config -> reload plan (pure).
 //! - [`supervisor`]: the nats-server child: spawn, probe, restart, stop.
 //! - [`app`]: shared state: child status, NATS client, stream matcher, stats.

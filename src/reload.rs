@@ -401,6 +401,12 @@ mod tests {
         assert!(r.reconcile_streams);
         assert_eq!(r.nats, NatsAction::Nothing);
         let r = p(
+            "nats: {streams: {X: {subjects: [x]}}}",
+            "nats: {streams: {X: {subjects: [x], consumers: {c: {ack_wait: 5s}}}}}",
+        );
+        assert!(r.reconcile_streams, "a consumer change is reconciled");
+        assert_eq!(r.nats, NatsAction::Nothing);
+        let r = p(
             "supervisor: {health_failures: 3}",
             "supervisor: {health_failures: 5}",
         );

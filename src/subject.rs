@@ -94,6 +94,25 @@ pub fn overlaps(a: &str, b: &str) -> bool {
     go(&a, &b)
 }
 
+/// Whether every subject `filter` matches is also matched by `pattern`
+/// (a consumer's filter must lie within its stream's subjects).
+pub fn within(filter: &str, pattern: &str) -> bool {
+    let f: Vec<&str> = filter.split('.').collect();
+    for (i, pt) in pattern.split('.').enumerate() {
+        if pt == ">" {
+            // `>` takes one token or more; so does a `>` in the filter.
+            return i < f.len();
+        }
+        match f.get(i) {
+            None | Some(&">") => return false,
+            Some(_) if pt == "*" => continue,
+            Some(ft) if *ft == pt => continue,
+            Some(_) => return false,
+        }
+    }
+    f.len() == pattern.split('.').count()
+}
+
 /// Maps a concrete subject to the stream that captures it. Built from the
 /// streams' subjects at reconcile time so publishing needs no round trip.
 #[derive(Debug, Clone, Default)]
@@ -164,18 +183,27 @@ impl StreamMatcher {
 /// path separators or control characters (they become subject tokens and
 /// file names inside nats-server).
 pub fn check_stream_name(name: &str) -> Result<(), SubjectError> {
+    check_name("stream", name)
+}
+
+/// Durable consumer names: the same rules as stream names.
+pub fn check_consumer_name(name: &str) -> Result<(), SubjectError> {
+    check_name("consumer", name)
+}
+
+fn check_name(kind: &str, name: &str) -> Result<(), SubjectError> {
     if name.is_empty() {
-        return err("stream name is empty");
+        return err(format!("{kind} name is empty"));
     }
     if name.len() > 255 {
-        return err(format!("stream name {name:?} is longer than 255 bytes"));
+        return err(format!("{kind} name {name:?} is longer than 255 bytes"));
     }
     if let Some(c) = name
         .chars()
         .find(|c| c.is_whitespace() || c.is_control() || matches!(c, '.' | '*' | '>' | '/' | '\\'))
     {
         return err(format!(
-            "invalid stream name {name:?}: it contains {c:?} (names may not contain whitespace, `.`, `*`, `>`, `/` or `\\`)"
+            "invalid {kind} name {name:?}: it contains {c:?} (names may not contain whitespace, `.`, `*`, `>`, `/` or `\\`)"
         ));
     }
     Ok(())
@@ -263,6 +291,23 @@ mod tests {
     }
 
     #[test]
+    fn filters_within_stream_subjects() {
+        assert!(within("market.>", "market.>"));
+        assert!(within("market.binance.>", "market.>"));
+        assert!(within("market.*.BTCUSDT.trade", "market.>"));
+        assert!(within("market.*", "market.>"));
+        assert!(within("a.b", "a.*"));
+        assert!(within("a.*", "a.*"));
+        assert!(within("x", ">"));
+        assert!(!within(">", "market.>"));
+        assert!(!within("market", "market.>"));
+        assert!(!within("market.>", "market.*"));
+        assert!(!within("a.*", "a.b"));
+        assert!(!within("a.b.c", "a.*"));
+        assert!(!within("system.>", "market.>"));
+    }
+
+    #[test]
     fn matcher_finds_the_capturing_stream() {
         let a = vec!["market.>".to_string()];
         let b = vec!["system.>".to_string(), "alerts.*".to_string()];
@@ -286,5 +331,10 @@ mod tests {
         assert!(check_stream_name("A B").is_err());
         assert!(check_stream_name("A/B").is_err());
         assert!(check_stream_name("").is_err());
+        check_consumer_name("market-consumer").unwrap();
+        assert!(check_consumer_name("a.b")
+            .unwrap_err()
+            .0
+            .contains("invalid consumer name"));
     }
 }

@@ -146,6 +146,9 @@ pub struct StreamConfig {
     /// Absent: nats-server's default (2 minutes).
     #[serde(default)]
     pub duplicate_window: Option<Dur>,
+    /// Durable pull consumers to keep on this stream, by name.
+    #[serde(default)]
+    pub consumers: BTreeMap<String, ConsumerConfig>,
 }
 
 fn unlimited() -> i64 {
@@ -167,8 +170,79 @@ impl StreamConfig {
             replicas: 1,
             discard: Discard::Old,
             duplicate_window: None,
+            consumers: BTreeMap::new(),
         }
     }
+}
+
+/// One declared durable pull consumer (`consumers:` under a stream). Pull
+/// only: the daemon's HTTP fetch and clients' `pull_subscribe` bind to it;
+/// a push consumer would deliver into a subject nobody may be reading.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsumerConfig {
+    /// Only messages on this subject (wildcards allowed; within the
+    /// stream's subjects). Absent, with no `filter_subjects`: everything.
+    pub filter_subject: Option<String>,
+    /// Several filters (nats-server >= 2.10; one entry works everywhere).
+    pub filter_subjects: Vec<String>,
+    pub deliver_policy: DeliverPolicy,
+    /// First stream sequence, with `deliver_policy: by_start_sequence`.
+    pub opt_start_seq: Option<u64>,
+    pub ack_policy: AckPolicy,
+    /// Unacknowledged messages are redelivered after this long.
+    pub ack_wait: Dur,
+    /// Deliveries per message; -1: no limit.
+    pub max_deliver: i64,
+    /// Unacknowledged messages outstanding before delivery pauses; -1: no limit.
+    pub max_ack_pending: i64,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        ConsumerConfig {
+            filter_subject: None,
+            filter_subjects: Vec::new(),
+            deliver_policy: DeliverPolicy::All,
+            opt_start_seq: None,
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: Dur::secs(30),
+            max_deliver: -1,
+            // nats-server's own default for a consumer that names none.
+            max_ack_pending: 1000,
+        }
+    }
+}
+
+impl ConsumerConfig {
+    /// The filters in force: `filter_subject` or `filter_subjects`
+    /// (validation allows only one of them); empty means the whole stream.
+    pub fn filters(&self) -> Vec<String> {
+        match &self.filter_subject {
+            Some(f) => vec![f.clone()],
+            None => self.filter_subjects.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliverPolicy {
+    #[default]
+    All,
+    Last,
+    New,
+    ByStartSequence,
+    LastPerSubject,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AckPolicy {
+    #[default]
+    Explicit,
+    None,
+    All,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -214,6 +288,8 @@ names! {
     Retention { Limits => "limits", Interest => "interest", Workqueue => "workqueue" }
     Storage { File => "file", Memory => "memory" }
     Discard { Old => "old", New => "new" }
+    DeliverPolicy { All => "all", Last => "last", New => "new", ByStartSequence => "by_start_sequence", LastPerSubject => "last_per_subject" }
+    AckPolicy { Explicit => "explicit", None => "none", All => "all" }
 }
 
 /// A NATS user (the seed's `users:` list).
@@ -443,6 +519,10 @@ pub struct ApiConfig {
     pub sse_buffer: Size,
     /// Most event streams open at once (429 past it).
     pub sse_max_clients: u32,
+    /// Most messages one POST .../consumers/{name}/fetch may ask for.
+    pub fetch_max_batch: u32,
+    /// Longest a fetch may wait for messages (`expires_ms` is capped to it).
+    pub fetch_max_wait: Dur,
 }
 
 impl Default for ApiConfig {
@@ -456,6 +536,8 @@ impl Default for ApiConfig {
             sse_heartbeat: Dur::secs(15),
             sse_buffer: Size(1 << 20),
             sse_max_clients: 100,
+            fetch_max_batch: 1000,
+            fetch_max_wait: Dur::secs(30),
         }
     }
 }

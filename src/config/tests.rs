@@ -369,6 +369,10 @@ fn truncated_and_mutated_configs_never_panic() {
             include_str!("../../config/examples/security.yaml"),
             Format::Yaml,
         ),
+        (
+            include_str!("../../config/examples/consumers.yaml"),
+            Format::Yaml,
+        ),
     ];
     for (src, format) in sources {
         for cut in 0..src.len() {
@@ -413,4 +417,177 @@ fn bad_mappings_name_their_key_and_line() {
     assert!(e.to_string().contains("from 1 to 100"), "{e}");
     let e = yaml_err("nats:\n  mappings:\n    \"a.>\": \"b.>\"\n    \"a.x\": \"c\"\n");
     assert!(e.to_string().contains("overlaps"), "{e}");
+}
+
+const MARKET_WITH_CONSUMERS: &str = r#"
+nats:
+  streams:
+    MARKET_DATA:
+      subjects: ["market.>"]
+      max_age: 3600
+      max_msgs: 1000000
+      consumers:
+        market-consumer:
+          filter_subject: "market.>"
+        btc-trades:
+          filter_subjects: ["market.*.BTCUSDT.trade"]
+          deliver_policy: by_start_sequence
+          opt_start_seq: 100
+          ack_policy: all
+          ack_wait: 1m
+          max_deliver: 5
+          max_ack_pending: 50
+"#;
+
+#[test]
+fn consumers_are_declared_under_their_stream_with_defaults() {
+    let c = yaml(MARKET_WITH_CONSUMERS).unwrap();
+    let md = &c.streams()["MARKET_DATA"];
+    let mc = &md.consumers["market-consumer"];
+    assert_eq!(mc.filters(), ["market.>"]);
+    assert_eq!(
+        (
+            mc.deliver_policy,
+            mc.ack_policy,
+            mc.ack_wait,
+            mc.max_deliver,
+            mc.max_ack_pending
+        ),
+        (
+            DeliverPolicy::All,
+            AckPolicy::Explicit,
+            Dur::secs(30),
+            -1,
+            1000
+        )
+    );
+    let btc = &md.consumers["btc-trades"];
+    assert_eq!(btc.filters(), ["market.*.BTCUSDT.trade"]);
+    assert_eq!(
+        (btc.deliver_policy, btc.opt_start_seq),
+        (DeliverPolicy::ByStartSequence, Some(100))
+    );
+    assert_eq!(
+        (
+            btc.ack_policy,
+            btc.ack_wait,
+            btc.max_deliver,
+            btc.max_ack_pending
+        ),
+        (AckPolicy::All, Dur::secs(60), 5, 50)
+    );
+    // The seed's defaults declare no consumer: its clients create their own.
+    assert!(yaml("")
+        .unwrap()
+        .streams()
+        .values()
+        .all(|s| s.consumers.is_empty()));
+    assert_eq!(c.api.fetch_max_batch, 1000);
+    assert_eq!(c.api.fetch_max_wait, Dur::secs(30));
+}
+
+#[test]
+fn consumer_mistakes_name_the_consumer_key_and_line() {
+    let e = yaml_err(&MARKET_WITH_CONSUMERS.replace("ack_wait: 1m", "ack_wiat: 1m"));
+    assert_eq!(
+        (e.line, e.key.as_str()),
+        (
+            Some(16),
+            "nats.streams.MARKET_DATA.consumers.btc-trades.ack_wiat"
+        )
+    );
+    assert!(e.message.contains("did you mean `ack_wait`?"), "{e}");
+
+    let e = yaml_err(&MARKET_WITH_CONSUMERS.replace(
+        "filter_subject: \"market.>\"",
+        "filter_subject: \"system.>\"",
+    ));
+    assert_eq!(
+        (e.line, e.key.as_str()),
+        (
+            Some(10),
+            "nats.streams.MARKET_DATA.consumers.market-consumer.filter_subject"
+        )
+    );
+    assert!(
+        e.message.contains("not within the stream's subjects"),
+        "{e}"
+    );
+
+    let e = yaml_err(&MARKET_WITH_CONSUMERS.replace("          opt_start_seq: 100\n", ""));
+    assert_eq!(
+        e.key,
+        "nats.streams.MARKET_DATA.consumers.btc-trades.opt_start_seq"
+    );
+    assert!(e.message.contains("needs opt_start_seq"), "{e}");
+
+    let e = yaml_err(
+        &MARKET_WITH_CONSUMERS
+            .replace("deliver_policy: by_start_sequence", "deliver_policy: first"),
+    );
+    assert_eq!(e.line, Some(13));
+    assert!(e.message.contains("`by_start_sequence`"), "{e}");
+
+    let e = yaml_err(&MARKET_WITH_CONSUMERS.replace("btc-trades:", "\"btc.trades\":"));
+    assert_eq!(e.key, "nats.streams.MARKET_DATA.consumers.btc.trades");
+    assert!(e.message.contains("invalid consumer name"), "{e}");
+
+    let e = yaml_err(&MARKET_WITH_CONSUMERS.replace(
+        "filter_subject: \"market.>\"",
+        "filter_subject: \"market.>\"\n          filter_subjects: [\"market.a\"]",
+    ));
+    assert!(e.message.contains("not both"), "{e}");
+
+    let e = yaml_err(&MARKET_WITH_CONSUMERS.replace(
+        "[\"market.*.BTCUSDT.trade\"]",
+        "[\"market.*.BTCUSDT.trade\", \"market.binance.>\"]",
+    ));
+    assert!(e.message.contains("overlaps"), "{e}");
+
+    let e = yaml_err(&MARKET_WITH_CONSUMERS.replace("max_ack_pending: 50", "max_ack_pending: 0"));
+    assert!(e.message.contains("-1 for no limit"), "{e}");
+}
+
+#[test]
+fn the_shipped_consumers_example_keeps_market_data_as_the_seed_has_it() {
+    let c = yaml(include_str!("../../config/examples/consumers.yaml")).unwrap();
+    let streams = c.streams();
+    let md = &streams["MARKET_DATA"];
+    let seed = &default_streams()["MARKET_DATA"];
+    assert_eq!(
+        (
+            &md.subjects,
+            md.max_age,
+            md.max_msgs,
+            md.storage,
+            md.retention
+        ),
+        (
+            &seed.subjects,
+            seed.max_age,
+            seed.max_msgs,
+            seed.storage,
+            seed.retention
+        )
+    );
+    let names: Vec<&str> = md.consumers.keys().map(String::as_str).collect();
+    assert_eq!(names, ["btc-trades", "market-consumer"]);
+    assert_eq!(
+        md.consumers["btc-trades"].deliver_policy,
+        DeliverPolicy::New
+    );
+}
+
+#[test]
+fn workqueue_consumers_must_not_share_messages() {
+    let wq = "nats:\n  streams:\n    JOBS:\n      subjects: [\"jobs.>\"]\n      retention: workqueue\n      consumers:\n        a:\n          filter_subject: \"jobs.a.>\"\n        b:\n          filter_subject: \"jobs.>\"\n";
+    let e = yaml_err(wq);
+    assert_eq!(e.key, "nats.streams.JOBS.consumers.b.filter_subject");
+    assert!(e.message.contains("consumer a's"), "{e}");
+    yaml(&wq.replace("\"jobs.>\"\n", "\"jobs.b.>\"\n")).unwrap();
+    let e = yaml_err(&wq.replace(
+        "filter_subject: \"jobs.a.>\"",
+        "filter_subject: \"jobs.a.>\"\n          ack_policy: none",
+    ));
+    assert!(e.message.contains("ack_policy explicit"), "{e}");
 }

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 
-use super::schema::{Config, StreamConfig};
+use super::schema::{AckPolicy, Config, DeliverPolicy, Retention, StreamConfig};
 use crate::subject;
 
 /// One validation failure: the key path and what is wrong.
@@ -281,6 +281,12 @@ pub fn validate(c: &Config) -> Result<Vec<String>, Violation> {
     if c.api.sse_buffer.bytes() == 0 {
         return fail(&["api", "sse_buffer"], "must be greater than 0");
     }
+    if c.api.fetch_max_batch == 0 {
+        return fail(&["api", "fetch_max_batch"], "must be at least 1");
+    }
+    if c.api.fetch_max_wait.get().is_zero() {
+        return fail(&["api", "fetch_max_wait"], "must be greater than 0");
+    }
     Ok(warnings)
 }
 
@@ -367,6 +373,118 @@ fn validate_streams(c: &Config, streams: &BTreeMap<String, StreamConfig>) -> Res
                     format!("{w} is longer than max_age {}", s.max_age),
                 );
             }
+        }
+        validate_consumers(name, s)?;
+    }
+    let consumers: usize = streams.values().map(|s| s.consumers.len()).sum();
+    let max = c.nats.jetstream_max_consumers;
+    if max > 0 && consumers as i64 > max {
+        return fail(
+            &["nats", "jetstream_max_consumers"],
+            format!("{max} is fewer than the {consumers} consumers declared"),
+        );
+    }
+    Ok(())
+}
+
+/// The `consumers:` of one stream: what nats-server would refuse at
+/// runtime, refused here with the key that causes it.
+fn validate_consumers(stream: &str, s: &StreamConfig) -> Result<(), Violation> {
+    // Unfiltered or overlapping consumers of a workqueue stream are refused
+    // by nats-server (a message may belong to one consumer only).
+    let mut workqueue_claims: Vec<(String, &str)> = Vec::new();
+    for (name, k) in &s.consumers {
+        let at = |key: &'static str| -> Vec<&str> {
+            let mut p = vec!["nats", "streams", stream, "consumers", name.as_str()];
+            if !key.is_empty() {
+                p.push(key);
+            }
+            p
+        };
+        subject::check_consumer_name(name).or_else(|e| fail(&at(""), e.0))?;
+        if k.filter_subject.is_some() && !k.filter_subjects.is_empty() {
+            return fail(
+                &at("filter_subjects"),
+                "give either filter_subject or filter_subjects, not both",
+            );
+        }
+        let key = if k.filter_subject.is_some() {
+            "filter_subject"
+        } else {
+            "filter_subjects"
+        };
+        let filters = k.filters();
+        for (i, f) in filters.iter().enumerate() {
+            subject::check(f, true).or_else(|e| fail(&at(key), e.0))?;
+            if !s.subjects.iter().any(|p| subject::within(f, p)) {
+                return fail(
+                    &at(key),
+                    format!(
+                        "{f:?} is not within the stream's subjects {:?}; the consumer would never see a message",
+                        s.subjects
+                    ),
+                );
+            }
+            if let Some(other) = filters[..i].iter().find(|o| subject::overlaps(o, f)) {
+                return fail(
+                    &at(key),
+                    format!("{f:?} overlaps {other:?}; nats-server refuses overlapping filters"),
+                );
+            }
+        }
+        match (k.deliver_policy, k.opt_start_seq) {
+            (DeliverPolicy::ByStartSequence, None | Some(0)) => {
+                return fail(
+                    &at("opt_start_seq"),
+                    "deliver_policy by_start_sequence needs opt_start_seq (1 or more)",
+                )
+            }
+            (DeliverPolicy::ByStartSequence, Some(_)) | (_, None) => {}
+            (p, Some(_)) => {
+                return fail(
+                    &at("opt_start_seq"),
+                    format!("opt_start_seq needs deliver_policy by_start_sequence (it is {p})"),
+                )
+            }
+        }
+        if k.ack_wait.get().is_zero() {
+            return fail(&at("ack_wait"), "must be greater than 0");
+        }
+        for (key, v) in [
+            ("max_deliver", k.max_deliver),
+            ("max_ack_pending", k.max_ack_pending),
+        ] {
+            if v < -1 || v == 0 {
+                return fail(
+                    &at(key),
+                    format!("must be a positive number, or -1 for no limit (got {v})"),
+                );
+            }
+        }
+        if s.retention == Retention::Workqueue {
+            if k.ack_policy != AckPolicy::Explicit {
+                return fail(
+                    &at("ack_policy"),
+                    "a workqueue stream needs ack_policy explicit",
+                );
+            }
+            let mine = if filters.is_empty() {
+                vec![">".to_string()]
+            } else {
+                filters
+            };
+            for f in &mine {
+                if let Some((_, other)) = workqueue_claims
+                    .iter()
+                    .find(|(o, _)| subject::overlaps(o, f))
+                {
+                    return fail(
+                        &at(key),
+                        format!("on a workqueue stream every message belongs to one consumer, but this consumer's filter {f:?} overlaps consumer {other}'s"),
+                    );
+                }
+            }
+            workqueue_claims.extend(mine.into_iter().map(|f| (f, name.as_str())));
         }
     }
     Ok(())

@@ -83,7 +83,7 @@ impl Outcome {
 }
 
 /// Whether the media type (parameters aside) is `want`, in any case.
-fn content_type_is(req: &Request<Incoming>, want: &str) -> bool {
+pub(super) fn content_type_is(req: &Request<Incoming>, want: &str) -> bool {
     req.headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -97,7 +97,7 @@ fn too_large(what: String) -> ApiError {
 
 /// The body, at most `limit` bytes (413 past it, before reading it all
 /// when Content-Length already tells).
-async fn read_body(
+pub(super) async fn read_body(
     req: Request<Incoming>,
     limit: usize,
     what: impl Fn() -> String,
@@ -355,7 +355,7 @@ pub fn publish_error(stream: &str, e: PublishError) -> ApiError {
     }
 }
 
-fn not_json() -> ApiError {
+pub(super) fn not_json() -> ApiError {
     ApiError::new(
         StatusCode::UNSUPPORTED_MEDIA_TYPE,
         "unsupported_media_type",

@@ -60,6 +60,9 @@ async fn route(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> {
             Err(ApiError::method_not_allowed("GET, HEAD"))
         }
         p => match p.strip_prefix("/api/v1/streams/") {
+            Some(rest) if rest.split('/').nth(1) == Some("consumers") => {
+                super::consume::route(app, req, rest).await
+            }
             Some(name) if !name.is_empty() && !name.contains('/') => {
                 if get {
                     stream_detail(app, name).await

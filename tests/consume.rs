@@ -1,0 +1,778 @@
+//! Consuming: config-declared durable consumers, their state over HTTP,
+//! and fetch / ack / nak / term through the daemon, against a real
+//! nats-server, side by side with the seed's Python client.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::*;
+use nix::sys::signal::Signal;
+use serde_json::{json, Value};
+
+/// MARKET_DATA as the seed declares it, plus two durable pull consumers:
+/// the seed's `market-consumer` and one with a short ack_wait for
+/// redelivery tests.
+const CONSUMERS: &str = r#"  streams:
+    MARKET_DATA:
+      subjects: ["market.>"]
+      max_age: 3600
+      max_msgs: 1000000
+      consumers:
+        market-consumer:
+          filter_subject: "market.>"
+        crashy:
+          filter_subject: "market.crash.>"
+          ack_wait: 1s
+"#;
+
+fn daemon_on(bin: PathBuf) -> Daemon {
+    Daemon::builder()
+        .bin(bin)
+        .nats(CONSUMERS)
+        .top("api:\n  fetch_max_batch: 50\n")
+        .start()
+}
+
+async fn post(d: &Daemon, path: &str, body: Value) -> (u16, Value) {
+    post_raw(d, path, "application/json", body.to_string().into_bytes()).await
+}
+
+async fn post_raw(d: &Daemon, path: &str, content_type: &str, body: Vec<u8>) -> (u16, Value) {
+    let (status, _, body) = request(
+        d.http,
+        "POST",
+        path,
+        &[("content-type", content_type)],
+        body,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("POST {path}: {e}; log:\n{}", d.log()));
+    let v = serde_json::from_slice(&body).unwrap_or_else(|e| {
+        panic!(
+            "POST {path} answered {status} with non-JSON {:?}: {e}",
+            String::from_utf8_lossy(&body)
+        )
+    });
+    (status, v)
+}
+
+const MC: &str = "/api/v1/streams/MARKET_DATA/consumers/market-consumer";
+const CRASHY: &str = "/api/v1/streams/MARKET_DATA/consumers/crashy";
+
+async fn fetch(d: &Daemon, consumer: &str, batch: u32, expires_ms: u64) -> Vec<Value> {
+    let (status, v) = post(
+        d,
+        &format!("{consumer}/fetch"),
+        json!({"batch": batch, "expires_ms": expires_ms}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let messages = v["messages"].as_array().unwrap().clone();
+    assert_eq!(v["count"], messages.len());
+    messages
+}
+
+fn tokens(messages: &[Value]) -> Vec<Value> {
+    messages.iter().map(|m| m["ack_token"].clone()).collect()
+}
+
+async fn ack(d: &Daemon, consumer: &str, verb: &str, body: Value) -> Value {
+    let (status, v) = post(d, &format!("{consumer}/{verb}"), body).await;
+    assert_eq!(status, 200, "{verb}: {v}");
+    assert_eq!(v["success"], true, "{v}");
+    v
+}
+
+async fn publish(d: &Daemon, subject: &str, message: Value) -> u64 {
+    let (status, v) = d.publish(subject, message).await;
+    assert_eq!(status, 200, "{v}");
+    v["seq"].as_u64().unwrap()
+}
+
+async fn the_declared_consumer_serves_fetch_and_ack(bin: PathBuf) {
+    let d = daemon_on(bin);
+    d.wait_healthy(Duration::from_secs(20)).await;
+
+    // Declared in the config: there before any client made it.
+    let (status, c) = d.get(MC).await;
+    assert_eq!(status, 200, "{c}");
+    assert_eq!(c["name"], "market-consumer");
+    assert_eq!(c["declared"], true);
+    assert_eq!(c["config"]["type"], "pull");
+    assert_eq!(c["config"]["filter_subjects"], json!(["market.>"]));
+    assert_eq!(c["config"]["ack_policy"], "explicit");
+    assert_eq!(c["config"]["deliver_policy"], "all");
+    assert_eq!(c["config"]["ack_wait_ms"], 30_000);
+    assert_eq!(c["config"]["max_deliver"], -1);
+    assert_eq!(c["config"]["max_ack_pending"], 1000);
+    assert_eq!(c["num_pending"], 0);
+    assert!(c["created"].as_str().unwrap().ends_with('Z'), "{c}");
+
+    // A JSON message through the API, a binary one with headers directly.
+    let seq = publish(
+        &d,
+        "market.binance.BTCUSDT.trade",
+        json!({"price": "50000.00"}),
+    )
+    .await;
+    let client = d.client().await;
+    let js = async_nats::jetstream::new(client);
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("X-Source", "collector");
+    js.publish_with_headers(
+        "market.okx.BTC-USDT.orderbook",
+        headers,
+        vec![0xff, 0x00, 0x41].into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let (_, c) = d.get(MC).await;
+    assert_eq!(c["num_pending"], 2, "{c}");
+
+    let t = Instant::now();
+    let messages = fetch(&d, MC, 10, 5000).await;
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "available messages come at once, not after expires: {:?}",
+        t.elapsed()
+    );
+    assert_eq!(messages.len(), 2, "{messages:?}");
+    let m = &messages[0];
+    assert_eq!(m["subject"], "market.binance.BTCUSDT.trade");
+    assert_eq!(m["data"], json!({"price": "50000.00"}));
+    assert!(
+        m.get("data_encoding").is_none() && m.get("headers").is_none(),
+        "{m}"
+    );
+    assert_eq!(
+        (m["stream_seq"].as_u64(), m["consumer_seq"].as_u64()),
+        (Some(seq), Some(1))
+    );
+    assert_eq!(m["num_delivered"], 1);
+    assert!(m["timestamp"].as_str().unwrap().starts_with("20"), "{m}");
+    assert!(m["ack_token"]
+        .as_str()
+        .unwrap()
+        .starts_with("$JS.ACK.MARKET_DATA.market-consumer."));
+    let b = &messages[1];
+    assert_eq!(
+        (b["data"].as_str(), b["data_encoding"].as_str()),
+        (Some("/wBB"), Some("base64"))
+    );
+    assert_eq!(b["headers"], json!({"X-Source": "collector"}));
+
+    let (_, c) = d.get(MC).await;
+    assert_eq!(
+        (c["num_pending"].as_u64(), c["num_ack_pending"].as_u64()),
+        (Some(0), Some(2)),
+        "{c}"
+    );
+    assert_eq!(c["delivered"]["stream_seq"], seq + 1);
+
+    let v = ack(&d, MC, "ack", json!({"tokens": tokens(&messages)})).await;
+    assert_eq!(v["processed"], 2);
+    assert_eq!(v["results"][1]["ok"], true);
+    let (_, c) = d.get(MC).await;
+    assert_eq!(
+        c["num_ack_pending"], 0,
+        "acked messages are no longer pending: {c}"
+    );
+    assert_eq!(c["ack_floor"]["stream_seq"], seq + 1);
+
+    // Nothing left: an empty answer after expires, not an error.
+    let t = Instant::now();
+    assert!(fetch(&d, MC, 10, 300).await.is_empty());
+    assert!(
+        t.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        t.elapsed()
+    );
+    let (_, status) = d.get("/api/v1/status").await;
+    assert_eq!(status["message_stats"]["consumed"], 2, "{status}");
+
+    // A fetch that waits answers as soon as a message arrives.
+    let waiting = tokio::spawn({
+        let http = d.http;
+        async move {
+            let t = Instant::now();
+            let r = request(
+                http,
+                "POST",
+                &format!("{MC}/fetch"),
+                &[("content-type", "application/json")],
+                br#"{"batch": 5, "expires_ms": 10000}"#.to_vec(),
+            )
+            .await
+            .unwrap();
+            (t.elapsed(), serde_json::from_slice::<Value>(&r.2).unwrap())
+        }
+    });
+    eventually(
+        Duration::from_secs(5),
+        "the fetch to be waiting",
+        || async {
+            let (_, c) = d.get(MC).await;
+            (c["num_waiting"].as_u64() > Some(0)).then_some(())
+        },
+    )
+    .await;
+    publish(&d, "market.binance.ETHUSDT.trade", json!({"late": true})).await;
+    let (took, v) = waiting.await.unwrap();
+    assert_eq!(v["count"], 1, "{v}");
+    assert_eq!(v["messages"][0]["data"], json!({"late": true}));
+    assert!(
+        took < Duration::from_secs(8),
+        "the fetch waited out its expires: {took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_declared_consumer_serves_fetch_and_ack_on_debians_nats_server() {
+    the_declared_consumer_serves_fetch_and_ack(nats_server()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_declared_consumer_serves_fetch_and_ack_on_a_current_nats_server() {
+    the_declared_consumer_serves_fetch_and_ack(nats_server_current()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn consumers_are_listed_and_unknown_ones_are_404() {
+    let d = daemon_on(nats_server());
+    d.wait_healthy(Duration::from_secs(20)).await;
+    // One a client made for itself: listed, not declared, left alone.
+    let js = async_nats::jetstream::new(d.client().await);
+    js.create_consumer_on_stream(
+        async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some("someone-elses".into()),
+            ..Default::default()
+        },
+        "MARKET_DATA",
+    )
+    .await
+    .unwrap();
+    let (status, v) = d.get("/api/v1/streams/MARKET_DATA/consumers").await;
+    assert_eq!(status, 200, "{v}");
+    let names: Vec<(&str, bool)> = v["consumers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap(),
+                c["declared"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("crashy", true),
+            ("market-consumer", true),
+            ("someone-elses", false)
+        ]
+    );
+    assert_eq!(v["consumers"][0]["config"]["ack_wait_ms"], 1000);
+    let (_, md) = d.get("/api/v1/streams/MARKET_DATA").await;
+    assert_eq!(md["consumer_count"], 3);
+
+    for path in [
+        "/api/v1/streams/MARKET_DATA/consumers/nope",
+        "/api/v1/streams/NOPE/consumers/market-consumer",
+        "/api/v1/streams/NOPE/consumers",
+    ] {
+        let (status, v) = d.get(path).await;
+        assert_eq!(status, 404, "{path}: {v}");
+        assert_eq!(v["error"]["code"], "not_found", "{v}");
+    }
+    let (status, v) = post(
+        &d,
+        "/api/v1/streams/MARKET_DATA/consumers/nope/fetch",
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (404, Some("not_found")),
+        "{v}"
+    );
+    let (status, v) = post(
+        &d,
+        "/api/v1/streams/MARKET_DATA/consumers/nope/ack",
+        json!({"tokens": ["$JS.ACK.MARKET_DATA.nope.1.1.1.1.0"]}),
+    )
+    .await;
+    assert_eq!(status, 404, "{v}");
+    let (status, _, _) = request(d.http, "GET", &format!("{MC}/fetch"), &[], vec![])
+        .await
+        .unwrap();
+    assert_eq!(status, 405);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_fetch_and_ack_requests_are_refused() {
+    let d = daemon_on(nats_server());
+    d.wait_healthy(Duration::from_secs(20)).await;
+    let fetch_path = format!("{MC}/fetch");
+    for (body, code) in [
+        (json!({"batch": 0}), "invalid_batch"),
+        (json!({"batch": 51}), "invalid_batch"),
+        (json!({"batch": "ten"}), "invalid_json"),
+        (json!({"bacth": 1}), "invalid_json"),
+    ] {
+        let (status, v) = post(&d, &fetch_path, body.clone()).await;
+        assert_eq!(
+            (status, v["error"]["code"].as_str()),
+            (400, Some(code)),
+            "{body}: {v}"
+        );
+    }
+    let (status, v) = post_raw(&d, &fetch_path, "application/json", b"{nope".to_vec()).await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (400, Some("invalid_json")),
+        "{v}"
+    );
+    let (status, v) = post_raw(&d, &fetch_path, "text/plain", b"batch=1".to_vec()).await;
+    assert_eq!(status, 415, "{v}");
+    // An empty body means the defaults.
+    let (status, v) = post_raw(&d, &fetch_path, "application/json", vec![]).await;
+    assert_eq!((status, v["count"].as_u64()), (200, Some(0)), "{v}");
+
+    publish(&d, "market.binance.BTCUSDT.trade", json!({"x": 1})).await;
+    let messages = fetch(&d, MC, 1, 2000).await;
+    let mine = messages[0]["ack_token"].as_str().unwrap().to_string();
+    let crashy_token = mine.replace(".market-consumer.", ".crashy.");
+    for (tokens, what) in [
+        (json!([crashy_token]), "another consumer's token"),
+        (json!(["market.binance.BTCUSDT.trade"]), "a plain subject"),
+        (
+            json!(["$JS.ACK.MARKET_DATA.market-consumer.>"]),
+            "a wildcard",
+        ),
+        (
+            json!([mine.clone(), "$JS.API.STREAM.DELETE.MARKET_DATA"]),
+            "an API subject",
+        ),
+    ] {
+        let (status, v) = post(&d, &format!("{MC}/ack"), json!({"tokens": tokens})).await;
+        assert_eq!(
+            (status, v["error"]["code"].as_str()),
+            (400, Some("invalid_token")),
+            "{what}: {v}"
+        );
+    }
+    let (status, v) = post(&d, &format!("{MC}/ack"), json!({"tokens": []})).await;
+    assert_eq!(status, 400, "{v}");
+    let (status, v) = post(
+        &d,
+        &format!("{MC}/ack"),
+        json!({"tokens": [mine], "delay_ms": 5}),
+    )
+    .await;
+    assert_eq!(status, 400, "{v}");
+    // Nothing was acked by the refused requests.
+    let (_, c) = d.get(MC).await;
+    assert_eq!(c["num_ack_pending"], 1, "{c}");
+    let (_, md) = d.get("/api/v1/streams/MARKET_DATA").await;
+    assert_eq!(md["messages"], 1, "{md}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nak_brings_a_message_back_and_term_ends_it() {
+    let d = daemon_on(nats_server());
+    d.wait_healthy(Duration::from_secs(20)).await;
+    let seq = publish(&d, "market.binance.BTCUSDT.trade", json!({"n": 1})).await;
+
+    let first = fetch(&d, MC, 10, 2000).await;
+    assert_eq!(first.len(), 1);
+    ack(&d, MC, "nak", json!({"tokens": tokens(&first)})).await;
+    let again = fetch(&d, MC, 10, 5000).await;
+    assert_eq!(again.len(), 1, "a nak'd message comes back at once");
+    assert_eq!(
+        (
+            again[0]["stream_seq"].as_u64(),
+            again[0]["num_delivered"].as_u64()
+        ),
+        (Some(seq), Some(2))
+    );
+
+    // A delayed nak holds it back for the delay.
+    ack(
+        &d,
+        MC,
+        "nak",
+        json!({"tokens": tokens(&again), "delay_ms": 1500}),
+    )
+    .await;
+    let t = Instant::now();
+    assert!(
+        fetch(&d, MC, 10, 300).await.is_empty(),
+        "redelivered before the nak delay"
+    );
+    let third = fetch(&d, MC, 10, 10_000).await;
+    assert_eq!(third.len(), 1);
+    assert_eq!(third[0]["num_delivered"], 3);
+    assert!(
+        t.elapsed() >= Duration::from_millis(1200),
+        "{:?}",
+        t.elapsed()
+    );
+
+    ack(&d, MC, "term", json!({"tokens": tokens(&third)})).await;
+    assert!(
+        fetch(&d, MC, 10, 500).await.is_empty(),
+        "a terminated message is not redelivered"
+    );
+    let (_, c) = d.get(MC).await;
+    assert_eq!(
+        (c["num_ack_pending"].as_u64(), c["num_pending"].as_u64()),
+        (Some(0), Some(0)),
+        "{c}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_dies_before_acking_loses_nothing() {
+    let d = daemon_on(nats_server());
+    d.wait_healthy(Duration::from_secs(20)).await;
+    let seq = publish(&d, "market.crash.BTCUSDT.trade", json!({"important": true})).await;
+    // The client fetches and "crashes": no ack ever comes.
+    let lost = fetch(&d, CRASHY, 10, 2000).await;
+    assert_eq!(lost.len(), 1);
+    assert_eq!(lost[0]["num_delivered"], 1);
+    // After the consumer's ack_wait (1s) JetStream hands it out again.
+    let t = Instant::now();
+    let back = fetch(&d, CRASHY, 10, 10_000).await;
+    assert_eq!(back.len(), 1, "the unacked message was not redelivered");
+    assert_eq!(back[0]["stream_seq"], seq);
+    assert_eq!(back[0]["num_delivered"], 2);
+    assert_eq!(back[0]["data"], json!({"important": true}));
+    assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
+    let (_, c) = d.get(CRASHY).await;
+    assert_eq!(c["num_redelivered"], 1, "{c}");
+    // The old delivery's token is still good: the message is done.
+    ack(&d, CRASHY, "ack", json!({"tokens": tokens(&lost)})).await;
+    let (_, c) = d.get(CRASHY).await;
+    assert_eq!(c["num_ack_pending"], 0, "{c}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_adds_a_declared_consumer() {
+    let d = Daemon::builder()
+        .nats("  streams:\n    MARKET_DATA:\n      subjects: [\"market.>\"]\n      max_age: 3600\n      max_msgs: 1000000\n")
+        .start();
+    d.wait_healthy(Duration::from_secs(20)).await;
+    let (status, _) = d.get(MC).await;
+    assert_eq!(status, 404);
+    d.edit_config(|c| {
+        c.replace(
+            "      max_msgs: 1000000\n",
+            "      max_msgs: 1000000\n      consumers:\n        market-consumer:\n          ack_wait: 10s\n",
+        )
+    });
+    d.signal(Signal::SIGHUP);
+    let c = eventually(
+        Duration::from_secs(10),
+        "the consumer after the reload",
+        || async {
+            let (status, c) = d.get(MC).await;
+            (status == 200).then_some(c)
+        },
+    )
+    .await;
+    assert_eq!(c["config"]["ack_wait_ms"], 10_000);
+    assert_eq!(c["config"]["filter_subjects"], json!([]));
+    // A changed limit is applied in place by the next reload.
+    d.edit_config(|c| c.replace("ack_wait: 10s", "ack_wait: 20s"));
+    d.signal(Signal::SIGHUP);
+    eventually(Duration::from_secs(10), "ack_wait updated", || async {
+        let (_, c) = d.get(MC).await;
+        (c["config"]["ack_wait_ms"] == 20_000).then_some(())
+    })
+    .await;
+    // The consumer changes before the sync that changed it is recorded.
+    eventually(Duration::from_secs(10), "the update in status", || async {
+        let (_, status) = d.get("/api/v1/status").await;
+        let updated = status["stream_reconciliation"]["updated"].to_string();
+        updated
+            .contains("MARKET_DATA/market-consumer")
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_made_push_consumer_of_the_same_name_is_reported_not_replaced() {
+    let d = Daemon::start();
+    d.wait_healthy(Duration::from_secs(20)).await;
+    // The seed's clients subscribe with push consumers named market-consumer.
+    let js = async_nats::jetstream::new(d.client().await);
+    js.create_consumer_on_stream(
+        async_nats::jetstream::consumer::push::Config {
+            durable_name: Some("market-consumer".into()),
+            deliver_subject: "deliver.market".into(),
+            ..Default::default()
+        },
+        "MARKET_DATA",
+    )
+    .await
+    .unwrap();
+    d.edit_config(|c| c.replace("nats:\n", &format!("nats:\n{CONSUMERS}")));
+    d.signal(Signal::SIGHUP);
+    let drift = eventually(Duration::from_secs(10), "the drift report", || async {
+        let (_, s) = d.get("/api/v1/status").await;
+        let drift = s["stream_reconciliation"]["drift"].to_string();
+        drift.contains("market-consumer").then_some(drift)
+    })
+    .await;
+    assert!(drift.contains("delivery is push"), "{drift}");
+    let (_, c) = d.get(MC).await;
+    assert_eq!(
+        c["config"]["type"], "push",
+        "the client's consumer is left as it was"
+    );
+    let (status, v) = post(&d, &format!("{MC}/fetch"), json!({})).await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (409, Some("not_a_pull_consumer")),
+        "{v}"
+    );
+    // The other declared consumer was created all the same.
+    assert_eq!(d.get(CRASHY).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fetch_and_ack_while_nats_server_is_down_are_a_quick_503() {
+    let d = Daemon::builder()
+        .nats(CONSUMERS)
+        .supervisor("  backoff_initial: 5s\n  backoff_max: 5s\n")
+        .top("api:\n  publish_timeout: 1s\n")
+        .start();
+    d.wait_healthy(Duration::from_secs(20)).await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(d.child_pid().unwrap() as i32),
+        Signal::SIGKILL,
+    )
+    .unwrap();
+    d.wait_health(503, Duration::from_secs(2)).await;
+    let t = Instant::now();
+    let (status, v) = post(&d, &format!("{MC}/fetch"), json!({"expires_ms": 5000})).await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (503, Some("nats_unavailable")),
+        "{v}"
+    );
+    let (status, _) = post(
+        &d,
+        &format!("{MC}/ack"),
+        json!({"tokens": ["$JS.ACK.MARKET_DATA.market-consumer.1.1.1.1.0"]}),
+    )
+    .await;
+    assert_eq!(status, 503);
+    assert_eq!(d.get(MC).await.0, 503);
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+}
+
+fn python() -> PathBuf {
+    let p = std::env::var_os("MPB_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python")));
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/test or set MPB_PYTHON",
+        p.display()
+    );
+    p
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_seeds_python_pull_client_and_http_share_the_declared_durable() {
+    let d = daemon_on(nats_server());
+    d.wait_healthy(Duration::from_secs(20)).await;
+    for i in 0..20 {
+        publish(&d, "market.binance.BTCUSDT.trade", json!({"i": i})).await;
+    }
+    // The first ten over HTTP, acked.
+    let mut got = Vec::new();
+    while got.len() < 10 {
+        let batch = fetch(&d, MC, 10 - got.len() as u32, 2000).await;
+        ack(&d, MC, "ack", json!({"tokens": tokens(&batch)})).await;
+        got.extend(batch.into_iter().map(|m| m["data"]["i"].as_u64().unwrap()));
+    }
+    assert_eq!(got, (0..10).collect::<Vec<u64>>());
+
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/clients/seed_pull_client.py"
+    );
+    let out = tokio::process::Command::new(python())
+        .arg(script)
+        .arg(d.nats_url())
+        .arg("10")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "python client failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let received: Vec<u64> = v["received"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            assert_eq!(r[2], 1, "delivered once: {r}");
+            serde_json::from_str::<Value>(r[1].as_str().unwrap()).unwrap()["i"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(received, (10..20).collect::<Vec<u64>>(), "{v}");
+    assert_eq!(
+        (
+            v["extra"].as_u64(),
+            v["ack_pending"].as_u64(),
+            v["pending"].as_u64()
+        ),
+        (Some(0), Some(0), Some(0)),
+        "{v}"
+    );
+    assert_eq!(v["filter_subject"], "market.>");
+    assert_eq!(
+        v["deliver_subject"],
+        Value::Null,
+        "still the daemon's pull consumer"
+    );
+    // And the daemon sees the durable fully consumed.
+    let (_, c) = d.get(MC).await;
+    assert_eq!(
+        (
+            c["num_pending"].as_u64(),
+            c["ack_floor"]["stream_seq"].as_u64()
+        ),
+        (Some(0), Some(20)),
+        "{c}"
+    );
+    let (_, status) = d.get("/api/v1/status").await;
+    assert_eq!(
+        status["message_stats"]["consumed"], 10,
+        "only the daemon's own deliveries count"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_changed_filter_is_applied_in_place_keeping_the_position() {
+    for bin in nats_servers() {
+        let d = daemon_on(bin.clone());
+        d.wait_healthy(Duration::from_secs(20)).await;
+        publish(&d, "market.crash.x.trade", json!({"n": 1})).await;
+        let done = fetch(&d, CRASHY, 10, 2000).await;
+        ack(&d, CRASHY, "ack", json!({"tokens": tokens(&done)})).await;
+        d.edit_config(|c| {
+            c.replace(
+                "filter_subject: \"market.crash.>\"",
+                "filter_subject: \"market.crash.x.>\"",
+            )
+        });
+        d.signal(Signal::SIGHUP);
+        let c = eventually(Duration::from_secs(10), "the new filter", || async {
+            let (_, c) = d.get(CRASHY).await;
+            (c["config"]["filter_subjects"] == json!(["market.crash.x.>"])).then_some(c)
+        })
+        .await;
+        // Updated, not recreated: what was acked stays acked.
+        assert_eq!(c["ack_floor"]["stream_seq"], 1, "{}: {c}", bin.display());
+        publish(&d, "market.crash.y.trade", json!({"n": 2})).await;
+        publish(&d, "market.crash.x.trade", json!({"n": 3})).await;
+        let next = fetch(&d, CRASHY, 10, 2000).await;
+        assert_eq!(next.len(), 1, "{}: {next:?}", bin.display());
+        assert_eq!(next[0]["data"], json!({"n": 3}));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn start_sequence_and_several_filters_as_each_nats_server_allows() {
+    let extra = r#"        from-seq:
+          deliver_policy: by_start_sequence
+          opt_start_seq: 2
+        two-kinds:
+          filter_subjects: ["market.*.BTCUSDT.trade", "market.*.ETHUSDT.ticker"]
+"#;
+    for (bin, multi) in [(nats_server(), false), (nats_server_current(), true)] {
+        let d = daemon_on(bin.clone());
+        d.wait_healthy(Duration::from_secs(20)).await;
+        for (i, subject) in [
+            "market.a.BTCUSDT.trade",
+            "market.a.BTCUSDT.ticker",
+            "market.a.ETHUSDT.ticker",
+        ]
+        .iter()
+        .enumerate()
+        {
+            publish(&d, subject, json!({"i": i})).await;
+        }
+        // Declared once the stream has messages: nats-server 2.9 starts a
+        // by_start_sequence consumer of an empty stream at 1.
+        d.edit_config(|c| c.replace(CONSUMERS, &format!("{CONSUMERS}{extra}")));
+        d.signal(Signal::SIGHUP);
+        let from = "/api/v1/streams/MARKET_DATA/consumers/from-seq";
+        let c = eventually(
+            Duration::from_secs(10),
+            "from-seq after the reload",
+            || async {
+                let (status, c) = d.get(from).await;
+                (status == 200).then_some(c)
+            },
+        )
+        .await;
+        assert_eq!(
+            (
+                c["config"]["deliver_policy"].as_str(),
+                c["config"]["opt_start_seq"].as_u64()
+            ),
+            (Some("by_start_sequence"), Some(2)),
+            "{c}"
+        );
+        let got: Vec<u64> = fetch(&d, from, 10, 1000)
+            .await
+            .iter()
+            .map(|m| m["stream_seq"].as_u64().unwrap())
+            .collect();
+        assert_eq!(got, [2, 3], "{}", bin.display());
+
+        let two = "/api/v1/streams/MARKET_DATA/consumers/two-kinds";
+        // Reconciled in name order: wait for the sync to reach two-kinds.
+        let (_, s) = eventually(Duration::from_secs(10), "two-kinds reconciled", || async {
+            let (_, s) = d.get("/api/v1/status").await;
+            let r = &s["stream_reconciliation"];
+            let seen = r.to_string().contains("two-kinds");
+            seen.then(|| (r["created"].clone(), r["errors"].to_string()))
+        })
+        .await;
+        let (status, c) = d.get(two).await;
+        if multi {
+            assert_eq!(status, 200, "{c}");
+            let got: Vec<u64> = fetch(&d, two, 10, 1000)
+                .await
+                .iter()
+                .map(|m| m["stream_seq"].as_u64().unwrap())
+                .collect();
+            assert_eq!(got, [1, 3]);
+        } else {
+            // 2.9 would ignore filter_subjects and hand out the whole
+            // stream: the consumer is not created, and status says why.
+            assert_eq!(status, 404, "{c}");
+            assert!(s.contains("needs nats-server 2.10"), "{s}");
+            assert!(d.log().contains("cannot create consumer two-kinds"));
+        }
+        // The others are there all the same.
+        assert_eq!(d.get(MC).await.0, 200);
+    }
+}
