@@ -1,7 +1,8 @@
 //! The HTTP API on plain hyper 1.x: the seed's endpoints plus
-//! GET /api/v1/streams/{name} and POST /api/v1/publish/batch.
+//! GET /api/v1/streams/{name}, POST /api/v1/publish/batch and GET /metrics.
 
 pub mod error;
+pub mod metrics;
 pub mod publish;
 pub mod routes;
 pub mod server;

@@ -35,12 +35,13 @@ async fn route(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> {
         "/api/v1/status" if get => status(app).await,
         "/api/v1/streams" if get => streams(app).await,
         "/api/v1/nats/info" if get => nats_info(app).await,
+        "/metrics" if get => super::metrics::metrics(app).await,
         "/api/v1/publish" if req.method() == Method::POST => super::publish::single(app, req).await,
         "/api/v1/publish/batch" if req.method() == Method::POST => {
             super::publish::batch(app, req).await
         }
         "/api/v1/publish" | "/api/v1/publish/batch" => Err(ApiError::method_not_allowed("POST")),
-        "/health" | "/api/v1/status" | "/api/v1/streams" | "/api/v1/nats/info" => {
+        "/health" | "/api/v1/status" | "/api/v1/streams" | "/api/v1/nats/info" | "/metrics" => {
             Err(ApiError::method_not_allowed("GET, HEAD"))
         }
         p => match p.strip_prefix("/api/v1/streams/") {
@@ -279,6 +280,8 @@ async fn status(app: &App) -> Result<Resp, ApiError> {
             "error": sync.error,
         },
         "message_stats": app.stats.snapshot(),
+        "throughput": super::metrics::throughput(app),
+        "latency": super::metrics::latency(app),
     });
     Ok(json_response(StatusCode::OK, &body))
 }
