@@ -44,6 +44,10 @@ async fn route(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> {
         "/health" | "/api/v1/status" | "/api/v1/streams" | "/api/v1/nats/info" | "/metrics" => {
             Err(ApiError::method_not_allowed("GET, HEAD"))
         }
+        p if p.starts_with("/api/v1/nats/") => {
+            let name = &p["/api/v1/nats/".len()..];
+            super::monitor::passthrough(app, get, name, req.uri().query()).await
+        }
         p => match p.strip_prefix("/api/v1/streams/") {
             Some(name) if !name.is_empty() && !name.contains('/') => {
                 if get {
