@@ -74,19 +74,22 @@ async fn stream_figures(
     };
     let info = stream.cached_info();
     let mut durables = Vec::new();
-    let mut list = stream.consumers();
-    while let Some(c) = list.next().await {
-        let c = c.map_err(|e| format!("consumers of {name}: {e}"))?;
-        // Ephemeral consumers come and go under random names: series for
-        // them would pile up in Prometheus.
-        if let Some(durable) = c.config.durable_name {
-            durables.push(ConsumerFigures {
-                name: durable,
-                num_pending: c.num_pending,
-                num_ack_pending: c.num_ack_pending as u64,
-            });
-            if durables.len() == MAX_CONSUMERS {
-                break;
+    if info.state.consumer_count > 0 {
+        // (No CONSUMER.LIST round trip for a stream without consumers.)
+        let mut list = stream.consumers();
+        while let Some(c) = list.next().await {
+            let c = c.map_err(|e| format!("consumers of {name}: {e}"))?;
+            // Ephemeral consumers come and go under random names: series for
+            // them would pile up in Prometheus.
+            if let Some(durable) = c.config.durable_name {
+                durables.push(ConsumerFigures {
+                    name: durable,
+                    num_pending: c.num_pending,
+                    num_ack_pending: c.num_ack_pending as u64,
+                });
+                if durables.len() == MAX_CONSUMERS {
+                    break;
+                }
             }
         }
     }
