@@ -8,6 +8,7 @@
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -86,30 +87,54 @@ pub const LATENCY_BOUNDS_NS: &[u64] = &[
 /// defaults to 10000.
 pub const BATCH_BOUNDS: &[u64] = &[1, 10, 50, 100, 500, 1000, 5000, 10000];
 
+/// A histogram's bucket bounds, chosen by type so that [`Stats`] (and a
+/// histogram) is `Default`.
+pub trait Bounds {
+    /// Inclusive upper bounds, ascending; the last bucket (+Inf) is implied.
+    const BOUNDS: &'static [u64];
+}
+
+/// Durations in nanoseconds: [`LATENCY_BOUNDS_NS`].
+#[derive(Debug)]
+pub struct Latency;
+
+impl Bounds for Latency {
+    const BOUNDS: &'static [u64] = LATENCY_BOUNDS_NS;
+}
+
+/// Entries per batch: [`BATCH_BOUNDS`].
+#[derive(Debug)]
+pub struct BatchSize;
+
+impl Bounds for BatchSize {
+    const BOUNDS: &'static [u64] = BATCH_BOUNDS;
+}
+
 /// A fixed-bucket histogram of u64 observations (nanoseconds, entries):
 /// one atomic add for the bucket and one for the sum.
 #[derive(Debug)]
-pub struct Histogram {
-    /// Inclusive upper bounds, ascending; the last bucket (+Inf) is implied.
-    bounds: &'static [u64],
-    /// Per-bucket counts, not cumulative; `bounds.len() + 1` of them.
+pub struct Histogram<B> {
+    /// Per-bucket counts, not cumulative; `B::BOUNDS.len() + 1` of them.
     buckets: Box<[AtomicU64]>,
     sum: AtomicU64,
+    bounds: PhantomData<B>,
 }
 
-impl Histogram {
-    pub fn new(bounds: &'static [u64]) -> Histogram {
-        debug_assert!(bounds.windows(2).all(|w| w[0] < w[1]));
+impl<B: Bounds> Default for Histogram<B> {
+    fn default() -> Self {
+        debug_assert!(B::BOUNDS.windows(2).all(|w| w[0] < w[1]));
         Histogram {
-            bounds,
-            buckets: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            buckets: (0..=B::BOUNDS.len()).map(|_| AtomicU64::new(0)).collect(),
             sum: AtomicU64::new(0),
+            bounds: PhantomData,
         }
     }
+}
 
+impl<B: Bounds> Histogram<B> {
     pub fn observe(&self, v: u64) {
         // `le` semantics: the first bucket whose bound is >= v.
-        let i = self.bounds.partition_point(|&b| b < v);
+        let i = B::BOUNDS.partition_point(|&b| b < v);
         self.buckets[i].fetch_add(1, Relaxed);
         self.sum.fetch_add(v, Relaxed);
     }
@@ -120,7 +145,7 @@ impl Histogram {
 
     pub fn snapshot(&self) -> HistSnapshot {
         HistSnapshot {
-            bounds: self.bounds,
+            bounds: B::BOUNDS,
             counts: self.buckets.iter().map(|b| b.load(Relaxed)).collect(),
             sum: self.sum.load(Relaxed),
         }
@@ -185,6 +210,12 @@ struct RateSample {
 /// The window the status' throughput figures cover.
 pub const RATE_WINDOW: Duration = Duration::from_secs(60);
 
+impl Default for Rates {
+    fn default() -> Self {
+        Rates::new(Instant::now())
+    }
+}
+
 impl Rates {
     fn new(start: Instant) -> Rates {
         Rates {
@@ -229,7 +260,7 @@ impl Rates {
 }
 
 /// The daemon's counters.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Stats {
     /// Publishes by endpoint and outcome.
     publishes: [[AtomicU64; 4]; 2],
@@ -237,29 +268,15 @@ pub struct Stats {
     /// HTTP API has no consume endpoint in this version).
     pub consumed: AtomicU64,
     /// POST /api/v1/publish, request in to answer out, successful ones.
-    pub publish_latency: Histogram,
+    pub publish_latency: Histogram<Latency>,
     /// JetStream publishes (single and batch), from the hand-over to the
     /// connection until the ack.
-    pub ack_latency: Histogram,
+    pub ack_latency: Histogram<Latency>,
     /// Entries per POST /api/v1/publish/batch that got past the size checks.
-    pub batch_entries: Histogram,
+    pub batch_entries: Histogram<BatchSize>,
     /// Config reloads: [ok, failed].
     reloads: [AtomicU64; 2],
     rates: Mutex<Rates>,
-}
-
-impl Default for Stats {
-    fn default() -> Self {
-        Stats {
-            publishes: Default::default(),
-            consumed: AtomicU64::new(0),
-            publish_latency: Histogram::new(LATENCY_BOUNDS_NS),
-            ack_latency: Histogram::new(LATENCY_BOUNDS_NS),
-            batch_entries: Histogram::new(BATCH_BOUNDS),
-            reloads: Default::default(),
-            rates: Mutex::new(Rates::new(Instant::now())),
-        }
-    }
 }
 
 /// The seed's message_stats, counted honestly: `published` only after
@@ -513,7 +530,11 @@ mod tests {
 
     #[test]
     fn observations_land_in_the_first_bucket_whose_bound_holds_them() {
-        let h = Histogram::new(&[10, 20, 30]);
+        struct B;
+        impl Bounds for B {
+            const BOUNDS: &'static [u64] = &[10, 20, 30];
+        }
+        let h = Histogram::<B>::default();
         for v in [0, 10, 11, 20, 30, 31, 1000] {
             h.observe(v);
         }
@@ -525,7 +546,15 @@ mod tests {
 
     #[test]
     fn quantiles_interpolate_within_the_bucket() {
-        let h = Histogram::new(&[100, 200, 400]);
+        struct B;
+        impl Bounds for B {
+            const BOUNDS: &'static [u64] = &[100, 200, 400];
+        }
+        struct One;
+        impl Bounds for One {
+            const BOUNDS: &'static [u64] = &[100];
+        }
+        let h = Histogram::<B>::default();
         assert_eq!(h.snapshot().quantile(0.5), None);
         for _ in 0..10 {
             h.observe(150);
@@ -537,7 +566,7 @@ mod tests {
         h.observe(10_000);
         // In +Inf: the highest finite bound, as Prometheus answers.
         assert_eq!(h.snapshot().quantile(1.0), Some(400.0));
-        let one = Histogram::new(&[100]);
+        let one = Histogram::<One>::default();
         one.observe(50);
         assert_eq!(one.snapshot().quantile(0.5), Some(50.0));
     }
@@ -573,7 +602,11 @@ mod tests {
         let mut t = Text::new();
         t.family("x_total", Kind::Counter, "a \\ b\nc");
         t.int("x_total", &[("l", "q\"\\\n")], 3);
-        let h = Histogram::new(&[1_000_000, 5_000_000_000]);
+        struct B;
+        impl Bounds for B {
+            const BOUNDS: &'static [u64] = &[1_000_000, 5_000_000_000];
+        }
+        let h = Histogram::<B>::default();
         h.observe(500_000);
         h.observe(2_000_000);
         h.observe(9_000_000_000);
