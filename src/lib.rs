@@ -10,9 +10,9 @@
 //! - [`reload`]: old vs new config -> reload plan (pure).
 //! - [`supervisor`]: the nats-server child: spawn, probe, restart, stop.
 //! - [`app`]: shared state: child status, NATS client, stream matcher, stats.
-//! - [`http`]: the HTTP API on hyper 1.x.
+//! - [`http`]: the HTTP API on hyper 1.x, /metrics, the nats-server monitor passthrough.
 //! - [`coalesce`]: hands concurrent HTTP publishes to NATS together.
-//! - [`stats`]: message counters.
+//! - [`stats`]: message counters, latency histograms, rates, Prometheus text.
 //! - [`daemon`]: start-up and shutdown order; check-config, render-nats-config.
 //! - [`cli`], [`exit`], [`logging`], [`systemd`]: the process edges.
 

@@ -291,6 +291,15 @@ async fn a_slow_client_loses_messages_with_a_count_never_the_daemons_memory() {
         "a client that read nothing lost nothing? got {got}"
     );
     assert_eq!(got + dropped, n, "got {got}, dropped {dropped}");
+    let (_, _, metrics) = request(d.http, "GET", "/metrics", &[], vec![])
+        .await
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&metrics);
+    let counted = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("marketprism_broker_sse_dropped_total "))
+        .map(|v| v.trim().parse::<u64>().unwrap());
+    assert_eq!(counted, Some(dropped), "the drops are in /metrics too");
     assert!(
         rss_during < rss_before + 30 * 1024,
         "the daemon grew from {rss_before} kB to {rss_during} kB for one slow client"

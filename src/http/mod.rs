@@ -1,10 +1,13 @@
 //! The HTTP API on plain hyper 1.x: the seed's endpoints plus
 //! GET /api/v1/streams/{name}, POST /api/v1/publish/batch, the consumer
-//! endpoints under /api/v1/streams/{name}/consumers and the
-//! GET /api/v1/subscribe event stream.
+//! endpoints under /api/v1/streams/{name}/consumers, the GET
+//! /api/v1/subscribe event stream, GET /metrics and the nats-server monitor
+//! passthrough GET /api/v1/nats/{endpoint}.
 
 pub mod consume;
 pub mod error;
+pub mod metrics;
+pub mod monitor;
 pub mod publish;
 pub mod routes;
 pub mod server;

@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::future::IntoFuture;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::context::{PublishAckFuture, PublishError, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
@@ -22,6 +22,7 @@ use serde_json::value::RawValue;
 use super::error::{json_bytes, ApiError};
 use crate::app::{App, Lost, Nats};
 use crate::config::Config;
+use crate::stats::Endpoint;
 use crate::subject;
 
 type Resp = Response<http_body_util::Full<Bytes>>;
@@ -269,9 +270,13 @@ async fn publish_js(
     e: Entry,
 ) -> Result<Outcome, ApiError> {
     let (subject, msg) = js_message(e);
+    let sent = Instant::now();
     let publish = nats.coalescer.publish(subject, msg);
     match app.while_connected(timeout, publish).await {
-        Ok(Ok(a)) => Ok(acked(a)),
+        Ok(Ok(a)) => {
+            app.stats.ack_latency.observe_duration(sent.elapsed());
+            Ok(acked(a))
+        }
         Ok(Err(err)) => Err(publish_error(stream, err)),
         Err(l) => Err(lost(stream, l, timeout)),
     }
@@ -297,14 +302,19 @@ async fn send_js(
     }
 }
 
+/// Awaits a batch entry's ack; `sent` is when it was handed over.
 async fn await_ack(
     app: &App,
     timeout: Duration,
     stream: &str,
     ack: PublishAckFuture,
+    sent: Instant,
 ) -> Result<Outcome, ApiError> {
     match app.while_connected(timeout, ack.into_future()).await {
-        Ok(Ok(a)) => Ok(acked(a)),
+        Ok(Ok(a)) => {
+            app.stats.ack_latency.observe_duration(sent.elapsed());
+            Ok(acked(a))
+        }
         Ok(Err(err)) => Err(publish_error(stream, err)),
         Err(l) => Err(lost(stream, l, timeout)),
     }
@@ -367,10 +377,16 @@ pub(super) fn not_json() -> ApiError {
 
 /// POST /api/v1/publish.
 pub async fn single(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> {
+    let started = Instant::now();
     let r = single_inner(app, req).await;
     match &r {
-        Ok(o) => app.stats.published(o.persisted),
-        Err(e) => app.stats.error(e.status.as_u16()),
+        Ok(o) => {
+            app.stats.published(Endpoint::Single, o.persisted);
+            app.stats
+                .publish_latency
+                .observe_duration(started.elapsed());
+        }
+        Err(e) => app.stats.error(Endpoint::Single, e.status.as_u16()),
     }
     r.map(|o| json_bytes(StatusCode::OK, serde_json::to_vec(&o).unwrap_or_default()))
 }
@@ -507,6 +523,7 @@ pub async fn batch(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> 
             ),
         ));
     }
+    app.stats.batch_entries.observe(raws.len() as u64);
     let nats = connected(app)?;
     let matcher = app.matcher();
     let mut results: Vec<Option<Result<Outcome, ApiError>>> = Vec::with_capacity(raws.len());
@@ -523,7 +540,8 @@ pub async fn batch(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> 
         match matcher.stream_for(&entry.subject) {
             Some(stream) => match send_js(app, timeout, &nats, stream, entry).await {
                 Ok(ack) => {
-                    acks.push(async move { (i, await_ack(app, timeout, stream, ack).await) });
+                    let sent = Instant::now();
+                    acks.push(async move { (i, await_ack(app, timeout, stream, ack, sent).await) });
                 }
                 Err(e) => results[i] = Some(Err(e)),
             },
@@ -546,9 +564,9 @@ pub async fn batch(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> 
             match &r {
                 Ok(o) => {
                     succeeded += 1;
-                    app.stats.published(o.persisted);
+                    app.stats.published(Endpoint::Batch, o.persisted);
                 }
-                Err(e) => app.stats.error(e.status.as_u16()),
+                Err(e) => app.stats.error(Endpoint::Batch, e.status.as_u16()),
             }
             r.into()
         })

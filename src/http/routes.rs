@@ -51,13 +51,18 @@ async fn route(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> {
         "/api/v1/status" if get => status(app).await,
         "/api/v1/streams" if get => streams(app).await,
         "/api/v1/nats/info" if get => nats_info(app).await,
+        "/metrics" if get => super::metrics::metrics(app).await,
         "/api/v1/publish" if req.method() == Method::POST => super::publish::single(app, req).await,
         "/api/v1/publish/batch" if req.method() == Method::POST => {
             super::publish::batch(app, req).await
         }
         "/api/v1/publish" | "/api/v1/publish/batch" => Err(ApiError::method_not_allowed("POST")),
-        "/health" | "/api/v1/status" | "/api/v1/streams" | "/api/v1/nats/info" => {
+        "/health" | "/api/v1/status" | "/api/v1/streams" | "/api/v1/nats/info" | "/metrics" => {
             Err(ApiError::method_not_allowed("GET, HEAD"))
+        }
+        p if p.starts_with("/api/v1/nats/") => {
+            let name = &p["/api/v1/nats/".len()..];
+            super::monitor::passthrough(app, get, name, req.uri().query()).await
         }
         p => match p.strip_prefix("/api/v1/streams/") {
             Some(rest) if rest.split('/').nth(1) == Some("consumers") => {
@@ -298,6 +303,8 @@ async fn status(app: &App) -> Result<Resp, ApiError> {
             "error": sync.error,
         },
         "message_stats": app.stats.snapshot(),
+        "throughput": super::metrics::throughput(app),
+        "latency": super::metrics::latency(app),
     });
     Ok(json_response(StatusCode::OK, &body))
 }

@@ -51,6 +51,26 @@ pub struct ChildStatus {
     pub ports: Option<Ports>,
     /// Delay before the next restart, while waiting for it.
     pub restart_in: Option<Duration>,
+    /// How the last child ended (for /metrics).
+    pub last_exit: Option<Exit>,
+}
+
+/// How a child process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signal(i32),
+}
+
+impl Exit {
+    pub fn of(status: &std::process::ExitStatus) -> Option<Exit> {
+        use std::os::unix::process::ExitStatusExt;
+        match (status.code(), status.signal()) {
+            (Some(c), _) => Some(Exit::Code(c)),
+            (None, Some(s)) => Some(Exit::Signal(s)),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -392,6 +412,8 @@ impl Supervisor {
                     for relay in r.relays {
                         let _ = tokio::time::timeout(Duration::from_millis(500), relay).await;
                     }
+                    let exit = status.as_ref().ok().and_then(Exit::of);
+                    self.status.send_modify(|st| st.last_exit = exit);
                     let status = describe_exit(status);
                     if !matches!(m.state, State::Stopping { .. }) {
                         tracing::warn!(pid = r.pid, %status, "nats-server (pid {}) exited: {status}", r.pid);

@@ -1,0 +1,443 @@
+//! GET /metrics: the daemon's counters, its child, its declared streams and
+//! nats-server's own figures in the Prometheus text format; and the
+//! throughput and latency figures of /api/v1/status.
+//!
+//! The counters are read from atomics. JetStream and the monitor are asked
+//! at scrape time, concurrently and within [`FETCH_TIMEOUT`], so a scrape
+//! never hangs on a dead or stopped nats-server: what could not be had is
+//! left out and `marketprism_broker_jetstream_up` /
+//! `marketprism_broker_nats_monitor_up` say so. Per-stream and per-consumer
+//! series exist only for the streams the config declares and their durable
+//! consumers, so their number stays bounded.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_nats::jetstream;
+use bytes::Bytes;
+use futures::StreamExt;
+use http_body_util::Full;
+use hyper::{header, Response, StatusCode};
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use crate::app::App;
+use crate::stats::{Endpoint, Kind, Outcome, Text, RATE_WINDOW, TEXT_CONTENT_TYPE};
+use crate::supervisor::{Exit, Phase};
+
+type Resp = Response<Full<Bytes>>;
+
+/// How long a scrape waits for JetStream and the monitor.
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Consumers listed per stream at most (the stream's consumer count still
+/// counts them all).
+const MAX_CONSUMERS: usize = 100;
+
+const P: &str = "marketprism_broker_";
+
+/// A declared stream's figures.
+struct StreamFigures {
+    name: String,
+    messages: u64,
+    bytes: u64,
+    consumers: usize,
+    durables: Vec<ConsumerFigures>,
+}
+
+/// A per-stream or per-consumer metric: name, help, how to read it.
+type Figure<T> = (&'static str, &'static str, fn(&T) -> u64);
+
+struct ConsumerFigures {
+    name: String,
+    num_pending: u64,
+    num_ack_pending: u64,
+}
+
+/// One declared stream: None when it does not exist.
+async fn stream_figures(
+    js: &jetstream::Context,
+    name: &str,
+) -> Result<Option<StreamFigures>, String> {
+    use async_nats::jetstream::context::GetStreamErrorKind;
+    let stream = match js.get_stream(name).await {
+        Ok(s) => s,
+        Err(e) => {
+            return match e.kind() {
+                GetStreamErrorKind::JetStream(j)
+                    if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+                {
+                    Ok(None)
+                }
+                _ => Err(format!("stream {name}: {e}")),
+            }
+        }
+    };
+    let info = stream.cached_info();
+    let mut durables = Vec::new();
+    if info.state.consumer_count > 0 {
+        // (No CONSUMER.LIST round trip for a stream without consumers.)
+        let mut list = stream.consumers();
+        while let Some(c) = list.next().await {
+            let c = c.map_err(|e| format!("consumers of {name}: {e}"))?;
+            // Ephemeral consumers come and go under random names: series for
+            // them would pile up in Prometheus.
+            if let Some(durable) = c.config.durable_name {
+                durables.push(ConsumerFigures {
+                    name: durable,
+                    num_pending: c.num_pending,
+                    num_ack_pending: c.num_ack_pending as u64,
+                });
+                if durables.len() == MAX_CONSUMERS {
+                    break;
+                }
+            }
+        }
+    }
+    durables.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Some(StreamFigures {
+        name: name.to_string(),
+        messages: info.state.messages,
+        bytes: info.state.bytes,
+        consumers: info.state.consumer_count,
+        durables,
+    }))
+}
+
+/// The declared streams' figures; None when JetStream cannot be asked or
+/// does not answer in time.
+async fn declared_streams(app: &App) -> Option<Vec<StreamFigures>> {
+    let nats = app.nats().filter(|_| app.is_connected())?;
+    let names: Vec<String> = app.config().streams().into_keys().collect();
+    let work = futures::future::join_all(names.iter().map(|n| stream_figures(&nats.js, n)));
+    match app.while_connected(FETCH_TIMEOUT, work).await {
+        Ok(all) => match all.into_iter().collect::<Result<Vec<_>, _>>() {
+            Ok(v) => Some(v.into_iter().flatten().collect()),
+            Err(e) => {
+                tracing::debug!(error = %e, "metrics: JetStream: {e}");
+                None
+            }
+        },
+        Err(_) => None,
+    }
+}
+
+/// nats-server's /varz, within the scrape's time.
+async fn varz(app: &App) -> Option<Value> {
+    tokio::time::timeout(FETCH_TIMEOUT, app.varz())
+        .await
+        .ok()
+        .flatten()
+}
+
+fn unix_seconds(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// GET /metrics.
+pub async fn metrics(app: &App) -> Result<Resp, ApiError> {
+    let jetstream_enabled = app.config().nats.jetstream_enabled;
+    let (streams, varz) = tokio::join!(
+        async {
+            if jetstream_enabled {
+                declared_streams(app).await
+            } else {
+                None
+            }
+        },
+        varz(app)
+    );
+    let mut t = Text::new();
+    let n = |s: &str| format!("{P}{s}");
+
+    t.family(&n("build_info"), Kind::Gauge, "The daemon's version.");
+    t.int(
+        &n("build_info"),
+        &[("version", env!("CARGO_PKG_VERSION"))],
+        1,
+    );
+    t.single(
+        &n("start_time_seconds"),
+        Kind::Gauge,
+        "When the daemon started, in seconds since the Unix epoch.",
+        unix_seconds(app.started_at),
+    );
+
+    // Publishes.
+    let stats = &app.stats;
+    let name = n("publishes_total");
+    t.family(
+        &name,
+        Kind::Counter,
+        "HTTP publishes by endpoint (single, batch: per entry) and outcome: persisted (a stream acknowledged it), core (no stream captures the subject), rejected (4xx), failed (5xx).",
+    );
+    for ep in Endpoint::ALL {
+        for o in Outcome::ALL {
+            t.int(
+                &name,
+                &[("endpoint", ep.as_str()), ("outcome", o.as_str())],
+                stats.publishes(ep, o),
+            );
+        }
+    }
+    t.histogram(
+        &n("publish_duration_seconds"),
+        "Successful POST /api/v1/publish requests, from request to answer.",
+        &stats.publish_latency.snapshot(),
+        1e9,
+    );
+    t.histogram(
+        &n("jetstream_ack_seconds"),
+        "JetStream publishes (single and batch entries), from the hand-over to the NATS connection until the stream's ack.",
+        &stats.ack_latency.snapshot(),
+        1e9,
+    );
+    t.histogram(
+        &n("batch_entries"),
+        "Entries per POST /api/v1/publish/batch request.",
+        &stats.batch_entries.snapshot(),
+        1.0,
+    );
+    let snap = stats.snapshot();
+    t.family(
+        &n("messages_consumed_total"),
+        Kind::Counter,
+        "Messages delivered to consumers through the daemon.",
+    );
+    t.int(&n("messages_consumed_total"), &[], snap.consumed);
+    t.family(
+        &n("sse_dropped_total"),
+        Kind::Counter,
+        "Messages not delivered to an event-stream (GET /api/v1/subscribe) client that read too slowly.",
+    );
+    t.int(
+        &n("sse_dropped_total"),
+        &[],
+        stats.sse_dropped.load(std::sync::atomic::Ordering::Relaxed),
+    );
+
+    // Reloads.
+    let (ok, failed) = stats.reloads();
+    t.family(
+        &n("reloads_total"),
+        Kind::Counter,
+        "Configuration reloads (SIGHUP) by outcome.",
+    );
+    t.int(&n("reloads_total"), &[("outcome", "ok")], ok);
+    t.int(&n("reloads_total"), &[("outcome", "failed")], failed);
+
+    // The child.
+    t.single(
+        &n("nats_connected"),
+        Kind::Gauge,
+        "1 while the daemon's own NATS client is connected.",
+        f64::from(u8::from(app.is_connected())),
+    );
+    if app.supervised {
+        let child = app.child.borrow().clone();
+        let up = child.phase == Phase::Running && child.healthy;
+        t.single(
+            &n("child_up"),
+            Kind::Gauge,
+            "1 while the supervised nats-server runs and answers its health probe.",
+            f64::from(u8::from(up)),
+        );
+        t.family(
+            &n("child_restarts_total"),
+            Kind::Counter,
+            "Restarts of the supervised nats-server (crashes, hangs, reloads that need one).",
+        );
+        t.int(&n("child_restarts_total"), &[], child.restarts);
+        if let Some(pid) = child.pid {
+            t.single(
+                &n("child_pid"),
+                Kind::Gauge,
+                "The supervised nats-server's process id.",
+                f64::from(pid),
+            );
+        }
+        if let Some(since) = child.healthy_since {
+            t.single(
+                &n("child_healthy_since_seconds"),
+                Kind::Gauge,
+                "When the running nats-server became healthy, in seconds since the Unix epoch.",
+                unix_seconds(since),
+            );
+        }
+        if let Some(exit) = child.last_exit {
+            let (how, v) = match exit {
+                Exit::Code(c) => ("code", c),
+                Exit::Signal(s) => ("signal", s),
+            };
+            t.family(
+                &n("child_last_exit"),
+                Kind::Gauge,
+                "How the last nats-server process ended: its exit code (how=\"code\") or the signal that killed it (how=\"signal\").",
+            );
+            t.sample(&n("child_last_exit"), &[("how", how)], f64::from(v));
+        }
+    }
+
+    // Declared streams and their durable consumers.
+    if jetstream_enabled {
+        t.single(
+            &n("jetstream_up"),
+            Kind::Gauge,
+            "1 when this scrape got the declared streams' figures from JetStream.",
+            f64::from(u8::from(streams.is_some())),
+        );
+    }
+    if let Some(streams) = &streams {
+        let per_stream: [Figure<StreamFigures>; 3] = [
+            ("stream_messages", "Messages in a declared stream.", |s| {
+                s.messages
+            }),
+            ("stream_bytes", "Bytes in a declared stream.", |s| s.bytes),
+            ("stream_consumers", "Consumers of a declared stream.", |s| {
+                s.consumers as u64
+            }),
+        ];
+        for (metric, help, get) in per_stream {
+            t.family(&n(metric), Kind::Gauge, help);
+            for s in streams {
+                t.int(&n(metric), &[("stream", &s.name)], get(s));
+            }
+        }
+        let per_consumer: [Figure<ConsumerFigures>; 2] = [
+            (
+                "consumer_num_pending",
+                "Messages a durable consumer of a declared stream has not been delivered yet.",
+                |c| c.num_pending,
+            ),
+            (
+                "consumer_num_ack_pending",
+                "Messages delivered to a durable consumer of a declared stream and not acknowledged yet.",
+                |c| c.num_ack_pending,
+            ),
+        ];
+        for (metric, help, get) in per_consumer {
+            t.family(&n(metric), Kind::Gauge, help);
+            for s in streams {
+                for c in &s.durables {
+                    t.int(
+                        &n(metric),
+                        &[("stream", &s.name), ("consumer", &c.name)],
+                        get(c),
+                    );
+                }
+            }
+        }
+    }
+
+    // nats-server's own figures.
+    t.single(
+        &n("nats_monitor_up"),
+        Kind::Gauge,
+        "1 when this scrape got nats-server's /varz from its monitor port.",
+        f64::from(u8::from(varz.is_some())),
+    );
+    if let Some(v) = &varz {
+        let figures: [(&str, &str, Kind, &str); 9] = [
+            (
+                "connections",
+                "nats_connections",
+                Kind::Gauge,
+                "Client connections to nats-server (varz connections).",
+            ),
+            (
+                "subscriptions",
+                "nats_subscriptions",
+                Kind::Gauge,
+                "Subscriptions in nats-server (varz subscriptions).",
+            ),
+            (
+                "slow_consumers",
+                "nats_slow_consumers_total",
+                Kind::Counter,
+                "Slow consumers nats-server has seen since it started (varz slow_consumers).",
+            ),
+            (
+                "in_msgs",
+                "nats_in_msgs_total",
+                Kind::Counter,
+                "Messages nats-server received since it started (varz in_msgs).",
+            ),
+            (
+                "out_msgs",
+                "nats_out_msgs_total",
+                Kind::Counter,
+                "Messages nats-server sent since it started (varz out_msgs).",
+            ),
+            (
+                "in_bytes",
+                "nats_in_bytes_total",
+                Kind::Counter,
+                "Bytes nats-server received since it started (varz in_bytes).",
+            ),
+            (
+                "out_bytes",
+                "nats_out_bytes_total",
+                Kind::Counter,
+                "Bytes nats-server sent since it started (varz out_bytes).",
+            ),
+            (
+                "mem",
+                "nats_mem_bytes",
+                Kind::Gauge,
+                "nats-server's resident memory (varz mem).",
+            ),
+            (
+                "cpu",
+                "nats_cpu_percent",
+                Kind::Gauge,
+                "nats-server's CPU use in percent of one core (varz cpu).",
+            ),
+        ];
+        for (key, metric, kind, help) in figures {
+            if let Some(x) = v.get(key).and_then(Value::as_f64) {
+                t.single(&n(metric), kind, help, x);
+            }
+        }
+    }
+
+    let mut resp = Response::new(Full::new(Bytes::from(t.finish())));
+    *resp.status_mut() = StatusCode::OK;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(TEXT_CONTENT_TYPE),
+    );
+    Ok(resp)
+}
+
+fn round(x: f64, digits: i32) -> f64 {
+    let m = 10f64.powi(digits);
+    (x * m).round() / m
+}
+
+/// The status' "throughput": publishes and consumes per second over the
+/// last minute.
+pub fn throughput(app: &App) -> Value {
+    let (publish, consume) = app.stats.rates(Instant::now());
+    json!({
+        "window_seconds": RATE_WINDOW.as_secs(),
+        "publish_per_sec": round(publish, 3),
+        "consume_per_sec": round(consume, 3),
+    })
+}
+
+/// The status' "latency": p50 and p99 of successful single publishes and
+/// of JetStream acks in ms, estimated from the histograms (null before the
+/// first one).
+pub fn latency(app: &App) -> Value {
+    let http = app.stats.publish_latency.snapshot();
+    let ack = app.stats.ack_latency.snapshot();
+    let ms = |h: &crate::stats::HistSnapshot, q: f64| h.quantile(q).map(|ns| round(ns / 1e6, 3));
+    json!({
+        "publish_p50_ms": ms(&http, 0.5),
+        "publish_p99_ms": ms(&http, 0.99),
+        "publish_count": http.count(),
+        "ack_p50_ms": ms(&ack, 0.5),
+        "ack_p99_ms": ms(&ack, 0.99),
+    })
+}
