@@ -100,23 +100,33 @@ pub fn plan(
     changes
 }
 
-fn diff(want: &StreamConfig, have: &ActualStream) -> (Vec<FieldDiff>, Vec<FieldDiff>) {
-    let mut mutable = Vec::new();
-    let mut immutable = Vec::new();
-    let mut push = |to_immutable: bool, field: &'static str, desired: String, actual: String| {
+/// Fields that differ, split by whether JetStream can change them in place.
+#[derive(Default)]
+struct Diffs {
+    mutable: Vec<FieldDiff>,
+    immutable: Vec<FieldDiff>,
+}
+
+impl Diffs {
+    fn add(&mut self, immutable: bool, field: &'static str, desired: String, actual: String) {
         if desired != actual {
             let d = FieldDiff {
                 field,
                 desired,
                 actual,
             };
-            if to_immutable {
-                immutable.push(d)
+            if immutable {
+                self.immutable.push(d)
             } else {
-                mutable.push(d)
+                self.mutable.push(d)
             }
         }
-    };
+    }
+}
+
+fn diff(want: &StreamConfig, have: &ActualStream) -> (Vec<FieldDiff>, Vec<FieldDiff>) {
+    let mut diffs = Diffs::default();
+    let mut push = |immutable, field, desired, actual| diffs.add(immutable, field, desired, actual);
     push(
         true,
         "storage",
@@ -176,7 +186,7 @@ fn diff(want: &StreamConfig, have: &ActualStream) -> (Vec<FieldDiff>, Vec<FieldD
             format!("{:?}", have.duplicate_window),
         );
     }
-    (mutable, immutable)
+    (diffs.mutable, diffs.immutable)
 }
 
 /// 0 and -1 both mean "no limit" to JetStream.
@@ -453,22 +463,8 @@ pub fn plan_consumers(
 }
 
 fn diff_consumer(want: &ConsumerConfig, have: &ActualConsumer) -> (Vec<FieldDiff>, Vec<FieldDiff>) {
-    let mut mutable = Vec::new();
-    let mut immutable = Vec::new();
-    let mut push = |to_immutable: bool, field: &'static str, desired: String, actual: String| {
-        if desired != actual {
-            let d = FieldDiff {
-                field,
-                desired,
-                actual,
-            };
-            if to_immutable {
-                immutable.push(d)
-            } else {
-                mutable.push(d)
-            }
-        }
-    };
+    let mut diffs = Diffs::default();
+    let mut push = |immutable, field, desired, actual| diffs.add(immutable, field, desired, actual);
     push(
         true,
         "delivery",
@@ -521,7 +517,7 @@ fn diff_consumer(want: &ConsumerConfig, have: &ActualConsumer) -> (Vec<FieldDiff
             norm_limit(have.max_ack_pending).to_string(),
         );
     }
-    (mutable, immutable)
+    (diffs.mutable, diffs.immutable)
 }
 
 pub fn actual_consumer_from(c: &consumer::Config) -> ActualConsumer {

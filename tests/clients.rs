@@ -8,18 +8,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::{json, Value};
 
-fn python() -> PathBuf {
-    let p = std::env::var_os("MPB_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python")));
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/test (it installs nats-py into .venv) or set MPB_PYTHON",
-        p.display()
-    );
-    p
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_seeds_nats_py_producer_and_durable_consumer_work() {
     let d = Daemon::start();

@@ -578,18 +578,6 @@ async fn fetch_and_ack_while_nats_server_is_down_are_a_quick_503() {
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
 }
 
-fn python() -> PathBuf {
-    let p = std::env::var_os("MPB_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python")));
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/test or set MPB_PYTHON",
-        p.display()
-    );
-    p
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_seeds_python_pull_client_and_http_share_the_declared_durable() {
     let d = daemon_on(nats_server());

@@ -6,7 +6,6 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -14,18 +13,6 @@ use common::*;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
-
-fn python() -> PathBuf {
-    let p = std::env::var_os("MPB_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python")));
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/test (it installs prometheus-client into .venv) or set MPB_PYTHON",
-        p.display()
-    );
-    p
-}
 
 /// Parses the exposition with prometheus_client's parser, checks what it
 /// does not (every family has HELP and TYPE, histograms are cumulative and

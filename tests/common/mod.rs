@@ -40,6 +40,20 @@ pub fn nats_servers() -> Vec<PathBuf> {
     vec![nats_server(), nats_server_current()]
 }
 
+/// The Python with the test clients (nats-py, prometheus-client):
+/// $MPB_PYTHON, else .venv/bin/python (scripts/test makes it).
+pub fn python() -> PathBuf {
+    let p = std::env::var_os("MPB_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python")));
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/test (it installs the Python test clients into .venv) or set MPB_PYTHON",
+        p.display()
+    );
+    p
+}
+
 pub fn free_port() -> u16 {
     free_ports::<1>()[0]
 }
