@@ -286,6 +286,9 @@ pub struct Report {
     /// Declared streams that still do not exist: their subjects are not
     /// persisted, which /health must not hide.
     pub missing: Vec<String>,
+    /// Declared consumers (`STREAM/CONSUMER`) that could not be created:
+    /// fetching from them fails, which /health must not hide either.
+    pub missing_consumers: Vec<String>,
 }
 
 /// Lists every stream's info.
@@ -686,6 +689,9 @@ async fn reconcile_consumers(
                         report
                             .errors
                             .push(format!("{stream}: consumer {consumer}: cannot create: {e}"));
+                        report
+                            .missing_consumers
+                            .push(format!("{stream}/{consumer}"));
                     }
                 }
             }

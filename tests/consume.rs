@@ -759,6 +759,16 @@ async fn start_sequence_and_several_filters_as_each_nats_server_allows() {
             assert_eq!(status, 404, "{c}");
             assert!(s.contains("needs nats-server 2.10"), "{s}");
             assert!(d.log().contains("cannot create consumer two-kinds"));
+            // A declared consumer that does not exist is not healthy.
+            let (code, h) = d.get("/health").await;
+            assert_eq!(code, 503, "{h}");
+            let problems = h["problems"].to_string();
+            assert!(
+                problems
+                    .contains("declared consumer two-kinds of stream MARKET_DATA does not exist")
+                    && problems.contains("needs nats-server 2.10"),
+                "{h}"
+            );
         }
         // The others are there all the same.
         assert_eq!(d.get(MC).await.0, 200);

@@ -157,6 +157,19 @@ async fn health(app: &App) -> Result<Resp, ApiError> {
                     None => format!("declared stream {name} does not exist; its subjects are not persisted"),
                 });
             }
+            for name in &sync.report.missing_consumers {
+                let (stream, consumer) = name.split_once('/').unwrap_or((name, ""));
+                let prefix = format!("{stream}: consumer {consumer}: ");
+                let why = sync
+                    .report
+                    .errors
+                    .iter()
+                    .find_map(|e| e.strip_prefix(&prefix))
+                    .unwrap_or("reason unknown");
+                problems.push(format!(
+                    "declared consumer {consumer} of stream {stream} does not exist ({why})"
+                ));
+            }
         }
     }
     let (status, code) = if problems.is_empty() {
