@@ -23,28 +23,25 @@
 //! [--json FILE]`). nats-server: $MPB_NATS_SERVER, else
 //! /usr/sbin/nats-server.
 
-use std::io::Read;
-use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full};
-use hyper_util::rt::TokioIo;
+use http_body_util::{BodyExt, Full};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
 
-const BIN: &str = env!("CARGO_BIN_EXE_marketprism-broker");
+mod support;
+
+use support::*;
+
 /// The seed's trade example, to the subject its MARKET_DATA stream captures.
 const SUBJECT: &str = "market.binance.BTCUSDT.trade";
 const TRADE: &str = r#"{"symbol":"BTCUSDT","price":"50000.00","quantity":"0.1","timestamp":"2024-01-01T12:00:00Z"}"#;
-/// Linux reports process CPU times in USER_HZ ticks, 100 a second on every
-/// architecture (it is part of the kernel ABI, unlike CONFIG_HZ).
-const USER_HZ: f64 = 100.0;
 
 struct Opts {
     secs: f64,
@@ -84,6 +81,14 @@ fn find_wrk() -> Option<PathBuf> {
 }
 
 impl Opts {
+    fn spec(&self) -> Spec {
+        Spec {
+            nats_server: self.nats_server.clone(),
+            workers: self.daemon_workers.clone(),
+            nats_extra: String::new(),
+        }
+    }
+
     fn parse() -> Opts {
         let mut o = Opts {
             secs: 3.0,
@@ -133,34 +138,6 @@ impl Opts {
     }
 }
 
-fn free_ports<const N: usize>() -> [u16; N] {
-    let held: Vec<std::net::TcpListener> = (0..N)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
-}
-
-/// Latency samples in microseconds.
-#[derive(Default)]
-struct Samples(Vec<u32>);
-
-impl Samples {
-    fn add(&mut self, d: Duration) {
-        self.0.push(d.as_micros().min(u32::MAX as u128) as u32);
-    }
-    fn merge(&mut self, o: Samples) {
-        self.0.extend(o.0);
-    }
-    fn pct(&mut self, p: f64) -> f64 {
-        if self.0.is_empty() {
-            return f64::NAN;
-        }
-        self.0.sort_unstable();
-        let i = ((self.0.len() - 1) as f64 * p).round() as usize;
-        self.0[i] as f64 / 1000.0
-    }
-}
-
 /// One measured load: rate and latency percentiles.
 struct Run {
     label: String,
@@ -185,174 +162,6 @@ impl Run {
     }
 }
 
-// ------------------------------------------------------------- daemon ----
-
-struct Daemon {
-    child: Child,
-    dir: tempfile::TempDir,
-    http: u16,
-    nats: u16,
-    notify: UnixDatagram,
-    /// Held while the daemon is ours: the notify reader stops without it.
-    alive: Arc<()>,
-}
-
-/// The daemon's config for the benchmark: the defaults (the seed's
-/// streams) on free ports. `stable_after` is short so that each kill of the
-/// recovery test is a first crash, restarted after the initial delay rather
-/// than a growing backoff.
-fn write_config(dir: &Path, ports: (u16, u16, u16), nats_server: &Path) -> PathBuf {
-    let (http, nats, monitor) = ports;
-    let cfg = format!(
-        "port: {http}\nnats:\n  nats_port: {nats}\n  http_port: {monitor}\n  data_dir: {data:?}\n  server_bin: {bin:?}\n  server_name: bench\nsupervisor:\n  stable_after: 2s\n",
-        data = dir.join("state").display().to_string(),
-        bin = nats_server.display().to_string(),
-    );
-    let path = dir.join("broker.yaml");
-    std::fs::write(&path, cfg).unwrap();
-    path
-}
-
-impl Daemon {
-    /// Execs the daemon and returns it with the time exec took to READY=1.
-    fn start(opts: &Opts) -> (Daemon, Duration) {
-        let nats_server = &opts.nats_server;
-        let dir = tempfile::tempdir().unwrap();
-        let [http, nats, monitor] = free_ports::<3>();
-        let config = write_config(dir.path(), (http, nats, monitor), nats_server);
-        let sock_path = dir.path().join("notify.sock");
-        let notify = UnixDatagram::bind(&sock_path).unwrap();
-        notify
-            .set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap();
-        let mut cmd = Command::new(BIN);
-        if let Some(n) = &opts.daemon_workers {
-            cmd.env("TOKIO_WORKER_THREADS", n);
-        }
-        let t0 = Instant::now();
-        let child = cmd
-            .arg("--config")
-            .arg(&config)
-            .env("NOTIFY_SOCKET", &sock_path)
-            .env("RUST_LOG", "info,async_nats=warn")
-            .env_remove("WATCHDOG_USEC")
-            .env_remove("STATE_DIRECTORY")
-            .env_remove("RUNTIME_DIRECTORY")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let mut d = Daemon {
-            child,
-            dir,
-            http,
-            nats,
-            notify,
-            alive: Arc::new(()),
-        };
-        let ready = d.wait_notify("READY=1", Duration::from_secs(60));
-        // Keep reading, as systemd does: an unread notify socket fills up.
-        let sock = d.notify.try_clone().unwrap();
-        let sock_alive = Arc::clone(&d.alive);
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            loop {
-                match sock.recv(&mut buf) {
-                    Ok(_) => {}
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                        ) => {}
-                    Err(_) => break,
-                }
-                if Arc::strong_count(&sock_alive) == 1 {
-                    break;
-                }
-            }
-        });
-        (d, ready - t0)
-    }
-
-    fn wait_notify(&mut self, line: &str, timeout: Duration) -> Instant {
-        let deadline = Instant::now() + timeout;
-        let mut buf = [0u8; 4096];
-        loop {
-            if let Ok(n) = self.notify.recv(&mut buf) {
-                let at = Instant::now();
-                if String::from_utf8_lossy(&buf[..n])
-                    .lines()
-                    .any(|l| l == line)
-                {
-                    return at;
-                }
-            }
-            if let Ok(Some(st)) = self.child.try_wait() {
-                panic!("the daemon exited ({st}) before {line}:\n{}", self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no {line} within {timeout:?}:\n{}",
-                self.log()
-            );
-        }
-    }
-
-    fn log(&self) -> String {
-        let mut s = String::new();
-        let _ = std::fs::File::open(self.dir.path().join("daemon.log"))
-            .and_then(|mut f| f.read_to_string(&mut s));
-        s
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn child_pid(&self) -> Option<u32> {
-        std::fs::read_to_string(self.dir.path().join("state/nats-server.pid"))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
-    }
-
-    fn stop(mut self) {
-        let _ = kill(Pid::from_raw(self.pid() as i32), Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// VmRSS of a process, in MB.
-fn rss_mb(pid: u32) -> f64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
-
-/// User + system CPU seconds a process has used so far.
-fn cpu_secs(pid: u32) -> f64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the parenthesised command name; utime and stime are the
-    // 14th and 15th fields of the whole line.
-    let rest = s.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (tick(11) + tick(12)) / USER_HZ
-}
-
 // --------------------------------------------------------- readiness ----
 
 /// exec of nats-server alone, on the config the daemon renders for the
@@ -360,7 +169,7 @@ fn cpu_secs(pid: u32) -> f64 {
 async fn nats_server_alone(nats_server: &Path) -> Duration {
     let dir = tempfile::tempdir().unwrap();
     let [http, nats, monitor] = free_ports::<3>();
-    let config = write_config(dir.path(), (http, nats, monitor), nats_server);
+    let config = write_config(dir.path(), (http, nats, monitor), nats_server, "");
     let out = Command::new(BIN)
         .arg("render-nats-config")
         .arg("--config")
@@ -394,41 +203,6 @@ async fn nats_server_alone(nats_server: &Path) -> Duration {
     let _ = child.kill();
     let _ = child.wait();
     took
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-// -------------------------------------------------------------- HTTP ----
-
-type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
-
-async fn connect(port: u16) -> std::io::Result<Sender> {
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    tcp.set_nodelay(true)?;
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .map_err(std::io::Error::other)?;
-    tokio::spawn(conn);
-    Ok(sender)
-}
-
-async fn get(port: u16, path: &str) -> Result<(u16, Bytes), Box<dyn std::error::Error>> {
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
-    tokio::spawn(conn);
-    let req = hyper::Request::get(path)
-        .header("host", "127.0.0.1")
-        .body(Empty::<Bytes>::new())?;
-    let resp = sender.send_request(req).await?;
-    let status = resp.status().as_u16();
-    Ok((status, resp.into_body().collect().await?.to_bytes()))
 }
 
 /// What one request of a load sends.
@@ -812,13 +586,13 @@ async fn run(opts: Opts) {
     let (mut alone, mut daemon_ready) = (Vec::new(), Vec::new());
     for _ in 0..opts.rounds {
         alone.push(nats_server_alone(&opts.nats_server).await);
-        let (d, ready) = Daemon::start(&opts);
+        let (d, ready) = Daemon::start(&opts.spec());
         daemon_ready.push(ready);
         d.stop();
     }
     let (alone, daemon_ready) = (median(alone), median(daemon_ready));
 
-    let (d, _) = Daemon::start(&opts);
+    let (d, _) = Daemon::start(&opts.spec());
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_idle = rss_mb(d.pid());
 
