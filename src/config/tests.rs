@@ -591,3 +591,18 @@ fn workqueue_consumers_must_not_share_messages() {
     ));
     assert!(e.message.contains("ack_policy explicit"), "{e}");
 }
+
+#[test]
+fn max_connections_defaults_to_1024_and_must_be_positive() {
+    assert_eq!(yaml("").unwrap().api.max_connections, 1024);
+    assert_eq!(
+        yaml("api:\n  max_connections: 8\n")
+            .unwrap()
+            .api
+            .max_connections,
+        8
+    );
+    let e = yaml_err("api:\n  max_connections: 0\n");
+    assert_eq!((e.key.as_str(), e.line), ("api.max_connections", Some(2)));
+    assert!(e.message.contains("at least 1"), "{e}");
+}

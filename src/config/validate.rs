@@ -272,6 +272,9 @@ pub fn validate(c: &Config) -> Result<Vec<String>, Violation> {
             return fail(&["api", key], "must be greater than 0");
         }
     }
+    if c.api.max_connections == 0 {
+        return fail(&["api", "max_connections"], "must be at least 1");
+    }
     if c.api.batch_max_entries == 0 {
         return fail(&["api", "batch_max_entries"], "must be at least 1");
     }
