@@ -147,6 +147,12 @@ pub fn validate(c: &Config) -> Result<Vec<String>, Violation> {
     for (i, (source, m)) in n.mappings.iter().enumerate() {
         let at = ["nats", "mappings", source.as_str()];
         crate::mapping::check(source, &m.0).or_else(|e| fail(&at, e))?;
+        if crate::natsconf::key(source).is_none() {
+            return fail(
+                &at,
+                format!("source {source:?} contains both `\"` and `'`: nats-server.conf has no way to write such a key"),
+            );
+        }
         if let Some(other) = sources[..i].iter().find(|o| subject::overlaps(o, source)) {
             return fail(
                 &at,
