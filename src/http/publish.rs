@@ -51,11 +51,12 @@ enum HeaderValues {
     Many(Vec<String>),
 }
 
-/// One message ready for NATS.
-struct Entry {
-    subject: String,
-    payload: Bytes,
-    headers: Option<async_nats::HeaderMap>,
+/// One message ready for NATS. (`pub` for tests/fuzz.rs only.)
+#[doc(hidden)]
+pub struct Entry {
+    pub subject: String,
+    pub payload: Bytes,
+    pub headers: Option<async_nats::HeaderMap>,
 }
 
 /// What a successful publish answers.
@@ -156,8 +157,9 @@ fn headers(map: BTreeMap<String, HeaderValues>) -> Result<async_nats::HeaderMap,
 
 /// Parses and checks one publish object; `raw` is a slice of `body`, so a
 /// JSON message goes to NATS as the very bytes that came (no copy, no
-/// re-serialisation).
-fn parse_entry(cfg: &Config, body: &Bytes, raw: &[u8]) -> Result<Entry, ApiError> {
+/// re-serialisation). (`pub` for tests/fuzz.rs only.)
+#[doc(hidden)]
+pub fn parse_entry(cfg: &Config, body: &Bytes, raw: &[u8]) -> Result<Entry, ApiError> {
     let parsed: PublishRequest = serde_json::from_slice(raw).map_err(|e| {
         let code = if e.to_string().starts_with("missing field `subject`") {
             "missing_subject"
@@ -464,7 +466,9 @@ struct BatchAnswer {
 
 /// The entries of a batch body, each a slice of it: a JSON array of
 /// publish objects, or NDJSON (one per line; blank lines skipped).
-fn split_batch(body: &Bytes, ndjson: bool) -> Result<Vec<&[u8]>, ApiError> {
+/// (`pub` for tests/fuzz.rs only.)
+#[doc(hidden)]
+pub fn split_batch(body: &Bytes, ndjson: bool) -> Result<Vec<&[u8]>, ApiError> {
     if ndjson {
         return Ok(body
             .split(|&b| b == b'\n')
