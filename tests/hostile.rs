@@ -299,6 +299,32 @@ async fn hostile_requests_get_4xx_json_or_are_closed_and_the_daemon_stays_small(
         t.elapsed()
     );
 
+    // So is one that sends its headers and part of its body, then stalls
+    // (hyper has no body timeout: the daemon's own answers 408).
+    for path in ["/api/v1/publish", "/api/v1/publish/batch"] {
+        let mut stalled = connect(d.http).await;
+        stalled
+            .write_all(
+                format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"subject\":").as_bytes(),
+            )
+            .await
+            .unwrap();
+        let t = Instant::now();
+        let (raw, closed) = read_until_closed(&mut stalled, Duration::from_secs(5)).await;
+        assert!(closed, "{path}: a stalled body was kept open 5 s");
+        let (status, v) = parse_response(&raw);
+        assert_eq!(
+            (status, v["error"]["code"].as_str()),
+            (408, Some("request_timeout")),
+            "{path}: {v}"
+        );
+        assert!(
+            t.elapsed() >= Duration::from_millis(800),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+
     let mut idle = connect(d.http).await;
     idle.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
