@@ -261,6 +261,98 @@ async fn hostile_requests_get_4xx_json_or_are_closed_and_the_daemon_stays_small(
         }
     }
 
+    // Framing tricks: ambiguous or broken lengths are refused and closed
+    // (no request smuggling); a client that asks before sending a body
+    // too big is refused without a 100 Continue, so it never sends it.
+    let post = "POST /api/v1/publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n";
+    for (name, extra, want_status, want_code) in [
+        (
+            "two Content-Lengths",
+            "Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+            400,
+            None,
+        ),
+        (
+            "negative Content-Length",
+            "Content-Length: -1\r\n\r\n",
+            400,
+            None,
+        ),
+        (
+            "unknown Transfer-Encoding",
+            "Transfer-Encoding: gzip\r\n\r\n",
+            400,
+            None,
+        ),
+        (
+            "broken chunk size",
+            "Transfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n",
+            400,
+            Some("bad_body"),
+        ),
+        (
+            "Content-Length and chunked",
+            "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            400,
+            Some("invalid_json"),
+        ),
+        (
+            "Expect: 100-continue, too big",
+            "Content-Length: 100000000000\r\nExpect: 100-continue\r\n\r\n",
+            413,
+            Some("payload_too_large"),
+        ),
+    ] {
+        let mut s = connect(d.http).await;
+        s.write_all(format!("{post}{extra}").as_bytes())
+            .await
+            .unwrap();
+        let (raw, closed) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+        assert!(closed, "{name}: left open");
+        let text = String::from_utf8_lossy(&raw);
+        assert!(!text.contains("100 Continue"), "{name}: {text}");
+        let (status, v) = parse_response(&raw);
+        assert_eq!(status, want_status, "{name}: {text}");
+        if let Some(code) = want_code {
+            assert_eq!(v["error"]["code"], code, "{name}: {text}");
+        }
+    }
+
+    // A valid body in many small chunks is published whole (read_body
+    // joins frames) and stored byte for byte.
+    let message = format!("{{\"k\":\"{}\"}}", "v".repeat(3000));
+    let body = format!(r#"{{"subject": "market.chunked", "message": {message}}}"#);
+    let mut chunked = String::new();
+    for part in body.as_bytes().chunks(97) {
+        chunked.push_str(&format!(
+            "{:x}\r\n{}\r\n",
+            part.len(),
+            std::str::from_utf8(part).unwrap()
+        ));
+    }
+    chunked.push_str("0\r\n\r\n");
+    let mut s = connect(d.http).await;
+    s.write_all(
+        format!("{post}Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    for piece in chunked.as_bytes().chunks(500) {
+        s.write_all(piece).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (raw, _) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    let (status, v) = parse_response(&raw);
+    assert_eq!(status, 200, "{v}");
+    let stored = async_nats::jetstream::new(d.client().await)
+        .get_stream("MARKET_DATA")
+        .await
+        .unwrap()
+        .get_raw_message(v["seq"].as_u64().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(&stored.payload[..], message.as_bytes());
+
     // Not HTTP at all, or headers past hyper's buffer: a bare 4xx, closed.
     for (name, bytes, want) in [
         (
