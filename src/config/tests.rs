@@ -602,6 +602,13 @@ fn max_connections_defaults_to_1024_and_must_be_positive() {
             .max_connections,
         8
     );
+    let (_, warnings) = parse_str("api:\n  max_connections: 100\n", Format::Yaml).unwrap();
+    assert!(
+        warnings.iter().any(|w| w.contains("sse_max_clients (100)")),
+        "{warnings:?}"
+    );
+    let (_, warnings) = parse_str("", Format::Yaml).unwrap();
+    assert!(warnings.iter().all(|w| !w.contains("sse_max_clients")));
     let e = yaml_err("api:\n  max_connections: 0\n");
     assert_eq!((e.key.as_str(), e.line), ("api.max_connections", Some(2)));
     assert!(e.message.contains("at least 1"), "{e}");

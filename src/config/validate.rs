@@ -296,6 +296,12 @@ pub fn validate(c: &Config) -> Result<Vec<String>, Violation> {
     if c.api.fetch_max_wait.get().is_zero() {
         return fail(&["api", "fetch_max_wait"], "must be greater than 0");
     }
+    if c.api.sse_max_clients >= c.api.max_connections {
+        warnings.push(format!(
+            "api.sse_max_clients ({}) is not below api.max_connections ({}): open event streams can take every HTTP connection, and then health checks and publishes wait",
+            c.api.sse_max_clients, c.api.max_connections
+        ));
+    }
     Ok(warnings)
 }
 
