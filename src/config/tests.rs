@@ -613,3 +613,13 @@ fn max_connections_defaults_to_1024_and_must_be_positive() {
     assert_eq!((e.key.as_str(), e.line), ("api.max_connections", Some(2)));
     assert!(e.message.contains("at least 1"), "{e}");
 }
+
+#[test]
+fn the_cluster_name_nats_server_reserves_is_refused() {
+    // Found by tests/fuzz.rs: a current nats-server refuses cluster name
+    // `_` ("cluster name is reserved"), which validated.
+    let e = yaml_err("nats:\n  cluster_name: \"_\"\n");
+    assert_eq!(e.key, "nats.cluster_name");
+    assert!(e.message.contains("reserved"), "{e}");
+    yaml("nats:\n  cluster_name: \"_a\"\n").unwrap();
+}

@@ -82,6 +82,13 @@ pub fn validate(c: &Config) -> Result<Vec<String>, Violation> {
                 "cluster name must be non-empty without whitespace",
             );
         }
+        // nats-server >= 2.10 refuses it ("cluster name is reserved").
+        if name == "_" {
+            return fail(
+                &["nats", "cluster_name"],
+                "cluster name `_` is reserved by nats-server",
+            );
+        }
     }
     if let Some(listen) = &n.cluster_listen {
         let ok = listen.rsplit_once(':').is_some_and(|(h, p)| {
