@@ -258,7 +258,9 @@ fn check_config_text(text: &str, format: Format) -> bool {
             );
             // The line it names is in the document.
             if let Some(l) = e.line {
-                let lines = text.lines().count().max(1) as u32;
+                // YAML ends a line at \n, \r\n or a lone \r.
+                let lines = text.replace("\r\n", "\n").replace('\r', "\n");
+                let lines = lines.lines().count().max(1) as u32;
                 assert!(l >= 1 && l <= lines + 1, "line {l} of {lines}: {e}");
             }
             let _ = e.to_string();
