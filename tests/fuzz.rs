@@ -334,8 +334,22 @@ const CHARS: &[&str] = &[
     "]", ":", ",", "=", ";", "/", "@", "%", "&", "*", "é", "€", "😀", "(", ")", "~", "`", "+",
 ];
 
+/// Rarely: whitespace and control characters, which validation must keep
+/// out of anything rendered.
+const RARE: &[&str] = &[
+    " ", "\t", "\n", "\r", "\u{0}", "\u{7f}", "\u{85}", "\u{a0}", "\u{2028}",
+];
+
 fn word(r: &mut Rng, max: usize) -> String {
-    (0..1 + r.below(max)).map(|_| r.pick(CHARS)).collect()
+    (0..1 + r.below(max))
+        .map(|_| {
+            if r.one_in(60) {
+                r.pick(RARE)
+            } else {
+                r.pick(CHARS)
+            }
+        })
+        .collect()
 }
 
 /// A subject token: mostly plain, sometimes odd.
@@ -644,7 +658,17 @@ fn json_value(r: &mut Rng, depth: usize) -> Value {
 
 /// A publish object that must be accepted, and what it must become.
 fn valid_request(r: &mut Rng) -> (Value, String, Vec<u8>) {
-    let subj = subject(r, false).replace(['$'], "d");
+    let subj: String = subject(r, false)
+        .replace('$', "d")
+        .chars()
+        .map(|c| {
+            if c.is_whitespace() || c.is_control() {
+                'w'
+            } else {
+                c
+            }
+        })
+        .collect();
     let msg = json_value(r, 0);
     let payload = match &msg {
         Value::String(s) => s.clone().into_bytes(),
