@@ -243,16 +243,34 @@ async fn hostile_requests_get_4xx_json_or_are_closed_and_the_daemon_stays_small(
         "{v}"
     );
 
-    // Unknown routes and methods, however odd, are JSON 404 / 405.
+    // Unknown routes and methods, however odd, are JSON 404 / 405; stream
+    // and consumer names that would be subject wildcards or extra tokens in
+    // the JetStream API request are a quick 404, never a wildcard request.
     let long_path = format!("/api/v1/{}", "x".repeat(8000));
     for (method, path, want) in [
         ("GET", "/api/v1/../../etc/passwd", 404),
         ("GET", "/%ff%fe", 404),
         ("GET", long_path.as_str(), 404),
+        ("GET", "/api/v1/streams/*", 404),
+        ("GET", "/api/v1/streams/%3E", 404),
+        ("GET", "/api/v1/streams/MARKET_DATA.x", 404),
+        ("GET", "/api/v1/streams/a.b/consumers", 404),
+        ("GET", "/api/v1/streams/MARKET_DATA/consumers/*", 404),
+        (
+            "POST",
+            "/api/v1/streams/MARKET_DATA/consumers/a.b/fetch",
+            404,
+        ),
         ("BREW", "/api/v1/publish", 405),
         ("PUT", "/api/v1/streams/MARKET_DATA", 405),
     ] {
+        let t = Instant::now();
         let (status, headers, body) = request(d.http, method, path, &[], vec![]).await.unwrap();
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "{method} {path}: {:?}",
+            t.elapsed()
+        );
         let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         assert_eq!(status, want, "{method} {path}: {v}");
         assert_eq!(v["success"], false, "{method} {path}: {v}");
@@ -465,6 +483,7 @@ async fn hostile_requests_get_4xx_json_or_are_closed_and_the_daemon_stays_small(
     let (status, v) = d.get("/health").await;
     assert_eq!(status, 200, "{v}");
     let rss_after = rss_kib(d.pid());
+    eprintln!("daemon RSS: {rss_before} KiB before the hostile requests, {rss_after} KiB after");
     assert!(
         rss_after < rss_before + 64 * 1024,
         "RSS grew from {rss_before} KiB to {rss_after} KiB"
