@@ -1,7 +1,9 @@
 //! The hyper 1.x accept loop with graceful shutdown (after
 //! hyper-util's server_graceful example), a cap on open connections, and
 //! hyper's header read timeout, which also closes idle keep-alive
-//! connections (hyper >= 1.6 restarts it after every response).
+//! connections: hyper (1.12 in Cargo.lock; hyperium/hyper#3828) restarts it
+//! when a connection goes idle after a response. hyper has no separate
+//! idle timeout; tests/hostile.rs checks this one holds.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -42,28 +44,31 @@ impl Drop for Slot {
     }
 }
 
-/// Says "connection limit reached" once per burst, not once per
-/// connection: a flood of clients would otherwise flood the journal too.
-struct LimitLog {
+/// Lets a warning out at most once per `every`, counting what it held back:
+/// a flood of clients (or of EMFILE) would otherwise flood the journal too.
+struct Throttle {
+    every: Duration,
     last: Option<Instant>,
-    waits: u64,
+    held: u64,
 }
 
-impl LimitLog {
-    const EVERY: Duration = Duration::from_secs(10);
-
-    fn hit(&mut self, cap: usize) {
-        self.waits += 1;
-        if self.last.is_none_or(|t| t.elapsed() >= Self::EVERY) {
-            tracing::warn!(
-                max_connections = cap,
-                waits = self.waits,
-                "HTTP connection limit reached ({cap} open, api.max_connections); new connections wait until one closes ({} time(s) since the last report)",
-                self.waits
-            );
-            self.last = Some(Instant::now());
-            self.waits = 0;
+impl Throttle {
+    fn new(every: Duration) -> Throttle {
+        Throttle {
+            every,
+            last: None,
+            held: 0,
         }
+    }
+
+    /// Some(times it happened since the last report) when a report is due.
+    fn due(&mut self) -> Option<u64> {
+        self.held += 1;
+        if self.last.is_some_and(|t| t.elapsed() < self.every) {
+            return None;
+        }
+        self.last = Some(Instant::now());
+        Some(std::mem::take(&mut self.held))
     }
 }
 
@@ -80,15 +85,19 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, mut shutdown: watch::Re
     let mut builder = http1::Builder::new();
     builder.timer(TokioTimer::new()).keep_alive(true);
     let slots = Arc::new(Slots::default());
-    let mut limit_log = LimitLog {
-        last: None,
-        waits: 0,
-    };
+    let mut at_limit = Throttle::new(Duration::from_secs(10));
+    let mut accept_failed = Throttle::new(Duration::from_secs(10));
     loop {
         // Read per connection, so a reloaded value applies at once.
         let cap = app.config().api.max_connections as usize;
         if slots.open.load(Ordering::Acquire) >= cap {
-            limit_log.hit(cap);
+            if let Some(n) = at_limit.due() {
+                tracing::warn!(
+                    max_connections = cap,
+                    times = n,
+                    "HTTP connection limit reached ({cap} open, api.max_connections); new connections wait until one closes ({n} time(s) since the last report)"
+                );
+            }
             tokio::select! {
                 _ = slots.freed.notified() => continue,
                 _ = crate::flag_set(&mut shutdown) => break,
@@ -100,7 +109,9 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, mut shutdown: watch::Re
                     Ok(x) => x,
                     Err(e) => {
                         // EMFILE and friends: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed: {e}");
+                        if let Some(n) = accept_failed.due() {
+                            tracing::warn!(error = %e, times = n, "accept failed: {e} ({n} time(s) since the last report)");
+                        }
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
@@ -127,5 +138,25 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, mut shutdown: watch::Re
     tokio::select! {
         _ = graceful.shutdown() => tracing::debug!("http connections drained"),
         _ = tokio::time::sleep(drain) => tracing::warn!(?drain, "http connections still open after the drain timeout ({drain:?}); closing them"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_throttle_reports_once_per_period_with_what_it_held_back() {
+        let mut t = Throttle::new(Duration::from_secs(3600));
+        assert_eq!(t.due(), Some(1));
+        assert_eq!((t.due(), t.due()), (None, None));
+        let mut t = Throttle::new(Duration::ZERO);
+        assert_eq!((t.due(), t.due()), (Some(1), Some(1)));
+        let mut t = Throttle::new(Duration::from_secs(3600));
+        t.due();
+        t.due();
+        t.due();
+        t.last = Some(Instant::now() - Duration::from_secs(3601));
+        assert_eq!(t.due(), Some(3), "two held back plus this one");
     }
 }
