@@ -57,6 +57,20 @@ fn q(s: &str) -> String {
     out
 }
 
+/// A map key for nats-server.conf, or None when it cannot be written.
+/// Quoted keys are taken verbatim up to the closing quote: no escapes (a
+/// `\"` ends the key, and `\\` stays two backslashes), so a key is
+/// written raw between `"`, or between `'` when it holds a `"`.
+pub fn key(s: &str) -> Option<String> {
+    if !s.contains('"') {
+        Some(format!("\"{s}\""))
+    } else if !s.contains('\'') {
+        Some(format!("'{s}'"))
+    } else {
+        None
+    }
+}
+
 fn list(items: &[String]) -> String {
     let quoted: Vec<String> = items.iter().map(|s| q(s)).collect();
     format!("[{}]", quoted.join(", "))
@@ -165,12 +179,14 @@ pub fn render(c: &Config, opts: &RenderOptions) -> String {
     if !n.mappings.is_empty() {
         let _ = writeln!(w, "    mappings {{");
         for (source, m) in &n.mappings {
+            // Validation refuses sources that have no key form.
+            let source = key(source).unwrap_or_default();
             match m.0.as_slice() {
                 [d] if d.weight == 100 => {
-                    let _ = writeln!(w, "      {}: {}", q(source), q(&d.subject));
+                    let _ = writeln!(w, "      {source}: {}", q(&d.subject));
                 }
                 dests => {
-                    let _ = writeln!(w, "      {}: [", q(source));
+                    let _ = writeln!(w, "      {source}: [");
                     for d in dests {
                         let _ = writeln!(
                             w,
@@ -313,6 +329,31 @@ nats:
 }
 "#;
         assert!(text.contains(expected), "{text}");
+    }
+
+    #[test]
+    fn mapping_sources_are_written_as_raw_keys() {
+        // Found by tests/fuzz.rs: a source with `"` was written as
+        // "m0.\"a.>", which nats-server refuses (quoted keys have no
+        // escapes), and a `\` was doubled: a mapping of another subject.
+        let c = cfg(r#"
+nats:
+  mappings:
+    'q"x.*': "to.$1"
+    'back\slash.*': "to2.$1"
+"#);
+        let text = render(&c, &opts());
+        assert!(text.contains("      'q\"x.*': \"to.$1\"\n"), "{text}");
+        assert!(
+            text.contains("      \"back\\slash.*\": \"to2.$1\"\n"),
+            "{text}"
+        );
+        let e = parse_str(
+            "nats:\n  mappings:\n    \"it's\\\"x\\\".*\": \"to.$1\"\n",
+            crate::config::Format::Yaml,
+        )
+        .unwrap_err();
+        assert!(e.message.contains("both"), "{e}");
     }
 
     #[test]

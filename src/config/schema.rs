@@ -503,8 +503,12 @@ impl Default for SupervisorConfig {
 pub struct ApiConfig {
     /// Deadline for a publish (JetStream ack included). Past it: 503.
     pub publish_timeout: Dur,
-    /// Time a client gets to send its request headers.
+    /// Time a client gets to send its request headers; also how long an
+    /// idle keep-alive connection is kept waiting for its next request.
     pub header_read_timeout: Dur,
+    /// Most HTTP connections open at once; past it new ones wait in the
+    /// listen backlog until one closes.
+    pub max_connections: u32,
     /// How long in-flight requests may finish at shutdown.
     pub drain_timeout: Dur,
     /// Most entries one POST /api/v1/publish/batch may carry (413 past it).
@@ -530,6 +534,7 @@ impl Default for ApiConfig {
         ApiConfig {
             publish_timeout: Dur::secs(5),
             header_read_timeout: Dur::secs(10),
+            max_connections: 1024,
             drain_timeout: Dur::secs(10),
             batch_max_entries: 10_000,
             batch_max_bytes: Size(16 << 20),

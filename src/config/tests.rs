@@ -591,3 +591,35 @@ fn workqueue_consumers_must_not_share_messages() {
     ));
     assert!(e.message.contains("ack_policy explicit"), "{e}");
 }
+
+#[test]
+fn max_connections_defaults_to_1024_and_must_be_positive() {
+    assert_eq!(yaml("").unwrap().api.max_connections, 1024);
+    assert_eq!(
+        yaml("api:\n  max_connections: 8\n")
+            .unwrap()
+            .api
+            .max_connections,
+        8
+    );
+    let (_, warnings) = parse_str("api:\n  max_connections: 100\n", Format::Yaml).unwrap();
+    assert!(
+        warnings.iter().any(|w| w.contains("sse_max_clients (100)")),
+        "{warnings:?}"
+    );
+    let (_, warnings) = parse_str("", Format::Yaml).unwrap();
+    assert!(warnings.iter().all(|w| !w.contains("sse_max_clients")));
+    let e = yaml_err("api:\n  max_connections: 0\n");
+    assert_eq!((e.key.as_str(), e.line), ("api.max_connections", Some(2)));
+    assert!(e.message.contains("at least 1"), "{e}");
+}
+
+#[test]
+fn the_cluster_name_nats_server_reserves_is_refused() {
+    // Found by tests/fuzz.rs: a current nats-server refuses cluster name
+    // `_` ("cluster name is reserved"), which validated.
+    let e = yaml_err("nats:\n  cluster_name: \"_\"\n");
+    assert_eq!(e.key, "nats.cluster_name");
+    assert!(e.message.contains("reserved"), "{e}");
+    yaml("nats:\n  cluster_name: \"_a\"\n").unwrap();
+}

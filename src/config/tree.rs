@@ -104,11 +104,29 @@ enum Frame {
     },
 }
 
+/// Most values aliases may copy into one document. Each alias copies its
+/// anchor's whole value, so a few lines of nested aliases ("billion
+/// laughs") would otherwise expand into gigabytes; a real config copies a
+/// handful of values.
+const MAX_ALIASED_VALUES: usize = 100_000;
+
+/// Values in a node, itself included.
+fn count(n: &Node) -> usize {
+    1 + match &n.value {
+        Value::Seq(items) => items.iter().map(count).sum(),
+        Value::Map(entries) => entries.iter().map(|(_, v)| count(v)).sum(),
+        _ => 0,
+    }
+}
+
 #[derive(Default)]
 struct YamlBuilder {
     stack: Vec<Frame>,
     root: Option<Node>,
-    anchors: HashMap<usize, Node>,
+    /// Anchored values and their size (see [`count`]).
+    anchors: HashMap<usize, (Node, usize)>,
+    /// Values copied by aliases so far.
+    aliased: usize,
     error: Option<SyntaxError>,
 }
 
@@ -180,7 +198,7 @@ impl MarkedEventReceiver for YamlBuilder {
                 };
                 let node = Node { value, line };
                 if anchor > 0 {
-                    self.anchors.insert(anchor, node.clone());
+                    self.anchors.insert(anchor, (node.clone(), count(&node)));
                 }
                 self.push(node);
             }
@@ -223,12 +241,20 @@ impl MarkedEventReceiver for YamlBuilder {
                     None => return,
                 };
                 if anchor > 0 {
-                    self.anchors.insert(anchor, node.clone());
+                    self.anchors.insert(anchor, (node.clone(), count(&node)));
                 }
                 self.push(node);
             }
             Event::Alias(id) => match self.anchors.get(&id) {
-                Some(node) => {
+                Some((node, size)) => {
+                    self.aliased = self.aliased.saturating_add(*size);
+                    if self.aliased > MAX_ALIASED_VALUES {
+                        self.fail(
+                            line,
+                            format!("aliases copy more than {MAX_ALIASED_VALUES} values into this document; write the values out instead of nesting aliases"),
+                        );
+                        return;
+                    }
                     let node = node.clone();
                     self.push(node);
                 }
@@ -421,6 +447,25 @@ mod tests {
     fn yaml_anchors_and_aliases_expand() {
         let n = parse_yaml("a: &x [1]\nb: *x\n").unwrap();
         assert_eq!(n.get("a").unwrap().value, n.get("b").unwrap().value);
+    }
+
+    #[test]
+    fn nested_aliases_cannot_blow_up_the_document() {
+        // "Billion laughs": 8^7 (2 million) strings from 8 lines; found by
+        // tests/fuzz.rs taking seconds per case on its corpus file.
+        let mut doc = "a: &a [x, x, x, x, x, x, x, x]\n".to_string();
+        for (p, c) in ["ab", "bc", "cd", "de", "ef", "fg"].map(|s| (&s[..1], &s[1..])) {
+            doc.push_str(&format!(
+                "{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n"
+            ));
+        }
+        let e = parse_yaml(&doc).unwrap_err();
+        assert!(
+            e.message.contains("aliases copy more than"),
+            "{}",
+            e.message
+        );
+        assert_eq!(e.line, Some(6));
     }
 
     #[test]

@@ -122,17 +122,38 @@ impl Dur {
         self.0
     }
 
+    /// Longest duration accepted: what Go's time.Duration (nanoseconds in
+    /// an int64) holds, about 292 years. nats-server refuses a longer
+    /// `ping_interval` or `write_deadline` ("invalid duration"), and
+    /// JetStream carries `max_age`, `ack_wait` and the like as int64
+    /// nanoseconds too.
+    pub const MAX: Duration = Duration::from_nanos(i64::MAX as u64);
+
+    /// `d`, unless it is longer than [`Dur::MAX`]; `what` names it in the error.
+    pub fn checked(d: Duration, what: &dyn fmt::Display) -> Result<Dur, String> {
+        if d > Self::MAX {
+            Err(format!(
+                "invalid duration {what}: longer than nats-server accepts (at most {}h, about 292 years)",
+                Self::MAX.as_secs() / 3600
+            ))
+        } else {
+            Ok(Dur(d))
+        }
+    }
+
     pub fn parse(text: &str) -> Result<Dur, String> {
         let t = text.trim();
+        let what = format!("{text:?}");
         if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
-            return t
+            let secs = t
                 .parse::<u64>()
-                .map(Dur::secs)
-                .map_err(|_| format!("invalid duration {text:?}: too large"));
+                .map_err(|_| format!("invalid duration {text:?}: too large"))?;
+            return Dur::checked(Duration::from_secs(secs), &what);
         }
-        humantime::parse_duration(t).map(Dur).map_err(|e| {
+        let d = humantime::parse_duration(t).map_err(|e| {
             format!("invalid duration {text:?}: {e} (use e.g. \"100ms\", \"2s\", \"2m\", \"1h\", or a number of seconds)")
-        })
+        })?;
+        Dur::checked(d, &what)
     }
 
     /// Go's time.ParseDuration syntax, which nats-server uses: "2s", "2m",
@@ -171,19 +192,21 @@ impl<'de> Deserialize<'de> for Dur {
                 f.write_str("a duration such as \"2s\", \"2m\", \"100ms\" or a number of seconds")
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Dur, E> {
-                Ok(Dur::secs(v))
+                Dur::checked(Duration::from_secs(v), &v).map_err(E::custom)
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Dur, E> {
-                u64::try_from(v)
-                    .map(Dur::secs)
-                    .map_err(|_| E::custom(format!("invalid duration {v}: must not be negative")))
+                let secs = u64::try_from(v).map_err(|_| {
+                    E::custom(format!("invalid duration {v}: must not be negative"))
+                })?;
+                self.visit_u64(secs)
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Dur, E> {
-                Duration::try_from_secs_f64(v).map(Dur).map_err(|_| {
+                let d = Duration::try_from_secs_f64(v).map_err(|_| {
                     E::custom(format!(
                         "invalid duration {v}: must be a non-negative number of seconds"
                     ))
-                })
+                })?;
+                Dur::checked(d, &v).map_err(E::custom)
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Dur, E> {
                 Dur::parse(v).map_err(E::custom)
@@ -227,6 +250,25 @@ mod tests {
         assert_eq!(Size(1 << 30).to_string(), "1GB");
         assert_eq!(Size(3 << 29).to_string(), "1536MB");
         assert_eq!(Size(1000).to_string(), "1000B");
+    }
+
+    #[test]
+    fn durations_past_what_go_and_jetstream_hold_are_refused() {
+        // Found by tests/fuzz.rs: nats-server -t refused ping_interval
+        // "8589934592m" ("time: invalid duration"), which validated.
+        for text in [
+            "8589934592m",
+            "300years",
+            "9223372037s",
+            "18446744073709551615",
+        ] {
+            let e = Dur::parse(text).unwrap_err();
+            assert!(e.contains("292 years"), "{text}: {e}");
+        }
+        assert_eq!(Dur::parse("2562047h").unwrap(), Dur::secs(2_562_047 * 3600));
+        let e = toml::from_str::<std::collections::BTreeMap<String, Dur>>("d = 9223372037")
+            .unwrap_err();
+        assert!(e.to_string().contains("292 years"), "{e}");
     }
 
     #[test]

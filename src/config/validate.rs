@@ -82,6 +82,13 @@ pub fn validate(c: &Config) -> Result<Vec<String>, Violation> {
                 "cluster name must be non-empty without whitespace",
             );
         }
+        // nats-server >= 2.10 refuses it ("cluster name is reserved").
+        if name == "_" {
+            return fail(
+                &["nats", "cluster_name"],
+                "cluster name `_` is reserved by nats-server",
+            );
+        }
     }
     if let Some(listen) = &n.cluster_listen {
         let ok = listen.rsplit_once(':').is_some_and(|(h, p)| {
@@ -147,6 +154,12 @@ pub fn validate(c: &Config) -> Result<Vec<String>, Violation> {
     for (i, (source, m)) in n.mappings.iter().enumerate() {
         let at = ["nats", "mappings", source.as_str()];
         crate::mapping::check(source, &m.0).or_else(|e| fail(&at, e))?;
+        if crate::natsconf::key(source).is_none() {
+            return fail(
+                &at,
+                format!("source {source:?} contains both `\"` and `'`: nats-server.conf has no way to write such a key"),
+            );
+        }
         if let Some(other) = sources[..i].iter().find(|o| subject::overlaps(o, source)) {
             return fail(
                 &at,
@@ -272,6 +285,9 @@ pub fn validate(c: &Config) -> Result<Vec<String>, Violation> {
             return fail(&["api", key], "must be greater than 0");
         }
     }
+    if c.api.max_connections == 0 {
+        return fail(&["api", "max_connections"], "must be at least 1");
+    }
     if c.api.batch_max_entries == 0 {
         return fail(&["api", "batch_max_entries"], "must be at least 1");
     }
@@ -286,6 +302,12 @@ pub fn validate(c: &Config) -> Result<Vec<String>, Violation> {
     }
     if c.api.fetch_max_wait.get().is_zero() {
         return fail(&["api", "fetch_max_wait"], "must be greater than 0");
+    }
+    if c.api.sse_max_clients >= c.api.max_connections {
+        warnings.push(format!(
+            "api.sse_max_clients ({}) is not below api.max_connections ({}): open event streams can take every HTTP connection, and then health checks and publishes wait",
+            c.api.sse_max_clients, c.api.max_connections
+        ));
     }
     Ok(warnings)
 }

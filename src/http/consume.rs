@@ -303,6 +303,7 @@ struct OutMessage<'a> {
 /// Reads an optional JSON body: empty means all defaults; anything else
 /// must be `application/json`.
 async fn json_body<T: for<'de> Deserialize<'de>>(
+    app: &App,
     req: Request<Incoming>,
     default: Option<T>,
     expected: &str,
@@ -311,7 +312,8 @@ async fn json_body<T: for<'de> Deserialize<'de>>(
     if has_type && !content_type_is(&req, "application/json") {
         return Err(not_json());
     }
-    let body = read_body(req, FETCH_BODY_LIMIT, || {
+    let idle = app.config().api.header_read_timeout.get();
+    let body = read_body(req, FETCH_BODY_LIMIT, idle, || {
         format!("the request body is larger than {FETCH_BODY_LIMIT} bytes")
     })
     .await?;
@@ -341,6 +343,7 @@ async fn fetch(
 ) -> Result<Resp, ApiError> {
     let expected = r#"{"batch": N, "expires_ms": M}"#;
     let r: FetchRequest = json_body(
+        app,
         req,
         Some(FetchRequest {
             batch: None,
@@ -618,7 +621,7 @@ async fn acknowledge(
     name: &str,
     kind: Kind,
 ) -> Result<Resp, ApiError> {
-    let r: AckRequest = json_body(req, None, r#"{"tokens": ["..."]}"#).await?;
+    let r: AckRequest = json_body(app, req, None, r#"{"tokens": ["..."]}"#).await?;
     if r.delay_ms.is_some() && kind != Kind::Nak {
         return Err(ApiError::bad_request(
             "invalid_json",

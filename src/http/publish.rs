@@ -13,6 +13,7 @@ use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::publish::PublishAck;
 use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
+use futures::FutureExt;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::{header, Request, Response, StatusCode};
@@ -51,11 +52,12 @@ enum HeaderValues {
     Many(Vec<String>),
 }
 
-/// One message ready for NATS.
-struct Entry {
-    subject: String,
-    payload: Bytes,
-    headers: Option<async_nats::HeaderMap>,
+/// One message ready for NATS. (`pub` for tests/fuzz.rs only.)
+#[doc(hidden)]
+pub struct Entry {
+    pub subject: String,
+    pub payload: Bytes,
+    pub headers: Option<async_nats::HeaderMap>,
 }
 
 /// What a successful publish answers.
@@ -97,10 +99,14 @@ fn too_large(what: String) -> ApiError {
 }
 
 /// The body, at most `limit` bytes (413 past it, before reading it all
-/// when Content-Length already tells).
+/// when Content-Length already tells). A client that stops sending for
+/// `idle` gets 408: hyper bounds only the wait for headers, and a stalled
+/// body would otherwise hold its connection (and a slot under
+/// `api.max_connections`) forever.
 pub(super) async fn read_body(
     req: Request<Incoming>,
     limit: usize,
+    idle: Duration,
     what: impl Fn() -> String,
 ) -> Result<Bytes, ApiError> {
     let declared = req
@@ -111,19 +117,59 @@ pub(super) async fn read_body(
     if declared.is_some_and(|l| l > limit as u64) {
         return Err(too_large(what()));
     }
-    match Limited::new(req.into_body(), limit).collect().await {
-        Ok(b) => Ok(b.to_bytes()),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            Err(too_large(what()))
+    let mut body = Limited::new(req.into_body(), limit);
+    // The usual body is one frame that came with the headers: it is kept
+    // as is (no copy), and no timer is armed for it.
+    let mut first: Option<Bytes> = None;
+    let mut more: Option<bytes::BytesMut> = None;
+    loop {
+        let next = match body.frame().now_or_never() {
+            Some(f) => f,
+            None => tokio::time::timeout(idle, body.frame())
+                .await
+                .map_err(|_| {
+                    ApiError::new(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "request_timeout",
+                        format!("no body bytes for {idle:?} (api.header_read_timeout); send the body without pausing"),
+                    )
+                })?,
+        };
+        let frame = match next {
+            None => break,
+            Some(Ok(f)) => f,
+            Some(Err(e))
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some() =>
+            {
+                return Err(too_large(what()))
+            }
+            Some(Err(e)) => {
+                return Err(ApiError::bad_request(
+                    "bad_body",
+                    format!("cannot read the request body: {e}"),
+                ))
+            }
+        };
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        match (&first, &mut more) {
+            (None, _) => first = Some(data),
+            (Some(f), None) => {
+                let mut m = bytes::BytesMut::with_capacity(f.len() + data.len());
+                m.extend_from_slice(f);
+                m.extend_from_slice(&data);
+                more = Some(m);
+            }
+            (Some(_), Some(m)) => m.extend_from_slice(&data),
         }
-        Err(e) => Err(ApiError::bad_request(
-            "bad_body",
-            format!("cannot read the request body: {e}"),
-        )),
     }
+    Ok(match (more, first) {
+        (Some(m), _) => m.freeze(),
+        (None, Some(f)) => f,
+        (None, None) => Bytes::new(),
+    })
 }
 
 /// Header names as NATS carries them: printable ASCII without ':' or
@@ -156,8 +202,9 @@ fn headers(map: BTreeMap<String, HeaderValues>) -> Result<async_nats::HeaderMap,
 
 /// Parses and checks one publish object; `raw` is a slice of `body`, so a
 /// JSON message goes to NATS as the very bytes that came (no copy, no
-/// re-serialisation).
-fn parse_entry(cfg: &Config, body: &Bytes, raw: &[u8]) -> Result<Entry, ApiError> {
+/// re-serialisation). (`pub` for tests/fuzz.rs only.)
+#[doc(hidden)]
+pub fn parse_entry(cfg: &Config, body: &Bytes, raw: &[u8]) -> Result<Entry, ApiError> {
     let parsed: PublishRequest = serde_json::from_slice(raw).map_err(|e| {
         let code = if e.to_string().starts_with("missing field `subject`") {
             "missing_subject"
@@ -402,7 +449,8 @@ async fn single_inner(app: &App, req: Request<Incoming>) -> Result<Outcome, ApiE
     let limit = (max_payload.bytes() as usize)
         .saturating_mul(6)
         .saturating_add(64 << 10);
-    let body = read_body(req, limit, || {
+    let idle = cfg.api.header_read_timeout.get();
+    let body = read_body(req, limit, idle, || {
         format!("the message is larger than max_payload ({max_payload})")
     })
     .await?;
@@ -464,7 +512,9 @@ struct BatchAnswer {
 
 /// The entries of a batch body, each a slice of it: a JSON array of
 /// publish objects, or NDJSON (one per line; blank lines skipped).
-fn split_batch(body: &Bytes, ndjson: bool) -> Result<Vec<&[u8]>, ApiError> {
+/// (`pub` for tests/fuzz.rs only.)
+#[doc(hidden)]
+pub fn split_batch(body: &Bytes, ndjson: bool) -> Result<Vec<&[u8]>, ApiError> {
     if ndjson {
         return Ok(body
             .split(|&b| b == b'\n')
@@ -501,9 +551,12 @@ pub async fn batch(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> 
     let api = &cfg.api;
     let timeout = api.publish_timeout.get();
     let max_bytes = api.batch_max_bytes;
-    let body = read_body(req, max_bytes.bytes() as usize, || {
-        format!("the batch is larger than api.batch_max_bytes ({max_bytes})")
-    })
+    let body = read_body(
+        req,
+        max_bytes.bytes() as usize,
+        api.header_read_timeout.get(),
+        || format!("the batch is larger than api.batch_max_bytes ({max_bytes})"),
+    )
     .await?;
     let raws = split_batch(&body, ndjson)?;
     if raws.is_empty() {

@@ -59,15 +59,17 @@ impl Drop for Slot {
     }
 }
 
-/// The value of `subject` in a query string, percent-decoded.
-fn subject_param(query: &str) -> Option<String> {
+/// The value of `subject` in a query string, percent-decoded; `Err` with
+/// the raw value when the decoded bytes are not UTF-8 (replacing them would
+/// follow a subject the client never asked for).
+fn subject_param(query: &str) -> Option<Result<String, &str>> {
     query.split('&').find_map(|kv| {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-        (k == "subject").then(|| percent_decode(v))
+        (k == "subject").then(|| percent_decode(v).ok_or(v))
     })
 }
 
-fn percent_decode(s: &str) -> String {
+fn percent_decode(s: &str) -> Option<String> {
     let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
@@ -88,7 +90,7 @@ fn percent_decode(s: &str) -> String {
         }
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    String::from_utf8(out).ok()
 }
 
 /// One SSE event; `data` is one line of JSON.
@@ -136,12 +138,19 @@ pub async fn handle(
     app: &Arc<App>,
     req: &Request<Incoming>,
 ) -> Result<Response<SseBody>, ApiError> {
-    let subj = subject_param(req.uri().query().unwrap_or("")).ok_or_else(|| {
-        ApiError::bad_request(
-            "missing_subject",
-            "give the subject to follow: /api/v1/subscribe?subject=market.binance.>",
-        )
-    })?;
+    let subj = subject_param(req.uri().query().unwrap_or(""))
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "missing_subject",
+                "give the subject to follow: /api/v1/subscribe?subject=market.binance.>",
+            )
+        })?
+        .map_err(|raw| {
+            ApiError::bad_request(
+                "invalid_subject",
+                format!("subject {raw:?} is not UTF-8 once percent-decoded"),
+            )
+        })?;
     subject::check(&subj, true).map_err(|e| ApiError::bad_request("invalid_subject", e.0))?;
     if subj.starts_with('$') || subj == ">" {
         return Err(ApiError::bad_request(
@@ -306,13 +315,20 @@ mod tests {
     #[test]
     fn the_subject_comes_from_the_query_string_percent_decoded() {
         assert_eq!(
-            subject_param("subject=market.binance.%3E").as_deref(),
-            Some("market.binance.>")
+            subject_param("subject=market.binance.%3E"),
+            Some(Ok("market.binance.>".into()))
         );
-        assert_eq!(subject_param("x=1&subject=a.*&y=2").as_deref(), Some("a.*"));
-        assert_eq!(subject_param("subject=a.%2"), Some("a.%2".into()));
+        assert_eq!(subject_param("x=1&subject=a.*&y=2"), Some(Ok("a.*".into())));
+        assert_eq!(subject_param("subject=a.%2"), Some(Ok("a.%2".into())));
+        assert_eq!(subject_param("subject=a.%C3%A9"), Some(Ok("a.é".into())));
         assert_eq!(subject_param("subjects=a"), None);
         assert_eq!(subject_param(""), None);
+    }
+
+    #[test]
+    fn a_subject_that_is_not_utf8_once_decoded_is_refused_not_replaced() {
+        assert_eq!(subject_param("subject=a.%FF"), Some(Err("a.%FF")));
+        assert_eq!(subject_param("subject=a.%C3"), Some(Err("a.%C3")));
     }
 
     #[test]
