@@ -263,10 +263,7 @@ async fn run(opts: Opts) {
             let secs = now.duration_since(t0).as_secs();
             samples.push((secs, rss_mb(d.pid()), fd_count(d.pid())));
             let (_, rss, fds) = samples.last().unwrap();
-            println!(
-                "{secs:>6} {:>8} {:>8} {:>8} {:>6} {rss:>8.1} {fds:>5}",
-                "", "", "", ""
-            );
+            println!("{secs:>6} {rss:>8.1} {fds:>5}");
             next_sample += WINDOW;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
