@@ -564,6 +564,10 @@ async fn full_store(bin: &std::path::Path) {
             503 | 507 => {
                 if status == 503 {
                     assert!(headers.get("retry-after").is_some(), "{resp}");
+                } else {
+                    assert_eq!(resp["error"]["code"], "insufficient_storage", "{resp}");
+                    let msg = resp["error"]["message"].as_str().unwrap();
+                    assert!(msg.contains("no space left on device"), "{resp}");
                 }
                 *refusals
                     .entry((status, resp["error"]["code"].as_str().unwrap().to_string()))
@@ -579,6 +583,10 @@ async fn full_store(bin: &std::path::Path) {
         acked.len()
     );
     assert!(acked.len() > 50, "{}", acked.len());
+    assert!(
+        refusals.keys().any(|(status, _)| *status == 507),
+        "no publish was refused naming the full disk: {refusals:?}"
+    );
     // Health says why (while the disk is full).
     let why = eventually(
         Duration::from_secs(20),
