@@ -547,16 +547,29 @@ async fn full_store(bin: &std::path::Path) {
         .bin(bin)
         .state(&fs.path)
         .top("api:\n  publish_timeout: 2s\n")
-        .supervisor("  backoff_max: 500ms\n  max_failures: 1000\n")
+        // Two failures are all the budget: the kills a full disk causes
+        // must not use it up (the daemon would give up with 69).
+        .supervisor("  backoff_max: 500ms\n  max_failures: 2\n")
         .start();
     d.wait_healthy(Duration::from_secs(20)).await;
     let pad = "x".repeat(60_000);
     let mut acked: Vec<(u64, String)> = Vec::new();
     let mut refusals: HashMap<(u16, String), usize> = HashMap::new();
     let mut i = 0;
-    // 8 MB hold about 130 of these: publish until a dozen are refused.
-    while refusals.values().sum::<usize>() < 12 {
-        assert!(i < 2000, "the store never filled up");
+    // 8 MB hold about 130 of these: publish until nats-server has been
+    // restarted (killed as hung, or by its own health check) three times
+    // because of the full disk, more than max_failures allows.
+    let kills = || d.log().matches("killing nats-server (SIGKILL").count();
+    while kills() < 3 || refusals.values().sum::<usize>() < 12 {
+        assert!(
+            i < 3000,
+            "the store never filled up (or was never restarted)"
+        );
+        assert!(
+            !d.has_exited(),
+            "the daemon gave up on a full disk: {}",
+            d.log()
+        );
         let id = format!("f{i}");
         let body = json!({"subject": "market.full.trade", "message": {"id": id, "pad": pad}});
         let (status, headers, resp) = d.publish_raw(body.to_string().into_bytes()).await;

@@ -448,6 +448,11 @@ impl Supervisor {
                     Event::StopRequested
                 }
             };
+            // Whether this exit is the full disk's doing (see Machine::store_full).
+            if matches!(event, Event::Exited { .. }) {
+                m.store_full = self.config.nats.jetstream_enabled
+                    && probe::store_space_problem(&self.config.data_dir()).is_some();
+            }
             pending.extend(step(&mut m, event));
         }
     }
