@@ -459,56 +459,6 @@ async fn a_data_dir_that_cannot_be_created_exits_73_naming_it_without_starting_a
     assert!(nats_servers_with(&data.display().to_string()).is_empty());
 }
 
-/// Whether the test runs as root (mounts need it); prints why it skips.
-fn root_or_skip(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { nix::libc::geteuid() } == 0 {
-        return true;
-    }
-    eprintln!("SKIPPED {test}: needs root (it mounts a tmpfs of its own)");
-    false
-}
-
-/// A tmpfs of the test's own, unmounted on drop.
-struct Tmpfs {
-    path: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    fn mount(opts: &str) -> Tmpfs {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("mnt");
-        std::fs::create_dir(&path).unwrap();
-        let st = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", opts, "tmpfs"])
-            .arg(&path)
-            .status()
-            .unwrap();
-        assert!(st.success(), "mount -o {opts} failed");
-        Tmpfs { path, _dir: dir }
-    }
-
-    fn remount(&self, opts: &str) {
-        let st = std::process::Command::new("mount")
-            .args(["-o", &format!("remount,{opts}")])
-            .arg(&self.path)
-            .status()
-            .unwrap();
-        assert!(st.success(), "remount -o {opts} failed");
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        // Lazy: a nats-server still dying may hold it a moment longer.
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.path)
-            .status();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_read_only_data_dir_exits_73_naming_it() {
     if !root_or_skip("a_read_only_data_dir_exits_73_naming_it") {
