@@ -286,6 +286,23 @@ fn lost(stream: &str, l: Lost, timeout: Duration) -> ApiError {
     }
 }
 
+/// A JetStream publish that failed while the store's filesystem is full
+/// failed because of it (nats-server itself may only time out or drop the
+/// connection): 507 naming the cause instead of a bare 503.
+fn store_full(app: &App, e: ApiError) -> ApiError {
+    if e.status != StatusCode::SERVICE_UNAVAILABLE || !app.supervised {
+        return e;
+    }
+    match crate::supervisor::probe::store_space_problem(&app.config().data_dir()) {
+        Some(full) => ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "insufficient_storage",
+            format!("{}: {full}", e.message),
+        ),
+        None => e,
+    }
+}
+
 /// Hands a JetStream publish to the connection; the returned future is the
 /// ack.
 fn js_message(e: Entry) -> (String, PublishMessage) {
@@ -324,8 +341,8 @@ async fn publish_js(
             app.stats.ack_latency.observe_duration(sent.elapsed());
             Ok(acked(a))
         }
-        Ok(Err(err)) => Err(publish_error(stream, err)),
-        Err(l) => Err(lost(stream, l, timeout)),
+        Ok(Err(err)) => Err(store_full(app, publish_error(stream, err))),
+        Err(l) => Err(store_full(app, lost(stream, l, timeout))),
     }
 }
 
@@ -344,8 +361,8 @@ async fn send_js(
         .await
     {
         Ok(Ok(ack)) => Ok(ack),
-        Ok(Err(err)) => Err(publish_error(stream, err)),
-        Err(l) => Err(lost(stream, l, timeout)),
+        Ok(Err(err)) => Err(store_full(app, publish_error(stream, err))),
+        Err(l) => Err(store_full(app, lost(stream, l, timeout))),
     }
 }
 
@@ -362,8 +379,8 @@ async fn await_ack(
             app.stats.ack_latency.observe_duration(sent.elapsed());
             Ok(acked(a))
         }
-        Ok(Err(err)) => Err(publish_error(stream, err)),
-        Err(l) => Err(lost(stream, l, timeout)),
+        Ok(Err(err)) => Err(store_full(app, publish_error(stream, err))),
+        Err(l) => Err(store_full(app, lost(stream, l, timeout))),
     }
 }
 

@@ -108,6 +108,12 @@ async fn health(app: &App) -> Result<Resp, ApiError> {
             problems.push("nats-server is not answering its health probe".into());
         }
     }
+    if app.supervised && app.config().nats.jetstream_enabled {
+        if let Some(full) = crate::supervisor::probe::store_space_problem(&app.config().data_dir())
+        {
+            problems.push(full);
+        }
+    }
     let connected = app.is_connected();
     if !connected {
         problems.push(format!(

@@ -448,6 +448,11 @@ impl Supervisor {
                     Event::StopRequested
                 }
             };
+            // Whether this exit is the full disk's doing (see Machine::store_full).
+            if matches!(event, Event::Exited { .. }) {
+                m.store_full = self.config.nats.jetstream_enabled
+                    && probe::store_space_problem(&self.config.data_dir()).is_some();
+            }
             pending.extend(step(&mut m, event));
         }
     }
@@ -623,6 +628,16 @@ impl Supervisor {
         tokio::time::sleep_until(at.into()).await;
         let timeout = self.config.supervisor.health_timeout.get();
         probe::healthz(self.monitor, timeout).await?;
+        if !starting && self.config.nats.jetstream_enabled {
+            // A little more room than /healthz: /jsz takes JetStream's
+            // lock, which a busy server holds a moment longer.
+            if let Err(e) = probe::jsz(self.monitor, timeout.max(Duration::from_secs(1))).await {
+                return Err(match probe::store_space_problem(&self.config.data_dir()) {
+                    Some(full) => format!("{e} ({full})"),
+                    None => e,
+                });
+            }
+        }
         if starting && self.config.nats.tls.is_none() {
             let creds = self.render.internal.as_ref();
             probe::nats_ping(

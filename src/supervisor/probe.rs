@@ -62,6 +62,39 @@ pub async fn healthz(monitor: SocketAddr, timeout: Duration) -> Result<(), Strin
     }
 }
 
+/// JetStream's liveness, through the monitor's /jsz: nats-server 2.9
+/// answers /healthz "ok" while a store write error (a full disk) has
+/// wedged JetStream for good; /jsz then hangs. Only a restart brings it
+/// back, so a hang here counts as a failed probe.
+pub async fn jsz(monitor: SocketAddr, timeout: Duration) -> Result<(), String> {
+    match http_get(monitor, "/jsz", timeout).await {
+        Ok((200, _)) => Ok(()),
+        Ok((status, body)) => Err(format!(
+            "/jsz answered {status}: {}",
+            String::from_utf8_lossy(&body).trim()
+        )),
+        Err(e) => Err(format!("JetStream does not answer: {e}")),
+    }
+}
+
+/// Free space below which the JetStream store's filesystem counts as full.
+pub const STORE_FULL_BELOW: u64 = 1 << 20;
+
+/// "no space left on device ..." when the filesystem holding `dir` has
+/// less than [`STORE_FULL_BELOW`] free for nats-server: the cause
+/// nats-server 2.9 does not say when a full disk wedges JetStream.
+pub fn store_space_problem(dir: &std::path::Path) -> Option<String> {
+    let st = nix::sys::statvfs::statvfs(dir).ok()?;
+    let free = (st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64);
+    (free < STORE_FULL_BELOW).then(|| {
+        format!(
+            "no space left on device: the JetStream store's filesystem ({}) has {} KB free",
+            dir.display(),
+            free / 1024
+        )
+    })
+}
+
 /// A NATS protocol round trip (INFO, CONNECT, PING -> PONG) on the client
 /// port: proves the server accepts clients, which /healthz alone does not.
 pub async fn nats_ping(

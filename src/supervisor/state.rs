@@ -121,6 +121,14 @@ pub struct Machine {
     /// systemd wait through the whole backoff ladder.
     ever_healthy: bool,
     initial_failures: u32,
+    /// Set by the shell while the JetStream store's filesystem is full. A
+    /// failure then is the disk's, not nats-server's: it is still restarted
+    /// with backoff (clients can read, consumers drain) but it does not
+    /// count towards giving up, so the daemon is still there, and comes
+    /// back by itself, once room is made. (Before the first healthy child
+    /// the few start attempts still apply: a daemon that never got going
+    /// says so.)
+    pub store_full: bool,
 }
 
 /// Failed start attempts before the first healthy child that mean give up.
@@ -138,6 +146,7 @@ impl Machine {
             last_failure: None,
             ever_healthy: false,
             initial_failures: 0,
+            store_full: false,
         }
     }
 
@@ -291,7 +300,7 @@ impl Machine {
 
     fn failure(&mut self, reason: String, now: Instant) -> (State, Vec<Action>) {
         self.last_failure = Some(reason.clone());
-        let window_full = self.failures.record(now);
+        let window_full = !self.store_full && self.failures.record(now);
         if !self.ever_healthy {
             self.initial_failures += 1;
             if self.initial_failures >= INITIAL_ATTEMPTS.min(self.policy.max_failures) {
@@ -388,6 +397,52 @@ mod tests {
             vec![Action::Announce { pid: 11 }]
         );
         assert_eq!(m.restarts, 1);
+    }
+
+    #[test]
+    fn failures_while_the_store_is_full_never_give_up_but_still_back_off() {
+        let t = Instant::now();
+        let mut m = started(t);
+        m.store_full = true;
+        let mut delays = Vec::new();
+        for i in 0..10u32 {
+            let now = t + Duration::from_secs(i.into());
+            m.handle(
+                Event::Exited {
+                    status: "signal 9".into(),
+                },
+                now,
+            );
+            let until = backoff_until(&m);
+            delays.push(until - now);
+            assert_eq!(m.handle(Event::Tick, until), vec![Action::Spawn]);
+            m.handle(Event::Spawned { pid: 20 + i }, until);
+            m.handle(Event::Healthy, until);
+        }
+        assert!(delays[9] > delays[0] * 4, "{delays:?}");
+        assert_eq!(m.restarts, 10);
+        // Room again: failures count as before (max_failures 3).
+        m.store_full = false;
+        let now = t + Duration::from_secs(20);
+        for _ in 0..3 {
+            m.handle(
+                Event::Exited {
+                    status: "signal 9".into(),
+                },
+                now,
+            );
+            let until = backoff_until(&m);
+            m.handle(Event::Tick, until);
+            m.handle(Event::Spawned { pid: 99 }, until);
+            m.handle(Event::Healthy, until);
+        }
+        let a = m.handle(
+            Event::Exited {
+                status: "signal 9".into(),
+            },
+            now,
+        );
+        assert!(matches!(a[..], [Action::GiveUp { .. }]), "{a:?}");
     }
 
     #[test]
