@@ -551,7 +551,7 @@ pub fn actual_consumer_from(c: &consumer::Config) -> ActualConsumer {
     }
 }
 
-pub fn ack_policy_name(p: consumer::AckPolicy) -> &'static str {
+fn ack_policy_name(p: consumer::AckPolicy) -> &'static str {
     match p {
         consumer::AckPolicy::Explicit => "explicit",
         consumer::AckPolicy::None => "none",

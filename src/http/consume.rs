@@ -27,13 +27,12 @@ use futures::stream::{FuturesOrdered, StreamExt, TryStreamExt};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use super::error::{json_bytes, json_response, ApiError};
+use super::message::{self, Data, HeaderOut};
 use super::publish::{content_type_is, not_json, read_body};
 use crate::app::{App, Nats};
-use crate::jetstream::ack_policy_name;
 use crate::subject;
 
 type Resp = Response<http_body_util::Full<Bytes>>;
@@ -155,21 +154,7 @@ fn seq_json(s: &consumer::SequenceInfo) -> Value {
 /// What GET .../consumers/{name} answers (and each entry of the list).
 fn consumer_json(i: &consumer::Info, declared: bool) -> Value {
     let c = &i.config;
-    let (deliver_policy, opt_start_seq) = match c.deliver_policy {
-        consumer::DeliverPolicy::All => ("all", None),
-        consumer::DeliverPolicy::Last => ("last", None),
-        consumer::DeliverPolicy::New => ("new", None),
-        consumer::DeliverPolicy::ByStartSequence { start_sequence } => {
-            ("by_start_sequence", Some(start_sequence))
-        }
-        consumer::DeliverPolicy::ByStartTime { .. } => ("by_start_time", None),
-        consumer::DeliverPolicy::LastPerSubject => ("last_per_subject", None),
-    };
-    let filters = if c.filter_subject.is_empty() {
-        c.filter_subjects.clone()
-    } else {
-        vec![c.filter_subject.clone()]
-    };
+    let a = crate::jetstream::actual_consumer_from(c);
     json!({
         "stream": i.stream_name,
         "name": i.name,
@@ -178,10 +163,10 @@ fn consumer_json(i: &consumer::Info, declared: bool) -> Value {
             "durable": c.durable_name.is_some(),
             "type": if c.deliver_subject.is_some() { "push" } else { "pull" },
             "deliver_subject": c.deliver_subject,
-            "filter_subjects": filters,
-            "deliver_policy": deliver_policy,
-            "opt_start_seq": opt_start_seq,
-            "ack_policy": ack_policy_name(c.ack_policy),
+            "filter_subjects": a.filters,
+            "deliver_policy": a.deliver_policy,
+            "opt_start_seq": a.opt_start_seq,
+            "ack_policy": a.ack_policy,
             "ack_wait_ms": c.ack_wait.as_millis() as u64,
             "max_deliver": c.max_deliver,
             "max_ack_pending": c.max_ack_pending,
@@ -266,22 +251,6 @@ struct FetchRequest {
     batch: Option<u32>,
     #[serde(default)]
     expires_ms: Option<u64>,
-}
-
-/// A message's payload as the client gets it: the JSON itself when it is
-/// JSON, else base64 (with `data_encoding: "base64"`).
-#[derive(Serialize)]
-#[serde(untagged)]
-enum Data<'a> {
-    Json(&'a RawValue),
-    Base64(String),
-}
-
-#[derive(Serialize)]
-#[serde(untagged)]
-enum HeaderOut {
-    One(String),
-    Many(Vec<String>),
 }
 
 #[derive(Serialize)]
@@ -466,29 +435,8 @@ fn pull_error(text: &str) -> ApiError {
 }
 
 fn out_message(m: &async_nats::jetstream::Message) -> OutMessage<'_> {
-    let payload: &[u8] = &m.message.payload;
-    let (data, data_encoding) = match serde_json::from_slice::<&RawValue>(payload) {
-        Ok(raw) => (Data::Json(raw), None),
-        Err(_) => (Data::Base64(base64(payload)), Some("base64")),
-    };
-    let headers = m
-        .message
-        .headers
-        .as_ref()
-        .filter(|h| !h.is_empty())
-        .map(|h| {
-            h.iter()
-                .map(|(k, vs)| {
-                    let mut vs: Vec<String> = vs.iter().map(|v| v.as_str().to_string()).collect();
-                    let v = if vs.len() == 1 {
-                        HeaderOut::One(vs.remove(0))
-                    } else {
-                        HeaderOut::Many(vs)
-                    };
-                    (k.to_string(), v)
-                })
-                .collect()
-        });
+    let (data, data_encoding) = message::data(&m.message.payload);
+    let headers = message::headers(m.message.headers.as_ref());
     let reply = m.message.reply.as_ref().map(|r| r.as_str());
     let ack = reply.and_then(AckSubject::parse);
     OutMessage {
@@ -503,28 +451,6 @@ fn out_message(m: &async_nats::jetstream::Message) -> OutMessage<'_> {
         num_pending: ack.as_ref().map_or(0, |a| a.pending),
         ack_token: reply,
     }
-}
-
-/// Standard base64 with padding (RFC 4648 section 4).
-pub fn base64(data: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 // -------------------------------------------------------- ack / nak ----
@@ -697,22 +623,6 @@ async fn acknowledge(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn base64_matches_rfc_4648_vectors() {
-        for (plain, enc) in [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foob", "Zm9vYg=="),
-            ("fooba", "Zm9vYmE="),
-            ("foobar", "Zm9vYmFy"),
-        ] {
-            assert_eq!(base64(plain.as_bytes()), enc);
-        }
-        assert_eq!(base64(&[0xff, 0xfe, 0x00]), "//4A");
-    }
 
     #[test]
     fn ack_subjects_in_both_forms_parse() {

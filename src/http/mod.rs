@@ -6,6 +6,7 @@
 
 pub mod consume;
 pub mod error;
+pub mod message;
 pub mod metrics;
 pub mod monitor;
 pub mod publish;

@@ -7,6 +7,7 @@
 //! dropped, counted, and the client is told with a `dropped` event before
 //! the next message it gets.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -14,15 +15,16 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use base64::Engine as _;
 use bytes::Bytes;
 use futures::StreamExt;
 use hyper::body::{Frame, Incoming};
 use hyper::{header, Request, Response, StatusCode};
+use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use super::error::ApiError;
+use super::message::{self, Data, HeaderOut};
 use crate::app::App;
 use crate::subject;
 
@@ -103,34 +105,28 @@ fn event(name: &str, id: Option<u64>, data: &Value) -> Bytes {
     Bytes::from(s)
 }
 
-/// A message as JSON: its payload as JSON when it parses, else base64.
-pub fn message_json(m: &async_nats::Message) -> Value {
-    let mut v = json!({ "subject": m.subject.as_str() });
-    match serde_json::from_slice::<Value>(&m.payload) {
-        Ok(data) => v["data"] = data,
-        Err(_) => {
-            v["data"] = base64::engine::general_purpose::STANDARD
-                .encode(&m.payload)
-                .into();
-            v["data_encoding"] = "base64".into();
-        }
-    }
-    if let Some(h) = &m.headers {
-        let mut map = serde_json::Map::new();
-        for (name, values) in h.iter() {
-            let vals: Vec<Value> = values.iter().map(|v| v.as_str().into()).collect();
-            map.insert(
-                name.to_string(),
-                if vals.len() == 1 {
-                    vals[0].clone()
-                } else {
-                    vals.into()
-                },
-            );
-        }
-        v["headers"] = map.into();
-    }
-    v
+/// A message event's data.
+#[derive(Serialize)]
+struct EventMessage<'a> {
+    subject: &'a str,
+    data: Data<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_encoding: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    headers: Option<BTreeMap<String, HeaderOut>>,
+}
+
+/// A `message` event (one line of JSON, as `event` writes it).
+fn message_event(id: u64, m: &async_nats::Message) -> Bytes {
+    let (data, data_encoding) = message::data(&m.payload);
+    let body = EventMessage {
+        subject: m.subject.as_str(),
+        data,
+        data_encoding,
+        headers: message::headers(m.headers.as_ref()),
+    };
+    let json = serde_json::to_string(&body).unwrap_or_default();
+    Bytes::from(format!("id: {id}\nevent: message\ndata: {json}\n\n"))
 }
 
 /// GET /api/v1/subscribe.
@@ -268,7 +264,7 @@ async fn pump(mut p: Pump) {
                 // client lags.
                 let bound = m.payload.len() / 3 * 4 + m.subject.len() + 256;
                 let fits = p.fits(bound);
-                let ev = fits.then(|| event("message", Some(id + 1), &message_json(&m)));
+                let ev = fits.then(|| message_event(id + 1, &m));
                 let notice = (dropped > 0).then(|| dropped_event(dropped));
                 let need = ev.as_ref().map_or(0, Bytes::len) + notice.as_ref().map_or(0, Bytes::len);
                 let Some(ev) = ev.filter(|_| p.fits(need)) else {

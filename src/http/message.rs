@@ -1,0 +1,87 @@
+//! A NATS message as the HTTP API hands it out (fetch answers and event
+//! stream events alike): the payload verbatim when it is JSON, else base64
+//! with `"data_encoding": "base64"`, and the headers as name -> value or
+//! list of values.
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+/// A payload: the JSON itself (not re-serialised, so key order and number
+/// text stay as published), or base64.
+#[derive(Serialize)]
+#[serde(untagged)]
+pub enum Data<'a> {
+    Json(&'a RawValue),
+    Base64(String),
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+pub enum HeaderOut {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// A payload and, when it is not JSON, how it is encoded.
+pub fn data(payload: &[u8]) -> (Data<'_>, Option<&'static str>) {
+    match serde_json::from_slice::<&RawValue>(payload) {
+        Ok(raw) => (Data::Json(raw), None),
+        Err(_) => (Data::Base64(base64(payload)), Some("base64")),
+    }
+}
+
+/// Headers, or None when there are none.
+pub fn headers(h: Option<&async_nats::HeaderMap>) -> Option<BTreeMap<String, HeaderOut>> {
+    h.filter(|h| !h.is_empty()).map(|h| {
+        h.iter()
+            .map(|(k, vs)| {
+                let mut vs: Vec<String> = vs.iter().map(|v| v.as_str().to_string()).collect();
+                let v = if vs.len() == 1 {
+                    HeaderOut::One(vs.remove(0))
+                } else {
+                    HeaderOut::Many(vs)
+                };
+                (k.to_string(), v)
+            })
+            .collect()
+    })
+}
+
+/// Standard base64 with padding (RFC 4648 section 4).
+pub fn base64(data: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_rfc_4648_vectors() {
+        for (plain, enc) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(plain.as_bytes()), enc);
+        }
+        assert_eq!(base64(&[0xff, 0xfe, 0x00]), "//4A");
+    }
+
+    #[test]
+    fn json_payloads_are_kept_verbatim() {
+        let (d, enc) = data(br#"{"b":1,"a":2.50}"#);
+        assert_eq!(serde_json::to_string(&d).unwrap(), r#"{"b":1,"a":2.50}"#);
+        assert_eq!(enc, None);
+        let (d, enc) = data(b"plain text");
+        assert_eq!(serde_json::to_string(&d).unwrap(), r#""cGxhaW4gdGV4dA==""#);
+        assert_eq!(enc, Some("base64"));
+    }
+}
