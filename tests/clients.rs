@@ -20,21 +20,7 @@ async fn the_seeds_nats_py_producer_and_durable_consumer_work() {
             .await;
         assert_eq!(status, 200, "{resp}");
     }
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/seed_clients.py");
-    let out = tokio::process::Command::new(python())
-        .arg(script)
-        .arg(d.nats_url())
-        .arg("5")
-        .arg("2")
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "python client failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = python_client("seed_clients.py", &[&d.nats_url(), "5", "2"]).await;
     assert_eq!(v["acked_seqs"], json!([3, 4, 5, 6, 7]));
     let received = v["received"].as_array().unwrap();
     assert_eq!(received.len(), 7);

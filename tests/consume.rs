@@ -594,23 +594,7 @@ async fn the_seeds_python_pull_client_and_http_share_the_declared_durable() {
     }
     assert_eq!(got, (0..10).collect::<Vec<u64>>());
 
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/clients/seed_pull_client.py"
-    );
-    let out = tokio::process::Command::new(python())
-        .arg(script)
-        .arg(d.nats_url())
-        .arg("10")
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "python client failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = python_client("seed_pull_client.py", &[&d.nats_url(), "10"]).await;
     let received: Vec<u64> = v["received"]
         .as_array()
         .unwrap()

@@ -54,6 +54,26 @@ pub fn python() -> PathBuf {
     p
 }
 
+/// Runs one of the Python test clients in tests/clients with `args` and
+/// returns the JSON it prints; a failure shows its stderr.
+pub async fn python_client(script: &str, args: &[&str]) -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/clients")
+        .join(script);
+    let out = tokio::process::Command::new(python())
+        .arg(path)
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "python client failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 pub fn free_port() -> u16 {
     free_ports::<1>()[0]
 }
