@@ -65,39 +65,58 @@ pub enum Change {
     },
 }
 
+/// One step of a plan, for streams and consumers alike.
+enum Step {
+    Create,
+    Update(Vec<FieldDiff>),
+    Drift(Vec<FieldDiff>),
+    Unmanaged,
+}
+
+/// Desired against actual, by name (so in a deterministic order): what is
+/// missing is created; immutable differences are reported as drift before
+/// mutable ones are updated (when `may_update` allows); what is there but
+/// not declared is left alone.
+fn plan_named<W, H>(
+    desired: &BTreeMap<String, W>,
+    actual: &BTreeMap<String, H>,
+    diff: impl Fn(&W, &H) -> (Vec<FieldDiff>, Vec<FieldDiff>),
+    may_update: impl Fn(&H) -> bool,
+) -> Vec<(String, Step)> {
+    let mut steps = Vec::new();
+    for (name, want) in desired {
+        let Some(have) = actual.get(name) else {
+            steps.push((name.clone(), Step::Create));
+            continue;
+        };
+        let (mutable, immutable) = diff(want, have);
+        if !immutable.is_empty() {
+            steps.push((name.clone(), Step::Drift(immutable)));
+        }
+        if !mutable.is_empty() && may_update(have) {
+            steps.push((name.clone(), Step::Update(mutable)));
+        }
+    }
+    for name in actual.keys().filter(|n| !desired.contains_key(*n)) {
+        steps.push((name.clone(), Step::Unmanaged));
+    }
+    steps
+}
+
 /// Compares desired and actual streams. Deterministic order: by name.
 pub fn plan(
     desired: &BTreeMap<String, StreamConfig>,
     actual: &BTreeMap<String, ActualStream>,
 ) -> Vec<Change> {
-    let mut changes = Vec::new();
-    for (name, want) in desired {
-        let Some(have) = actual.get(name) else {
-            changes.push(Change::Create {
-                stream: name.clone(),
-            });
-            continue;
-        };
-        let (mutable, immutable) = diff(want, have);
-        if !immutable.is_empty() {
-            changes.push(Change::Drift {
-                stream: name.clone(),
-                diffs: immutable,
-            });
-        }
-        if !mutable.is_empty() {
-            changes.push(Change::Update {
-                stream: name.clone(),
-                diffs: mutable,
-            });
-        }
-    }
-    for name in actual.keys().filter(|n| !desired.contains_key(*n)) {
-        changes.push(Change::Unmanaged {
-            stream: name.clone(),
-        });
-    }
-    changes
+    plan_named(desired, actual, diff, |_| true)
+        .into_iter()
+        .map(|(stream, step)| match step {
+            Step::Create => Change::Create { stream },
+            Step::Update(diffs) => Change::Update { stream, diffs },
+            Step::Drift(diffs) => Change::Drift { stream, diffs },
+            Step::Unmanaged => Change::Unmanaged { stream },
+        })
+        .collect()
 }
 
 /// Fields that differ, split by whether JetStream can change them in place.
@@ -428,41 +447,24 @@ pub enum ConsumerChange {
     },
 }
 
-/// Compares one stream's declared consumers with the ones it has.
+/// Compares one stream's declared consumers with the ones it has. A push
+/// consumer cannot become a pull one: updating its limits would not make it
+/// usable, and it belongs to whoever created it, so it only gets drift.
 pub fn plan_consumers(
     desired: &BTreeMap<String, ConsumerConfig>,
     actual: &BTreeMap<String, ActualConsumer>,
 ) -> Vec<ConsumerChange> {
-    let mut changes = Vec::new();
-    for (name, want) in desired {
-        let Some(have) = actual.get(name) else {
-            changes.push(ConsumerChange::Create {
-                consumer: name.clone(),
-            });
-            continue;
-        };
-        let (mutable, immutable) = diff_consumer(want, have);
-        if !immutable.is_empty() {
-            changes.push(ConsumerChange::Drift {
-                consumer: name.clone(),
-                diffs: immutable,
-            });
-        }
-        // A push consumer cannot become a pull one: updating its limits
-        // would not make it usable, and it belongs to whoever created it.
-        if !mutable.is_empty() && have.deliver_subject.is_none() {
-            changes.push(ConsumerChange::Update {
-                consumer: name.clone(),
-                diffs: mutable,
-            });
-        }
-    }
-    for name in actual.keys().filter(|n| !desired.contains_key(*n)) {
-        changes.push(ConsumerChange::Unmanaged {
-            consumer: name.clone(),
-        });
-    }
-    changes
+    plan_named(desired, actual, diff_consumer, |have| {
+        have.deliver_subject.is_none()
+    })
+    .into_iter()
+    .map(|(consumer, step)| match step {
+        Step::Create => ConsumerChange::Create { consumer },
+        Step::Update(diffs) => ConsumerChange::Update { consumer, diffs },
+        Step::Drift(diffs) => ConsumerChange::Drift { consumer, diffs },
+        Step::Unmanaged => ConsumerChange::Unmanaged { consumer },
+    })
+    .collect()
 }
 
 fn diff_consumer(want: &ConsumerConfig, have: &ActualConsumer) -> (Vec<FieldDiff>, Vec<FieldDiff>) {
