@@ -2,6 +2,8 @@
 //! nats-server on free ports, and talks real HTTP to it.
 #![allow(dead_code)]
 
+pub mod certs;
+
 use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

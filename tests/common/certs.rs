@@ -1,0 +1,85 @@
+//! Certificates made in the test: a private CA, a server certificate for
+//! localhost / 127.0.0.1 (usable as a client certificate too, as a node's
+//! own certificate is on routes and in mutual TLS), and client certificates.
+//! Written as PEM files into a directory the test owns.
+
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose,
+};
+
+/// PEM files of one test PKI.
+pub struct Pki {
+    pub dir: PathBuf,
+    pub ca: PathBuf,
+    /// Server certificate and key (SANs localhost, 127.0.0.1; server and
+    /// client auth).
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    issuer: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl Pki {
+    /// A new CA and server certificate in `dir` (created if missing).
+    pub fn new(dir: &Path) -> Pki {
+        std::fs::create_dir_all(dir).unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.distinguished_name
+            .push(DnType::CommonName, "marketprism test CA");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let issuer = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+        let ca = dir.join("ca.pem");
+        std::fs::write(&ca, issuer.pem()).unwrap();
+        let mut pki = Pki {
+            dir: dir.to_path_buf(),
+            ca,
+            cert: dir.join("server.pem"),
+            key: dir.join("server-key.pem"),
+            issuer,
+        };
+        pki.issue_server("server");
+        pki
+    }
+
+    /// (Re)issues the server certificate and key under the fixed paths, with
+    /// `cn` as its common name (a test can tell a rotated one apart by it).
+    pub fn issue_server(&mut self, cn: &str) {
+        let (cert, key) = self.issue(
+            cn,
+            &["localhost", "127.0.0.1"],
+            &[
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        );
+        std::fs::write(&self.cert, cert).unwrap();
+        std::fs::write(&self.key, key).unwrap();
+    }
+
+    /// A client certificate and key for `cn`: (cert path, key path).
+    pub fn client(&self, cn: &str) -> (PathBuf, PathBuf) {
+        let (cert, key) = self.issue(cn, &[], &[ExtendedKeyUsagePurpose::ClientAuth]);
+        let c = self.dir.join(format!("{cn}.pem"));
+        let k = self.dir.join(format!("{cn}-key.pem"));
+        std::fs::write(&c, cert).unwrap();
+        std::fs::write(&k, key).unwrap();
+        (c, k)
+    }
+
+    fn issue(&self, cn: &str, sans: &[&str], eku: &[ExtendedKeyUsagePurpose]) -> (String, String) {
+        let sans: Vec<String> = sans.iter().map(|s| s.to_string()).collect();
+        let mut p = CertificateParams::new(sans).unwrap();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        p.extended_key_usages = eku.to_vec();
+        let key = KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
