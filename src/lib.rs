@@ -8,6 +8,7 @@
 //! - [`mapping`]: subject mappings: checks and where a subject goes (pure).
 //! - [`jetstream`]: declared vs actual streams and consumers -> plan (pure), then apply.
 //! - [`reload`]: old vs new config -> reload plan (pure).
+//! - [`cluster`]: routes, meta group and stream groups from /routez, /jsz and stream info; problems; retry kinds (pure).
 //! - [`supervisor`]: the nats-server child: spawn, probe, restart, stop.
 //! - [`app`]: shared state: child status, NATS client, stream matcher, stats.
 //! - [`http`]: the HTTP API on hyper 1.x, /metrics, the nats-server monitor passthrough.
@@ -18,6 +19,7 @@
 
 pub mod app;
 pub mod cli;
+pub mod cluster;
 pub mod coalesce;
 pub mod config;
 pub mod daemon;

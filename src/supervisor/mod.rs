@@ -627,7 +627,7 @@ impl Supervisor {
     async fn probe_at(&self, at: Instant, starting: bool) -> Result<(), String> {
         tokio::time::sleep_until(at.into()).await;
         let timeout = self.config.supervisor.health_timeout.get();
-        probe::healthz(self.monitor, timeout).await?;
+        probe::healthz(self.monitor, timeout, self.config.cluster_enabled()).await?;
         if !starting && self.config.nats.jetstream_enabled {
             // A little more room than /healthz: /jsz takes JetStream's
             // lock, which a busy server holds a moment longer.

@@ -52,8 +52,23 @@ pub async fn http_get(
 }
 
 /// nats-server's /healthz: Ok when it answers 200.
-pub async fn healthz(monitor: SocketAddr, timeout: Duration) -> Result<(), String> {
-    let (status, body) = http_get(monitor, "/healthz", timeout).await?;
+///
+/// `clustered`: ask with `js-enabled-only=true`. A clustered server's plain
+/// /healthz answers 503 while JetStream has no meta leader (its peers are
+/// down or still starting): a process that is fine but has no quorum. That
+/// is the cluster's state, which /health reports from /jsz; restarting the
+/// child for it would only make quorum harder to reach.
+pub async fn healthz(
+    monitor: SocketAddr,
+    timeout: Duration,
+    clustered: bool,
+) -> Result<(), String> {
+    let path = if clustered {
+        "/healthz?js-enabled-only=true"
+    } else {
+        "/healthz"
+    };
+    let (status, body) = http_get(monitor, path, timeout).await?;
     if status == 200 {
         Ok(())
     } else {
