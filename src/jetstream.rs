@@ -318,11 +318,76 @@ pub async fn list(js: &jetstream::Context) -> Result<Vec<stream::Info>, String> 
         .map_err(|e| format!("cannot list streams: {e}"))
 }
 
+/// Rounds of [`reconcile`] at most: a meta leader election takes a few
+/// seconds, and the backoff below adds up to about 12 s over them.
+pub const MAX_ROUNDS: u32 = 10;
+
+/// The pause before round `round + 1` (rounds count from 1), or None when
+/// the rounds are used up. A concurrent create (Replan) is settled at once:
+/// the other node's stream is there to be read; an election (Backoff) needs
+/// time.
+pub fn next_round(round: u32, why: crate::cluster::Retry) -> Option<Duration> {
+    use crate::cluster::Retry;
+    if round >= MAX_ROUNDS {
+        return None;
+    }
+    match why {
+        Retry::Fail => None,
+        Retry::Replan => Some(Duration::from_millis(50)),
+        Retry::Backoff => Some(Duration::from_millis((250 * round as u64).min(2000))),
+    }
+}
+
 /// Brings nats-server's streams in line with `desired`.
+///
+/// In a cluster several daemons reconcile at once and the meta leader may
+/// still be being elected: a create that loses a race to another node
+/// (10058), a request that times out or finds JetStream unavailable does
+/// not end the reconciliation: the streams are read again and the plan made
+/// again (so a stream another node just created is seen and left alone),
+/// after a short backoff when there was no leader. A real refusal is
+/// reported at once.
 pub async fn reconcile(
     js: &jetstream::Context,
     desired: &BTreeMap<String, StreamConfig>,
 ) -> Result<Report, String> {
+    let mut round = 1;
+    loop {
+        let (result, why) = match reconcile_round(js, desired).await {
+            Ok((report, None)) => return Ok(report),
+            Ok((report, Some(why))) => (Ok(report), why),
+            Err(e) => {
+                let why = crate::cluster::classify(&e);
+                (Err(e), why)
+            }
+        };
+        let Some(pause) = next_round(round, why) else {
+            return result;
+        };
+        let what = match &result {
+            Ok(r) => r.errors.join("; "),
+            Err(e) => e.clone(),
+        };
+        tracing::info!(round, retry = ?why, "stream reconciliation round {round} did not settle ({what}); reading the streams again in {} ms", pause.as_millis());
+        tokio::time::sleep(pause).await;
+        round += 1;
+    }
+}
+
+/// One pass: read, plan, apply. Also says whether an error calls for
+/// another pass (the first retryable error's kind).
+async fn reconcile_round(
+    js: &jetstream::Context,
+    desired: &BTreeMap<String, StreamConfig>,
+) -> Result<(Report, Option<crate::cluster::Retry>), String> {
+    use crate::cluster::{classify, Retry};
+    let mut retry: Option<Retry> = None;
+    let mut note = |e: &str| {
+        let kind = classify(e);
+        if kind != Retry::Fail && retry.is_none() {
+            retry = Some(kind);
+        }
+    };
     let infos = list(js).await?;
     let existing: BTreeMap<String, stream::Config> = infos
         .into_iter()
@@ -343,7 +408,12 @@ pub async fn reconcile(
                         report.created.push(stream);
                     }
                     Err(e) => {
-                        tracing::error!(stream = %stream, error = %e, "cannot create stream {stream}: {e}");
+                        if classify(&e.to_string()) == Retry::Fail {
+                            tracing::error!(stream = %stream, error = %e, "cannot create stream {stream}: {e}");
+                        } else {
+                            tracing::info!(stream = %stream, error = %e, "creating stream {stream} raced another node or found no meta leader ({e}); reading the streams again");
+                        }
+                        note(&e.to_string());
                         report.errors.push(format!("{stream}: cannot create: {e}"));
                     }
                 }
@@ -361,6 +431,7 @@ pub async fn reconcile(
                     }
                     Err(e) => {
                         tracing::error!(stream = %stream, changes = %what.join(", "), error = %e, "cannot update stream {stream} ({}): {e}", what.join(", "));
+                        note(&e.to_string());
                         report
                             .errors
                             .push(format!("{stream}: cannot update {}: {e}", what.join(", ")));
@@ -393,11 +464,15 @@ pub async fn reconcile(
     let version = js.client().server_info().version;
     for (stream, s) in desired {
         if !s.consumers.is_empty() && report.streams.contains_key(stream) {
+            let before = report.errors.len();
             if let Err(e) =
                 reconcile_consumers(js, stream, &s.consumers, &version, &mut report).await
             {
                 tracing::error!(stream = %stream, error = %e, "{e}");
                 report.errors.push(format!("{stream}: {e}"));
+            }
+            for e in &report.errors[before..] {
+                note(e);
             }
         }
     }
@@ -406,7 +481,7 @@ pub async fn reconcile(
         .filter(|n| !report.streams.contains_key(*n))
         .cloned()
         .collect();
-    Ok(report)
+    Ok((report, retry))
 }
 
 // ---------------------------------------------------------- consumers ----
@@ -598,6 +673,8 @@ pub fn consumer_to_nats(
         },
         ack_wait: k.ack_wait.get(),
         max_deliver: k.max_deliver,
+        // 0: nats-server gives the consumer its stream's replicas.
+        num_replicas: k.replicas as usize,
         ..Default::default()
     };
     if k.ack_policy != AckPolicy::None {
@@ -756,6 +833,54 @@ mod tests {
 
     fn actual_of(s: &StreamConfig) -> ActualStream {
         actual_from(&to_nats("X", s))
+    }
+
+    #[test]
+    fn a_stream_another_node_created_meanwhile_is_replanned_to_nothing() {
+        // Three daemons plan "create" against an empty cluster; two lose
+        // the race (10058). Their next round reads the winner's stream:
+        // same config, so nothing is created or updated a second time.
+        let mut desired = BTreeMap::new();
+        let mut s = StreamConfig::new(&["clustered.>"], 0, -1);
+        s.replicas = 3;
+        desired.insert("CLUSTERED".to_string(), s.clone());
+        assert_eq!(
+            plan(&desired, &BTreeMap::new()),
+            vec![Change::Create {
+                stream: "CLUSTERED".into()
+            }]
+        );
+        let mut actual = BTreeMap::new();
+        actual.insert("CLUSTERED".to_string(), actual_of(&s));
+        assert!(plan(&desired, &actual).is_empty());
+        assert_eq!(
+            crate::cluster::classify("stream name already in use (code 400, error code 10058)"),
+            crate::cluster::Retry::Replan
+        );
+    }
+
+    #[test]
+    fn rounds_retry_races_at_once_elections_with_growing_pauses_and_end() {
+        use crate::cluster::Retry;
+        assert_eq!(
+            next_round(1, Retry::Replan),
+            Some(Duration::from_millis(50))
+        );
+        assert_eq!(
+            next_round(1, Retry::Backoff),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(
+            next_round(3, Retry::Backoff),
+            Some(Duration::from_millis(750))
+        );
+        assert_eq!(next_round(9, Retry::Backoff), Some(Duration::from_secs(2)));
+        assert_eq!(next_round(MAX_ROUNDS, Retry::Backoff), None);
+        assert_eq!(next_round(1, Retry::Fail), None);
+        let total: Duration = (1..MAX_ROUNDS)
+            .filter_map(|r| next_round(r, Retry::Backoff))
+            .sum();
+        assert!(total < Duration::from_secs(15), "{total:?}");
     }
 
     #[test]

@@ -196,6 +196,9 @@ pub struct ConsumerConfig {
     pub max_deliver: i64,
     /// Unacknowledged messages outstanding before delivery pauses; -1: no limit.
     pub max_ack_pending: i64,
+    /// Copies of the consumer's state in a cluster; 0: as many as its
+    /// stream has. Applied when the consumer is created.
+    pub replicas: u8,
 }
 
 impl Default for ConsumerConfig {
@@ -210,6 +213,7 @@ impl Default for ConsumerConfig {
             max_deliver: -1,
             // nats-server's own default for a consumer that names none.
             max_ack_pending: 1000,
+            replicas: 0,
         }
     }
 }

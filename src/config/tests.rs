@@ -623,3 +623,53 @@ fn the_cluster_name_nats_server_reserves_is_refused() {
     assert!(e.message.contains("reserved"), "{e}");
     yaml("nats:\n  cluster_name: \"_a\"\n").unwrap();
 }
+
+const CLUSTER: &str = "nats:\n  server_name: n1\n  cluster_listen: \"127.0.0.1:6222\"\n  cluster_routes:\n    - \"nats-route://127.0.0.1:6223\"\n    - \"nats-route://127.0.0.1:6224\"\n";
+
+#[test]
+fn consumer_replicas_are_validated_like_the_streams() {
+    // 0 (inherit) and up to the cluster size are fine.
+    let ok = format!("{CLUSTER}  streams:\n    X:\n      subjects: [x]\n      replicas: 3\n      consumers:\n        A: {{}}\n        B:\n          replicas: 3\n");
+    let c = yaml(&ok).unwrap();
+    assert_eq!(c.nats.streams["X"].consumers["A"].replicas, 0);
+    assert_eq!(c.nats.streams["X"].consumers["B"].replicas, 3);
+    // A single node cannot hold 3 copies: named with key and line.
+    let e = yaml_err("nats:\n  streams:\n    X:\n      subjects: [x]\n      consumers:\n        B:\n          replicas: 3\n");
+    assert_eq!(
+        (e.line, e.key.as_str()),
+        (Some(7), "nats.streams.X.consumers.B.replicas")
+    );
+    assert!(e.message.contains("cluster of at least 3 nodes"), "{e}");
+    let e = yaml_err(&format!("{CLUSTER}  streams:\n    X:\n      subjects: [x]\n      consumers:\n        B:\n          replicas: 6\n"));
+    assert_eq!(e.key, "nats.streams.X.consumers.B.replicas");
+    assert!(e.message.contains("between 1 and 5"), "{e}");
+}
+
+#[test]
+fn a_route_to_the_nodes_own_cluster_address_is_refused() {
+    let e = yaml_err("nats:\n  cluster_listen: \"127.0.0.1:6222\"\n  cluster_routes:\n    - \"nats-route://127.0.0.1:6223\"\n    - \"nats-route://127.0.0.1:6222\"\n");
+    assert_eq!(e.key, "nats.cluster_routes.1");
+    assert!(e.line.is_some(), "{e}");
+    assert!(e.message.contains("own cluster listen address"), "{e}");
+    // Listening everywhere: a loopback route on the same port is this node.
+    let e = yaml_err("nats:\n  cluster_listen: \"0.0.0.0:6222\"\n  cluster_routes: [\"nats-route://localhost:6222\", \"nats-route://node2:6222\"]\n");
+    assert_eq!(e.key, "nats.cluster_routes.0");
+    // Another node on the same port is fine (the seed's own example).
+    yaml("nats:\n  cluster_listen: \"0.0.0.0:6222\"\n  cluster_routes: [\"nats-route://node2:6222\"]\n").unwrap();
+    yaml(CLUSTER).unwrap();
+}
+
+#[test]
+fn a_jetstream_cluster_needs_a_server_name() {
+    let mut c = yaml(CLUSTER).unwrap();
+    c.nats.server_name = None;
+    let v = super::validate::validate(&c).unwrap_err();
+    assert_eq!(v.path, vec!["nats", "server_name"]);
+    assert!(v.message.contains("needs a server_name"), "{}", v.message);
+    // Without JetStream or without routes the name is optional.
+    c.nats.jetstream_enabled = false;
+    super::validate::validate(&c).unwrap();
+    let mut single = yaml("nats:\n  cluster_port: 6222\n").unwrap();
+    single.nats.server_name = None;
+    super::validate::validate(&single).unwrap();
+}

@@ -117,6 +117,35 @@ pub fn validate(c: &Config) -> Result<Vec<String>, Violation> {
             &["nats", "cluster_routes", &i.to_string()],
         )?;
     }
+    if let Some((host, port)) = c.cluster_listen() {
+        // A route to the node's own listen address makes it count itself
+        // as a peer: `replicas` would be validated against a node that is
+        // not there. Caught when cheap: the same host and port, or a
+        // loopback route to a node listening on every address.
+        let own = |u: &str| {
+            route_host_port(u).is_some_and(|(h, p)| {
+                p == port
+                    && (h == host
+                        || (is_unspecified(&host)
+                            && (h == "localhost"
+                                || h.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback()))))
+            })
+        };
+        if let Some(i) = n.cluster_routes.iter().position(|u| own(u)) {
+            return fail(
+                &["nats", "cluster_routes", &i.to_string()],
+                format!("{:?} is this node's own cluster listen address ({host}:{port}); routes name the other nodes", n.cluster_routes[i]),
+            );
+        }
+        // In a cluster, JetStream needs a stable, unique name per node
+        // (`load` defaults it to the hostname).
+        if n.jetstream_enabled && n.server_name.is_none() {
+            return fail(
+                &["nats", "server_name"],
+                "a JetStream cluster needs a server_name per node (unique in the cluster), and the hostname could not be read to default it",
+            );
+        }
+    }
 
     let payload = n.max_payload.bytes();
     if payload == 0 || payload > MAX_PAYLOAD_LIMIT {
@@ -396,7 +425,7 @@ fn validate_streams(c: &Config, streams: &BTreeMap<String, StreamConfig>) -> Res
                 );
             }
         }
-        validate_consumers(name, s)?;
+        validate_consumers(name, s, nodes)?;
     }
     let consumers: usize = streams.values().map(|s| s.consumers.len()).sum();
     let max = c.nats.jetstream_max_consumers;
@@ -411,7 +440,7 @@ fn validate_streams(c: &Config, streams: &BTreeMap<String, StreamConfig>) -> Res
 
 /// The `consumers:` of one stream: what nats-server would refuse at
 /// runtime, refused here with the key that causes it.
-fn validate_consumers(stream: &str, s: &StreamConfig) -> Result<(), Violation> {
+fn validate_consumers(stream: &str, s: &StreamConfig, nodes: usize) -> Result<(), Violation> {
     // Unfiltered or overlapping consumers of a workqueue stream are refused
     // by nats-server (a message may belong to one consumer only).
     let mut workqueue_claims: Vec<(String, &str)> = Vec::new();
@@ -424,6 +453,21 @@ fn validate_consumers(stream: &str, s: &StreamConfig) -> Result<(), Violation> {
             p
         };
         subject::check_consumer_name(name).or_else(|e| fail(&at(""), e.0))?;
+        if k.replicas > 5 {
+            return fail(
+                &at("replicas"),
+                format!(
+                    "must be 0 (as many as the stream) or between 1 and 5 (got {})",
+                    k.replicas
+                ),
+            );
+        }
+        if k.replicas as usize > nodes {
+            return fail(
+                &at("replicas"),
+                format!("{} replicas need a cluster of at least {} nodes, but nats.cluster_routes lists {} other node(s)", k.replicas, k.replicas, nodes - 1),
+            );
+        }
         if k.filter_subject.is_some() && !k.filter_subjects.is_empty() {
             return fail(
                 &at("filter_subjects"),
@@ -550,4 +594,16 @@ pub fn check_executable(path: &std::path::Path) -> Result<(), String> {
         }
         Ok(_) => Ok(()),
     }
+}
+
+/// Host and port of a route URL (`nats-route://[user:pass@]host:port`).
+fn route_host_port(url: &str) -> Option<(String, u16)> {
+    let rest = url.split_once("://")?.1;
+    let hostport = rest.rsplit('@').next()?.trim_end_matches('/');
+    let (h, p) = hostport.rsplit_once(':')?;
+    Some((h.trim_matches(['[', ']']).to_string(), p.parse().ok()?))
+}
+
+fn is_unspecified(host: &str) -> bool {
+    host.parse::<IpAddr>().is_ok_and(|ip| ip.is_unspecified())
 }
