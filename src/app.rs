@@ -370,12 +370,35 @@ impl App {
 
     /// GET /varz from nats-server's monitor.
     pub async fn varz(&self) -> Option<serde_json::Value> {
-        let (status, body) = probe::http_get(self.monitor()?, "/varz", Duration::from_secs(2))
+        self.monitor_json("/varz").await
+    }
+
+    /// GET `path` (e.g. /jsz, /routez) from nats-server's monitor, as JSON.
+    pub async fn monitor_json(&self, path: &str) -> Option<serde_json::Value> {
+        let (status, body) = probe::http_get(self.monitor()?, path, Duration::from_secs(2))
             .await
             .ok()?;
         (status == 200)
             .then(|| serde_json::from_slice(&body).ok())
             .flatten()
+    }
+
+    /// Whether this node runs JetStream as part of a cluster.
+    pub fn clustered_jetstream(&self) -> bool {
+        let c = self.config();
+        c.cluster_enabled() && c.nats.jetstream_enabled
+    }
+
+    /// Why JetStream cannot do cluster work now (no meta leader), from the
+    /// monitor's /jsz; None when it can, or when this node is not clustered.
+    pub async fn meta_problem(&self) -> Option<String> {
+        if !self.clustered_jetstream() {
+            return None;
+        }
+        match self.monitor_json("/jsz").await {
+            Some(jsz) => crate::cluster::meta_problem(crate::cluster::meta_from_jsz(&jsz).as_ref()),
+            None => Some("nats-server's monitor does not answer /jsz".into()),
+        }
     }
 }
 

@@ -337,6 +337,39 @@ async fn start_and_serve(ctx: &mut Ctx, signals: &mut Signals) -> i32 {
         _ = crate::flag_set(&mut signals.stop) => return exit::OK,
     }
 
+    // 2b. In a cluster, a JetStream meta leader: streams cannot be created
+    //     without one, and /health is degraded until there is one. Peers
+    //     started at the same moment elect one within a few seconds;
+    //     start_timeout (from the daemon's start) bounds the wait.
+    if app.clustered_jetstream() {
+        let deadline = app.started + wait;
+        let mut said: Option<Instant> = None;
+        loop {
+            let Some(problem) = app.meta_problem().await else {
+                tracing::info!(
+                    waited_ms = app.started.elapsed().as_millis() as u64,
+                    "JetStream cluster has a meta leader"
+                );
+                break;
+            };
+            if Instant::now() >= deadline {
+                tracing::warn!(problem = %problem, "still no JetStream meta leader after start_timeout ({wait:?}): {problem}; going on, streams are reconciled once there is one");
+                break;
+            }
+            if said.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
+                let line = format!("waiting for the JetStream cluster: {problem}");
+                tracing::info!("{line}");
+                systemd::extend_timeout(Duration::from_secs(15), &line);
+                said = Some(Instant::now());
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                r = sup_done(&mut ctx.supervisor) => { return ended_early(r, &mut ctx.supervisor); }
+                _ = crate::flag_set(&mut signals.stop) => return exit::OK,
+            }
+        }
+    }
+
     // 3. Streams.
     if app.is_connected() {
         if let Err(e) = app.sync_streams().await {
@@ -629,8 +662,12 @@ async fn maintain(app: Arc<App>, mut stop: watch::Receiver<bool>) {
     let mut resync = tokio::time::interval(app.config().supervisor.stream_resync_interval.get());
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     resync.tick().await;
+    // After a failed or incomplete sync (a cluster without a meta leader,
+    // a peer still starting): try again soon, not a whole interval later.
+    let mut retry_at: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
+            _ = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)), if retry_at.is_some() => {}
             changed = child.changed(), if app.supervised => {
                 if changed.is_err() { break; }
                 let generation = child.borrow().generation;
@@ -650,8 +687,22 @@ async fn maintain(app: Arc<App>, mut stop: watch::Receiver<bool>) {
         if !app.is_connected() {
             continue;
         }
-        if let Err(e) = app.sync_streams().await {
-            tracing::warn!(error = %e, "stream reconciliation failed ({e}); will retry");
+        retry_at = None;
+        let ok = match app.sync_streams().await {
+            Ok(()) => app
+                .sync
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .report
+                .missing
+                .is_empty(),
+            Err(e) => {
+                tracing::warn!(error = %e, "stream reconciliation failed ({e}); will retry");
+                false
+            }
+        };
+        if !ok && app.clustered_jetstream() {
+            retry_at = Some(tokio::time::Instant::now() + Duration::from_secs(2));
         }
     }
 }

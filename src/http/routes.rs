@@ -178,6 +178,26 @@ async fn health(app: &App) -> Result<Resp, ApiError> {
             }
         }
     }
+    // A clustered node is only as useful as its cluster: without a meta
+    // leader no stream can be created or changed, and a stream without a
+    // leader takes no writes. Both are this node's problem too (a load
+    // balancer should send publishes elsewhere).
+    if app.clustered_jetstream() {
+        if let Some(p) = app.meta_problem().await {
+            problems.push(p);
+        } else if connected {
+            match list_streams(app).await {
+                Ok(infos) => {
+                    let groups = declared_groups(app, &infos);
+                    problems.extend(crate::cluster::stream_problems(&groups));
+                }
+                Err(e) => problems.push(format!(
+                    "cannot read the streams' cluster state: {}",
+                    e.message
+                )),
+            }
+        }
+    }
     let (status, code) = if problems.is_empty() {
         ("healthy", StatusCode::OK)
     } else {
@@ -202,6 +222,49 @@ async fn health(app: &App) -> Result<Resp, ApiError> {
 }
 
 // ------------------------------------------------------------- status ----
+
+/// The RAFT groups of the declared streams that exist.
+fn declared_groups(app: &App, infos: &[stream::Info]) -> Vec<crate::cluster::StreamGroup> {
+    let declared = app.config().streams();
+    infos
+        .iter()
+        .filter(|i| declared.contains_key(&i.config.name))
+        .map(|i| {
+            crate::cluster::stream_group(&i.config.name, i.config.num_replicas, i.cluster.as_ref())
+        })
+        .collect()
+}
+
+/// The status' `cluster` object: null on a single node (no routes), so the
+/// key is always there and `cluster == null` means "not clustered".
+async fn cluster_status(app: &App, infos: &[stream::Info]) -> Value {
+    let c = app.config();
+    if !c.cluster_enabled() {
+        return Value::Null;
+    }
+    let (routez, jsz) = tokio::join!(app.monitor_json("/routez"), async {
+        if c.nats.jetstream_enabled {
+            app.monitor_json("/jsz").await
+        } else {
+            None
+        }
+    });
+    let meta = jsz.as_ref().and_then(crate::cluster::meta_from_jsz);
+    let mut problems: Vec<String> = Vec::new();
+    if c.nats.jetstream_enabled {
+        problems.extend(crate::cluster::meta_problem(meta.as_ref()));
+    }
+    let groups = declared_groups(app, infos);
+    problems.extend(crate::cluster::stream_problems(&groups));
+    json!({
+        "name": c.nats.cluster_name.clone().or_else(|| jsz.as_ref().and_then(|j| j["meta_cluster"]["name"].as_str().map(String::from))),
+        "server_name": c.nats.server_name,
+        "routes": routez.as_ref().map(crate::cluster::routes_from_routez),
+        "meta": meta,
+        "streams": groups,
+        "problems": problems,
+    })
+}
 
 fn pick(v: &Value, keys: &[&str]) -> Value {
     let mut out = serde_json::Map::new();
@@ -313,6 +376,7 @@ async fn status(app: &App) -> Result<Resp, ApiError> {
         },
         "jetstream_streams": jetstream_streams,
         "jetstream_error": streams_error,
+        "cluster": cluster_status(app, &streams).await,
         "stream_reconciliation": {
             "last_run": sync.at.map(rfc3339),
             "created": sync.report.created,
