@@ -198,10 +198,12 @@ impl DaemonBuilder {
             (a, b, c)
         });
         let config = format!(
-            "port: {http}\n{top}nats:\n  nats_port: {nats}\n  http_port: {monitor}\n  data_dir: {data:?}\n  server_bin: {bin:?}\n  server_name: test\n{nats_extra}supervisor:\n  health_interval: 250ms\n  health_timeout: 250ms\n{sup}",
+            "port: {http}\n{top}nats:\n  nats_port: {nats}\n  http_port: {monitor}\n  data_dir: {data:?}\n  server_bin: {bin:?}\n{name}{nats_extra}supervisor:\n  health_interval: 250ms\n  health_timeout: 250ms\n{sup}",
             top = self.top,
             data = self.state.clone().unwrap_or_else(|| dir.path().join("state")).display().to_string(),
             bin = self.bin.display().to_string(),
+            // A test that names its servers (a cluster) gives server_name itself.
+            name = if self.nats.contains("  server_name:") { "" } else { "  server_name: test\n" },
             nats_extra = self.nats,
             sup = self.supervisor,
         );

@@ -1,0 +1,609 @@
+//! Issue 6, cluster: three daemons on 127.0.0.1, each supervising its own
+//! nats-server, form one JetStream cluster with an R3 stream. While a
+//! producer publishes through one daemon's HTTP API and another through
+//! async-nats (connected to all three nodes, with message ids), the test
+//! kill -9s one node's nats-server, stops a whole daemon (the one whose node
+//! leads the stream, to force a leader change), and starts it again on its
+//! state dir. Every acknowledged publish must then be in the stream, the
+//! returning node must catch up, and neither client needed a restart.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+
+const STREAM: &str = "CLUSTERED";
+
+/// One node's ports: HTTP API, NATS clients, monitor, cluster.
+#[derive(Clone, Copy)]
+struct Node {
+    http: u16,
+    nats: u16,
+    monitor: u16,
+    cluster: u16,
+}
+
+fn name(i: usize) -> String {
+    format!("n{}", i + 1)
+}
+
+fn start_node(i: usize, nodes: &[Node], bin: &Path, state: &Path) -> Daemon {
+    let me = nodes[i];
+    let routes: String = nodes
+        .iter()
+        .enumerate()
+        .filter(|(j, _)| *j != i)
+        .map(|(_, n)| format!("    - \"nats-route://127.0.0.1:{}\"\n", n.cluster))
+        .collect();
+    let client_urls: String = nodes
+        .iter()
+        .map(|n| format!("    - \"nats://127.0.0.1:{}\"\n", n.nats))
+        .collect();
+    let nats = format!(
+        "  server_name: {}\n  cluster_name: mpb-test\n  cluster_listen: \"127.0.0.1:{}\"\n  cluster_routes:\n{routes}  client_urls:\n{client_urls}  streams:\n    {STREAM}:\n      subjects: [\"clustered.>\"]\n      replicas: 3\n",
+        name(i),
+        me.cluster
+    );
+    Daemon::builder()
+        .bin(bin)
+        .state(state)
+        .ports((me.http, me.nats, me.monitor))
+        .nats(&nats)
+        .start()
+}
+
+/// The status' view of the stream's group: leader and replica names.
+fn stream_group(status: &Value) -> Option<Value> {
+    status["cluster"]["streams"]
+        .as_array()?
+        .iter()
+        .find(|g| g["name"] == STREAM)
+        .cloned()
+}
+
+/// Waits until `d`'s status shows the stream with a leader and two
+/// replicas that are current with no lag; returns the group.
+async fn wait_stream_settled(d: &Daemon, within: Duration, what: &str) -> Value {
+    eventually(within, what, || async {
+        let (code, st) = get_json(d.http, "/api/v1/status").await.ok()?;
+        let g = stream_group(&st).filter(|_| code == 200)?;
+        let reps = g["replicas"].as_array()?;
+        let ok = g["leader"].is_string()
+            && reps.len() == 2
+            && reps
+                .iter()
+                .all(|r| r["current"] == true && r["lag"] == 0 && r["offline"] == false);
+        ok.then_some(g)
+    })
+    .await
+}
+
+/// A single keep-alive HTTP/1.1 connection: the "HTTP client" that must
+/// keep working through every fault without being recreated.
+struct HttpClient {
+    port: u16,
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+}
+
+impl HttpClient {
+    async fn connect(port: u16) -> HttpClient {
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        HttpClient { port, sender }
+    }
+
+    /// POST /api/v1/publish; Err when the connection itself failed.
+    async fn publish(&mut self, subject: &str, message: Value) -> Result<(u16, Value), String> {
+        let body = json!({"subject": subject, "message": message}).to_string();
+        let req = hyper::Request::post("/api/v1/publish")
+            .header("host", format!("127.0.0.1:{}", self.port))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        self.sender.ready().await.map_err(|e| e.to_string())?;
+        let resp = tokio::time::timeout(Duration::from_secs(20), self.sender.send_request(req))
+            .await
+            .map_err(|_| "no answer within 20 s".to_string())?
+            .map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let retry_after = resp.headers().contains_key("retry-after");
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        if status == 503 && !retry_after {
+            return Err(format!("503 without Retry-After: {v}"));
+        }
+        Ok((status, v))
+    }
+}
+
+/// Acked / failed publishes per phase and producer.
+#[derive(Default)]
+struct Tally {
+    /// phase -> (http acked, http failed, nats acked, nats failed)
+    by_phase: BTreeMap<usize, [usize; 4]>,
+}
+
+const PHASES: [&str; 5] = [
+    "steady",
+    "kill -9 nats-server",
+    "SIGTERM daemon",
+    "daemon back",
+    "settled",
+];
+
+/// Not both versions at the same time: 2 × 3 nodes on a shared 2-core CI
+/// machine would time the elections, not the daemon.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_daemons_keep_every_acked_publish_through_kill_stop_and_return() {
+    let _g = ONE_AT_A_TIME.lock().await;
+    cluster_faults(&nats_server()).await;
+}
+
+/// The same on a current nats-server (route pooling, other /jsz shapes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_daemons_on_a_current_nats_server() {
+    let _g = ONE_AT_A_TIME.lock().await;
+    cluster_faults(&nats_server_current()).await;
+}
+
+async fn cluster_faults(bin: &Path) {
+    let started = Instant::now();
+    let p = free_ports::<12>();
+    let nodes: Vec<Node> = (0..3)
+        .map(|i| Node {
+            http: p[i * 4],
+            nats: p[i * 4 + 1],
+            monitor: p[i * 4 + 2],
+            cluster: p[i * 4 + 3],
+        })
+        .collect();
+    let states = tempfile::tempdir().unwrap();
+    let state = |i: usize| states.path().join(name(i));
+
+    // --- Three daemons at once: one cluster, one R3 stream. -------------
+    let mut daemons: Vec<Option<Daemon>> = (0..3)
+        .map(|i| Some(start_node(i, &nodes, bin, &state(i))))
+        .collect();
+    for d in daemons.iter().flatten() {
+        d.wait_healthy(Duration::from_secs(60)).await;
+    }
+    let formed = started.elapsed();
+    let d = |daemons: &Vec<Option<Daemon>>, i: usize| -> u16 { daemons[i].as_ref().unwrap().http };
+
+    let mut meta_leaders = HashSet::new();
+    for (i, dm) in daemons.iter().flatten().enumerate() {
+        let (code, st) = dm.get("/api/v1/status").await;
+        assert_eq!(code, 200);
+        let c = &st["cluster"];
+        assert_eq!(c["server_name"], name(i), "{c}");
+        assert_eq!(c["name"], "mpb-test", "{c}");
+        let routes = c["routes"].as_array().expect("routes from /routez");
+        assert_eq!(routes.len(), 2, "one route per other node: {c}");
+        let addrs: HashSet<String> = routes
+            .iter()
+            .map(|r| r["address"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(addrs.len(), 2, "{c}");
+        meta_leaders.insert(
+            c["meta"]["leader"]
+                .as_str()
+                .expect("a meta leader")
+                .to_string(),
+        );
+        assert_eq!(c["meta"]["cluster_size"], 3, "{c}");
+        assert_eq!(c["problems"], json!([]), "{c}");
+        // The reconciliation settled without errors on every daemon.
+        assert_eq!(st["stream_reconciliation"]["errors"], json!([]), "{st}");
+        assert_eq!(st["stream_reconciliation"]["error"], Value::Null, "{st}");
+    }
+    assert_eq!(
+        meta_leaders.len(),
+        1,
+        "one meta leader for all: {meta_leaders:?}"
+    );
+    // Exactly one stream of that name, R3, its group spread over all nodes.
+    let g = wait_stream_settled(
+        daemons[0].as_ref().unwrap(),
+        Duration::from_secs(20),
+        "the stream's replicas to be current",
+    )
+    .await;
+    assert_eq!(g["configured_replicas"], 3, "{g}");
+    let mut members: Vec<String> = g["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap().to_string())
+        .collect();
+    members.push(g["leader"].as_str().unwrap().to_string());
+    members.sort();
+    assert_eq!(members, vec!["n1", "n2", "n3"], "{g}");
+    for dm in daemons.iter().flatten() {
+        let (_, list) = dm.get("/api/v1/streams").await;
+        let named = list
+            .to_string()
+            .matches(&format!("\"name\":\"{STREAM}\""))
+            .count();
+        assert_eq!(named, 1, "{list}");
+    }
+    let creators = daemons
+        .iter()
+        .flatten()
+        .filter(|d| d.log().contains(&format!("created stream {STREAM}")))
+        .count();
+    eprintln!("cluster formed, healthy and reconciled in {formed:?}; daemons that logged creating {STREAM}: {creators}");
+
+    // The stream leader's node is the one to stop later; the HTTP producer
+    // talks to another one, which stays up throughout.
+    let leader_idx = |g: &Value| -> usize {
+        let l = g["leader"].as_str().unwrap();
+        (0..3).find(|i| name(*i) == l).unwrap()
+    };
+    let first_leader = leader_idx(&g);
+    let http_idx = (first_leader + 1) % 3;
+    eprintln!(
+        "stream leader {}, HTTP producer on {}",
+        name(first_leader),
+        name(http_idx)
+    );
+
+    // --- Producers. -------------------------------------------------------
+    let phase = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let http_acked: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
+    let nats_acked: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
+
+    let mut http = HttpClient::connect(d(&daemons, http_idx)).await;
+    let http_task = {
+        let (phase, stop, tally, acked) = (
+            phase.clone(),
+            stop.clone(),
+            tally.clone(),
+            http_acked.clone(),
+        );
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                n += 1;
+                let id = format!("h-{n}");
+                let ph = phase.load(Ordering::SeqCst);
+                let r = http.publish("clustered.http", json!({ "id": id })).await;
+                let (code, v) = r.unwrap_or_else(|e| {
+                    panic!("the HTTP client broke in phase {}: {e}", PHASES[ph])
+                });
+                {
+                    let mut t = tally.lock().unwrap();
+                    let row = t.by_phase.entry(ph).or_default();
+                    match code {
+                        200 => {
+                            assert_eq!(v["stream"], STREAM, "{v}");
+                            assert_eq!(v["persisted"], true, "{v}");
+                            row[0] += 1;
+                            acked
+                                .lock()
+                                .unwrap()
+                                .push((id, v["seq"].as_u64().expect("seq")));
+                        }
+                        503 => row[1] += 1,
+                        other => panic!("publish answered {other}: {v}"),
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            http
+        })
+    };
+
+    let urls: Vec<async_nats::ServerAddr> = nodes
+        .iter()
+        .map(|n| format!("nats://127.0.0.1:{}", n.nats).parse().unwrap())
+        .collect();
+    let client = async_nats::ConnectOptions::new()
+        .reconnect_delay_callback(|_| Duration::from_millis(100))
+        .connect(urls)
+        .await
+        .unwrap();
+    let mut js = async_nats::jetstream::new(client.clone());
+    js.set_timeout(Duration::from_secs(2));
+    let nats_task = {
+        let (phase, stop, tally, acked) = (
+            phase.clone(),
+            stop.clone(),
+            tally.clone(),
+            nats_acked.clone(),
+        );
+        let js = js.clone();
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                n += 1;
+                let id = format!("a-{n}");
+                // Up to 3 tries with the same message id: a retry after a
+                // lost ack must not store the message twice.
+                for _ in 0..3 {
+                    let ph = phase.load(Ordering::SeqCst);
+                    let msg = async_nats::jetstream::message::PublishMessage::build()
+                        .payload(Bytes::from(id.clone()))
+                        .message_id(id.clone());
+                    let r = match js.send_publish("clustered.nats", msg).await {
+                        Ok(fut) => fut.await.map_err(|e| e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    let acked_now = {
+                        let mut t = tally.lock().unwrap();
+                        let row = t.by_phase.entry(ph).or_default();
+                        match r {
+                            Ok(ack) => {
+                                assert_eq!(ack.stream, STREAM);
+                                row[2] += 1;
+                                acked.lock().unwrap().push((id.clone(), ack.sequence));
+                                true
+                            }
+                            Err(_) => {
+                                row[3] += 1;
+                                false
+                            }
+                        }
+                    };
+                    if acked_now {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let counted = |tally: &Arc<Mutex<Tally>>, ph: usize| -> [usize; 4] {
+        tally
+            .lock()
+            .unwrap()
+            .by_phase
+            .get(&ph)
+            .copied()
+            .unwrap_or_default()
+    };
+    let http_port = d(&daemons, http_idx);
+    let watcher = daemons[http_idx].as_ref().unwrap();
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let steady = counted(&tally, 0);
+    assert!(
+        steady[0] > 0 && steady[2] > 0,
+        "both producers publish: {steady:?}"
+    );
+
+    // --- (a) kill -9 the stream leader's nats-server. --------------------
+    phase.store(1, Ordering::SeqCst);
+    let a_idx = leader_idx(&stream_group(&watcher.get("/api/v1/status").await.1).unwrap());
+    let victim = daemons[a_idx].as_ref().unwrap();
+    let old = victim.child_pid().unwrap();
+    eprintln!("(a) kill -9 nats-server of {} (pid {old})", name(a_idx));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(old as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let t = Instant::now();
+    victim.wait_new_child(old, Duration::from_secs(30)).await;
+    let g = wait_stream_settled(
+        watcher,
+        Duration::from_secs(30),
+        "the restarted node's replica to catch up",
+    )
+    .await;
+    eprintln!(
+        "(a) supervisor restarted it and its replica caught up in {:?}; stream leader now {}",
+        t.elapsed(),
+        g["leader"]
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // --- (b) SIGTERM the daemon whose node leads the stream. -------------
+    phase.store(2, Ordering::SeqCst);
+    let g = stream_group(&watcher.get("/api/v1/status").await.1).unwrap();
+    let mut b_idx = leader_idx(&g);
+    if b_idx == http_idx {
+        // The HTTP producer's daemon stays up: stop another one.
+        b_idx = (http_idx + 1) % 3;
+    }
+    eprintln!(
+        "(b) SIGTERM daemon {} (stream leader {})",
+        name(b_idx),
+        g["leader"]
+    );
+    let mut gone = daemons[b_idx].take().unwrap();
+    let t = Instant::now();
+    gone.signal(nix::sys::signal::Signal::SIGTERM);
+    let st = gone.wait_exit(Duration::from_secs(30));
+    assert!(
+        st.success(),
+        "clean exit on SIGTERM: {st:?}\n{}",
+        gone.log()
+    );
+    eprintln!("(b) daemon stopped in {:?}", t.elapsed());
+    drop(gone);
+    // Two of three: the stream keeps a leader and takes writes.
+    let g = eventually(
+        Duration::from_secs(20),
+        "a stream leader on the remaining nodes",
+        || async {
+            let (_, st) = get_json(http_port, "/api/v1/status").await.ok()?;
+            stream_group(&st)
+                .filter(|g| g["leader"].is_string() && g["leader"] != name(b_idx).as_str())
+        },
+    )
+    .await;
+    eprintln!("(b) stream leader now {}", g["leader"]);
+    let before = counted(&tally, 2);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let during = counted(&tally, 2);
+    assert!(
+        during[0] > before[0] && during[2] > before[2],
+        "both producers get acks with one node down: {before:?} -> {during:?}"
+    );
+
+    // --- (c) The daemon comes back on its state dir. ----------------------
+    phase.store(3, Ordering::SeqCst);
+    let t = Instant::now();
+    daemons[b_idx] = Some(start_node(b_idx, &nodes, bin, &state(b_idx)));
+    let back = daemons[b_idx].as_ref().unwrap();
+    back.wait_healthy(Duration::from_secs(60)).await;
+    let healthy_after = t.elapsed();
+    let g = wait_stream_settled(
+        back,
+        Duration::from_secs(30),
+        "the returning node to catch up",
+    )
+    .await;
+    let returning = g["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(std::iter::once(
+            &json!({"name": g["leader"], "current": true, "lag": 0}),
+        ))
+        .find(|r| r["name"] == name(b_idx).as_str())
+        .cloned()
+        .unwrap_or_else(|| panic!("{} is not in the stream's group: {g}", name(b_idx)));
+    eprintln!(
+        "(c) daemon {} healthy again in {healthy_after:?}, replica current in {:?}: {returning}",
+        name(b_idx),
+        t.elapsed()
+    );
+    phase.store(4, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::SeqCst);
+    let mut http = http_task.await.unwrap();
+    nats_task.await.unwrap();
+
+    // --- Neither client was restarted: both still work. --------------------
+    let (code, v) = http
+        .publish("clustered.http", json!({"id": "h-final"}))
+        .await
+        .unwrap();
+    assert_eq!(code, 200, "{v}");
+    http_acked
+        .lock()
+        .unwrap()
+        .push(("h-final".into(), v["seq"].as_u64().unwrap()));
+    let ack = js
+        .send_publish(
+            "clustered.nats",
+            async_nats::jetstream::message::PublishMessage::build()
+                .payload(Bytes::from("a-final"))
+                .message_id("a-final"),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    nats_acked
+        .lock()
+        .unwrap()
+        .push(("a-final".into(), ack.sequence));
+
+    // --- Every ack is in the stream, at the sequence it was acked with. ----
+    let stream = js.get_stream(STREAM).await.unwrap();
+    let last = stream.get_info().await.unwrap().state.last_sequence;
+    let mut by_seq: HashMap<u64, String> = HashMap::new();
+    let mut ids: HashMap<String, usize> = HashMap::new();
+    for seq in 1..=last {
+        let m = stream
+            .get_raw_message(seq)
+            .await
+            .unwrap_or_else(|e| panic!("sequence {seq} of {last} is missing: {e}"));
+        let text = String::from_utf8_lossy(&m.payload).to_string();
+        let id = if m.subject.as_str() == "clustered.http" {
+            serde_json::from_str::<Value>(&text).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        } else {
+            text
+        };
+        *ids.entry(id.clone()).or_default() += 1;
+        by_seq.insert(seq, id);
+    }
+    for (who, acked) in [("HTTP", &http_acked), ("async-nats", &nats_acked)] {
+        for (id, seq) in acked.lock().unwrap().iter() {
+            assert_eq!(
+                by_seq.get(seq),
+                Some(id),
+                "{who} publish {id} was acked with sequence {seq}, which holds {:?}",
+                by_seq.get(seq)
+            );
+        }
+    }
+    // Message ids: retries of one async-nats publish are stored once.
+    let twice: Vec<_> = ids
+        .iter()
+        .filter(|(id, n)| id.starts_with("a-") && **n > 1)
+        .collect();
+    assert!(
+        twice.is_empty(),
+        "stored more than once despite the message id: {twice:?}"
+    );
+
+    // The returning node holds every message too (its own store's view).
+    let (_, jsz) = eventually(
+        Duration::from_secs(20),
+        "the returning node's store to hold every message",
+        || async {
+            let (c, v) = get_json(nodes[b_idx].monitor, "/jsz?streams=true")
+                .await
+                .ok()?;
+            let st = v["account_details"]
+                .as_array()?
+                .iter()
+                .flat_map(|a| a["stream_detail"].as_array().cloned().unwrap_or_default())
+                .find(|s| s["name"] == STREAM)?;
+            (st["state"]["last_seq"].as_u64()? >= last).then_some((c, v))
+        },
+    )
+    .await;
+    drop(jsz);
+
+    let t = tally.lock().unwrap();
+    eprintln!("phase                 HTTP acked/failed   async-nats acked/failed(attempts)");
+    for (ph, row) in &t.by_phase {
+        eprintln!(
+            "{:<22}{:>6}/{:<6}            {:>6}/{:<6}",
+            PHASES[*ph], row[0], row[1], row[2], row[3]
+        );
+    }
+    let total_http: usize = t.by_phase.values().map(|r| r[0]).sum();
+    let total_nats: usize = t.by_phase.values().map(|r| r[2]).sum();
+    eprintln!(
+        "{} ({}): stream holds {last} messages; {total_http} HTTP and {total_nats} async-nats acks all read back; whole test {:?}",
+        bin.display(),
+        client.server_info().version,
+        started.elapsed()
+    );
+    // After the faults, the cluster is whole and healthy everywhere.
+    for dm in daemons.iter().flatten() {
+        dm.wait_healthy(Duration::from_secs(20)).await;
+    }
+}
