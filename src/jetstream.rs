@@ -338,6 +338,34 @@ pub fn next_round(round: u32, why: crate::cluster::Retry) -> Option<Duration> {
     }
 }
 
+/// What $JS.API.STREAM.CREATE answers, as far as the reconciler cares.
+#[derive(serde::Deserialize)]
+struct Created {
+    /// Set only on the answer to the request that really created the
+    /// stream: in a cluster, an identical create that loses the race is
+    /// answered with the winner's stream and no `did_create` (nats-server
+    /// 2.9 and later alike).
+    #[serde(default)]
+    did_create: bool,
+    config: stream::Config,
+}
+
+/// Creates a stream; Ok((whether this request created it, its subjects)).
+/// A raw request rather than async-nats' create_stream, which drops
+/// `did_create`: without it three daemons racing each log "created".
+async fn create_stream(
+    js: &jetstream::Context,
+    cfg: stream::Config,
+) -> Result<(bool, Vec<String>), String> {
+    use jetstream::response::Response;
+    let subject = format!("STREAM.CREATE.{}", cfg.name);
+    match js.request::<_, _, Response<Created>>(subject, &cfg).await {
+        Ok(Response::Ok(c)) => Ok((c.did_create, c.config.subjects)),
+        Ok(Response::Err { error }) => Err(format!("jetstream error: {error}")),
+        Err(e) => Err(format!("jetstream request: {e}")),
+    }
+}
+
 /// Brings nats-server's streams in line with `desired`.
 ///
 /// In a cluster several daemons reconcile at once and the meta leader may
@@ -401,11 +429,14 @@ async fn reconcile_round(
     for change in plan(desired, &actual) {
         match change {
             Change::Create { stream } => {
-                match js.create_stream(to_nats(&stream, &desired[&stream])).await {
-                    Ok(info) => {
-                        let subjects = info.cached_info().config.subjects.join(", ");
+                match create_stream(js, to_nats(&stream, &desired[&stream])).await {
+                    Ok((true, subjects)) => {
+                        let subjects = subjects.join(", ");
                         tracing::info!(stream = %stream, subjects = %subjects, "created stream {stream} ({subjects})");
                         report.created.push(stream);
+                    }
+                    Ok((false, _)) => {
+                        tracing::info!(stream = %stream, "stream {stream} was created by another node at the same moment, with the same config; nothing to do");
                     }
                     Err(e) => {
                         if classify(&e.to_string()) == Retry::Fail {
