@@ -319,7 +319,6 @@ mod tests {
                 active: std::time::Duration::from_millis(1500),
                 lag: Some(12),
                 offline: false,
-                ..Default::default()
             }],
             ..Default::default()
         };

@@ -507,6 +507,22 @@ async fn cluster_faults(bin: &Path) {
     let mut http = http_task.await.unwrap();
     nats_task.await.unwrap();
 
+    // The counts per phase, before anything is checked.
+    let (total_http, total_nats) = {
+        let t = tally.lock().unwrap();
+        eprintln!("phase                 HTTP acked/failed   async-nats acked/failed(attempts)");
+        for (ph, row) in &t.by_phase {
+            eprintln!(
+                "{:<22}{:>6}/{:<6}            {:>6}/{:<6}",
+                PHASES[*ph], row[0], row[1], row[2], row[3]
+            );
+        }
+        (
+            t.by_phase.values().map(|r| r[0]).sum::<usize>(),
+            t.by_phase.values().map(|r| r[2]).sum::<usize>(),
+        )
+    };
+
     // --- Neither client was restarted: both still work. --------------------
     let (code, v) = http
         .publish("clustered.http", json!({"id": "h-final"}))
@@ -594,16 +610,6 @@ async fn cluster_faults(bin: &Path) {
     .await;
     drop(jsz);
 
-    let t = tally.lock().unwrap();
-    eprintln!("phase                 HTTP acked/failed   async-nats acked/failed(attempts)");
-    for (ph, row) in &t.by_phase {
-        eprintln!(
-            "{:<22}{:>6}/{:<6}            {:>6}/{:<6}",
-            PHASES[*ph], row[0], row[1], row[2], row[3]
-        );
-    }
-    let total_http: usize = t.by_phase.values().map(|r| r[0]).sum();
-    let total_nats: usize = t.by_phase.values().map(|r| r[2]).sum();
     eprintln!(
         "{} ({}): stream holds {last} messages; {total_http} HTTP and {total_nats} async-nats acks all read back; whole test {:?}",
         bin.display(),
