@@ -167,13 +167,13 @@ pub fn meta_problem(meta: Option<&Meta>) -> Option<String> {
         None => {
             Some("JetStream reports no meta group yet (the cluster is still forming)".to_string())
         }
-        Some(m) if m.leader.is_none() => {
-            let quorum = m.cluster_size / 2 + 1;
-            Some(format!(
-                "JetStream has no meta leader: no quorum ({quorum} of {} servers must reach each other) or an election under way; streams cannot be created or changed",
-                m.cluster_size
-            ))
-        }
+        // cluster_size is what the server knows of, not the configured
+        // size (a lone fresh node counts itself and a guess), so no
+        // "N of M" is claimed from it.
+        Some(m) if m.leader.is_none() => Some(format!(
+            "JetStream has no meta leader: no quorum (a majority of the cluster's servers must reach each other; this one knows of {}) or an election under way; streams cannot be created or changed",
+            m.cluster_size
+        )),
         Some(_) => None,
     }
 }
@@ -297,12 +297,12 @@ mod tests {
         assert!(m.peers.is_empty());
         let p = meta_problem(Some(&m)).unwrap();
         assert!(p.contains("no meta leader"), "{p}");
-        assert!(p.contains("2 of 3"), "{p}");
+        assert!(p.contains("knows of 3"), "{p}");
         // An empty leader string is no leader either.
         let jsz = json!({"meta_cluster": {"leader": "", "cluster_size": 5}});
         assert!(meta_problem(meta_from_jsz(&jsz).as_ref())
             .unwrap()
-            .contains("3 of 5"));
+            .contains("no meta leader"));
         // No meta_cluster at all: not (yet) clustered JetStream.
         assert_eq!(meta_from_jsz(&json!({"streams": 0})), None);
         assert!(meta_problem(None).is_some());

@@ -37,6 +37,10 @@ fn name(i: usize) -> String {
 }
 
 fn start_node(i: usize, nodes: &[Node], bin: &Path, state: &Path) -> Daemon {
+    node(i, nodes, bin, state).start()
+}
+
+fn node(i: usize, nodes: &[Node], bin: &Path, state: &Path) -> DaemonBuilder {
     let me = nodes[i];
     let routes: String = nodes
         .iter()
@@ -58,7 +62,18 @@ fn start_node(i: usize, nodes: &[Node], bin: &Path, state: &Path) -> Daemon {
         .state(state)
         .ports((me.http, me.nats, me.monitor))
         .nats(&nats)
-        .start()
+}
+
+fn ports() -> Vec<Node> {
+    let p = free_ports::<12>();
+    (0..3)
+        .map(|i| Node {
+            http: p[i * 4],
+            nats: p[i * 4 + 1],
+            monitor: p[i * 4 + 2],
+            cluster: p[i * 4 + 3],
+        })
+        .collect()
 }
 
 /// The status' view of the stream's group: leader and replica names.
@@ -169,15 +184,7 @@ async fn three_daemons_on_a_current_nats_server() {
 
 async fn cluster_faults(bin: &Path) {
     let started = Instant::now();
-    let p = free_ports::<12>();
-    let nodes: Vec<Node> = (0..3)
-        .map(|i| Node {
-            http: p[i * 4],
-            nats: p[i * 4 + 1],
-            monitor: p[i * 4 + 2],
-            cluster: p[i * 4 + 3],
-        })
-        .collect();
+    let nodes = ports();
     let states = tempfile::tempdir().unwrap();
     let state = |i: usize| states.path().join(name(i));
 
@@ -620,4 +627,88 @@ async fn cluster_faults(bin: &Path) {
     for dm in daemons.iter().flatten() {
         dm.wait_healthy(Duration::from_secs(20)).await;
     }
+}
+
+/// A node whose peers are not (yet) there has no JetStream quorum: it is
+/// degraded, says why, and is not ready; its nats-server is fine and must
+/// not be restarted for its cluster's state (nats-server's plain /healthz
+/// is 503 then). Once the peers come, it gets a meta leader, creates the
+/// stream, and only then says READY=1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_without_quorum_is_degraded_not_restarted_and_ready_waits_for_a_leader() {
+    let _g = ONE_AT_A_TIME.lock().await;
+    let nodes = ports();
+    let states = tempfile::tempdir().unwrap();
+    let state = |i: usize| states.path().join(name(i));
+    let notify = NotifySocket::bind();
+    let first = node(0, &nodes, &nats_server(), &state(0))
+        .env("NOTIFY_SOCKET", notify.path_str())
+        .start();
+    let h = first.wait_health(503, Duration::from_secs(20)).await;
+    let problems = h["problems"].to_string();
+    let waited = eventually(
+        Duration::from_secs(20),
+        "a no-meta-leader problem",
+        || async {
+            let (code, h) = get_json(first.http, "/health").await.ok()?;
+            (code == 503
+                && h["nats_server"] == "running"
+                && h["problems"].to_string().contains("no meta leader"))
+            .then_some(h)
+        },
+    )
+    .await;
+    assert_eq!(
+        waited["nats_server"], "running",
+        "{waited} (first: {problems})"
+    );
+    let pid = first.child_pid().expect("nats-server runs");
+    // Several probe rounds (health_interval 250ms) without a leader.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        first.child_pid(),
+        Some(pid),
+        "nats-server was restarted for a missing quorum:\n{}",
+        first.log()
+    );
+    let (_, st) = first.get("/api/v1/status").await;
+    assert_eq!(st["nats_server"]["restarts"], 0, "{st}");
+    assert_eq!(st["cluster"]["meta"]["leader"], Value::Null, "{st}");
+    assert!(
+        st["cluster"]["problems"]
+            .to_string()
+            .contains("no meta leader"),
+        "{st}"
+    );
+    assert!(
+        notify.with_line("READY=1").is_empty(),
+        "READY=1 without a meta leader: {:?}",
+        notify.all()
+    );
+    assert!(
+        notify.all().iter().any(|m| m
+            .contains("STATUS=waiting for the JetStream cluster: JetStream has no meta leader")),
+        "STATUS= says why it waits: {:?}",
+        notify.all()
+    );
+
+    // The peers arrive: a leader, the stream, READY=1, healthy, same child.
+    let t = Instant::now();
+    let _others: Vec<Daemon> = (1..3)
+        .map(|i| start_node(i, &nodes, &nats_server(), &state(i)))
+        .collect();
+    notify
+        .wait_line("READY=1", 1, Duration::from_secs(30))
+        .await;
+    let ready_after = t.elapsed();
+    let h = first.wait_healthy(Duration::from_secs(20)).await;
+    assert_eq!(h["pid"], pid, "{h}");
+    let (_, st) = first.get("/api/v1/status").await;
+    assert!(st["cluster"]["meta"]["leader"].is_string(), "{st}");
+    let g = stream_group(&st).expect("the stream exists once there is a leader");
+    assert!(g["leader"].is_string(), "{g}");
+    eprintln!(
+        "READY=1 {ready_after:?} after the peers were started; stream leader {}",
+        g["leader"]
+    );
 }
