@@ -612,15 +612,21 @@ async fn report_status(app: Arc<App>, mut stop: watch::Receiver<bool>) {
     let mut every = tokio::time::interval(Duration::from_secs(5));
     let mut last = String::new();
     let mut connections = None;
+    let mut cluster_note: Option<String> = None;
     loop {
         tokio::select! {
             changed = child.changed(), if app.supervised => if changed.is_err() { break },
             _ = every.tick() => {
                 connections = app.varz().await.and_then(|v| v["connections"].as_u64());
+                // A cluster that lost its quorum is worth a word in STATUS=.
+                cluster_note = app.meta_problem().await;
             }
             _ = crate::flag_set(&mut stop) => break,
         }
-        let line = status_line(&app, connections);
+        let mut line = status_line(&app, connections);
+        if let Some(p) = cluster_note.as_deref() {
+            line = format!("{line}; {p}");
+        }
         if line != last {
             systemd::status(&line);
             last = line;
