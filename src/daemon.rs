@@ -341,6 +341,7 @@ async fn start_and_serve(ctx: &mut Ctx, signals: &mut Signals) -> i32 {
     //     without one, and /health is degraded until there is one. Peers
     //     started at the same moment elect one within a few seconds;
     //     start_timeout (from the daemon's start) bounds the wait.
+    let mut leaderless = false;
     if app.clustered_jetstream() {
         let deadline = app.started + wait;
         let mut said: Option<Instant> = None;
@@ -354,6 +355,7 @@ async fn start_and_serve(ctx: &mut Ctx, signals: &mut Signals) -> i32 {
             };
             if Instant::now() >= deadline {
                 tracing::warn!(problem = %problem, "still no JetStream meta leader after start_timeout ({wait:?}): {problem}; going on, streams are reconciled once there is one");
+                leaderless = true;
                 break;
             }
             if said.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
@@ -370,8 +372,11 @@ async fn start_and_serve(ctx: &mut Ctx, signals: &mut Signals) -> i32 {
         }
     }
 
-    // 3. Streams.
-    if app.is_connected() {
+    // 3. Streams. Without a meta leader every JetStream request would wait
+    //    out its timeout, round after round, past start_timeout: leave it
+    //    to the background task (it starts with a sync and retries every
+    //    2 s in a cluster).
+    if app.is_connected() && !leaderless {
         if let Err(e) = app.sync_streams().await {
             tracing::error!(error = %e, "stream reconciliation failed ({e}); retrying in the background");
         }
@@ -670,7 +675,9 @@ async fn maintain(app: Arc<App>, mut stop: watch::Receiver<bool>) {
     resync.tick().await;
     // After a failed or incomplete sync (a cluster without a meta leader,
     // a peer still starting): try again soon, not a whole interval later.
-    let mut retry_at: Option<tokio::time::Instant> = None;
+    // A cluster node that started without a meta leader has not synced yet.
+    let mut retry_at: Option<tokio::time::Instant> =
+        (app.clustered_jetstream() && !app.streams_synced()).then(tokio::time::Instant::now);
     loop {
         tokio::select! {
             _ = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)), if retry_at.is_some() => {}

@@ -271,7 +271,17 @@ async fn cluster_faults(bin: &Path) {
         .flatten()
         .filter(|d| d.log().contains(&format!("created stream {STREAM}")))
         .count();
-    eprintln!("cluster formed, healthy and reconciled in {formed:?}; daemons that created {STREAM}: {creators}");
+    let rounds: usize = daemons
+        .iter()
+        .flatten()
+        .map(|d| d.log().matches("did not settle").count())
+        .sum();
+    let raced = daemons
+        .iter()
+        .flatten()
+        .filter(|d| d.log().contains("was created by another node"))
+        .count();
+    eprintln!("cluster formed, healthy and reconciled in {formed:?}; daemons that created {STREAM}: {creators}, found it created by another: {raced}, reconciliation rounds retried: {rounds}");
     // Three daemons reconciled at once; nats-server's did_create tells the
     // one whose request made the stream: the others found it made.
     // (None, when the winning answer was lost to a timeout and a re-read
@@ -723,4 +733,68 @@ async fn a_node_without_quorum_is_degraded_not_restarted_and_ready_waits_for_a_l
         "READY=1 {ready_after:?} after the peers were started; stream leader {}",
         g["leader"]
     );
+}
+
+/// start_timeout bounds the wait for a meta leader: a node that gives up
+/// waiting still starts (degraded), and its reconciliation backs off and
+/// retries until its peers come and the stream can be created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_that_stopped_waiting_for_a_leader_creates_the_stream_when_peers_come() {
+    let _g = ONE_AT_A_TIME.lock().await;
+    let nodes = ports();
+    let states = tempfile::tempdir().unwrap();
+    let state = |i: usize| states.path().join(name(i));
+    let notify = NotifySocket::bind();
+    let spawned = Instant::now();
+    let first = node(0, &nodes, &nats_server(), &state(0))
+        .supervisor("  start_timeout: 2s\n")
+        .env("NOTIFY_SOCKET", notify.path_str())
+        .start();
+    // Ready (degraded) about start_timeout after the start, not held up by
+    // JetStream requests that cannot be answered without a leader.
+    notify
+        .wait_line("READY=1", 1, Duration::from_secs(10))
+        .await;
+    let ready = spawned.elapsed();
+    assert!(ready < Duration::from_secs(5), "READY=1 after {ready:?}");
+    eventually(
+        Duration::from_secs(20),
+        "the daemon to stop waiting for a leader",
+        || async {
+            first
+                .log()
+                .contains("still no JetStream meta leader after start_timeout")
+                .then_some(())
+        },
+    )
+    .await;
+    let (code, h) = get_json(first.http, "/health").await.unwrap();
+    assert_eq!(code, 503, "{h}");
+    assert!(h["problems"].to_string().contains("no meta leader"), "{h}");
+    let t = Instant::now();
+    let _others: Vec<Daemon> = (1..3)
+        .map(|i| start_node(i, &nodes, &nats_server(), &state(i)))
+        .collect();
+    first.wait_healthy(Duration::from_secs(40)).await;
+    let (_, st) = first.get("/api/v1/status").await;
+    let g = stream_group(&st).expect("the stream exists");
+    assert_eq!(g["configured_replicas"], 3, "{g}");
+    assert!(
+        first.log().contains("stream reconciliation round")
+            || first.log().contains("stream reconciliation failed"),
+        "the first node retried its reconciliation:\n{}",
+        first.log()
+    );
+    eprintln!(
+        "READY=1 (degraded) {ready:?} after the start; healthy {:?} after the peers were started",
+        t.elapsed()
+    );
+    for l in first
+        .log()
+        .lines()
+        .filter(|l| l.contains("reconciliation") || l.contains("stream CLUSTERED"))
+        .take(8)
+    {
+        eprintln!("  n1: {l}");
+    }
 }
