@@ -255,10 +255,13 @@ pub fn plan(old: &Config, new: &Config) -> ReloadPlan {
             if layout { Restart } else { Signal },
         );
         d.field("nats.users", &o.users, &n.users, Signal);
-        d.field("nats.tls", &o.tls, &n.tls, Signal);
+        // The daemon's own connection uses the same CA and, with verify,
+        // presents the same certificate: it reconnects with the new ones.
+        d.plan.reconnect_client |= d.field("nats.tls", &o.tls, &n.tls, Signal);
+        d.field("nats.cluster_tls", &o.cluster_tls, &n.cluster_tls, Signal);
         // Certificates are re-read on SIGHUP: `systemctl reload` must
         // rotate them even when the config text is the same.
-        if n.tls.is_some() {
+        if n.tls.is_some() || (n.cluster_tls.is_some() && new.cluster_enabled()) {
             d.plan.nats = d.plan.nats.max(Signal);
         }
     } else {

@@ -83,6 +83,9 @@ pub struct NatsConfig {
     pub client_urls: Vec<String>,
     pub users: Vec<UserConfig>,
     pub tls: Option<TlsConfig>,
+    /// TLS on the cluster routes (same keys as `tls`; `verify` makes nodes
+    /// present certificates to each other).
+    pub cluster_tls: Option<TlsConfig>,
     /// Subject mappings: source pattern -> destination(s), rendered into
     /// the account nats-server runs clients in.
     pub mappings: BTreeMap<String, MappingConfig>,
@@ -117,6 +120,7 @@ impl Default for NatsConfig {
             client_urls: Vec::new(),
             users: Vec::new(),
             tls: None,
+            cluster_tls: None,
             mappings: BTreeMap::new(),
         }
     }
@@ -293,11 +297,23 @@ names! {
 }
 
 /// A NATS user (the seed's `users:` list).
+///
+/// Exactly one of `password` (plain text or a bcrypt hash),
+/// `password_file` and `password_env` gives the secret; loading resolves
+/// the latter two into `password`, so the rest of the daemon sees one.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserConfig {
     pub user: String,
-    pub password: String,
+    #[serde(default)]
+    pub password: Option<String>,
+    /// A file holding the password (first line). Absolute, or a name in
+    /// $CREDENTIALS_DIRECTORY (systemd's LoadCredential=).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// An environment variable of the daemon holding the password.
+    #[serde(default)]
+    pub password_env: Option<String>,
     #[serde(default)]
     pub permissions: Option<Permissions>,
 }

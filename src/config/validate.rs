@@ -196,17 +196,24 @@ pub fn validate(c: &Config) -> Result<Vec<String>, Violation> {
                 "user names starting with `_marketprism` are reserved for the daemon",
             );
         }
-        if u.password.is_empty() {
-            return fail(
-                &["nats", "users", &idx, "password"],
-                "password must not be empty",
-            );
+        // secrets::resolve filled it from its one source.
+        let (key, password) = match (&u.password_file, &u.password_env) {
+            (Some(_), _) => ("password_file", u.password.as_deref().unwrap_or("")),
+            (_, Some(_)) => ("password_env", u.password.as_deref().unwrap_or("")),
+            _ => ("password", u.password.as_deref().unwrap_or("")),
+        };
+        if password.is_empty() {
+            return fail(&["nats", "users", &idx, key], "password must not be empty");
         }
-        if u.password.chars().any(|ch| ch.is_control()) {
+        if password.chars().any(|ch| ch.is_control()) {
             return fail(
-                &["nats", "users", &idx, "password"],
+                &["nats", "users", &idx, key],
                 "password must not contain control characters",
             );
+        }
+        if super::secrets::is_bcrypt(password) {
+            super::secrets::check_bcrypt(password)
+                .or_else(|m| fail(&["nats", "users", &idx, key], m))?;
         }
         if let Some(p) = &u.permissions {
             for (dir, list) in [("publish", &p.publish), ("subscribe", &p.subscribe)] {
@@ -220,7 +227,8 @@ pub fn validate(c: &Config) -> Result<Vec<String>, Violation> {
         }
     }
 
-    if let Some(tls) = &n.tls {
+    for (block, tls) in [("tls", &n.tls), ("cluster_tls", &n.cluster_tls)] {
+        let Some(tls) = tls else { continue };
         for (key, path) in [
             ("cert_file", Some(&tls.cert_file)),
             ("key_file", Some(&tls.key_file)),
@@ -229,14 +237,17 @@ pub fn validate(c: &Config) -> Result<Vec<String>, Violation> {
             let Some(path) = path else { continue };
             if let Err(e) = std::fs::metadata(path) {
                 return fail(
-                    &["nats", "tls", key],
+                    &["nats", block, key],
                     format!("cannot read {}: {e}", path.display()),
                 );
             }
         }
         if tls.verify && tls.ca_file.is_none() {
-            warnings.push("nats.tls.verify is on without ca_file: client certificates are checked against the system roots".into());
+            warnings.push(format!("nats.{block}.verify is on without ca_file: certificates are checked against the system roots"));
         }
+    }
+    if n.cluster_tls.is_some() && !c.cluster_enabled() {
+        warnings.push("nats.cluster_tls is set but nats.cluster_routes is empty: there are no routes to protect".into());
     }
 
     if let Some(bin) = &n.server_bin {
