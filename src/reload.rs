@@ -160,7 +160,13 @@ pub fn plan(old: &Config, new: &Config) -> ReloadPlan {
         Nothing,
     );
     d.fields("supervisor", &old.supervisor, &new.supervisor);
-    d.fields("api", &old.api, &new.api);
+    // api.tls is a nested struct: `fields` reads flat ones only.
+    let flat = |a: &crate::config::ApiConfig| crate::config::ApiConfig {
+        tls: None,
+        ..a.clone()
+    };
+    d.fields("api", &flat(&old.api), &flat(&new.api));
+    d.field("api.tls", &old.api.tls, &new.api.tls, Nothing);
 
     let (o, n) = (&old.nats, &new.nats);
     if new.auto_start_nats {

@@ -237,8 +237,10 @@ pub fn parse_str(text: &str, format: Format) -> Result<(Config, Vec<String>), Co
 /// streams and validates. `base` locates errors in the source.
 fn finish(mut config: Config, base: Option<&Node>) -> Result<(Config, Vec<String>), ConfigError> {
     resolve_paths(&mut config);
-    secrets::resolve(&mut config, &secrets::Env::process())
+    let env = secrets::Env::process();
+    secrets::resolve(&mut config, &env)
         .and_then(|mut warnings| {
+            secrets::resolve_api(&mut config, &env)?;
             warnings.extend(validate::validate(&config)?);
             Ok(warnings)
         })

@@ -543,6 +543,30 @@ pub struct ApiConfig {
     pub fetch_max_batch: u32,
     /// Longest a fetch may wait for messages (`expires_ms` is capped to it).
     pub fetch_max_wait: Dur,
+    /// Bearer tokens, one per line (`TOKEN`, `TOKEN read`, `TOKEN write`).
+    /// Absent: no authentication (the API listens on loopback by default).
+    /// An absolute path, or (like `password_file`) a credential name in
+    /// $CREDENTIALS_DIRECTORY (systemd LoadCredential=). Re-read on SIGHUP.
+    pub tokens_file: Option<PathBuf>,
+    /// With a tokens file: whether reads (GET) need a token too. GET
+    /// /health never does (liveness probes).
+    pub tokens_for_reads: bool,
+    /// TLS for the API itself. Certificate and key are re-read on SIGHUP.
+    pub tls: Option<ApiTlsConfig>,
+}
+
+/// `api.tls`: the API's own certificate (PEM files; relative paths as for
+/// `api.tokens_file`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiTlsConfig {
+    /// Certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// Its private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// Require client certificates signed by these CAs (mutual TLS).
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
 }
 
 impl Default for ApiConfig {
@@ -559,6 +583,9 @@ impl Default for ApiConfig {
             sse_max_clients: 100,
             fetch_max_batch: 1000,
             fetch_max_wait: Dur::secs(30),
+            tokens_file: None,
+            tokens_for_reads: false,
+            tls: None,
         }
     }
 }

@@ -147,6 +147,32 @@ pub fn resolve(c: &mut Config, env: &Env) -> Result<Vec<String>, Violation> {
     Ok(warnings)
 }
 
+/// The API's secret files (`api.tokens_file`, `api.tls.*`) by the same
+/// rule as a password file: absolute, or a LoadCredential= name. Made
+/// absolute here so validation and the daemon read the same file.
+pub fn resolve_api(c: &mut Config, env: &Env) -> Result<(), Violation> {
+    let at = |key: &[&str], m: String| Violation {
+        path: key.iter().map(|s| s.to_string()).collect(),
+        message: m,
+    };
+    let api = &mut c.api;
+    if let Some(p) = &mut api.tokens_file {
+        *p = secret_path(p, env).map_err(|m| at(&["api", "tokens_file"], m))?;
+    }
+    if let Some(t) = &mut api.tls {
+        for (key, p) in [
+            ("cert_file", Some(&mut t.cert_file)),
+            ("key_file", Some(&mut t.key_file)),
+            ("client_ca_file", t.client_ca_file.as_mut()),
+        ] {
+            if let Some(p) = p {
+                *p = secret_path(p, env).map_err(|m| at(&["api", "tls", key], m))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// An absolute path as is; a relative one is a name in
 /// $CREDENTIALS_DIRECTORY.
 fn secret_path(p: &Path, env: &Env) -> Result<PathBuf, String> {

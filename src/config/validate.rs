@@ -314,6 +314,7 @@ pub fn validate(c: &Config) -> Result<Vec<String>, Violation> {
     if c.api.fetch_max_wait.get().is_zero() {
         return fail(&["api", "fetch_max_wait"], "must be greater than 0");
     }
+    check_api_security(c, &mut warnings)?;
     if c.api.sse_max_clients >= c.api.max_connections {
         warnings.push(format!(
             "api.sse_max_clients ({}) is not below api.max_connections ({}): open event streams can take every HTTP connection, and then health checks and publishes wait",
@@ -321,6 +322,52 @@ pub fn validate(c: &Config) -> Result<Vec<String>, Violation> {
         ));
     }
     Ok(warnings)
+}
+
+/// `api.tokens_file` and `api.tls`: the files must load as the daemon
+/// will load them, so check-config, start-up and a reload refuse a bad one
+/// alike (a reload then keeps the old tokens and certificate).
+fn check_api_security(c: &Config, warnings: &mut Vec<String>) -> Result<(), Violation> {
+    use std::os::unix::fs::PermissionsExt;
+    let api = &c.api;
+    match &api.tokens_file {
+        Some(path) => {
+            crate::http::auth::Tokens::load(path).or_else(|m| fail(&["api", "tokens_file"], m))?;
+            if let Ok(md) = std::fs::metadata(path) {
+                let mode = md.permissions().mode() & 0o777;
+                if mode & 0o044 != 0 {
+                    warnings.push(format!(
+                        "api.tokens_file {} is readable by {} (mode {mode:03o}): its tokens are secrets; chmod go-r it",
+                        path.display(),
+                        if mode & 0o004 != 0 { "others" } else { "its group" },
+                    ));
+                }
+            }
+        }
+        None => {
+            if api.tokens_for_reads {
+                warnings.push("api.tokens_for_reads has no effect without api.tokens_file".into());
+            }
+            let loopback = c
+                .host
+                .parse::<IpAddr>()
+                .map(|a| a.is_loopback())
+                .unwrap_or(c.host == "localhost");
+            if !loopback {
+                warnings.push(format!(
+                    "the HTTP API listens on {} without api.tokens_file: whoever reaches the port can publish",
+                    c.host
+                ));
+            }
+        }
+    }
+    if let Some(tls) = &api.tls {
+        crate::http::tls::server_config(tls).map_err(|e| Violation {
+            path: vec!["api".into(), "tls".into(), e.key.into()],
+            message: e.message,
+        })?;
+    }
+    Ok(())
 }
 
 fn validate_streams(c: &Config, streams: &BTreeMap<String, StreamConfig>) -> Result<(), Violation> {
