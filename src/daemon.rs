@@ -76,7 +76,12 @@ impl Http {
             .local_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
-        tracing::info!("HTTP API listening on http://{addr}");
+        let scheme = if app.security().tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        tracing::info!("HTTP API listening on {scheme}://{addr}");
         Http {
             task: tokio::spawn(crate::http::serve(listener, app, rx)),
             stop,
@@ -190,6 +195,18 @@ pub async fn run(loaded: Loaded, explicit: Option<PathBuf>) -> i32 {
         config.auto_start_nats,
         credentials.clone(),
     ));
+    // Validation read these files a moment ago; read them for use now.
+    match crate::http::auth::Security::load(&config) {
+        Ok(s) => {
+            tracing::info!("HTTP API: {}", s.describe());
+            app.set_security(s);
+        }
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("marketprism-broker: invalid config: {e}");
+            return exit::CONFIG;
+        }
+    }
     let runtime_dir = config.runtime_dir();
     if let Err(e) = std::fs::create_dir_all(&runtime_dir).and_then(|_| {
         supervisor::write_atomic(
@@ -442,8 +459,18 @@ async fn apply_reload(ctx: &mut Ctx) -> Result<String, String> {
     if let Some(why) = plan.refused {
         return Err(format!("{why}; still running on the previous config"));
     }
+    // The tokens file and the API certificate are re-read on every reload,
+    // changed config or not (rotating them is what a SIGHUP is for); a bad
+    // one keeps the old ones, and the old config with them.
+    let security = crate::http::auth::Security::load(&new).map_err(|e| {
+        format!("{e}; still running on the previous config (and its API tokens and certificate)")
+    })?;
+    let secured = security.describe();
     if plan.is_noop() && plan.nats == NatsAction::Nothing {
-        return Ok("the configuration is unchanged".into());
+        ctx.app.set_security(security);
+        return Ok(format!(
+            "the configuration is unchanged; HTTP API re-read: {secured}"
+        ));
     }
     for c in &plan.changes {
         tracing::info!("reload: {c}");
@@ -499,6 +526,8 @@ async fn apply_reload(ctx: &mut Ctx) -> Result<String, String> {
         }
     }
     ctx.app.set_config(new.clone());
+    ctx.app.set_security(security);
+    summary.push(format!("HTTP API: {secured}"));
     if plan.reconnect_client {
         match ctx.app.repoint_client().await {
             Ok(()) => summary.push(format!(
