@@ -144,6 +144,8 @@ pub struct Daemon {
     pub nats: u16,
     pub monitor: u16,
     pub log: Arc<Mutex<String>>,
+    /// Set when the API speaks TLS: the harness' requests go through it.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 pub struct DaemonBuilder {
@@ -154,6 +156,8 @@ pub struct DaemonBuilder {
     env: Vec<(String, String)>,
     ports: Option<(u16, u16, u16)>,
     state: Option<PathBuf>,
+    files: Vec<(String, String)>,
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl DaemonBuilder {
@@ -185,6 +189,17 @@ impl DaemonBuilder {
         self.env.push((k.into(), v.into()));
         self
     }
+    /// A file (mode 0600) next to the config, written before the start.
+    pub fn file(mut self, name: &str, contents: &str) -> Self {
+        self.files.push((name.into(), contents.into()));
+        self
+    }
+    /// The API speaks TLS with a certificate `ca` signed: the harness'
+    /// requests (get, publish, wait_healthy) use HTTPS.
+    pub fn https(mut self, ca: &Path) -> Self {
+        self.tls = Some(tls_client(ca));
+        self
+    }
     /// (http, nats, monitor) instead of free ones.
     pub fn ports(mut self, p: (u16, u16, u16)) -> Self {
         self.ports = Some(p);
@@ -205,6 +220,12 @@ impl DaemonBuilder {
             nats_extra = self.nats,
             sup = self.supervisor,
         );
+        for (name, contents) in &self.files {
+            use std::os::unix::fs::PermissionsExt;
+            let p = dir.path().join(name);
+            std::fs::write(&p, contents).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
         let config_path = dir.path().join("broker.yaml");
         std::fs::write(&config_path, config).unwrap();
         check_with_both_nats_servers(&config_path);
@@ -245,6 +266,7 @@ impl DaemonBuilder {
             nats,
             monitor,
             log,
+            tls: self.tls,
         }
     }
 }
@@ -259,6 +281,8 @@ impl Daemon {
             env: Vec::new(),
             ports: None,
             state: None,
+            files: Vec::new(),
+            tls: None,
         }
     }
 
@@ -295,7 +319,7 @@ impl Daemon {
     pub async fn wait_healthy(&self, timeout: Duration) -> Value {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Ok((200, body)) = get_json(self.http, "/health").await {
+            if let Ok((200, body)) = self.try_get("/health", None).await {
                 return body;
             }
             if self.has_exited() {
@@ -343,28 +367,63 @@ impl Daemon {
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        get_json(self.http, path)
+        self.get_with(path, None).await
+    }
+
+    /// GET with `Authorization: Bearer <token>` when a token is given.
+    pub async fn get_with(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        self.try_get(path, token)
             .await
             .unwrap_or_else(|e| panic!("GET {path}: {e}; log:\n{}", self.log()))
     }
 
+    async fn try_get(&self, path: &str, token: Option<&str>) -> Result<(u16, Value), String> {
+        let (status, _, body) = self.request(token, "GET", path, &[], vec![]).await?;
+        let v = serde_json::from_slice(&body).map_err(|e| {
+            format!(
+                "{path} answered {status} with non-JSON {:?}: {e}",
+                String::from_utf8_lossy(&body)
+            )
+        })?;
+        Ok((status, v))
+    }
+
     pub async fn publish(&self, subject: &str, message: Value) -> (u16, Value) {
+        self.publish_with(subject, message, None).await
+    }
+
+    /// POST /api/v1/publish, with a bearer token when one is given.
+    pub async fn publish_with(
+        &self,
+        subject: &str,
+        message: Value,
+        token: Option<&str>,
+    ) -> (u16, Value) {
         let body = serde_json::json!({"subject": subject, "message": message}).to_string();
-        let (status, _, v) = self.publish_raw(body.into_bytes()).await;
+        let (status, _, v) = self.publish_raw_with(body.into_bytes(), token).await;
         (status, v)
     }
 
     /// POST /api/v1/publish with `body` as is (JSON content type).
     pub async fn publish_raw(&self, body: Vec<u8>) -> (u16, hyper::HeaderMap, Value) {
-        let (status, headers, body) = request(
-            self.http,
-            "POST",
-            "/api/v1/publish",
-            &[("content-type", "application/json")],
-            body,
-        )
-        .await
-        .unwrap();
+        self.publish_raw_with(body, None).await
+    }
+
+    pub async fn publish_raw_with(
+        &self,
+        body: Vec<u8>,
+        token: Option<&str>,
+    ) -> (u16, hyper::HeaderMap, Value) {
+        let (status, headers, body) = self
+            .request(
+                token,
+                "POST",
+                "/api/v1/publish",
+                &[("content-type", "application/json")],
+                body,
+            )
+            .await
+            .unwrap();
         (
             status,
             headers,
@@ -372,10 +431,28 @@ impl Daemon {
         )
     }
 
+    /// One request to the API, over TLS when the daemon speaks it, with a
+    /// bearer token when one is given.
+    pub async fn request(
+        &self,
+        token: Option<&str>,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Result<(u16, hyper::HeaderMap, Bytes), String> {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let mut all: Vec<(&str, &str)> = headers.to_vec();
+        if let Some(a) = &auth {
+            all.push(("authorization", a));
+        }
+        request_over(self.http, self.tls.as_ref(), method, path, &all, body).await
+    }
+
     /// Polls /health until it answers `code`; returns the body.
     pub async fn wait_health(&self, code: u16, timeout: Duration) -> Value {
         eventually(timeout, &format!("/health to answer {code}"), || async {
-            get_json(self.http, "/health")
+            self.try_get("/health", None)
                 .await
                 .ok()
                 .filter(|(c, _)| *c == code)
@@ -388,7 +465,7 @@ impl Daemon {
     /// returns the new pid.
     pub async fn wait_new_child(&self, old: u32, timeout: Duration) -> u32 {
         eventually(timeout, "a new healthy nats-server", || async {
-            match get_json(self.http, "/health").await {
+            match self.try_get("/health", None).await {
                 Ok((200, h)) => h["pid"].as_u64().map(|p| p as u32).filter(|p| *p != old),
                 _ => None,
             }
@@ -443,10 +520,83 @@ pub async fn request(
     headers: &[(&str, &str)],
     body: Vec<u8>,
 ) -> Result<(u16, hyper::HeaderMap, Bytes), String> {
+    request_over(port, None, method, path, headers, body).await
+}
+
+/// A rustls client config that trusts only the CA in the PEM file `ca`
+/// (ring provider, ALPN http/1.1).
+pub fn tls_client(ca: &Path) -> Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+/// A TLS connection to 127.0.0.1:`port`, checked against `tls` for the
+/// name "localhost".
+pub async fn tls_connect(
+    port: u16,
+    tls: &Arc<rustls::ClientConfig>,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
     let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .map_err(|e| e.to_string())?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_rustls::TlsConnector::from(tls.clone()).connect(name, stream),
+    )
+    .await
+    .map_err(|_| "no TLS handshake within 10 s".to_string())?
+    .map_err(|e| format!("TLS handshake: {e}"))
+}
+
+/// [`request`], over TLS when `tls` is given.
+pub async fn request_over(
+    port: u16,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Result<(u16, hyper::HeaderMap, Bytes), String> {
+    match tls {
+        None => {
+            let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .map_err(|e| e.to_string())?;
+            request_on(TokioIo::new(stream), port, method, path, headers, body).await
+        }
+        Some(tls) => {
+            let stream = tls_connect(port, tls).await?;
+            request_on(TokioIo::new(stream), port, method, path, headers, body).await
+        }
+    }
+}
+
+/// One request on an open connection.
+async fn request_on<IO>(
+    io: IO,
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Result<(u16, hyper::HeaderMap, Bytes), String>
+where
+    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
         .await
         .map_err(|e| e.to_string())?;
     tokio::spawn(conn);
