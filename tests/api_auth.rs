@@ -407,3 +407,36 @@ async fn sighup_rotates_the_certificate_for_new_connections() {
     assert!(d.log().contains("api.tls.cert_file"), "{}", d.log());
     assert_eq!(peer_cert(&d).await, rotated);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_tls_client_neither_blocks_others_nor_stays_past_the_header_timeout() {
+    use tokio::io::AsyncReadExt;
+    let pki_dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(pki_dir.path());
+    let d = Daemon::builder()
+        .file("tokens", &tokens_file())
+        .top(&format!("{}  header_read_timeout: 2s\n", tls_top(&pki)))
+        .https(&pki.ca)
+        .start();
+    d.wait_healthy(Duration::from_secs(20)).await;
+    // Connected, never says hello.
+    let mut silent = tokio::net::TcpStream::connect(("127.0.0.1", d.http))
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    assert_eq!(
+        d.get("/health").await.0,
+        200,
+        "the accept loop waits on the silent client"
+    );
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut buf))
+        .await
+        .expect("the silent connection is still open after 5 s");
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(400),
+        "closed after {took:?}, before the timeout"
+    );
+}

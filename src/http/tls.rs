@@ -104,3 +104,91 @@ pub fn server_config(tls: &ApiTlsConfig) -> Result<Arc<ServerConfig>, TlsError> 
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{CertificateParams, KeyPair};
+
+    /// A self-signed certificate and its key, written into `dir`.
+    fn self_signed(dir: &Path, name: &str) -> ApiTlsConfig {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let c = dir.join(format!("{name}.pem"));
+        let k = dir.join(format!("{name}-key.pem"));
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        ApiTlsConfig {
+            cert_file: c,
+            key_file: k,
+            client_ca_file: None,
+        }
+    }
+
+    #[test]
+    fn a_good_pair_gives_http11_only_and_client_cas_turn_on_client_auth() {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = self_signed(dir.path(), "a");
+        let c = server_config(&tls).unwrap();
+        assert_eq!(c.alpn_protocols, vec![b"http/1.1".to_vec()]);
+        let mutual = ApiTlsConfig {
+            client_ca_file: Some(tls.cert_file.clone()),
+            ..tls
+        };
+        assert!(server_config(&mutual).is_ok());
+    }
+
+    #[test]
+    fn each_bad_file_is_named_by_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = self_signed(dir.path(), "a");
+        let b = self_signed(dir.path(), "b");
+        let key_of = |t: &ApiTlsConfig| server_config(t).unwrap_err().key;
+        let missing = dir.path().join("missing.pem");
+        assert_eq!(
+            key_of(&ApiTlsConfig {
+                cert_file: missing.clone(),
+                ..a.clone()
+            }),
+            "cert_file"
+        );
+        assert_eq!(
+            key_of(&ApiTlsConfig {
+                key_file: missing.clone(),
+                ..a.clone()
+            }),
+            "key_file"
+        );
+        assert_eq!(
+            key_of(&ApiTlsConfig {
+                key_file: a.cert_file.clone(),
+                ..a.clone()
+            }),
+            "key_file"
+        );
+        assert_eq!(
+            key_of(&ApiTlsConfig {
+                cert_file: a.key_file.clone(),
+                ..a.clone()
+            }),
+            "cert_file"
+        );
+        assert_eq!(
+            key_of(&ApiTlsConfig {
+                client_ca_file: Some(missing),
+                ..a.clone()
+            }),
+            "client_ca_file"
+        );
+        // b's key with a's certificate.
+        let e = server_config(&ApiTlsConfig {
+            key_file: b.key_file.clone(),
+            ..a.clone()
+        })
+        .unwrap_err();
+        assert_eq!(e.key, "key_file", "{}", e.message);
+    }
+}
