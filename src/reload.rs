@@ -303,6 +303,36 @@ mod tests {
     }
 
     #[test]
+    fn api_security_settings_apply_in_place_one_line_each() {
+        let a = cfg("port: 1\n");
+        let mut b = a.clone();
+        b.api.tokens_for_reads = true;
+        b.api.tokens_file = Some("/etc/t".into());
+        b.api.tls = Some(crate::config::ApiTlsConfig {
+            cert_file: "/c.pem".into(),
+            key_file: "/k.pem".into(),
+            client_ca_file: None,
+        });
+        let r = plan(&a, &b);
+        assert_eq!(r.nats, NatsAction::Nothing);
+        assert!(!r.rebind_http && !r.reconnect_client && r.refused.is_none());
+        assert_eq!(r.changes.len(), 3, "{:?}", r.changes);
+        assert!(r
+            .changes
+            .contains(&"api.tokens_for_reads: false -> true".to_string()));
+        assert!(
+            r.changes
+                .contains(&"api.tokens_file: None -> Some(\"/etc/t\")".to_string()),
+            "{:?}",
+            r.changes
+        );
+        assert!(r
+            .changes
+            .iter()
+            .any(|c| c.starts_with("api.tls: None -> Some(")));
+    }
+
+    #[test]
     fn same_config_is_a_noop() {
         let r = p("port: 1\n", "port: 1\n");
         assert!(r.is_noop());

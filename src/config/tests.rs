@@ -623,3 +623,42 @@ fn the_cluster_name_nats_server_reserves_is_refused() {
     assert!(e.message.contains("reserved"), "{e}");
     yaml("nats:\n  cluster_name: \"_a\"\n").unwrap();
 }
+
+#[test]
+fn api_secret_paths_resolve_next_to_the_config_file() {
+    // $CREDENTIALS_DIRECTORY is not set by the test runner; systemd sets it
+    // (tests/api_auth.rs does not touch it either).
+    if std::env::var_os("CREDENTIALS_DIRECTORY").is_some() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tokens"), "0123456789abcdef0123\n").unwrap();
+    let p = dir.path().join("broker.yaml");
+    std::fs::write(
+        &p,
+        "api:\n  tokens_file: tokens\n  tokens_for_reads: true\n",
+    )
+    .unwrap();
+    let c = load_file(&p).unwrap().config;
+    assert_eq!(c.api.tokens_file, Some(dir.path().join("tokens")));
+    assert!(c.api.tokens_for_reads);
+    // Absolute paths stay; a bad line names the key, the file and its line.
+    std::fs::write(dir.path().join("tokens"), "# x\nshort\n").unwrap();
+    let e = load_file(&p).unwrap_err();
+    assert_eq!((e.key.as_str(), e.line), ("api.tokens_file", Some(2)));
+    assert!(
+        e.message
+            .contains(&format!("{}:2:", dir.path().join("tokens").display())),
+        "{e}"
+    );
+}
+
+#[test]
+fn api_tls_keys_are_named() {
+    let e = yaml_err(
+        "api:\n  tls:\n    cert_file: /nonexistent/c.pem\n    key_file: /nonexistent/k.pem\n",
+    );
+    assert_eq!((e.line, e.key.as_str()), (Some(3), "api.tls.cert_file"));
+    let e = yaml_err("api:\n  tls:\n    cert_file: a.pem\n    keyfile: k.pem\n");
+    assert!(e.message.contains("key_file"), "{e}");
+}
