@@ -440,3 +440,84 @@ async fn a_silent_tls_client_neither_blocks_others_nor_stays_past_the_header_tim
         "closed after {took:?}, before the timeout"
     );
 }
+
+#[test]
+fn a_relative_tokens_file_is_found_in_the_credentials_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let creds = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("broker.yaml");
+    std::fs::write(
+        &conf,
+        "auto_start_nats: false\napi:\n  tokens_file: api-tokens\n",
+    )
+    .unwrap();
+    let run = || {
+        std::process::Command::new(BIN)
+            .args(["check-config", "--config"])
+            .arg(&conf)
+            .env("CREDENTIALS_DIRECTORY", creds.path())
+            .output()
+            .unwrap()
+    };
+    // Only next to the config: not looked at while systemd names the
+    // credentials directory.
+    std::fs::write(dir.path().join("api-tokens"), format!("{WRITE}\n")).unwrap();
+    let o = run();
+    assert_eq!(o.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&creds.path().join("api-tokens").display().to_string()),
+        "{err}"
+    );
+    let t = creds.path().join("api-tokens");
+    std::fs::write(&t, format!("{WRITE}\n")).unwrap();
+    std::fs::set_permissions(&t, std::fs::Permissions::from_mode(0o400)).unwrap();
+    let o = run();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_client_ca_file_only_clients_with_a_certificate_get_in() {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let pki_dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(pki_dir.path());
+    let (cert, key) = pki.client("alice");
+    let top = format!(
+        "api:\n  tls:\n    cert_file: {:?}\n    key_file: {:?}\n    client_ca_file: {:?}\n",
+        pki.cert.display().to_string(),
+        pki.key.display().to_string(),
+        pki.ca.display().to_string()
+    );
+    // The harness' own client has no certificate: wait for health with one.
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(&pki.ca).unwrap())
+        .unwrap();
+    let mut with_cert = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(
+        vec![CertificateDer::from_pem_file(&cert).unwrap()],
+        PrivateKeyDer::from_pem_file(&key).unwrap(),
+    )
+    .unwrap();
+    with_cert.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let mut d = Daemon::builder().top(&top).start();
+    d.tls = Some(std::sync::Arc::new(with_cert));
+    d.wait_healthy(Duration::from_secs(20)).await;
+
+    let without = common::tls_client(&pki.ca);
+    let r = common::request_over(d.http, Some(&without), "GET", "/health", &[], vec![]).await;
+    assert!(r.is_err(), "a client without a certificate got {r:?}");
+    assert!(!d.has_exited());
+    assert_eq!(d.get("/health").await.0, 200);
+}

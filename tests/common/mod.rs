@@ -238,7 +238,8 @@ impl DaemonBuilder {
         cmd.env("RUST_LOG", "info,marketprism_broker=debug,async_nats=warn");
         cmd.env_remove("NOTIFY_SOCKET")
             .env_remove("STATE_DIRECTORY")
-            .env_remove("RUNTIME_DIRECTORY");
+            .env_remove("RUNTIME_DIRECTORY")
+            .env_remove("CREDENTIALS_DIRECTORY");
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
