@@ -198,7 +198,9 @@ pub async fn run(loaded: Loaded, explicit: Option<PathBuf>) -> i32 {
     // Validation read these files a moment ago; read them for use now.
     match crate::http::auth::Security::load(&config) {
         Ok(s) => {
-            tracing::info!("HTTP API: {}", s.describe());
+            if let Some(what) = s.describe() {
+                tracing::info!("HTTP API: {what} loaded");
+            }
             app.set_security(s);
         }
         Err(e) => {
@@ -468,9 +470,10 @@ async fn apply_reload(ctx: &mut Ctx) -> Result<String, String> {
     let secured = security.describe();
     if plan.is_noop() && plan.nats == NatsAction::Nothing {
         ctx.app.set_security(security);
-        return Ok(format!(
-            "the configuration is unchanged; HTTP API re-read: {secured}"
-        ));
+        return Ok(match secured {
+            Some(what) => format!("the configuration is unchanged; re-read the HTTP API's {what}"),
+            None => "the configuration is unchanged".into(),
+        });
     }
     for c in &plan.changes {
         tracing::info!("reload: {c}");
@@ -527,7 +530,9 @@ async fn apply_reload(ctx: &mut Ctx) -> Result<String, String> {
     }
     ctx.app.set_config(new.clone());
     ctx.app.set_security(security);
-    summary.push(format!("HTTP API: {secured}"));
+    if let Some(what) = secured {
+        summary.push(format!("re-read the HTTP API's {what}"));
+    }
     if plan.reconnect_client {
         match ctx.app.repoint_client().await {
             Ok(()) => summary.push(format!(

@@ -129,7 +129,7 @@ async fn mutations_need_a_write_token_reads_stay_open_and_no_token_leaks() {
         assert!(!status.contains(t), "a token in /api/v1/status");
         assert!(!log.contains(t), "a token in the log:\n{log}");
     }
-    assert!(log.contains("2 API token(s)"), "{log}");
+    assert!(log.contains("HTTP API: 2 API token(s) loaded"), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -165,18 +165,16 @@ impl Security {
         Ok(Security { tokens, tls })
     }
 
-    /// One line for the log: what is enforced, never a token.
-    pub fn describe(&self) -> String {
-        let tokens = match &self.tokens {
-            Some(t) => format!("{} API token(s)", t.len()),
-            None => "no API tokens".to_string(),
-        };
-        let tls = if self.tls.is_some() {
-            "TLS"
-        } else {
-            "plain HTTP"
-        };
-        format!("{tokens}, {tls}")
+    /// One line for the log: what is enforced, never a token. None when
+    /// nothing is (no tokens file, no TLS).
+    pub fn describe(&self) -> Option<String> {
+        let tokens = self
+            .tokens
+            .as_ref()
+            .map(|t| format!("{} API token(s)", t.len()));
+        let tls = self.tls.as_ref().map(|_| "TLS certificate".to_string());
+        let parts: Vec<String> = tokens.into_iter().chain(tls).collect();
+        (!parts.is_empty()).then(|| parts.join(", "))
     }
 }
 
