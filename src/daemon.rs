@@ -446,8 +446,14 @@ async fn reload(ctx: &mut Ctx) {
 
 async fn apply_reload(ctx: &mut Ctx) -> Result<String, String> {
     let explicit = ctx.explicit.clone();
-    let loaded = tokio::task::spawn_blocking(move || {
-        crate::config::load_for_reload(explicit.as_deref(), Duration::from_millis(20))
+    // The tokens file and the API certificate are re-read on every reload,
+    // changed config or not (rotating them is what a SIGHUP is for); a bad
+    // one keeps the old ones, and the old config with them.
+    let (loaded, security) = tokio::task::spawn_blocking(move || {
+        let loaded = crate::config::load_for_reload(explicit.as_deref(), Duration::from_millis(20))
+            .map_err(|e| e.to_string())?;
+        let security = crate::http::auth::Security::load(&loaded.config)?;
+        Ok::<_, String>((loaded, security))
     })
     .await
     .map_err(|e| format!("cannot read the config: {e}"))?
@@ -461,12 +467,6 @@ async fn apply_reload(ctx: &mut Ctx) -> Result<String, String> {
     if let Some(why) = plan.refused {
         return Err(format!("{why}; still running on the previous config"));
     }
-    // The tokens file and the API certificate are re-read on every reload,
-    // changed config or not (rotating them is what a SIGHUP is for); a bad
-    // one keeps the old ones, and the old config with them.
-    let security = crate::http::auth::Security::load(&new).map_err(|e| {
-        format!("{e}; still running on the previous config (and its API tokens and certificate)")
-    })?;
     let secured = security.describe();
     if plan.is_noop() && plan.nats == NatsAction::Nothing {
         ctx.app.set_security(security);
