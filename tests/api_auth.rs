@@ -261,6 +261,21 @@ fn check_config_names_the_bad_line_and_warns_about_a_readable_file() {
         err.contains("warning: api.tokens_file") && err.contains("readable by others"),
         "{err}"
     );
+    // Readable by the checking process' own group (as root:marketprism-broker
+    // 0640 is for the service user running check-config): fine.
+    std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let (code, err) = check_config(dir.path(), base);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("readable"), "{err}");
+    // Readable by some other group: a warning naming it (chown needs root).
+    if nix::unistd::geteuid().is_root() {
+        std::os::unix::fs::chown(&tokens, None, Some(65534)).unwrap();
+        let (code, err) = check_config(dir.path(), base);
+        assert_eq!(code, 0, "{err}");
+        assert!(err.contains("readable by group"), "{err}");
+    } else {
+        eprintln!("SKIPPED the other-group case: chown needs root");
+    }
 
     let (code, err) = check_config(
         dir.path(),
