@@ -408,6 +408,16 @@ mod tests {
     }
 
     #[test]
+    fn the_log_line_counts_tokens_and_names_no_secret() {
+        assert_eq!(Security::default().describe(), None);
+        let s = Security {
+            tokens: Some(tokens()),
+            tls: None,
+        };
+        assert_eq!(s.describe().as_deref(), Some("2 API token(s)"));
+    }
+
+    #[test]
     fn constant_time_equality_is_equality() {
         assert!(ct_eq(b"abc", b"abc"));
         assert!(!ct_eq(b"abc", b"abd"));
