@@ -37,8 +37,8 @@ fn assert_refused(code: u16, body: &Value, want: u16, error: &str) {
 #[tokio::test(flavor = "multi_thread")]
 async fn mutations_need_a_write_token_reads_stay_open_and_no_token_leaks() {
     let d = Daemon::builder()
+        // Relative: a credential name (LoadCredential=).
         .file("tokens", &tokens_file())
-        // Relative: next to the config file.
         .top("api:\n  tokens_file: tokens\n")
         .start();
     d.wait_healthy(Duration::from_secs(20)).await;
@@ -163,13 +163,19 @@ async fn with_tokens_for_reads_every_get_but_health_needs_a_token() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sighup_rereads_the_tokens_and_a_broken_file_keeps_the_old_ones() {
+    // An absolute path: systemd's credential copies only change on restart.
+    let secrets = tempfile::tempdir().unwrap();
+    let path = secrets.path().join("api-tokens");
+    std::fs::write(&path, tokens_file()).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
     let d = Daemon::builder()
-        .file("tokens", &tokens_file())
-        .top("api:\n  tokens_file: tokens\n")
+        .top(&format!(
+            "api:\n  tokens_file: {:?}\n",
+            path.display().to_string()
+        ))
         .start();
     d.wait_healthy(Duration::from_secs(20)).await;
     let child = d.child_pid().unwrap();
-    let path = d.dir.path().join("tokens");
     let reloads = |n: usize| {
         let d = &d;
         async move {
@@ -204,7 +210,7 @@ async fn sighup_rereads_the_tokens_and_a_broken_file_keeps_the_old_ones() {
     assert!(
         log.contains("reload failed")
             && log.contains("api.tokens_file")
-            && log.contains("tokens:1"),
+            && log.contains("api-tokens:1"),
         "{log}"
     );
     assert!(
@@ -227,7 +233,8 @@ fn check_config(dir: &Path, yaml: &str) -> (i32, String) {
         .arg("check-config")
         .arg("--config")
         .arg(&conf)
-        .env_remove("CREDENTIALS_DIRECTORY")
+        // Relative names in the test's config are credentials in `dir`.
+        .env("CREDENTIALS_DIRECTORY", dir)
         .output()
         .unwrap();
     (

@@ -290,6 +290,42 @@ mod tests {
     }
 
     #[test]
+    fn api_secret_files_are_absolute_or_credential_names() {
+        let env = Env {
+            var: &|_| None,
+            credentials_dir: Some("/run/credentials/mpb.service".into()),
+        };
+        let mut c = Config::default();
+        c.api.tokens_file = Some("api-tokens".into());
+        c.api.tls = Some(crate::config::ApiTlsConfig {
+            cert_file: "/etc/mpb/api.pem".into(),
+            key_file: "api-key".into(),
+            client_ca_file: None,
+        });
+        resolve_api(&mut c, &env).unwrap();
+        assert_eq!(
+            c.api.tokens_file.as_deref(),
+            Some(Path::new("/run/credentials/mpb.service/api-tokens"))
+        );
+        let tls = c.api.tls.as_ref().unwrap();
+        assert_eq!(tls.cert_file, Path::new("/etc/mpb/api.pem"));
+        assert_eq!(
+            tls.key_file,
+            Path::new("/run/credentials/mpb.service/api-key")
+        );
+
+        let mut c = Config::default();
+        c.api.tls = Some(crate::config::ApiTlsConfig {
+            cert_file: "/etc/mpb/api.pem".into(),
+            key_file: "api-key".into(),
+            client_ca_file: None,
+        });
+        let e = resolve_api(&mut c, &no_env()).unwrap_err();
+        assert_eq!(e.path, ["api", "tls", "key_file"]);
+        assert!(e.message.contains("CREDENTIALS_DIRECTORY"), "{}", e.message);
+    }
+
+    #[test]
     fn an_environment_variable_gives_the_password() {
         let env = Env {
             var: &|k| (k == "PRODUCER_PASS").then(|| "from-env".to_string()),

@@ -111,10 +111,17 @@ pub fn nats_server_t(bin: &Path, conf: &Path) -> Result<(), String> {
 }
 
 pub fn check_with_both_nats_servers(config: &Path) {
+    check_with_both_nats_servers_env(config, &[]);
+}
+
+/// [`check_with_both_nats_servers`] with the daemon's environment (its
+/// $CREDENTIALS_DIRECTORY, say).
+pub fn check_with_both_nats_servers_env(config: &Path, env: &[(String, String)]) {
     let out = Command::new(BIN)
         .arg("render-nats-config")
         .arg("--config")
         .arg(config)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .output()
         .unwrap();
     if !out.status.success() {
@@ -189,7 +196,9 @@ impl DaemonBuilder {
         self.env.push((k.into(), v.into()));
         self
     }
-    /// A file (mode 0600) next to the config, written before the start.
+    /// A systemd credential (LoadCredential=): a file (mode 0400) in a
+    /// directory the daemon gets as $CREDENTIALS_DIRECTORY; the config
+    /// names it by `name`. The directory is [`Daemon::credentials`].
     pub fn file(mut self, name: &str, contents: &str) -> Self {
         self.files.push((name.into(), contents.into()));
         self
@@ -220,15 +229,24 @@ impl DaemonBuilder {
             nats_extra = self.nats,
             sup = self.supervisor,
         );
+        let credentials = dir.path().join("credentials");
+        std::fs::create_dir(&credentials).unwrap();
         for (name, contents) in &self.files {
             use std::os::unix::fs::PermissionsExt;
-            let p = dir.path().join(name);
+            let p = credentials.join(name);
             std::fs::write(&p, contents).unwrap();
-            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o400)).unwrap();
+        }
+        let mut env = self.env.clone();
+        if !self.files.is_empty() {
+            env.push((
+                "CREDENTIALS_DIRECTORY".into(),
+                credentials.display().to_string(),
+            ));
         }
         let config_path = dir.path().join("broker.yaml");
         std::fs::write(&config_path, config).unwrap();
-        check_with_both_nats_servers(&config_path);
+        check_with_both_nats_servers_env(&config_path, &env);
         let mut cmd = Command::new(BIN);
         cmd.arg("--config")
             .arg(&config_path)
@@ -240,7 +258,7 @@ impl DaemonBuilder {
             .env_remove("STATE_DIRECTORY")
             .env_remove("RUNTIME_DIRECTORY")
             .env_remove("CREDENTIALS_DIRECTORY");
-        for (k, v) in &self.env {
+        for (k, v) in &env {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().unwrap();
@@ -273,6 +291,11 @@ impl DaemonBuilder {
 }
 
 impl Daemon {
+    /// The daemon's $CREDENTIALS_DIRECTORY (see [`DaemonBuilder::file`]).
+    pub fn credentials(&self) -> PathBuf {
+        self.dir.path().join("credentials")
+    }
+
     pub fn builder() -> DaemonBuilder {
         DaemonBuilder {
             top: String::new(),
