@@ -79,6 +79,8 @@ pub struct App {
     pub closing: watch::Sender<bool>,
     /// Open GET /api/v1/subscribe streams.
     pub sse_clients: AtomicUsize,
+    /// API tokens and TLS config in force; replaced by a reload.
+    security: RwLock<Arc<crate::http::auth::Security>>,
 }
 
 impl App {
@@ -105,6 +107,7 @@ impl App {
             note: Mutex::new(None),
             closing: watch::channel(false).0,
             sse_clients: AtomicUsize::new(0),
+            security: RwLock::new(Arc::default()),
             config: RwLock::new(config),
         }
     }
@@ -127,6 +130,19 @@ impl App {
     /// Puts a reloaded config in force.
     pub fn set_config(&self, c: Arc<Config>) {
         *self.config.write().unwrap_or_else(|e| e.into_inner()) = c;
+    }
+
+    pub fn security(&self) -> Arc<crate::http::auth::Security> {
+        self.security
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Puts (re)loaded tokens and TLS config in force: new requests and
+    /// connections see them; open TLS connections keep their certificate.
+    pub fn set_security(&self, s: crate::http::auth::Security) {
+        *self.security.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(s);
     }
 
     /// nats-server's monitor, for /varz: our child's, or for an external

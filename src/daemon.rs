@@ -76,7 +76,12 @@ impl Http {
             .local_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
-        tracing::info!("HTTP API listening on http://{addr}");
+        let scheme = if app.security().tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        tracing::info!("HTTP API listening on {scheme}://{addr}");
         Http {
             task: tokio::spawn(crate::http::serve(listener, app, rx)),
             stop,
@@ -190,6 +195,20 @@ pub async fn run(loaded: Loaded, explicit: Option<PathBuf>) -> i32 {
         config.auto_start_nats,
         credentials.clone(),
     ));
+    // Validation read these files a moment ago; read them for use now.
+    match crate::http::auth::Security::load(&config) {
+        Ok(s) => {
+            if let Some(what) = s.describe() {
+                tracing::info!("HTTP API: {what} loaded");
+            }
+            app.set_security(s);
+        }
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("marketprism-broker: invalid config: {e}");
+            return exit::CONFIG;
+        }
+    }
     let runtime_dir = config.runtime_dir();
     if let Err(e) = std::fs::create_dir_all(&runtime_dir).and_then(|_| {
         supervisor::write_atomic(
@@ -465,8 +484,14 @@ async fn reload(ctx: &mut Ctx) {
 
 async fn apply_reload(ctx: &mut Ctx) -> Result<String, String> {
     let explicit = ctx.explicit.clone();
-    let loaded = tokio::task::spawn_blocking(move || {
-        crate::config::load_for_reload(explicit.as_deref(), Duration::from_millis(20))
+    // The tokens file and the API certificate are re-read on every reload,
+    // changed config or not (rotating them is what a SIGHUP is for); a bad
+    // one keeps the old ones, and the old config with them.
+    let (loaded, security) = tokio::task::spawn_blocking(move || {
+        let loaded = crate::config::load_for_reload(explicit.as_deref(), Duration::from_millis(20))
+            .map_err(|e| e.to_string())?;
+        let security = crate::http::auth::Security::load(&loaded.config)?;
+        Ok::<_, String>((loaded, security))
     })
     .await
     .map_err(|e| format!("cannot read the config: {e}"))?
@@ -480,8 +505,13 @@ async fn apply_reload(ctx: &mut Ctx) -> Result<String, String> {
     if let Some(why) = plan.refused {
         return Err(format!("{why}; still running on the previous config"));
     }
+    let secured = security.describe();
     if plan.is_noop() && plan.nats == NatsAction::Nothing {
-        return Ok("the configuration is unchanged".into());
+        ctx.app.set_security(security);
+        return Ok(match secured {
+            Some(what) => format!("the configuration is unchanged; re-read the HTTP API's {what}"),
+            None => "the configuration is unchanged".into(),
+        });
     }
     for c in &plan.changes {
         tracing::info!("reload: {c}");
@@ -537,6 +567,10 @@ async fn apply_reload(ctx: &mut Ctx) -> Result<String, String> {
         }
     }
     ctx.app.set_config(new.clone());
+    ctx.app.set_security(security);
+    if let Some(what) = secured {
+        summary.push(format!("re-read the HTTP API's {what}"));
+    }
     if plan.reconnect_client {
         match ctx.app.repoint_client().await {
             Ok(()) => summary.push(format!(

@@ -6,6 +6,7 @@
 //! - [`natsconf`]: Config -> nats-server.conf text (pure).
 //! - [`subject`]: subject validation, matching, overlap (pure).
 //! - [`mapping`]: subject mappings: checks and where a subject goes (pure).
+//! - [`permissions`]: users' least-privilege permissions with their JetStream grants (pure).
 //! - [`jetstream`]: declared vs actual streams and consumers -> plan (pure), then apply.
 //! - [`reload`]: old vs new config -> reload plan (pure).
 //! - [`cluster`]: routes, meta group and stream groups from /routez, /jsz and stream info; problems; retry kinds (pure).
@@ -29,6 +30,7 @@ pub mod jetstream;
 pub mod logging;
 pub mod mapping;
 pub mod natsconf;
+pub mod permissions;
 pub mod reload;
 pub mod stats;
 pub mod subject;

@@ -76,6 +76,65 @@ fn list(items: &[String]) -> String {
     format!("[{}]", quoted.join(", "))
 }
 
+/// One entry of the account's `users` list; with permissions, one line
+/// per direction so render-nats-config shows the expansion readably.
+fn user_entry(
+    w: &mut String,
+    user: &str,
+    password: Option<&str>,
+    perms: Option<&crate::permissions::Effective>,
+) {
+    let dir = |d: &crate::permissions::Direction| {
+        if d.denies_all() {
+            return "{ deny: [\">\"] }".to_string();
+        }
+        let mut parts = Vec::new();
+        if !d.allow.is_empty() {
+            parts.push(format!("allow: {}", list(&d.allow)));
+        }
+        if !d.deny.is_empty() {
+            parts.push(format!("deny: {}", list(&d.deny)));
+        }
+        format!("{{ {} }}", parts.join(", "))
+    };
+    let _ = write!(w, "      {{ user: {}", q(user));
+    if let Some(p) = password {
+        let _ = write!(w, ", password: {p}");
+    }
+    match perms {
+        None => {
+            let _ = writeln!(w, " }}");
+        }
+        Some(e) => {
+            let _ = writeln!(w, ", permissions: {{");
+            let _ = writeln!(w, "          publish: {}", dir(&e.publish));
+            let _ = writeln!(w, "          subscribe: {}", dir(&e.subscribe));
+            let _ = writeln!(w, "        }}");
+            let _ = writeln!(w, "      }}");
+        }
+    }
+}
+
+/// A `tls { ... }` block at `indent`.
+fn tls_block(w: &mut String, indent: &str, tls: &crate::config::TlsConfig) {
+    let _ = writeln!(w, "{indent}tls {{");
+    let _ = writeln!(
+        w,
+        "{indent}  cert_file: {}",
+        q(&tls.cert_file.to_string_lossy())
+    );
+    let _ = writeln!(
+        w,
+        "{indent}  key_file: {}",
+        q(&tls.key_file.to_string_lossy())
+    );
+    if let Some(ca) = &tls.ca_file {
+        let _ = writeln!(w, "{indent}  ca_file: {}", q(&ca.to_string_lossy()));
+    }
+    let _ = writeln!(w, "{indent}  verify: {}", tls.verify);
+    let _ = writeln!(w, "{indent}}}");
+}
+
 /// Renders the nats-server configuration for `c`.
 pub fn render(c: &Config, opts: &RenderOptions) -> String {
     let n = &c.nats;
@@ -136,43 +195,20 @@ pub fn render(c: &Config, opts: &RenderOptions) -> String {
     // The daemon's own login: always present, so adding or removing users
     // by reload never changes how the daemon itself connects.
     if let Some(cr) = &opts.internal {
-        let _ = writeln!(
-            w,
-            "      {{ user: {}, password: {} }}",
-            q(&cr.user),
-            secret(&cr.password)
-        );
+        let internal = crate::permissions::internal();
+        user_entry(w, &cr.user, Some(&secret(&cr.password)), Some(&internal));
     }
     if n.users.is_empty() {
-        let _ = writeln!(w, "      {{ user: {} }}", q(ANONYMOUS_USER));
+        user_entry(w, ANONYMOUS_USER, None, None);
     } else {
+        let streams = c.streams();
         for u in &n.users {
-            let _ = write!(
-                w,
-                "      {{ user: {}, password: {}",
-                q(&u.user),
-                secret(&u.password)
-            );
-            if let Some(p) = &u.permissions {
-                let _ = write!(w, ", permissions: {{");
-                let mut first = true;
-                for (dir, pl) in [("publish", &p.publish), ("subscribe", &p.subscribe)] {
-                    let Some(pl) = pl else { continue };
-                    let _ = write!(
-                        w,
-                        "{} {dir}: {{ allow: {}",
-                        if first { "" } else { "," },
-                        list(&pl.allow)
-                    );
-                    if !pl.deny.is_empty() {
-                        let _ = write!(w, ", deny: {}", list(&pl.deny));
-                    }
-                    let _ = write!(w, " }}");
-                    first = false;
-                }
-                let _ = write!(w, " }}");
-            }
-            let _ = writeln!(w, " }}");
+            let e = u
+                .permissions
+                .as_ref()
+                .map(|p| crate::permissions::expand(p, &streams));
+            let password = secret(u.password.as_deref().unwrap_or_default());
+            user_entry(w, &u.user, Some(&password), e.as_ref());
         }
     }
     let _ = writeln!(w, "    ]");
@@ -215,19 +251,15 @@ pub fn render(c: &Config, opts: &RenderOptions) -> String {
         }
         let _ = writeln!(w, "  listen: {}", q(&host_port(&host, port)));
         let _ = writeln!(w, "  routes: {}", list(&n.cluster_routes));
+        if let Some(tls) = &n.cluster_tls {
+            tls_block(w, "  ", tls);
+        }
         let _ = writeln!(w, "}}");
     }
 
     if let Some(tls) = &n.tls {
         let _ = writeln!(w);
-        let _ = writeln!(w, "tls {{");
-        let _ = writeln!(w, "  cert_file: {}", q(&tls.cert_file.to_string_lossy()));
-        let _ = writeln!(w, "  key_file: {}", q(&tls.key_file.to_string_lossy()));
-        if let Some(ca) = &tls.ca_file {
-            let _ = writeln!(w, "  ca_file: {}", q(&ca.to_string_lossy()));
-        }
-        let _ = writeln!(w, "  verify: {}", tls.verify);
-        let _ = writeln!(w, "}}");
+        tls_block(w, "", tls);
     }
     out
 }
@@ -297,7 +329,11 @@ accounts {
       max_consumers: 1000
     }
     users: [
-      { user: "_marketprism_broker", password: "generated" }
+      { user: "_marketprism_broker", password: "generated", permissions: {
+          publish: { allow: [">"], deny: ["$JS.API.STREAM.DELETE.>", "$JS.API.STREAM.PURGE.>", "$JS.API.STREAM.MSG.DELETE.>", "$JS.API.STREAM.SNAPSHOT.>", "$JS.API.STREAM.RESTORE.>", "$JS.API.STREAM.PEER.>", "$JS.API.STREAM.LEADER.>", "$JS.API.CONSUMER.DELETE.>", "$JS.API.CONSUMER.LEADER.>", "$JS.API.META.>", "$JS.API.SERVER.>", "$JS.API.ACCOUNT.>", "$SYS.>", "$KV.>", "$O.>"] }
+          subscribe: { allow: [">"], deny: ["$JS.>", "$SYS.>", "$KV.>", "$O.>"] }
+        }
+      }
       { user: "_marketprism_anonymous" }
     ]
   }
@@ -377,11 +413,18 @@ nats:
         let text = render(&c, &o);
         assert!(!text.contains("no_auth_user"), "{text}");
         assert!(
-            text.contains("{ user: \"_marketprism_broker\", password: \"s3cret\" }"),
+            text.contains("{ user: \"_marketprism_broker\", password: \"s3cret\", permissions: {"),
             "{text}"
         );
         assert!(
-            text.contains(r#"{ user: "producer", password: "p\"w", permissions: { publish: { allow: ["market.>"] }, subscribe: { allow: ["_INBOX.>"], deny: ["secret.>"] } } }"#),
+            text.contains(
+                r#"      { user: "producer", password: "p\"w", permissions: {
+          publish: { allow: ["market.>"] }
+          subscribe: { allow: ["_INBOX.>"], deny: ["secret.>"] }
+        }
+      }
+"#
+            ),
             "{text}"
         );
         o.mask_secrets = true;
@@ -389,6 +432,62 @@ nats:
         assert!(
             !masked.contains("s3cret") && !masked.contains("p\\\"w"),
             "{masked}"
+        );
+    }
+
+    #[test]
+    fn the_seed_users_get_least_privilege_with_their_jetstream_grants() {
+        let c = cfg(include_str!("../config/examples/security.yaml"));
+        let text = render(&c, &opts());
+        let expected = r#"      { user: "producer", password: "change-me-producer", permissions: {
+          publish: { allow: ["market.>"] }
+          subscribe: { allow: ["_INBOX.>"] }
+        }
+      }
+      { user: "consumer", password: "change-me-consumer", permissions: {
+          publish: { allow: ["$JS.API.INFO", "$JS.API.STREAM.NAMES", "$JS.API.STREAM.INFO.MARKET_DATA", "$JS.API.CONSUMER.CREATE.MARKET_DATA", "$JS.API.CONSUMER.CREATE.MARKET_DATA.>", "$JS.API.CONSUMER.DURABLE.CREATE.MARKET_DATA.>", "$JS.API.CONSUMER.INFO.MARKET_DATA.>", "$JS.API.CONSUMER.MSG.NEXT.MARKET_DATA.>", "$JS.ACK.MARKET_DATA.>", "$JS.FC.MARKET_DATA.>"] }
+          subscribe: { allow: ["market.>", "_INBOX.>"] }
+        }
+      }
+"#;
+        assert!(text.contains(expected), "{text}");
+        assert!(!text.contains("no_auth_user"), "{text}");
+    }
+
+    #[test]
+    fn a_left_out_direction_with_no_grants_denies_everything() {
+        let c = cfg("nats:
+  users:
+    - user: chat
+      password: p
+      permissions:
+        publish: [\"chat.>\"]
+");
+        let text = render(&c, &opts());
+        assert!(
+            text.contains("          publish: { allow: [\"chat.>\"] }\n          subscribe: { deny: [\">\"] }\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn cluster_tls_goes_into_the_cluster_block() {
+        let c = cfg("nats:\n  cluster_name: mp\n  cluster_routes: [\"nats-route://node2:6222\"]\n");
+        let mut c = c;
+        c.nats.cluster_tls = Some(crate::config::TlsConfig {
+            cert_file: "/etc/mp/route.pem".into(),
+            key_file: "/etc/mp/route-key.pem".into(),
+            ca_file: Some("/etc/mp/ca.pem".into()),
+            verify: true,
+        });
+        let text = render(&c, &opts());
+        assert!(
+            text.contains("  routes: [\"nats-route://node2:6222\"]\n  tls {\n    cert_file: \"/etc/mp/route.pem\"\n    key_file: \"/etc/mp/route-key.pem\"\n    ca_file: \"/etc/mp/ca.pem\"\n    verify: true\n  }\n}\n"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("\ntls {"),
+            "client TLS was not asked for: {text}"
         );
     }
 

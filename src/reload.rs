@@ -160,7 +160,13 @@ pub fn plan(old: &Config, new: &Config) -> ReloadPlan {
         Nothing,
     );
     d.fields("supervisor", &old.supervisor, &new.supervisor);
-    d.fields("api", &old.api, &new.api);
+    // api.tls is a nested struct: `fields` reads flat ones only.
+    let flat = |a: &crate::config::ApiConfig| crate::config::ApiConfig {
+        tls: None,
+        ..a.clone()
+    };
+    d.fields("api", &flat(&old.api), &flat(&new.api));
+    d.field("api.tls", &old.api.tls, &new.api.tls, Nothing);
 
     let (o, n) = (&old.nats, &new.nats);
     if new.auto_start_nats {
@@ -255,10 +261,13 @@ pub fn plan(old: &Config, new: &Config) -> ReloadPlan {
             if layout { Restart } else { Signal },
         );
         d.field("nats.users", &o.users, &n.users, Signal);
-        d.field("nats.tls", &o.tls, &n.tls, Signal);
+        // The daemon's own connection uses the same CA and, with verify,
+        // presents the same certificate: it reconnects with the new ones.
+        d.plan.reconnect_client |= d.field("nats.tls", &o.tls, &n.tls, Signal);
+        d.field("nats.cluster_tls", &o.cluster_tls, &n.cluster_tls, Signal);
         // Certificates are re-read on SIGHUP: `systemctl reload` must
         // rotate them even when the config text is the same.
-        if n.tls.is_some() {
+        if n.tls.is_some() || (n.cluster_tls.is_some() && new.cluster_enabled()) {
             d.plan.nats = d.plan.nats.max(Signal);
         }
     } else {
@@ -291,6 +300,36 @@ mod tests {
 
     fn p(a: &str, b: &str) -> ReloadPlan {
         plan(&cfg(a), &cfg(b))
+    }
+
+    #[test]
+    fn api_security_settings_apply_in_place_one_line_each() {
+        let a = cfg("port: 1\n");
+        let mut b = a.clone();
+        b.api.tokens_for_reads = true;
+        b.api.tokens_file = Some("/etc/t".into());
+        b.api.tls = Some(crate::config::ApiTlsConfig {
+            cert_file: "/c.pem".into(),
+            key_file: "/k.pem".into(),
+            client_ca_file: None,
+        });
+        let r = plan(&a, &b);
+        assert_eq!(r.nats, NatsAction::Nothing);
+        assert!(!r.rebind_http && !r.reconnect_client && r.refused.is_none());
+        assert_eq!(r.changes.len(), 3, "{:?}", r.changes);
+        assert!(r
+            .changes
+            .contains(&"api.tokens_for_reads: false -> true".to_string()));
+        assert!(
+            r.changes
+                .contains(&"api.tokens_file: None -> Some(\"/etc/t\")".to_string()),
+            "{:?}",
+            r.changes
+        );
+        assert!(r
+            .changes
+            .iter()
+            .any(|c| c.starts_with("api.tls: None -> Some(")));
     }
 
     #[test]

@@ -279,6 +279,9 @@ pub struct Stats {
     pub batch_entries: Histogram<BatchSize>,
     /// Config reloads: [ok, failed].
     reloads: [AtomicU64; 2],
+    /// HTTP requests refused for want of a (good enough) token, indexed by
+    /// `http::auth::Refusal` (missing, unknown, read_only).
+    pub auth_refused: [AtomicU64; 3],
     rates: Mutex<Rates>,
 }
 

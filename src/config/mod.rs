@@ -7,6 +7,7 @@
 
 mod de;
 mod schema;
+pub mod secrets;
 mod tree;
 mod units;
 mod validate;
@@ -151,11 +152,22 @@ pub fn load_file(path: &Path) -> Result<Loaded, ConfigError> {
             _ => format!("cannot read config file: {e}"),
         })
     })?;
-    let (config, warnings) =
-        parse_str(&text, Format::from_path(path).map_err(file_err)?).map_err(|mut e| {
+    let (config, mut warnings) = parse_str(&text, Format::from_path(path).map_err(file_err)?)
+        .map_err(|mut e| {
             e.file = Some(path.to_path_buf());
             e
         })?;
+    let inline_secret = config.nats.users.iter().any(|u| {
+        u.password_file.is_none()
+            && u.password_env.is_none()
+            && !u.password.as_deref().is_some_and(secrets::is_bcrypt)
+    });
+    if inline_secret {
+        warnings.extend(secrets::readable_by_others(
+            path,
+            "config file (plain-text passwords: consider bcrypt hashes, password_file or password_env)",
+        ));
+    }
     Ok(Loaded {
         config,
         source: Source::File(path.to_path_buf()),
@@ -225,7 +237,13 @@ pub fn parse_str(text: &str, format: Format) -> Result<(Config, Vec<String>), Co
 /// streams and validates. `base` locates errors in the source.
 fn finish(mut config: Config, base: Option<&Node>) -> Result<(Config, Vec<String>), ConfigError> {
     resolve_paths(&mut config);
-    validate::validate(&config)
+    let env = secrets::Env::process();
+    secrets::resolve(&mut config, &env)
+        .and_then(|mut warnings| {
+            secrets::resolve_api(&mut config, &env)?;
+            warnings.extend(validate::validate(&config)?);
+            Ok(warnings)
+        })
         .map_err(|v| {
             let path: Vec<&str> = v.path.iter().map(String::as_str).collect();
             ConfigError {

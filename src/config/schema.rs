@@ -83,6 +83,9 @@ pub struct NatsConfig {
     pub client_urls: Vec<String>,
     pub users: Vec<UserConfig>,
     pub tls: Option<TlsConfig>,
+    /// TLS on the cluster routes (same keys as `tls`; `verify` makes nodes
+    /// present certificates to each other).
+    pub cluster_tls: Option<TlsConfig>,
     /// Subject mappings: source pattern -> destination(s), rendered into
     /// the account nats-server runs clients in.
     pub mappings: BTreeMap<String, MappingConfig>,
@@ -117,6 +120,7 @@ impl Default for NatsConfig {
             client_urls: Vec::new(),
             users: Vec::new(),
             tls: None,
+            cluster_tls: None,
             mappings: BTreeMap::new(),
         }
     }
@@ -297,11 +301,23 @@ names! {
 }
 
 /// A NATS user (the seed's `users:` list).
+///
+/// Exactly one of `password` (plain text or a bcrypt hash),
+/// `password_file` and `password_env` gives the secret; loading resolves
+/// the latter two into `password`, so the rest of the daemon sees one.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserConfig {
     pub user: String,
-    pub password: String,
+    #[serde(default)]
+    pub password: Option<String>,
+    /// A file holding the password (first line). Absolute, or a name in
+    /// $CREDENTIALS_DIRECTORY (systemd's LoadCredential=).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// An environment variable of the daemon holding the password.
+    #[serde(default)]
+    pub password_env: Option<String>,
     #[serde(default)]
     pub permissions: Option<Permissions>,
 }
@@ -531,6 +547,30 @@ pub struct ApiConfig {
     pub fetch_max_batch: u32,
     /// Longest a fetch may wait for messages (`expires_ms` is capped to it).
     pub fetch_max_wait: Dur,
+    /// Bearer tokens, one per line (`TOKEN`, `TOKEN read`, `TOKEN write`).
+    /// Absent: no authentication (the API listens on loopback by default).
+    /// An absolute path, or (like `password_file`) a credential name in
+    /// $CREDENTIALS_DIRECTORY (systemd LoadCredential=). Re-read on SIGHUP.
+    pub tokens_file: Option<PathBuf>,
+    /// With a tokens file: whether reads (GET) need a token too. GET
+    /// /health never does (liveness probes).
+    pub tokens_for_reads: bool,
+    /// TLS for the API itself. Certificate and key are re-read on SIGHUP.
+    pub tls: Option<ApiTlsConfig>,
+}
+
+/// `api.tls`: the API's own certificate (PEM files; relative paths as for
+/// `api.tokens_file`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiTlsConfig {
+    /// Certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// Its private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// Require client certificates signed by these CAs (mutual TLS).
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
 }
 
 impl Default for ApiConfig {
@@ -547,6 +587,9 @@ impl Default for ApiConfig {
             sse_max_clients: 100,
             fetch_max_batch: 1000,
             fetch_max_wait: Dur::secs(30),
+            tokens_file: None,
+            tokens_for_reads: false,
+            tls: None,
         }
     }
 }

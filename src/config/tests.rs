@@ -673,3 +673,29 @@ fn a_jetstream_cluster_needs_a_server_name() {
     single.nats.server_name = None;
     super::validate::validate(&single).unwrap();
 }
+
+#[test]
+fn a_bad_tokens_file_names_the_key_the_file_and_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = dir.path().join("tokens");
+    std::fs::write(&t, "# x\nshort\n").unwrap();
+    let p = dir.path().join("broker.yaml");
+    std::fs::write(
+        &p,
+        format!("api:\n  tokens_file: {:?}\n", t.display().to_string()),
+    )
+    .unwrap();
+    let e = load_file(&p).unwrap_err();
+    assert_eq!((e.key.as_str(), e.line), ("api.tokens_file", Some(2)));
+    assert!(e.message.contains(&format!("{}:2:", t.display())), "{e}");
+}
+
+#[test]
+fn api_tls_keys_are_named() {
+    let e = yaml_err(
+        "api:\n  tls:\n    cert_file: /nonexistent/c.pem\n    key_file: /nonexistent/k.pem\n",
+    );
+    assert_eq!((e.line, e.key.as_str()), (Some(3), "api.tls.cert_file"));
+    let e = yaml_err("api:\n  tls:\n    cert_file: a.pem\n    keyfile: k.pem\n");
+    assert!(e.message.contains("key_file"), "{e}");
+}

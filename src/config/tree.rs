@@ -56,15 +56,23 @@ impl Node {
         let mut node = self;
         let mut line = None;
         for seg in path {
-            let Value::Map(entries) = &node.value else {
-                break;
-            };
-            match entries.iter().find(|(k, _)| k.name == *seg) {
-                Some((k, v)) => {
-                    line = Some(k.line);
-                    node = v;
-                }
-                None => break,
+            match &node.value {
+                Value::Map(entries) => match entries.iter().find(|(k, _)| k.name == *seg) {
+                    Some((k, v)) => {
+                        line = Some(k.line);
+                        node = v;
+                    }
+                    None => break,
+                },
+                // `users.0.password`: an index into a list.
+                Value::Seq(items) => match seg.parse::<usize>().ok().and_then(|i| items.get(i)) {
+                    Some(item) => {
+                        line = Some(item.line);
+                        node = item;
+                    }
+                    None => break,
+                },
+                _ => break,
             }
         }
         line

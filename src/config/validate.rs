@@ -225,17 +225,24 @@ pub fn validate(c: &Config) -> Result<Vec<String>, Violation> {
                 "user names starting with `_marketprism` are reserved for the daemon",
             );
         }
-        if u.password.is_empty() {
-            return fail(
-                &["nats", "users", &idx, "password"],
-                "password must not be empty",
-            );
+        // secrets::resolve filled it from its one source.
+        let (key, password) = match (&u.password_file, &u.password_env) {
+            (Some(_), _) => ("password_file", u.password.as_deref().unwrap_or("")),
+            (_, Some(_)) => ("password_env", u.password.as_deref().unwrap_or("")),
+            _ => ("password", u.password.as_deref().unwrap_or("")),
+        };
+        if password.is_empty() {
+            return fail(&["nats", "users", &idx, key], "password must not be empty");
         }
-        if u.password.chars().any(|ch| ch.is_control()) {
+        if password.chars().any(|ch| ch.is_control()) {
             return fail(
-                &["nats", "users", &idx, "password"],
+                &["nats", "users", &idx, key],
                 "password must not contain control characters",
             );
+        }
+        if super::secrets::is_bcrypt(password) {
+            super::secrets::check_bcrypt(password)
+                .or_else(|m| fail(&["nats", "users", &idx, key], m))?;
         }
         if let Some(p) = &u.permissions {
             for (dir, list) in [("publish", &p.publish), ("subscribe", &p.subscribe)] {
@@ -249,7 +256,8 @@ pub fn validate(c: &Config) -> Result<Vec<String>, Violation> {
         }
     }
 
-    if let Some(tls) = &n.tls {
+    for (block, tls) in [("tls", &n.tls), ("cluster_tls", &n.cluster_tls)] {
+        let Some(tls) = tls else { continue };
         for (key, path) in [
             ("cert_file", Some(&tls.cert_file)),
             ("key_file", Some(&tls.key_file)),
@@ -258,14 +266,17 @@ pub fn validate(c: &Config) -> Result<Vec<String>, Violation> {
             let Some(path) = path else { continue };
             if let Err(e) = std::fs::metadata(path) {
                 return fail(
-                    &["nats", "tls", key],
+                    &["nats", block, key],
                     format!("cannot read {}: {e}", path.display()),
                 );
             }
         }
         if tls.verify && tls.ca_file.is_none() {
-            warnings.push("nats.tls.verify is on without ca_file: client certificates are checked against the system roots".into());
+            warnings.push(format!("nats.{block}.verify is on without ca_file: certificates are checked against the system roots"));
         }
+    }
+    if n.cluster_tls.is_some() && !c.cluster_enabled() {
+        warnings.push("nats.cluster_tls is set but nats.cluster_routes is empty: there are no routes to protect".into());
     }
 
     if let Some(bin) = &n.server_bin {
@@ -332,6 +343,7 @@ pub fn validate(c: &Config) -> Result<Vec<String>, Violation> {
     if c.api.fetch_max_wait.get().is_zero() {
         return fail(&["api", "fetch_max_wait"], "must be greater than 0");
     }
+    check_api_security(c, &mut warnings)?;
     if c.api.sse_max_clients >= c.api.max_connections {
         warnings.push(format!(
             "api.sse_max_clients ({}) is not below api.max_connections ({}): open event streams can take every HTTP connection, and then health checks and publishes wait",
@@ -339,6 +351,76 @@ pub fn validate(c: &Config) -> Result<Vec<String>, Violation> {
         ));
     }
     Ok(warnings)
+}
+
+/// The group the package runs the daemon as (systemd/*.sysusers).
+const SERVICE_GROUP: &str = "marketprism-broker";
+
+/// Who besides the daemon can read a secret file: others, or a group that
+/// is neither the checking process' own (check-config in ExecStartPre runs
+/// as the service user) nor the service's (root:marketprism-broker 0640 is
+/// how the package ships its config, and a root-run check-config should
+/// not cry wolf over that).
+fn too_readable(md: &std::fs::Metadata) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mode = md.mode();
+    if mode & 0o004 != 0 {
+        return Some("others".into());
+    }
+    if mode & 0o040 == 0 || md.gid() == nix::unistd::getegid().as_raw() {
+        return None;
+    }
+    let gid = nix::unistd::Gid::from_raw(md.gid());
+    match nix::unistd::Group::from_gid(gid).ok().flatten() {
+        Some(g) if g.name == SERVICE_GROUP => None,
+        Some(g) => Some(format!("group {}", g.name)),
+        None => Some(format!("group {gid}")),
+    }
+}
+
+/// `api.tokens_file` and `api.tls`: the files must load as the daemon
+/// will load them, so check-config, start-up and a reload refuse a bad one
+/// alike (a reload then keeps the old tokens and certificate).
+fn check_api_security(c: &Config, warnings: &mut Vec<String>) -> Result<(), Violation> {
+    use std::os::unix::fs::PermissionsExt;
+    let api = &c.api;
+    match &api.tokens_file {
+        Some(path) => {
+            crate::http::auth::Tokens::load(path).or_else(|m| fail(&["api", "tokens_file"], m))?;
+            if let Ok(md) = std::fs::metadata(path) {
+                if let Some(who) = too_readable(&md) {
+                    warnings.push(format!(
+                        "api.tokens_file {} is readable by {who} (mode {:03o}): its tokens are secrets; chmod go-r it",
+                        path.display(),
+                        md.permissions().mode() & 0o777,
+                    ));
+                }
+            }
+        }
+        None => {
+            if api.tokens_for_reads {
+                warnings.push("api.tokens_for_reads has no effect without api.tokens_file".into());
+            }
+            let loopback = c
+                .host
+                .parse::<IpAddr>()
+                .map(|a| a.is_loopback())
+                .unwrap_or(c.host == "localhost");
+            if !loopback {
+                warnings.push(format!(
+                    "the HTTP API listens on {} without api.tokens_file: whoever reaches the port can publish",
+                    c.host
+                ));
+            }
+        }
+    }
+    if let Some(tls) = &api.tls {
+        crate::http::tls::server_config(tls).map_err(|e| Violation {
+            path: vec!["api".into(), "tls".into(), e.key.into()],
+            message: e.message,
+        })?;
+    }
+    Ok(())
 }
 
 fn validate_streams(c: &Config, streams: &BTreeMap<String, StreamConfig>) -> Result<(), Violation> {

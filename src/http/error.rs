@@ -14,6 +14,8 @@ pub struct ApiError {
     pub retry_after: Option<u32>,
     /// Allow header for 405.
     pub allow: Option<&'static str>,
+    /// A `WWW-Authenticate: Bearer` challenge (401, RFC 6750).
+    pub www_authenticate: bool,
 }
 
 impl ApiError {
@@ -24,6 +26,7 @@ impl ApiError {
             message: message.into(),
             retry_after: None,
             allow: None,
+            www_authenticate: false,
         }
     }
 
@@ -66,6 +69,12 @@ impl ApiError {
         if let Some(a) = self.allow {
             resp.headers_mut()
                 .insert(header::ALLOW, header::HeaderValue::from_static(a));
+        }
+        if self.www_authenticate {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static(super::auth::CHALLENGE),
+            );
         }
         resp
     }

@@ -227,6 +227,21 @@ pub async fn metrics(app: &App) -> Result<Resp, ApiError> {
     t.int(&n("reloads_total"), &[("outcome", "ok")], ok);
     t.int(&n("reloads_total"), &[("outcome", "failed")], failed);
 
+    // Refused requests (API tokens).
+    let name = n("http_auth_refused_total");
+    t.family(
+        &name,
+        Kind::Counter,
+        "HTTP requests refused by api.tokens_file, by reason: missing (no bearer token, 401), unknown (a token not in the file, 401), read_only (a read token on a mutating endpoint, 403).",
+    );
+    for r in super::auth::Refusal::ALL {
+        t.int(
+            &name,
+            &[("reason", r.as_str())],
+            stats.auth_refused[r as usize].load(std::sync::atomic::Ordering::Relaxed),
+        );
+    }
+
     // The child.
     t.single(
         &n("nats_connected"),

@@ -4,6 +4,7 @@
 //! /api/v1/subscribe event stream, GET /metrics and the nats-server monitor
 //! passthrough GET /api/v1/nats/{endpoint}.
 
+pub mod auth;
 pub mod consume;
 pub mod error;
 pub mod message;
@@ -13,5 +14,6 @@ pub mod publish;
 pub mod routes;
 pub mod server;
 pub mod subscribe;
+pub mod tls;
 
 pub use server::serve;

@@ -26,6 +26,11 @@ pub type Body = http_body_util::Either<Full<Bytes>, super::subscribe::SseBody>;
 
 pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     use http_body_util::Either;
+    // Before anything reads the body: a refused client cannot make us
+    // buffer (or publish) a byte.
+    if let Err(e) = authorize(&app, &req) {
+        return Ok(e.into_response().map(Either::Left));
+    }
     if req.uri().path() == "/api/v1/subscribe" {
         let r = if req.method() == Method::GET {
             super::subscribe::handle(&app, &req).await
@@ -41,6 +46,29 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Bo
         .await
         .unwrap_or_else(ApiError::into_response)
         .map(Either::Left))
+}
+
+/// `api.tokens_file` enforcement (see `auth`): Ok, or the 401/403 to send.
+fn authorize(app: &App, req: &Request<Incoming>) -> Result<(), ApiError> {
+    let security = app.security();
+    let Some(tokens) = &security.tokens else {
+        return Ok(());
+    };
+    let need = super::auth::need(
+        req.method(),
+        req.uri().path(),
+        app.config().api.tokens_for_reads,
+    );
+    let header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    super::auth::decide(tokens, need, header).map_err(|r| {
+        app.stats.auth_refused[r as usize].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // The path and reason only: the header may hold a real token.
+        tracing::debug!(method = %req.method(), path = req.uri().path(), reason = r.as_str(), "HTTP request refused: {}", r.as_str());
+        r.into_error()
+    })
 }
 
 async fn route(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> {

@@ -118,14 +118,39 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, mut shutdown: watch::Re
                 };
                 let slot = Slot::take(&slots);
                 let _ = stream.set_nodelay(true);
-                // Per connection, so a reloaded value applies to new ones.
-                builder.header_read_timeout(app.config().api.header_read_timeout.get());
+                // Per connection, so a reloaded value (or certificate)
+                // applies to new ones while open ones keep theirs.
+                let timeout = app.config().api.header_read_timeout.get();
+                builder.header_read_timeout(timeout);
+                let tls = app.security().tls.clone();
+                let builder = builder.clone();
+                let watcher = graceful.watcher();
                 let app = app.clone();
-                let service = service_fn(move |req| super::routes::handle(app.clone(), req));
-                let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+                // The TLS handshake runs here, in the connection's task: a
+                // slow (or silent) client must not hold up accepting, and
+                // gets header_read_timeout for it as for its headers.
                 tokio::spawn(async move {
                     let _slot = slot;
-                    if let Err(e) = conn.await {
+                    let service = service_fn(move |req| super::routes::handle(app.clone(), req));
+                    let ended = match tls {
+                        None => watcher.watch(builder.serve_connection(TokioIo::new(stream), service)).await,
+                        Some(config) => {
+                            let accept = tokio_rustls::TlsAcceptor::from(config).accept(stream);
+                            let stream = match tokio::time::timeout(timeout, accept).await {
+                                Ok(Ok(s)) => s,
+                                Ok(Err(e)) => {
+                                    tracing::debug!(error = %e, "TLS handshake failed: {e}");
+                                    return;
+                                }
+                                Err(_) => {
+                                    tracing::debug!("TLS handshake not done within api.header_read_timeout ({timeout:?})");
+                                    return;
+                                }
+                            };
+                            watcher.watch(builder.serve_connection(TokioIo::new(stream), service)).await
+                        }
+                    };
+                    if let Err(e) = ended {
                         tracing::debug!(error = %e, "http connection ended with an error");
                     }
                 });

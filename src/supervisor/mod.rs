@@ -714,11 +714,19 @@ impl Supervisor {
         if let Err(e) = write_atomic(&pid_path, format!("{pid}\n").as_bytes(), 0o644) {
             tracing::warn!(path = %pid_path.display(), error = %e, "cannot write the pid file {}: {e}", pid_path.display());
         }
-        // Without configured users the only "plaintext password" is the
-        // password-less anonymous user natsconf renders for no_auth_user
-        // (a bcrypt one would break no_auth_user): nats-server's warning
-        // about it is noise, not advice.
-        let benign: &'static [&'static str] = if c.nats.users.is_empty() {
+        // nats-server warns of plaintext passwords when any user has one.
+        // The daemon's own (random, 0600 in the state dir, checked on
+        // every reconnect, where bcrypt's cost would slow reconnection)
+        // and the password-less anonymous user natsconf renders for
+        // no_auth_user are not worth that warning: it is shown only when
+        // a configured user's password is plain text (check-config says
+        // the same, with what to do).
+        let plain = c.nats.users.iter().any(|u| {
+            !u.password
+                .as_deref()
+                .is_some_and(crate::config::secrets::is_bcrypt)
+        });
+        let benign: &'static [&'static str] = if !plain {
             &["Plaintext passwords detected"]
         } else {
             &[]

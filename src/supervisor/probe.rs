@@ -128,6 +128,16 @@ pub async fn nats_ping(
         if !line.starts_with("INFO ") {
             return Err(format!("expected INFO from {addr}, got {:?}", line.trim()));
         }
+        // A server that requires TLS answers a plain CONNECT by closing;
+        // its INFO already shows it accepts clients, and the daemon's own
+        // TLS connection proves the rest.
+        if serde_json::from_str::<serde_json::Value>(&line[5..])
+            .ok()
+            .and_then(|v| v.get("tls_required").and_then(|t| t.as_bool()))
+            == Some(true)
+        {
+            return Ok(());
+        }
         let connect = match credentials {
             Some((u, p)) => {
                 serde_json::json!({"verbose": false, "pedantic": false, "user": u, "pass": p, "name": "marketprism-broker-probe"})

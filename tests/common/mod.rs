@@ -111,10 +111,17 @@ pub fn nats_server_t(bin: &Path, conf: &Path) -> Result<(), String> {
 }
 
 pub fn check_with_both_nats_servers(config: &Path) {
+    check_with_both_nats_servers_env(config, &[]);
+}
+
+/// [`check_with_both_nats_servers`] with the daemon's environment (its
+/// $CREDENTIALS_DIRECTORY, say).
+pub fn check_with_both_nats_servers_env(config: &Path, env: &[(String, String)]) {
     let out = Command::new(BIN)
         .arg("render-nats-config")
         .arg("--config")
         .arg(config)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .output()
         .unwrap();
     if !out.status.success() {
@@ -144,6 +151,8 @@ pub struct Daemon {
     pub nats: u16,
     pub monitor: u16,
     pub log: Arc<Mutex<String>>,
+    /// Set when the API speaks TLS: the harness' requests go through it.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 pub struct DaemonBuilder {
@@ -154,6 +163,8 @@ pub struct DaemonBuilder {
     env: Vec<(String, String)>,
     ports: Option<(u16, u16, u16)>,
     state: Option<PathBuf>,
+    files: Vec<(String, String)>,
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl DaemonBuilder {
@@ -185,6 +196,19 @@ impl DaemonBuilder {
         self.env.push((k.into(), v.into()));
         self
     }
+    /// A systemd credential (LoadCredential=): a file (mode 0400) in a
+    /// directory the daemon gets as $CREDENTIALS_DIRECTORY; the config
+    /// names it by `name`. The directory is [`Daemon::credentials`].
+    pub fn file(mut self, name: &str, contents: &str) -> Self {
+        self.files.push((name.into(), contents.into()));
+        self
+    }
+    /// The API speaks TLS with a certificate `ca` signed: the harness'
+    /// requests (get, publish, wait_healthy) use HTTPS.
+    pub fn https(mut self, ca: &Path) -> Self {
+        self.tls = Some(tls_client(ca));
+        self
+    }
     /// (http, nats, monitor) instead of free ones.
     pub fn ports(mut self, p: (u16, u16, u16)) -> Self {
         self.ports = Some(p);
@@ -207,9 +231,24 @@ impl DaemonBuilder {
             nats_extra = self.nats,
             sup = self.supervisor,
         );
+        let credentials = dir.path().join("credentials");
+        std::fs::create_dir(&credentials).unwrap();
+        for (name, contents) in &self.files {
+            use std::os::unix::fs::PermissionsExt;
+            let p = credentials.join(name);
+            std::fs::write(&p, contents).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o400)).unwrap();
+        }
+        let mut env = self.env.clone();
+        if !self.files.is_empty() {
+            env.push((
+                "CREDENTIALS_DIRECTORY".into(),
+                credentials.display().to_string(),
+            ));
+        }
         let config_path = dir.path().join("broker.yaml");
         std::fs::write(&config_path, config).unwrap();
-        check_with_both_nats_servers(&config_path);
+        check_with_both_nats_servers_env(&config_path, &env);
         let mut cmd = Command::new(BIN);
         cmd.arg("--config")
             .arg(&config_path)
@@ -219,8 +258,9 @@ impl DaemonBuilder {
         cmd.env("RUST_LOG", "info,marketprism_broker=debug,async_nats=warn");
         cmd.env_remove("NOTIFY_SOCKET")
             .env_remove("STATE_DIRECTORY")
-            .env_remove("RUNTIME_DIRECTORY");
-        for (k, v) in &self.env {
+            .env_remove("RUNTIME_DIRECTORY")
+            .env_remove("CREDENTIALS_DIRECTORY");
+        for (k, v) in &env {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().unwrap();
@@ -247,11 +287,17 @@ impl DaemonBuilder {
             nats,
             monitor,
             log,
+            tls: self.tls,
         }
     }
 }
 
 impl Daemon {
+    /// The daemon's $CREDENTIALS_DIRECTORY (see [`DaemonBuilder::file`]).
+    pub fn credentials(&self) -> PathBuf {
+        self.dir.path().join("credentials")
+    }
+
     pub fn builder() -> DaemonBuilder {
         DaemonBuilder {
             top: String::new(),
@@ -261,6 +307,8 @@ impl Daemon {
             env: Vec::new(),
             ports: None,
             state: None,
+            files: Vec::new(),
+            tls: None,
         }
     }
 
@@ -297,7 +345,7 @@ impl Daemon {
     pub async fn wait_healthy(&self, timeout: Duration) -> Value {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Ok((200, body)) = get_json(self.http, "/health").await {
+            if let Ok((200, body)) = self.try_get("/health", None).await {
                 return body;
             }
             if self.has_exited() {
@@ -345,28 +393,63 @@ impl Daemon {
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        get_json(self.http, path)
+        self.get_with(path, None).await
+    }
+
+    /// GET with `Authorization: Bearer <token>` when a token is given.
+    pub async fn get_with(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        self.try_get(path, token)
             .await
             .unwrap_or_else(|e| panic!("GET {path}: {e}; log:\n{}", self.log()))
     }
 
+    async fn try_get(&self, path: &str, token: Option<&str>) -> Result<(u16, Value), String> {
+        let (status, _, body) = self.request(token, "GET", path, &[], vec![]).await?;
+        let v = serde_json::from_slice(&body).map_err(|e| {
+            format!(
+                "{path} answered {status} with non-JSON {:?}: {e}",
+                String::from_utf8_lossy(&body)
+            )
+        })?;
+        Ok((status, v))
+    }
+
     pub async fn publish(&self, subject: &str, message: Value) -> (u16, Value) {
+        self.publish_with(subject, message, None).await
+    }
+
+    /// POST /api/v1/publish, with a bearer token when one is given.
+    pub async fn publish_with(
+        &self,
+        subject: &str,
+        message: Value,
+        token: Option<&str>,
+    ) -> (u16, Value) {
         let body = serde_json::json!({"subject": subject, "message": message}).to_string();
-        let (status, _, v) = self.publish_raw(body.into_bytes()).await;
+        let (status, _, v) = self.publish_raw_with(body.into_bytes(), token).await;
         (status, v)
     }
 
     /// POST /api/v1/publish with `body` as is (JSON content type).
     pub async fn publish_raw(&self, body: Vec<u8>) -> (u16, hyper::HeaderMap, Value) {
-        let (status, headers, body) = request(
-            self.http,
-            "POST",
-            "/api/v1/publish",
-            &[("content-type", "application/json")],
-            body,
-        )
-        .await
-        .unwrap();
+        self.publish_raw_with(body, None).await
+    }
+
+    pub async fn publish_raw_with(
+        &self,
+        body: Vec<u8>,
+        token: Option<&str>,
+    ) -> (u16, hyper::HeaderMap, Value) {
+        let (status, headers, body) = self
+            .request(
+                token,
+                "POST",
+                "/api/v1/publish",
+                &[("content-type", "application/json")],
+                body,
+            )
+            .await
+            .unwrap();
         (
             status,
             headers,
@@ -374,10 +457,28 @@ impl Daemon {
         )
     }
 
+    /// One request to the API, over TLS when the daemon speaks it, with a
+    /// bearer token when one is given.
+    pub async fn request(
+        &self,
+        token: Option<&str>,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Result<(u16, hyper::HeaderMap, Bytes), String> {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let mut all: Vec<(&str, &str)> = headers.to_vec();
+        if let Some(a) = &auth {
+            all.push(("authorization", a));
+        }
+        request_over(self.http, self.tls.as_ref(), method, path, &all, body).await
+    }
+
     /// Polls /health until it answers `code`; returns the body.
     pub async fn wait_health(&self, code: u16, timeout: Duration) -> Value {
         eventually(timeout, &format!("/health to answer {code}"), || async {
-            get_json(self.http, "/health")
+            self.try_get("/health", None)
                 .await
                 .ok()
                 .filter(|(c, _)| *c == code)
@@ -390,7 +491,7 @@ impl Daemon {
     /// returns the new pid.
     pub async fn wait_new_child(&self, old: u32, timeout: Duration) -> u32 {
         eventually(timeout, "a new healthy nats-server", || async {
-            match get_json(self.http, "/health").await {
+            match self.try_get("/health", None).await {
                 Ok((200, h)) => h["pid"].as_u64().map(|p| p as u32).filter(|p| *p != old),
                 _ => None,
             }
@@ -445,10 +546,83 @@ pub async fn request(
     headers: &[(&str, &str)],
     body: Vec<u8>,
 ) -> Result<(u16, hyper::HeaderMap, Bytes), String> {
+    request_over(port, None, method, path, headers, body).await
+}
+
+/// A rustls client config that trusts only the CA in the PEM file `ca`
+/// (ring provider, ALPN http/1.1).
+pub fn tls_client(ca: &Path) -> Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+/// A TLS connection to 127.0.0.1:`port`, checked against `tls` for the
+/// name "localhost".
+pub async fn tls_connect(
+    port: u16,
+    tls: &Arc<rustls::ClientConfig>,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
     let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .map_err(|e| e.to_string())?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_rustls::TlsConnector::from(tls.clone()).connect(name, stream),
+    )
+    .await
+    .map_err(|_| "no TLS handshake within 10 s".to_string())?
+    .map_err(|e| format!("TLS handshake: {e}"))
+}
+
+/// [`request`], over TLS when `tls` is given.
+pub async fn request_over(
+    port: u16,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Result<(u16, hyper::HeaderMap, Bytes), String> {
+    match tls {
+        None => {
+            let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .map_err(|e| e.to_string())?;
+            request_on(TokioIo::new(stream), port, method, path, headers, body).await
+        }
+        Some(tls) => {
+            let stream = tls_connect(port, tls).await?;
+            request_on(TokioIo::new(stream), port, method, path, headers, body).await
+        }
+    }
+}
+
+/// One request on an open connection.
+async fn request_on<IO>(
+    io: IO,
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Result<(u16, hyper::HeaderMap, Bytes), String>
+where
+    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
         .await
         .map_err(|e| e.to_string())?;
     tokio::spawn(conn);
