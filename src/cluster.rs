@@ -193,6 +193,37 @@ pub fn stream_problems(groups: &[StreamGroup]) -> Vec<String> {
         .collect()
 }
 
+/// The status' `cluster` object from what nats-server reported: /routez
+/// and /jsz (None when the monitor did not answer), and the declared
+/// streams' groups. `jetstream`: whether JetStream runs (without it there
+/// is no meta group to miss).
+pub fn status(
+    cluster_name: Option<&str>,
+    server_name: Option<&str>,
+    routez: Option<&Value>,
+    jsz: Option<&Value>,
+    jetstream: bool,
+    groups: &[StreamGroup],
+) -> Value {
+    let meta = jsz.and_then(meta_from_jsz);
+    let mut problems: Vec<String> = Vec::new();
+    if jetstream {
+        problems.extend(meta_problem(meta.as_ref()));
+    }
+    problems.extend(stream_problems(groups));
+    let name = cluster_name
+        .map(String::from)
+        .or_else(|| jsz.and_then(|j| j["meta_cluster"]["name"].as_str().map(String::from)));
+    serde_json::json!({
+        "name": name,
+        "server_name": server_name,
+        "routes": routez.map(routes_from_routez),
+        "meta": meta,
+        "streams": groups,
+        "problems": problems,
+    })
+}
+
 /// What a failed JetStream API call during reconciliation calls for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Retry {
@@ -337,6 +368,52 @@ mod tests {
         let problems = stream_problems(&[led, leaderless]);
         assert_eq!(problems.len(), 1);
         assert!(problems[0].starts_with("stream ORPHAN has no leader"));
+    }
+
+    #[test]
+    fn the_status_object_shows_routes_leaders_and_what_is_wrong() {
+        let routez = json!({"routes": [{"remote_id": "NB", "remote_name": "n2", "ip": "10.0.0.2", "port": 6222, "is_configured": true}]});
+        let jsz = json!({"meta_cluster": {"name": "from-jsz", "leader": "n2", "cluster_size": 3}});
+        let led = StreamGroup {
+            name: "MARKET_DATA".into(),
+            leader: Some("n1".into()),
+            replicas: vec![],
+            configured_replicas: 3,
+        };
+        let v = status(
+            None,
+            Some("n1"),
+            Some(&routez),
+            Some(&jsz),
+            true,
+            &[led.clone()],
+        );
+        assert_eq!(v["name"], "from-jsz");
+        assert_eq!(v["server_name"], "n1");
+        assert_eq!(v["routes"][0]["name"], "n2");
+        assert_eq!(v["routes"][0]["address"], "10.0.0.2:6222");
+        assert_eq!(v["meta"]["leader"], "n2");
+        assert_eq!(v["streams"][0]["leader"], "n1");
+        assert_eq!(v["streams"][0]["configured_replicas"], 3);
+        assert_eq!(v["problems"], json!([]));
+        // Monitor silent, no leader anywhere: nulls and reasons, not errors.
+        let leaderless = StreamGroup {
+            leader: None,
+            ..led
+        };
+        let v = status(Some("mp"), Some("n1"), None, None, true, &[leaderless]);
+        assert_eq!(v["name"], "mp");
+        assert_eq!(v["routes"], Value::Null);
+        assert_eq!(v["meta"], Value::Null);
+        let problems = v["problems"].to_string();
+        assert!(problems.contains("no meta group"), "{problems}");
+        assert!(
+            problems.contains("stream MARKET_DATA has no leader"),
+            "{problems}"
+        );
+        // Without JetStream, no meta group is expected.
+        let v = status(Some("mp"), Some("n1"), Some(&routez), None, false, &[]);
+        assert_eq!(v["problems"], json!([]));
     }
 
     #[test]

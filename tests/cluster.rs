@@ -53,7 +53,7 @@ fn node(i: usize, nodes: &[Node], bin: &Path, state: &Path) -> DaemonBuilder {
         .map(|n| format!("    - \"nats://127.0.0.1:{}\"\n", n.nats))
         .collect();
     let nats = format!(
-        "  server_name: {}\n  cluster_name: mpb-test\n  cluster_listen: \"127.0.0.1:{}\"\n  cluster_routes:\n{routes}  client_urls:\n{client_urls}  streams:\n    {STREAM}:\n      subjects: [\"clustered.>\"]\n      replicas: 3\n",
+        "  server_name: {}\n  cluster_name: mpb-test\n  cluster_listen: \"127.0.0.1:{}\"\n  cluster_routes:\n{routes}  client_urls:\n{client_urls}  streams:\n    {STREAM}:\n      subjects: [\"clustered.>\"]\n      replicas: 3\n      consumers:\n        worker:\n          filter_subject: \"clustered.>\"\n",
         name(i),
         me.cluster
     );
@@ -241,6 +241,29 @@ async fn cluster_faults(bin: &Path) {
         1,
         "one meta leader for all: {meta_leaders:?}"
     );
+    // The meta leader sees both other peers, current (every version lists
+    // them there).
+    let ml = meta_leaders.iter().next().unwrap().clone();
+    let ml_idx = (0..3).find(|i| name(*i) == ml).unwrap();
+    let (_, st) = daemons[ml_idx]
+        .as_ref()
+        .unwrap()
+        .get("/api/v1/status")
+        .await;
+    let peers = st["cluster"]["meta"]["peers"].as_array().unwrap().clone();
+    let mut peer_names: Vec<&str> = peers.iter().map(|p| p["name"].as_str().unwrap()).collect();
+    peer_names.sort();
+    let others: Vec<String> = (0..3).filter(|j| *j != ml_idx).map(name).collect();
+    assert_eq!(peer_names, others, "{st}");
+    assert!(peers.iter().all(|p| p["current"] == true), "{st}");
+    // The declared consumer, created by three daemons at once, is there
+    // for each of them.
+    for dm in daemons.iter().flatten() {
+        let (code, c) = dm
+            .get(&format!("/api/v1/streams/{STREAM}/consumers/worker"))
+            .await;
+        assert_eq!(code, 200, "{c}");
+    }
     // Exactly one stream of that name, R3, its group spread over all nodes.
     let g = wait_stream_settled(
         daemons[0].as_ref().unwrap(),
@@ -281,7 +304,12 @@ async fn cluster_faults(bin: &Path) {
         .flatten()
         .filter(|d| d.log().contains("was created by another node"))
         .count();
-    eprintln!("cluster formed, healthy and reconciled in {formed:?}; daemons that created {STREAM}: {creators}, found it created by another: {raced}, reconciliation rounds retried: {rounds}");
+    let consumer_errors: usize = daemons
+        .iter()
+        .flatten()
+        .map(|d| d.log().matches("cannot create consumer").count())
+        .sum();
+    eprintln!("cluster formed, healthy and reconciled in {formed:?}; daemons that created {STREAM}: {creators}, found it created by another: {raced}, reconciliation rounds retried: {rounds}, consumer creations refused: {consumer_errors}");
     // Three daemons reconciled at once; nats-server's did_create tells the
     // one whose request made the stream: the others found it made.
     // (None, when the winning answer was lost to a timeout and a re-read

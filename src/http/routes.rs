@@ -277,21 +277,14 @@ async fn cluster_status(app: &App, infos: &[stream::Info]) -> Value {
             None
         }
     });
-    let meta = jsz.as_ref().and_then(crate::cluster::meta_from_jsz);
-    let mut problems: Vec<String> = Vec::new();
-    if c.nats.jetstream_enabled {
-        problems.extend(crate::cluster::meta_problem(meta.as_ref()));
-    }
-    let groups = declared_groups(app, infos);
-    problems.extend(crate::cluster::stream_problems(&groups));
-    json!({
-        "name": c.nats.cluster_name.clone().or_else(|| jsz.as_ref().and_then(|j| j["meta_cluster"]["name"].as_str().map(String::from))),
-        "server_name": c.nats.server_name,
-        "routes": routez.as_ref().map(crate::cluster::routes_from_routez),
-        "meta": meta,
-        "streams": groups,
-        "problems": problems,
-    })
+    crate::cluster::status(
+        c.nats.cluster_name.as_deref(),
+        c.nats.server_name.as_deref(),
+        routez.as_ref(),
+        jsz.as_ref(),
+        c.nats.jetstream_enabled,
+        &declared_groups(app, infos),
+    )
 }
 
 fn pick(v: &Value, keys: &[&str]) -> Value {
