@@ -386,7 +386,7 @@ mod tests {
             Some(&routez),
             Some(&jsz),
             true,
-            &[led.clone()],
+            std::slice::from_ref(&led),
         );
         assert_eq!(v["name"], "from-jsz");
         assert_eq!(v["server_name"], "n1");
