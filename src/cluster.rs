@@ -186,7 +186,7 @@ pub fn stream_problems(groups: &[StreamGroup]) -> Vec<String> {
         .filter(|g| g.leader.is_none())
         .map(|g| {
             format!(
-                "stream {} has no leader ({} replicas configured): its subjects cannot be written until one is elected",
+                "stream {} has no leader (replicas: {}): its subjects cannot be written until one is elected",
                 g.name, g.configured_replicas
             )
         })

@@ -522,6 +522,36 @@ async fn cluster_faults(bin: &Path) {
     )
     .await;
     eprintln!("(b) stream leader now {}", g["leader"]);
+    // Two of three still have quorum: the remaining daemons have a meta
+    // leader and CLUSTERED has one. The seed's default streams are R1, each
+    // on one node: one that lived on the stopped node has no leader and
+    // takes no writes, which /health must say (and only that).
+    for dm in daemons.iter().flatten() {
+        let (code, h) = eventually(
+            Duration::from_secs(15),
+            "only R1 streams' problems",
+            || async {
+                let (code, h) = get_json(dm.http, "/health").await.ok()?;
+                let problems: Vec<String> = h["problems"]
+                    .as_array()?
+                    .iter()
+                    .map(|p| p.as_str().unwrap_or_default().to_string())
+                    .collect();
+                let only_r1 = problems.iter().all(|p| {
+                    ["MARKET_DATA", "SYSTEM_EVENTS", "SERVICE_LOGS"]
+                        .iter()
+                        .any(|s| p.starts_with(&format!("stream {s} has no leader (replicas: 1)")))
+                });
+                (only_r1 && (code == 200) == problems.is_empty()).then_some((code, h))
+            },
+        )
+        .await;
+        eprintln!(
+            "(b) {} /health {code}: {}",
+            dm.get("/api/v1/status").await.1["cluster"]["server_name"],
+            h["problems"]
+        );
+    }
     let before = counted(&tally, 2);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let during = counted(&tally, 2);

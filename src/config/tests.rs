@@ -660,6 +660,32 @@ fn a_route_to_the_nodes_own_cluster_address_is_refused() {
 }
 
 #[test]
+fn single_copy_streams_in_a_cluster_are_warned_about() {
+    let (_, warnings) = parse_str(CLUSTER, Format::Yaml).unwrap();
+    let w = warnings
+        .iter()
+        .find(|w| w.contains("keep one copy"))
+        .expect("a warning about R1 streams");
+    assert!(
+        w.contains("MARKET_DATA, SERVICE_LOGS, SYSTEM_EVENTS"),
+        "{w}"
+    );
+    // The shipped cluster example keeps three copies of each.
+    let (_, warnings) = parse_str(
+        include_str!("../../config/examples/cluster.yaml"),
+        Format::Yaml,
+    )
+    .unwrap();
+    assert!(
+        !warnings.iter().any(|w| w.contains("keep one copy")),
+        "{warnings:?}"
+    );
+    // A single node: one copy is all there is, nothing to say.
+    let (_, warnings) = parse_str("nats:\n  cluster_port: 6222\n", Format::Yaml).unwrap();
+    assert!(!warnings.iter().any(|w| w.contains("keep one copy")));
+}
+
+#[test]
 fn a_jetstream_cluster_needs_a_server_name() {
     let mut c = yaml(CLUSTER).unwrap();
     c.nats.server_name = None;

@@ -137,6 +137,23 @@ pub fn validate(c: &Config) -> Result<Vec<String>, Violation> {
                 format!("{:?} is this node's own cluster listen address ({host}:{port}); routes name the other nodes", n.cluster_routes[i]),
             );
         }
+        // One copy in a cluster: the stream is down whenever its node is,
+        // and /health says so on every node. Worth knowing, not an error
+        // (the seed's defaults are R1).
+        if n.jetstream_enabled {
+            let single: Vec<String> = c
+                .streams()
+                .into_iter()
+                .filter(|(_, s)| s.replicas == 1)
+                .map(|(name, _)| name)
+                .collect();
+            if !single.is_empty() {
+                warnings.push(format!(
+                    "in a cluster, stream(s) {} keep one copy (replicas: 1): each is unavailable while the node holding it is down, and /health is 503 then; declare them with replicas: 3 to survive a node",
+                    single.join(", ")
+                ));
+            }
+        }
         // In a cluster, JetStream needs a stable, unique name per node
         // (`load` defaults it to the hostname).
         if n.jetstream_enabled && n.server_name.is_none() {
