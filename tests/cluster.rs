@@ -575,6 +575,14 @@ async fn cluster_faults(bin: &Path) {
             h["problems"]
         );
     }
+    let t = Instant::now();
+    let (code, _) = get_json(http_port, "/health").await.unwrap();
+    let (health_took, t) = (t.elapsed(), Instant::now());
+    let _ = get_json(http_port, "/api/v1/status").await.unwrap();
+    eprintln!(
+        "(b) with one node down: /health answered {code} in {health_took:?}, /api/v1/status in {:?}",
+        t.elapsed()
+    );
     // Both producers get acks with one node down (their next ack may wait
     // out a publish that was in flight to the stopped node: up to a few s).
     let before = counted(&tally, 2);
