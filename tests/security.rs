@@ -515,3 +515,83 @@ async fn tls_is_required_verified_and_rotated_without_a_restart() {
     )
     .await;
 }
+
+/// Routes between nodes with `cluster_tls` (verify: nodes present
+/// certificates from the CA) form and carry messages; a node without the
+/// TLS settings cannot join.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_routes_use_tls_and_a_node_without_it_cannot_join() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = certs::Pki::new(&dir.path().join("pki"));
+    let [ca, cb, cc] = free_ports::<3>();
+    let node = |name: &str, own: u16, peers: &[u16], tls: bool| {
+        let routes: Vec<String> = peers
+            .iter()
+            .map(|p| format!("\"nats-route://127.0.0.1:{p}\""))
+            .collect();
+        let mut yaml = format!(
+            "  server_name: {name}\n  jetstream_enabled: false\n  cluster_name: tlsmesh\n  cluster_listen: \"127.0.0.1:{own}\"\n  cluster_routes: [{}]\n",
+            routes.join(", ")
+        );
+        if tls {
+            yaml.push_str(&format!(
+                "  cluster_tls:\n    cert_file: {:?}\n    key_file: {:?}\n    ca_file: {:?}\n    verify: true\n",
+                pki.cert, pki.key, pki.ca
+            ));
+        }
+        Daemon::builder()
+            .top("auto_create_streams: false\n")
+            .nats(&yaml)
+            .start()
+    };
+    let a = node("tls-a", ca, &[cb], true);
+    let b = node("tls-b", cb, &[ca], true);
+    a.wait_healthy(Duration::from_secs(20)).await;
+    b.wait_healthy(Duration::from_secs(20)).await;
+    let routes = |d: &Daemon| {
+        let port = d.http;
+        async move {
+            let (code, v) = get_json(port, "/api/v1/nats/routez").await.unwrap();
+            assert_eq!(code, 200, "{v}");
+            v["num_routes"].as_u64().unwrap_or(0)
+        }
+    };
+    eventually(
+        Duration::from_secs(15),
+        "the TLS route between a and b",
+        || async { (routes(&a).await >= 1 && routes(&b).await >= 1).then_some(()) },
+    )
+    .await;
+    let rendered = std::fs::read_to_string(a.state_dir().join("nats-server.conf")).unwrap();
+    assert!(rendered.contains("  tls {\n"), "{rendered}");
+
+    // A message published on a reaches a subscriber on b over the route.
+    let sub_client = async_nats::connect(b.nats_url()).await.unwrap();
+    let mut sub = sub_client.subscribe("chat.>").await.unwrap();
+    sub_client.flush().await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let got = loop {
+        let (code, v) = a.publish("chat.room1", json!({"hello": "b"})).await;
+        assert_eq!(code, 200, "{v}");
+        let next = futures::StreamExt::next(&mut sub);
+        if let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(300), next).await {
+            break m;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no message crossed the TLS route"
+        );
+    };
+    assert_eq!(got.subject.as_str(), "chat.room1");
+
+    // A node routing to a without TLS never joins.
+    let c = node("plain-c", cc, &[ca], false);
+    c.wait_healthy(Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        routes(&c).await,
+        0,
+        "a plain-text node joined a TLS cluster"
+    );
+    assert_eq!(routes(&a).await, 1, "a has only b");
+}
