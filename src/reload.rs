@@ -130,6 +130,50 @@ impl Debug for Shown {
     }
 }
 
+/// Users are hot. One line per user added, removed or changed, naming
+/// what changed but never a password.
+fn users(d: &mut Diff, old: &[crate::config::UserConfig], new: &[crate::config::UserConfig]) {
+    if old == new {
+        return;
+    }
+    let find = |list: &[crate::config::UserConfig], name: &str| {
+        list.iter().find(|u| u.user == name).cloned()
+    };
+    let mut lines = Vec::new();
+    for u in old {
+        if find(new, &u.user).is_none() {
+            lines.push(format!("nats.users: {} removed (hot)", u.user));
+        }
+    }
+    for u in new {
+        match find(old, &u.user) {
+            None => lines.push(format!("nats.users: {} added (hot)", u.user)),
+            Some(was) if was != *u => {
+                let mut what = Vec::new();
+                if (&was.password, &was.password_file, &was.password_env)
+                    != (&u.password, &u.password_file, &u.password_env)
+                {
+                    what.push("password");
+                }
+                if was.permissions != u.permissions {
+                    what.push("permissions");
+                }
+                lines.push(format!(
+                    "nats.users.{}: {} changed (hot)",
+                    u.user,
+                    what.join(" and ")
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    if lines.is_empty() {
+        lines.push("nats.users: order changed (hot)".into());
+    }
+    d.plan.changes.extend(lines);
+    d.plan.nats = d.plan.nats.max(NatsAction::Signal);
+}
+
 pub fn plan(old: &Config, new: &Config) -> ReloadPlan {
     use NatsAction::{Nothing, Restart, Signal};
     let mut plan = ReloadPlan {
@@ -260,7 +304,7 @@ pub fn plan(old: &Config, new: &Config) -> ReloadPlan {
             &n.cluster_routes,
             if layout { Restart } else { Signal },
         );
-        d.field("nats.users", &o.users, &n.users, Signal);
+        users(&mut d, &o.users, &n.users);
         // The daemon's own connection uses the same CA and, with verify,
         // presents the same certificate: it reconnects with the new ones.
         d.plan.reconnect_client |= d.field("nats.tls", &o.tls, &n.tls, Signal);
@@ -330,6 +374,26 @@ mod tests {
             .changes
             .iter()
             .any(|c| c.starts_with("api.tls: None -> Some(")));
+    }
+
+    #[test]
+    fn user_changes_are_hot_and_never_show_a_password() {
+        let a = "nats: {users: [{user: a, password: old-secret}, {user: b, password: x}]}";
+        let b = "nats: {users: [{user: a, password: new-secret, permissions: {publish: [\"m.>\"]}}, {user: c, password: y}]}";
+        let r = p(a, b);
+        assert_eq!(r.nats, NatsAction::Signal);
+        assert_eq!(
+            r.changes,
+            [
+                "nats.users: b removed (hot)",
+                "nats.users.a: password and permissions changed (hot)",
+                "nats.users: c added (hot)",
+            ]
+        );
+        let all = format!("{r:?}");
+        assert!(!all.contains("secret"), "{all}");
+        let u = &cfg(a).nats.users[0];
+        assert!(!format!("{u:?}").contains("old-secret"));
     }
 
     #[test]

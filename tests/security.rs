@@ -16,6 +16,7 @@ use serde_json::json;
 /// bcrypt (cost 4) of "consumer-secret".
 const CONSUMER_HASH: &str = "$2b$04$aeRWi/gQldVjhfajb7X7vux9q/wRDeC8whFIEUzjmw0CA8uwmnn/O";
 const PRODUCER_PASS: &str = "producer-secret-from-a-file";
+const PRODUCER_PASS_2: &str = "producer-secret-rotated";
 const CONSUMER_PASS: &str = "consumer-secret";
 const AUDITOR_PASS: &str = "auditor-secret-from-env";
 
@@ -259,6 +260,24 @@ async fn users_on(bin: &Path) {
     assert!(ijs.get_stream("MARKET_DATA").await.is_ok());
     let rendered = d.state_dir().join("nats-server.conf");
     assert_eq!(mode(&rendered), 0o600, "{}", rendered.display());
+
+    // A new password in the file applies by reload, live: the new one
+    // logs in, the old one no longer does, nats-server stays.
+    let pid = d.child_pid().unwrap();
+    std::fs::write(&pass_file, format!("{PRODUCER_PASS_2}\n")).unwrap();
+    d.signal(Signal::SIGHUP);
+    eventually(Duration::from_secs(10), "the reload to finish", || async {
+        d.log().contains("reload done").then_some(())
+    })
+    .await;
+    assert!(
+        d.log().contains("nats.users.producer: password changed"),
+        "{}",
+        d.log()
+    );
+    login(port, "producer", PRODUCER_PASS_2).await.unwrap();
+    assert!(login(port, "producer", PRODUCER_PASS).await.is_err());
+    assert_eq!(d.child_pid(), Some(pid));
 
     // No secret shows: not in the log, status, metrics, or the config
     // render-nats-config prints (which shows the expanded permissions).

@@ -305,7 +305,8 @@ names! {
 /// Exactly one of `password` (plain text or a bcrypt hash),
 /// `password_file` and `password_env` gives the secret; loading resolves
 /// the latter two into `password`, so the rest of the daemon sees one.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+/// Its Debug form masks the password: configs get logged.
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserConfig {
     pub user: String,
@@ -320,6 +321,18 @@ pub struct UserConfig {
     pub password_env: Option<String>,
     #[serde(default)]
     pub permissions: Option<Permissions>,
+}
+
+impl fmt::Debug for UserConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UserConfig")
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "********"))
+            .field("password_file", &self.password_file)
+            .field("password_env", &self.password_env)
+            .field("permissions", &self.permissions)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
