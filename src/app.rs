@@ -187,10 +187,20 @@ impl App {
         let n = &c.nats;
         let scheme = if n.tls.is_some() { "tls" } else { "nats" };
         if self.supervised {
-            vec![format!(
-                "{scheme}://{}",
-                probe::connect_addr(&n.host, n.nats_port)
-            )]
+            let own = format!("{scheme}://{}", probe::connect_addr(&n.host, n.nats_port));
+            // Its own node first (see connect: the order is kept); the
+            // others only where the internal password is the same on
+            // every node.
+            let others: Vec<String> = match n.internal_password_file {
+                Some(_) => n
+                    .client_urls
+                    .iter()
+                    .filter(|u| **u != own)
+                    .cloned()
+                    .collect(),
+                None => Vec::new(),
+            };
+            std::iter::once(own).chain(others).collect()
         } else {
             let mut urls = vec![n.nats_url.clone()];
             urls.extend(n.client_urls.iter().filter(|u| **u != n.nats_url).cloned());
@@ -208,8 +218,11 @@ impl App {
         // Our own child restarts in a few hundred ms: retry often. A remote
         // server may be down for long: do not hammer it.
         let max_delay_ms = if self.supervised { 100 } else { 1000 };
+        let shared_login = self.config().nats.internal_password_file.is_some();
         let mut opts = async_nats::ConnectOptions::new()
             .name("marketprism-broker")
+            // The given order: our own nats-server first, always.
+            .retain_servers_order()
             .retry_on_initial_connect()
             .max_reconnects(None)
             .connection_timeout(Duration::from_secs(2))
@@ -256,6 +269,12 @@ impl App {
             });
         if let Some(c) = &self.credentials {
             opts = opts.user_and_password(c.user.clone(), c.password.clone());
+        }
+        if self.supervised && !shared_login {
+            // Other nodes a clustered server advertises do not know this
+            // node's generated password: trying them only delays
+            // reconnecting to our own restarted child.
+            opts = opts.ignore_discovered_servers();
         }
         if let Some(tls) = &self.config().nats.tls {
             opts = opts.require_tls(true);
@@ -435,6 +454,15 @@ fn external_monitor(c: &Config) -> Option<SocketAddr> {
 pub fn internal_credentials(c: &Config) -> std::io::Result<Option<Credentials>> {
     if !c.auto_start_nats {
         return Ok(None);
+    }
+    if let Some(shared) = &c.nats.internal_password_file {
+        // Validation read it a moment ago; it names the file on error.
+        let password = crate::config::secrets::read_internal_password(shared)
+            .map_err(std::io::Error::other)?;
+        return Ok(Some(Credentials {
+            user: natsconf::INTERNAL_USER.into(),
+            password,
+        }));
     }
     let path = c.data_dir().join("internal-credentials");
     let password = match std::fs::read_to_string(&path) {

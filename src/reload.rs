@@ -305,6 +305,12 @@ pub fn plan(old: &Config, new: &Config) -> ReloadPlan {
             if layout { Restart } else { Signal },
         );
         users(&mut d, &o.users, &n.users);
+        if o.internal_password_file != n.internal_password_file {
+            d.plan
+                .changes
+                .push("nats.internal_password_file changed".into());
+            d.plan.refused = Some("nats.internal_password_file cannot change by reload (nats-server and the daemon's own login both use it): restart the service".into());
+        }
         // The daemon's own connection uses the same CA and, with verify,
         // presents the same certificate: it reconnects with the new ones.
         d.plan.reconnect_client |= d.field("nats.tls", &o.tls, &n.tls, Signal);

@@ -894,3 +894,74 @@ async fn a_node_that_stopped_waiting_for_a_leader_creates_the_stream_when_peers_
         eprintln!("  n1: {l}");
     }
 }
+
+/// With `internal_password_file` holding the same secret on every node,
+/// the daemon's own client fails over to another node in `client_urls`
+/// when its nats-server goes away (and HTTP publishing keeps working);
+/// without it, the client stays on its own node (other nodes would refuse
+/// its per-node password).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemons_client_fails_over_to_client_urls_with_a_shared_internal_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("internal.pass");
+    std::fs::write(&secret, "shared-internal-secret-0123456789\n").unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let [ha, na, ma, ca, hb, nb, mb, cb] = free_ports::<8>();
+    let node = |name: &str, (http, nats, mon, cl): (u16, u16, u16, u16), peer: (u16, u16)| {
+        Daemon::builder()
+            .ports((http, nats, mon))
+            .top("auto_create_streams: false\n")
+            .nats(&format!(
+                "  server_name: {name}\n  jetstream_enabled: false\n  cluster_name: failover\n  cluster_listen: \"127.0.0.1:{cl}\"\n  cluster_routes: [\"nats-route://127.0.0.1:{}\"]\n  client_urls: [\"nats://127.0.0.1:{nats}\", \"nats://127.0.0.1:{}\"]\n  internal_password_file: {secret:?}\n",
+                peer.0, peer.1
+            ))
+            .start()
+    };
+    let a = node("fo-a", (ha, na, ma, ca), (cb, nb));
+    let b = node("fo-b", (hb, nb, mb, cb), (ca, na));
+    a.wait_healthy(Duration::from_secs(20)).await;
+    b.wait_healthy(Duration::from_secs(20)).await;
+    let daemon_clients_on_b = || async {
+        let (code, v) = get_json(hb, "/api/v1/nats/connz").await.unwrap();
+        assert_eq!(code, 200, "{v}");
+        v["connections"]
+            .as_array()
+            .map(|cs| {
+                cs.iter()
+                    .filter(|c| c["name"] == "marketprism-broker")
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    eventually(Duration::from_secs(10), "both routes", || async {
+        let (_, v) = get_json(ha, "/api/v1/nats/routez").await.unwrap();
+        (v["num_routes"].as_u64() >= Some(1)).then_some(())
+    })
+    .await;
+    assert_eq!(daemon_clients_on_b().await, 1, "only b's own daemon on b");
+
+    // a's nats-server dies: a's client moves to b at once.
+    let sub_client = async_nats::connect(b.nats_url()).await.unwrap();
+    let mut sub = sub_client.subscribe("failover.>").await.unwrap();
+    sub_client.flush().await.unwrap();
+    let old = a.child_pid().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(old as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    eventually(Duration::from_secs(10), "a's client on b", || async {
+        (daemon_clients_on_b().await == 2).then_some(())
+    })
+    .await;
+    a.wait_new_child(old, Duration::from_secs(10)).await;
+    // It stays there (no need to move back) and a's HTTP API publishes
+    // through it.
+    let (code, v) = a.publish("failover.check", json!({"via": "b"})).await;
+    assert_eq!(code, 200, "{v}");
+    let m = tokio::time::timeout(Duration::from_secs(5), futures::StreamExt::next(&mut sub))
+        .await
+        .expect("the publish arrives")
+        .unwrap();
+    assert_eq!(m.subject.as_str(), "failover.check");
+}

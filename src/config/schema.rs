@@ -81,6 +81,12 @@ pub struct NatsConfig {
     pub cluster_listen: Option<String>,
     pub cluster_routes: Vec<String>,
     pub client_urls: Vec<String>,
+    /// The daemon's own NATS password, from a file holding the same secret
+    /// on every node of a cluster (absolute, or a LoadCredential= name), so
+    /// its client may fail over to the other nodes in `client_urls`.
+    /// Default: a random password generated per node into the state dir,
+    /// good for its own nats-server only.
+    pub internal_password_file: Option<PathBuf>,
     pub users: Vec<UserConfig>,
     pub tls: Option<TlsConfig>,
     /// TLS on the cluster routes (same keys as `tls`; `verify` makes nodes
@@ -118,6 +124,7 @@ impl Default for NatsConfig {
             cluster_listen: None,
             cluster_routes: Vec::new(),
             client_urls: Vec::new(),
+            internal_password_file: None,
             users: Vec::new(),
             tls: None,
             cluster_tls: None,

@@ -144,7 +144,41 @@ pub fn resolve(c: &mut Config, env: &Env) -> Result<Vec<String>, Violation> {
             }
         }
     }
+    if let Some(file) = &c.nats.internal_password_file {
+        let key = ["nats", "internal_password_file"];
+        let at = |m: String| Violation {
+            path: key.iter().map(|s| s.to_string()).collect(),
+            message: m,
+        };
+        let path = secret_path(file, env).map_err(at)?;
+        let password = read_internal_password(&path).map_err(at)?;
+        if password.len() < 16 {
+            return Err(at(format!(
+                "{} holds a password of {} characters: give at least 16 (e.g. `head -c 24 /dev/urandom | base64`)",
+                path.display(),
+                password.len()
+            )));
+        }
+        if let Some(w) = readable_by_others(&path, "internal password file") {
+            warnings.push(format!("nats.internal_password_file: {w}"));
+        }
+        c.nats.internal_password_file = Some(path);
+    }
     Ok(warnings)
+}
+
+/// The first line of the daemon's shared internal password file.
+pub fn read_internal_password(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let line = text.lines().next().unwrap_or("").trim();
+    if line.is_empty() || line.chars().any(char::is_control) {
+        return Err(format!(
+            "{}: its first line must be the password",
+            path.display()
+        ));
+    }
+    Ok(line.to_string())
 }
 
 /// The API's secret files (`api.tokens_file`, `api.tls.*`) by the same
@@ -323,6 +357,33 @@ mod tests {
         let e = resolve_api(&mut c, &no_env()).unwrap_err();
         assert_eq!(e.path, ["api", "tls", "key_file"]);
         assert!(e.message.contains("CREDENTIALS_DIRECTORY"), "{}", e.message);
+    }
+
+    #[test]
+    fn a_shared_internal_password_is_long_and_found_like_other_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("internal.pass");
+        std::fs::write(&f, "short\n").unwrap();
+        let mut c = Config::default();
+        c.nats.internal_password_file = Some(f.clone());
+        let e = resolve(&mut c.clone(), &no_env()).unwrap_err();
+        assert_eq!(e.path, ["nats", "internal_password_file"]);
+        assert!(e.message.contains("at least 16"), "{}", e.message);
+        std::fs::write(&f, "0123456789abcdef-shared\n").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(resolve(&mut c.clone(), &no_env()).unwrap().is_empty());
+        // A credential name becomes the absolute path the daemon reads.
+        c.nats.internal_password_file = Some("internal.pass".into());
+        let env = Env {
+            var: &|_| None,
+            credentials_dir: Some(dir.path().to_path_buf()),
+        };
+        resolve(&mut c, &env).unwrap();
+        assert_eq!(c.nats.internal_password_file, Some(f.clone()));
+        assert_eq!(
+            read_internal_password(&f).unwrap(),
+            "0123456789abcdef-shared"
+        );
     }
 
     #[test]

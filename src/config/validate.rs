@@ -103,6 +103,13 @@ pub fn validate(c: &Config) -> Result<Vec<String>, Violation> {
         }
     }
     check_url(&n.nats_url, &["nats://", "tls://"], &["nats", "nats_url"])?;
+    if c.auto_start_nats
+        && c.cluster_enabled()
+        && !n.client_urls.is_empty()
+        && n.internal_password_file.is_none()
+    {
+        warnings.push("nats.client_urls: the daemon's own client connects to this node's nats-server only (its generated internal password is valid on this node only); to let it fail over to the other nodes, give every node nats.internal_password_file with the same secret".into());
+    }
     for (i, u) in n.client_urls.iter().enumerate() {
         check_url(
             u,
