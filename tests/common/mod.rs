@@ -405,13 +405,7 @@ impl Daemon {
 
     async fn try_get(&self, path: &str, token: Option<&str>) -> Result<(u16, Value), String> {
         let (status, _, body) = self.request(token, "GET", path, &[], vec![]).await?;
-        let v = serde_json::from_slice(&body).map_err(|e| {
-            format!(
-                "{path} answered {status} with non-JSON {:?}: {e}",
-                String::from_utf8_lossy(&body)
-            )
-        })?;
-        Ok((status, v))
+        json_answer(path, status, &body)
     }
 
     pub async fn publish(&self, subject: &str, message: Value) -> (u16, Value) {
@@ -653,10 +647,16 @@ where
 
 pub async fn get_json(port: u16, path: &str) -> Result<(u16, Value), String> {
     let (status, _, body) = request(port, "GET", path, &[], vec![]).await?;
-    let v = serde_json::from_slice(&body).map_err(|e| {
+    json_answer(path, status, &body)
+}
+
+/// An answer's status and JSON body; a body that is not JSON is an error
+/// that shows it.
+fn json_answer(path: &str, status: u16, body: &[u8]) -> Result<(u16, Value), String> {
+    let v = serde_json::from_slice(body).map_err(|e| {
         format!(
             "{path} answered {status} with non-JSON {:?}: {e}",
-            String::from_utf8_lossy(&body)
+            String::from_utf8_lossy(body)
         )
     })?;
     Ok((status, v))
