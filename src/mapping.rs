@@ -144,6 +144,21 @@ pub fn check(source: &str, destinations: &[Destination]) -> Result<(), String> {
     Ok(())
 }
 
+/// The subjects a destination can produce, as a pattern: `$N` and
+/// `{{wildcard(N)}}` become `*` (`market.$2.$1` -> `market.*.*`).
+pub fn pattern(dest: &str) -> Option<String> {
+    let out: Vec<String> = parts(dest)
+        .ok()?
+        .into_iter()
+        .map(|p| match p {
+            Part::Literal(l) => l,
+            Part::Wildcard(_) => "*".into(),
+            Part::Rest => ">".into(),
+        })
+        .collect();
+    Some(out.join("."))
+}
+
 /// Where `subject` goes under a mapping from `source` to `dest`, or None
 /// when the source does not match it. Both must have passed `check`.
 pub fn apply(source: &str, dest: &str, subject: &str) -> Option<String> {
@@ -183,6 +198,15 @@ mod tests {
             subject: s.into(),
             weight: 100,
         }]
+    }
+
+    #[test]
+    fn a_destination_as_a_pattern() {
+        assert_eq!(
+            pattern("market.$2.$1.trade").as_deref(),
+            Some("market.*.*.trade")
+        );
+        assert_eq!(pattern("m.{{wildcard(1)}}.>").as_deref(), Some("m.*.>"));
     }
 
     #[test]

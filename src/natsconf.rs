@@ -206,7 +206,7 @@ pub fn render(c: &Config, opts: &RenderOptions) -> String {
             let e = u
                 .permissions
                 .as_ref()
-                .map(|p| crate::permissions::expand(p, &streams));
+                .map(|p| crate::permissions::expand(p, &streams, &n.mappings));
             let password = secret(u.password.as_deref().unwrap_or_default());
             user_entry(w, &u.user, Some(&password), e.as_ref());
         }

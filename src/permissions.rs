@@ -18,7 +18,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::config::{PermissionList, Permissions, StreamConfig};
+use crate::config::{MappingConfig, PermissionList, Permissions, StreamConfig};
 use crate::subject;
 
 /// Where client libraries receive replies (nats-py, nats.js and async-nats
@@ -88,8 +88,27 @@ fn given(l: &Option<PermissionList>) -> Direction {
         .unwrap_or_default()
 }
 
+/// The subjects the destinations of mappings produce, for every mapping
+/// whose source some of `subjects` can match.
+fn mapped(subjects: &[String], mappings: &BTreeMap<String, MappingConfig>) -> Vec<String> {
+    let mut out = Vec::new();
+    for (source, m) in mappings {
+        if subjects.iter().any(|s| subject::overlaps(s, source)) {
+            out.extend(
+                m.0.iter()
+                    .filter_map(|d| crate::mapping::pattern(&d.subject)),
+            );
+        }
+    }
+    out
+}
+
 /// A configured user's permissions with the JetStream grants added.
-pub fn expand(p: &Permissions, streams: &BTreeMap<String, StreamConfig>) -> Effective {
+pub fn expand(
+    p: &Permissions,
+    streams: &BTreeMap<String, StreamConfig>,
+    mappings: &BTreeMap<String, MappingConfig>,
+) -> Effective {
     let mut out = Effective {
         publish: given(&p.publish),
         subscribe: given(&p.subscribe),
@@ -99,6 +118,14 @@ pub fn expand(p: &Permissions, streams: &BTreeMap<String, StreamConfig>) -> Effe
     let pub_limited = !out.publish.allow.is_empty() || p.publish.is_none();
     let sub_limited = !out.subscribe.allow.is_empty() || p.subscribe.is_none();
 
+    // nats-server maps a publish before it checks permissions: a user
+    // allowed a mapping's source must also be allowed its destinations,
+    // or the mapping refuses every message the user sends.
+    if !out.publish.allow.is_empty() {
+        for d in mapped(&out.publish.allow, mappings) {
+            out.publish.push(d);
+        }
+    }
     let pub_streams = capturing(&out.publish.allow, streams);
     let sub_streams = capturing(&out.subscribe.allow, streams);
     if sub_limited && (!pub_streams.is_empty() || !sub_streams.is_empty()) {
@@ -176,7 +203,11 @@ mod tests {
 
     #[test]
     fn the_seed_producer_publishes_and_gets_only_its_ack_inbox() {
-        let e = expand(&perms("{publish: [\"market.>\"]}"), &seed_streams());
+        let e = expand(
+            &perms("{publish: [\"market.>\"]}"),
+            &seed_streams(),
+            &BTreeMap::new(),
+        );
         assert_eq!(e.publish.allow, ["market.>"]);
         assert!(e.publish.deny.is_empty());
         assert_eq!(e.subscribe.allow, [INBOX]);
@@ -185,7 +216,11 @@ mod tests {
 
     #[test]
     fn the_seed_consumer_subscribes_and_gets_the_consumer_api_of_market_data_only() {
-        let e = expand(&perms("{subscribe: [\"market.>\"]}"), &seed_streams());
+        let e = expand(
+            &perms("{subscribe: [\"market.>\"]}"),
+            &seed_streams(),
+            &BTreeMap::new(),
+        );
         assert_eq!(e.subscribe.allow, ["market.>", INBOX]);
         let p = &e.publish.allow;
         for want in [
@@ -214,7 +249,11 @@ mod tests {
 
     #[test]
     fn a_wildcard_subscriber_gets_every_stream_it_can_see() {
-        let e = expand(&perms("{subscribe: [\">\"]}"), &seed_streams());
+        let e = expand(
+            &perms("{subscribe: [\">\"]}"),
+            &seed_streams(),
+            &BTreeMap::new(),
+        );
         for s in seed_streams().keys() {
             let want = format!("$JS.ACK.{s}.>");
             assert!(e.publish.allow.contains(&want), "{want}: {e:?}");
@@ -231,7 +270,11 @@ mod tests {
 
     #[test]
     fn core_only_subjects_get_no_grants_and_the_left_out_direction_denies_all() {
-        let e = expand(&perms("{publish: [\"chat.>\"]}"), &seed_streams());
+        let e = expand(
+            &perms("{publish: [\"chat.>\"]}"),
+            &seed_streams(),
+            &BTreeMap::new(),
+        );
         assert_eq!(e.publish.allow, ["chat.>"]);
         assert!(e.subscribe.denies_all(), "{e:?}");
     }
@@ -241,12 +284,30 @@ mod tests {
         let e = expand(
             &perms("{publish: {deny: [\"secret.>\"]}, subscribe: [\"market.>\"]}"),
             &seed_streams(),
+            &BTreeMap::new(),
         );
         // Publishing is open except secret.>: no grants needed there.
         assert!(e.publish.allow.is_empty());
         assert_eq!(e.publish.deny, ["secret.>"]);
         assert!(!e.publish.denies_all());
         assert_eq!(e.subscribe.allow, ["market.>", INBOX]);
+    }
+
+    #[test]
+    fn a_publisher_to_a_mapped_subject_gets_its_destinations_and_their_ack_inbox() {
+        let c = parse_str(
+            "nats:\n  mappings:\n    \"legacy.*.*\": \"market.$2.$1\"\n",
+            Format::Yaml,
+        )
+        .unwrap()
+        .0;
+        let p = perms("{publish: [\"legacy.>\"]}");
+        let e = expand(&p, &seed_streams(), &c.nats.mappings);
+        assert_eq!(e.publish.allow, ["legacy.>", "market.*.*"]);
+        assert_eq!(e.subscribe.allow, [INBOX]);
+        // Without the mapping, legacy.> lands in no stream: no inbox.
+        let e = expand(&p, &seed_streams(), &BTreeMap::new());
+        assert!(e.subscribe.denies_all(), "{e:?}");
     }
 
     #[test]

@@ -614,3 +614,37 @@ async fn cluster_routes_use_tls_and_a_node_without_it_cannot_join() {
     );
     assert_eq!(routes(&a).await, 1, "a has only b");
 }
+
+/// A user allowed to publish a mapped source gets its messages through and
+/// acknowledged: nats-server checks a publish after mapping it, so the
+/// user is granted the destinations (and the inbox for the acks of the
+/// stream capturing them), nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_of_a_mapped_subject_gets_its_jetstream_acks() {
+    for bin in nats_servers() {
+        let d = Daemon::builder()
+            .bin(&bin)
+            .nats(
+                "  mappings:\n    \"legacy.*.*\": \"market.$2.$1\"\n  users:\n    - user: legacy\n      password: legacy-feed-pass\n      permissions:\n        publish: [\"legacy.>\"]\n",
+            )
+            .start();
+        d.wait_healthy(Duration::from_secs(20)).await;
+        let (client, errors) = login(d.nats, "legacy", "legacy-feed-pass").await.unwrap();
+        let ack = async_nats::jetstream::new(client.clone())
+            .publish("legacy.BTCUSDT.binance", "old feed".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}: {:?}", bin.display(), errors.lock().unwrap()));
+        assert_eq!(ack.stream, "MARKET_DATA");
+        // Nothing beyond that.
+        client
+            .publish("system.alert", "forged".into())
+            .await
+            .unwrap();
+        client.flush().await.unwrap();
+        violation(&errors, "system.alert").await;
+        assert_eq!(stream_messages(&d, "MARKET_DATA").await, 1);
+        assert_eq!(stream_messages(&d, "SYSTEM_EVENTS").await, 0);
+    }
+}
