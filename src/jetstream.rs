@@ -530,6 +530,8 @@ pub struct ActualConsumer {
     pub ack_wait: Duration,
     pub max_deliver: i64,
     pub max_ack_pending: i64,
+    /// As nats-server reports it (0: the stream's).
+    pub replicas: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -628,6 +630,16 @@ fn diff_consumer(want: &ConsumerConfig, have: &ActualConsumer) -> (Vec<FieldDiff
             norm_limit(have.max_ack_pending).to_string(),
         );
     }
+    // 0 means "as many as the stream": nats-server may report what that
+    // came to, which is no difference.
+    if want.replicas != 0 {
+        push(
+            false,
+            "replicas",
+            want.replicas.to_string(),
+            have.replicas.max(1).to_string(),
+        );
+    }
     (diffs.mutable, diffs.immutable)
 }
 
@@ -656,6 +668,7 @@ pub fn actual_consumer_from(c: &consumer::Config) -> ActualConsumer {
         ack_wait: c.ack_wait,
         max_deliver: c.max_deliver,
         max_ack_pending: c.max_ack_pending,
+        replicas: c.num_replicas,
     }
 }
 
@@ -1087,6 +1100,32 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn explicit_consumer_replicas_are_an_update_inherited_ones_never_differ() {
+        let mut want = consumer(Some("market.>"));
+        want.replicas = 3;
+        let mut have = actual_consumer_of(&want);
+        have.replicas = 1;
+        let desired = BTreeMap::from([("a".to_string(), want.clone())]);
+        let actual = BTreeMap::from([("a".to_string(), have.clone())]);
+        match &plan_consumers(&desired, &actual)[..] {
+            [ConsumerChange::Update { diffs, .. }] => {
+                assert_eq!(diffs[0].field, "replicas");
+                assert_eq!(
+                    (diffs[0].actual.as_str(), diffs[0].desired.as_str()),
+                    ("1", "3")
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // Inherited (0): whatever the server reports is what it should be.
+        want.replicas = 0;
+        have.replicas = 3;
+        let desired = BTreeMap::from([("a".to_string(), want)]);
+        let actual = BTreeMap::from([("a".to_string(), have)]);
+        assert_eq!(plan_consumers(&desired, &actual), vec![]);
     }
 
     #[test]
