@@ -282,7 +282,10 @@ async fn users_on(bin: &Path) {
     // No secret shows: not in the log, status, metrics, or the config
     // render-nats-config prints (which shows the expanded permissions).
     let (_, status) = d.get("/api/v1/status").await;
-    let metrics = get_text(d.http, "/metrics").await;
+    let (_, _, metrics) = request(d.http, "GET", "/metrics", &[], vec![])
+        .await
+        .unwrap();
+    let metrics = String::from_utf8(metrics.to_vec()).unwrap();
     let out = std::process::Command::new(BIN)
         .arg("render-nats-config")
         .arg("--config")
@@ -314,21 +317,6 @@ async fn users_on(bin: &Path) {
             assert!(!text.contains(secret), "a password in the {what}:\n{text}");
         }
     }
-}
-
-/// GET `path` as text (for /metrics).
-async fn get_text(port: u16, path: &str) -> String {
-    let out = tokio::process::Command::new("python3")
-        .args([
-            "-c",
-            "import sys,urllib.request;print(urllib.request.urlopen(sys.argv[1]).read().decode())",
-            &format!("http://127.0.0.1:{port}{path}"),
-        ])
-        .output()
-        .await
-        .unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap()
 }
 
 #[test]

@@ -14,7 +14,6 @@
 //! ack subject of *this* stream and consumer before anything is sent, so
 //! the endpoint cannot be used to publish to arbitrary subjects.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -30,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::error::{json_bytes, json_response, ApiError};
-use super::message::{self, Data, HeaderOut};
+use super::message;
 use super::publish::{content_type_is, not_json, read_body};
 use crate::app::{App, Nats};
 use crate::subject;
@@ -255,12 +254,8 @@ struct FetchRequest {
 
 #[derive(Serialize)]
 struct OutMessage<'a> {
-    subject: &'a str,
-    data: Data<'a>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    data_encoding: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    headers: Option<BTreeMap<String, HeaderOut>>,
+    #[serde(flatten)]
+    message: message::Out<'a>,
     stream_seq: u64,
     consumer_seq: u64,
     timestamp: String,
@@ -435,15 +430,10 @@ fn pull_error(text: &str) -> ApiError {
 }
 
 fn out_message(m: &async_nats::jetstream::Message) -> OutMessage<'_> {
-    let (data, data_encoding) = message::data(&m.message.payload);
-    let headers = message::headers(m.message.headers.as_ref());
     let reply = m.message.reply.as_ref().map(|r| r.as_str());
     let ack = reply.and_then(AckSubject::parse);
     OutMessage {
-        subject: m.message.subject.as_str(),
-        data,
-        data_encoding,
-        headers,
+        message: message::Out::of(&m.message),
         stream_seq: ack.as_ref().map_or(0, |a| a.stream_seq),
         consumer_seq: ack.as_ref().map_or(0, |a| a.consumer_seq),
         timestamp: rfc3339_nanos(ack.as_ref().map_or(0, |a| a.timestamp_ns as i128)),

@@ -50,6 +50,30 @@ pub fn headers(h: Option<&async_nats::HeaderMap>) -> Option<BTreeMap<String, Hea
     })
 }
 
+/// A message's subject, payload and headers as the API shows them (an
+/// event's data; flattened into a fetch answer's entry).
+#[derive(Serialize)]
+pub struct Out<'a> {
+    pub subject: &'a str,
+    pub data: Data<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_encoding: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub headers: Option<BTreeMap<String, HeaderOut>>,
+}
+
+impl<'a> Out<'a> {
+    pub fn of(m: &'a async_nats::Message) -> Out<'a> {
+        let (data, data_encoding) = data(&m.payload);
+        Out {
+            subject: m.subject.as_str(),
+            data,
+            data_encoding,
+            headers: headers(m.headers.as_ref()),
+        }
+    }
+}
+
 /// Standard base64 with padding (RFC 4648 section 4).
 pub fn base64(data: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(data)

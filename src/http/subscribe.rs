@@ -7,7 +7,6 @@
 //! dropped, counted, and the client is told with a `dropped` event before
 //! the next message it gets.
 
-use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -19,12 +18,11 @@ use bytes::Bytes;
 use futures::StreamExt;
 use hyper::body::{Frame, Incoming};
 use hyper::{header, Request, Response, StatusCode};
-use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use super::error::ApiError;
-use super::message::{self, Data, HeaderOut};
+use super::message;
 use crate::app::App;
 use crate::subject;
 
@@ -105,27 +103,9 @@ fn event(name: &str, id: Option<u64>, data: &Value) -> Bytes {
     Bytes::from(s)
 }
 
-/// A message event's data.
-#[derive(Serialize)]
-struct EventMessage<'a> {
-    subject: &'a str,
-    data: Data<'a>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    data_encoding: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    headers: Option<BTreeMap<String, HeaderOut>>,
-}
-
 /// A `message` event (one line of JSON, as `event` writes it).
 fn message_event(id: u64, m: &async_nats::Message) -> Bytes {
-    let (data, data_encoding) = message::data(&m.payload);
-    let body = EventMessage {
-        subject: m.subject.as_str(),
-        data,
-        data_encoding,
-        headers: message::headers(m.headers.as_ref()),
-    };
-    let json = serde_json::to_string(&body).unwrap_or_default();
+    let json = serde_json::to_string(&message::Out::of(m)).unwrap_or_default();
     Bytes::from(format!("id: {id}\nevent: message\ndata: {json}\n\n"))
 }
 
