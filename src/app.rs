@@ -457,8 +457,8 @@ pub fn internal_credentials(c: &Config) -> std::io::Result<Option<Credentials>> 
     }
     if let Some(shared) = &c.nats.internal_password_file {
         // Validation read it a moment ago; it names the file on error.
-        let password = crate::config::secrets::read_internal_password(shared)
-            .map_err(std::io::Error::other)?;
+        let password =
+            crate::config::secrets::read_password_file(shared).map_err(std::io::Error::other)?;
         return Ok(Some(Credentials {
             user: natsconf::INTERNAL_USER.into(),
             password,

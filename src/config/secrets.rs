@@ -108,28 +108,11 @@ pub fn resolve(c: &mut Config, env: &Env) -> Result<Vec<String>, Violation> {
         }
         if let Some(file) = &u.password_file {
             let path = secret_path(file, env).or_else(|m| fail(i, "password_file", m))?;
-            let text = std::fs::read_to_string(&path).or_else(|e| {
-                fail(
-                    i,
-                    "password_file",
-                    format!("cannot read {}: {e}", path.display()),
-                )
-            })?;
-            let line = text.lines().next().unwrap_or("").trim_end_matches('\r');
-            if line.is_empty() {
-                return fail(
-                    i,
-                    "password_file",
-                    format!(
-                        "{} is empty: its first line is the password",
-                        path.display()
-                    ),
-                );
-            }
+            let line = read_password_file(&path).or_else(|m| fail(i, "password_file", m))?;
             if let Some(w) = readable_by_others(&path, "password file") {
                 warnings.push(format!("nats.users.{i}.password_file: {w}"));
             }
-            u.password = Some(line.to_string());
+            u.password = Some(line);
         }
         if let Some(var) = &u.password_env {
             match (env.var)(var) {
@@ -151,7 +134,7 @@ pub fn resolve(c: &mut Config, env: &Env) -> Result<Vec<String>, Violation> {
             message: m,
         };
         let path = secret_path(file, env).map_err(at)?;
-        let password = read_internal_password(&path).map_err(at)?;
+        let password = read_password_file(&path).map_err(at)?;
         if password.len() < 16 {
             return Err(at(format!(
                 "{} holds a password of {} characters: give at least 16 (e.g. `head -c 24 /dev/urandom | base64`)",
@@ -167,14 +150,21 @@ pub fn resolve(c: &mut Config, env: &Env) -> Result<Vec<String>, Violation> {
     Ok(warnings)
 }
 
-/// The first line of the daemon's shared internal password file.
-pub fn read_internal_password(path: &Path) -> Result<String, String> {
+/// The password in a password file: its first line, which must hold one
+/// (for users' `password_file` and the shared `internal_password_file`).
+pub fn read_password_file(path: &Path) -> Result<String, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let line = text.lines().next().unwrap_or("").trim();
-    if line.is_empty() || line.chars().any(char::is_control) {
+    let line = text.lines().next().unwrap_or("");
+    if line.is_empty() {
         return Err(format!(
-            "{}: its first line must be the password",
+            "{} is empty: its first line is the password",
+            path.display()
+        ));
+    }
+    if line.chars().any(char::is_control) {
+        return Err(format!(
+            "{}: the password on its first line has control characters",
             path.display()
         ));
     }
@@ -380,10 +370,7 @@ mod tests {
         };
         resolve(&mut c, &env).unwrap();
         assert_eq!(c.nats.internal_password_file, Some(f.clone()));
-        assert_eq!(
-            read_internal_password(&f).unwrap(),
-            "0123456789abcdef-shared"
-        );
+        assert_eq!(read_password_file(&f).unwrap(), "0123456789abcdef-shared");
     }
 
     #[test]
