@@ -163,9 +163,9 @@ pub fn load_file(path: &Path) -> Result<Loaded, ConfigError> {
             && !u.password.as_deref().is_some_and(secrets::is_bcrypt)
     });
     if inline_secret {
-        warnings.extend(secrets::readable_by_others(
+        warnings.extend(secrets::readable_warning(
+            "the config file (plain-text passwords: consider bcrypt hashes, password_file or password_env)",
             path,
-            "config file (plain-text passwords: consider bcrypt hashes, password_file or password_env)",
         ));
     }
     Ok(Loaded {

@@ -109,9 +109,10 @@ pub fn resolve(c: &mut Config, env: &Env) -> Result<Vec<String>, Violation> {
         if let Some(file) = &u.password_file {
             let path = secret_path(file, env).or_else(|m| fail(i, "password_file", m))?;
             let line = read_password_file(&path).or_else(|m| fail(i, "password_file", m))?;
-            if let Some(w) = readable_by_others(&path, "password file") {
-                warnings.push(format!("nats.users.{i}.password_file: {w}"));
-            }
+            warnings.extend(readable_warning(
+                &format!("nats.users.{i}.password_file"),
+                &path,
+            ));
             u.password = Some(line);
         }
         if let Some(var) = &u.password_env {
@@ -142,9 +143,7 @@ pub fn resolve(c: &mut Config, env: &Env) -> Result<Vec<String>, Violation> {
                 password.len()
             )));
         }
-        if let Some(w) = readable_by_others(&path, "internal password file") {
-            warnings.push(format!("nats.internal_password_file: {w}"));
-        }
+        warnings.extend(readable_warning("nats.internal_password_file", &path));
         c.nats.internal_password_file = Some(path);
     }
     Ok(warnings)
@@ -212,17 +211,42 @@ fn secret_path(p: &Path, env: &Env) -> Result<PathBuf, String> {
     }
 }
 
-/// A warning when `path` can be read by users other than its owner and
-/// group.
-pub fn readable_by_others(path: &Path, what: &str) -> Option<String> {
-    let mode = std::fs::metadata(path).ok()?.permissions().mode();
-    (mode & 0o004 != 0).then(|| {
-        format!(
-            "the {what} {} holds secrets but every user on this machine can read it (mode {:o}): chmod o-r it (0640 root:marketprism-broker)",
-            path.display(),
-            mode & 0o777
-        )
-    })
+/// The group the package runs the daemon as (systemd/*.sysusers).
+const SERVICE_GROUP: &str = "marketprism-broker";
+
+/// Who besides the daemon can read a secret file: others, or a group that
+/// is neither the checking process' own (check-config in ExecStartPre runs
+/// as the service user) nor the service's (root:marketprism-broker 0640 is
+/// how the package ships its config, and a root-run check-config should
+/// not cry wolf over that).
+fn too_readable(md: &std::fs::Metadata) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mode = md.mode();
+    if mode & 0o004 != 0 {
+        return Some("others, so every user on this machine can read it".into());
+    }
+    if mode & 0o040 == 0 || md.gid() == nix::unistd::getegid().as_raw() {
+        return None;
+    }
+    let gid = nix::unistd::Gid::from_raw(md.gid());
+    match nix::unistd::Group::from_gid(gid).ok().flatten() {
+        Some(g) if g.name == SERVICE_GROUP => None,
+        Some(g) => Some(format!("group {}", g.name)),
+        None => Some(format!("group {gid}")),
+    }
+}
+
+/// A warning when the secret file `path` (named `what`: a key, or what
+/// the file is) can be read by more than the daemon; the one rule for
+/// configs with passwords, password files and API token files.
+pub fn readable_warning(what: &str, path: &Path) -> Option<String> {
+    let md = std::fs::metadata(path).ok()?;
+    let who = too_readable(&md)?;
+    Some(format!(
+        "{what} {} holds secrets but is readable by {who} (mode {:03o}): chmod go-r it (0640 root:marketprism-broker, or 0600)",
+        path.display(),
+        md.permissions().mode() & 0o777
+    ))
 }
 
 #[cfg(test)]

@@ -377,49 +377,15 @@ pub fn validate(c: &Config) -> Result<Vec<String>, Violation> {
     Ok(warnings)
 }
 
-/// The group the package runs the daemon as (systemd/*.sysusers).
-const SERVICE_GROUP: &str = "marketprism-broker";
-
-/// Who besides the daemon can read a secret file: others, or a group that
-/// is neither the checking process' own (check-config in ExecStartPre runs
-/// as the service user) nor the service's (root:marketprism-broker 0640 is
-/// how the package ships its config, and a root-run check-config should
-/// not cry wolf over that).
-fn too_readable(md: &std::fs::Metadata) -> Option<String> {
-    use std::os::unix::fs::MetadataExt;
-    let mode = md.mode();
-    if mode & 0o004 != 0 {
-        return Some("others".into());
-    }
-    if mode & 0o040 == 0 || md.gid() == nix::unistd::getegid().as_raw() {
-        return None;
-    }
-    let gid = nix::unistd::Gid::from_raw(md.gid());
-    match nix::unistd::Group::from_gid(gid).ok().flatten() {
-        Some(g) if g.name == SERVICE_GROUP => None,
-        Some(g) => Some(format!("group {}", g.name)),
-        None => Some(format!("group {gid}")),
-    }
-}
-
 /// `api.tokens_file` and `api.tls`: the files must load as the daemon
 /// will load them, so check-config, start-up and a reload refuse a bad one
 /// alike (a reload then keeps the old tokens and certificate).
 fn check_api_security(c: &Config, warnings: &mut Vec<String>) -> Result<(), Violation> {
-    use std::os::unix::fs::PermissionsExt;
     let api = &c.api;
     match &api.tokens_file {
         Some(path) => {
             crate::http::auth::Tokens::load(path).or_else(|m| fail(&["api", "tokens_file"], m))?;
-            if let Ok(md) = std::fs::metadata(path) {
-                if let Some(who) = too_readable(&md) {
-                    warnings.push(format!(
-                        "api.tokens_file {} is readable by {who} (mode {:03o}): its tokens are secrets; chmod go-r it",
-                        path.display(),
-                        md.permissions().mode() & 0o777,
-                    ));
-                }
-            }
+            warnings.extend(super::secrets::readable_warning("api.tokens_file", path));
         }
         None => {
             if api.tokens_for_reads {
