@@ -81,6 +81,8 @@ pub struct App {
     pub sse_clients: AtomicUsize,
     /// API tokens and TLS config in force; replaced by a reload.
     security: RwLock<Arc<crate::http::auth::Security>>,
+    /// Syncs the store for HTTP publishes under `nats.durability: sync`.
+    pub durability: crate::durability::GroupCommit,
 }
 
 impl App {
@@ -108,6 +110,7 @@ impl App {
             closing: watch::channel(false).0,
             sse_clients: AtomicUsize::new(0),
             security: RwLock::new(Arc::default()),
+            durability: crate::durability::GroupCommit::start(config.streams_dir()),
             config: RwLock::new(config),
         }
     }
@@ -367,6 +370,16 @@ impl App {
             ),
             Err(Lost::TimedOut) => Err("stream reconciliation took longer than 60 s".to_string()),
         };
+        if result.is_ok() && self.supervised && c.nats.jetstream_enabled {
+            // What reconciliation created must survive a power cut.
+            let dir = c.streams_dir();
+            match tokio::task::spawn_blocking(move || crate::durability::sync_metadata(&dir)).await
+            {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot sync the streams' metadata: {e}"),
+                Err(e) => tracing::warn!(error = %e, "cannot sync the streams' metadata: {e}"),
+            }
+        }
         let mut st = self.sync.lock().unwrap_or_else(|e| e.into_inner());
         match result {
             Ok(report) => {

@@ -20,10 +20,11 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use crate::app::{internal_credentials, App};
-use crate::config::{Loaded, Source};
+use crate::config::{Config, Loaded, Source};
 use crate::exit;
 use crate::natsconf::{self, Credentials, RenderOptions};
 use crate::reload::{self, NatsAction};
+use crate::server_version::ServerVersion;
 use crate::supervisor::{
     self, probe, Applied, ChildStatus, Command, Phase, Supervisor, SupervisorError,
 };
@@ -243,10 +244,26 @@ pub async fn run(loaded: Loaded, explicit: Option<PathBuf>) -> i32 {
                 return exit::UNAVAILABLE;
             }
         };
+        let server_version = ServerVersion::query(&bin);
+        match server_version {
+            Some(v) => {
+                tracing::info!(version = %v, bin = %bin.display(), "nats-server {v} ({})", bin.display())
+            }
+            None => {
+                tracing::warn!(bin = %bin.display(), "cannot tell the version of {}", bin.display())
+            }
+        }
+        if !say_durability(&config, server_version) {
+            if let Some(h) = ctx.http.take() {
+                h.stop().await;
+            }
+            return exit::CONFIG;
+        }
         let render = RenderOptions {
             internal: credentials,
             mask_secrets: false,
             source: source.clone(),
+            server_version,
         };
         let (cmd_tx, cmd_rx) = mpsc::channel(4);
         match Supervisor::new(config.clone(), render, bin, status_tx) {
@@ -261,6 +278,7 @@ pub async fn run(loaded: Loaded, explicit: Option<PathBuf>) -> i32 {
         }
     } else {
         drop(status_tx);
+        say_durability(&config, None);
     }
 
     let outcome = start_and_serve(&mut ctx, &mut signals).await;
@@ -291,6 +309,25 @@ pub async fn run(loaded: Loaded, explicit: Option<PathBuf>) -> i32 {
     let _ = std::fs::remove_file(ctx.runtime_dir.join(PID_FILE));
     tracing::info!(code, "marketprism-broker stopped");
     code
+}
+
+/// Logs, once, what the config and the server version mean for durability
+/// (see [`crate::server_version::durability_notes`]); false when the config
+/// asks the server for what it lacks.
+fn say_durability(config: &Config, v: Option<ServerVersion>) -> bool {
+    match crate::server_version::durability_notes(config, v) {
+        Ok(notes) => {
+            for n in notes {
+                tracing::warn!("durability: {n}");
+            }
+            true
+        }
+        Err(e) => {
+            tracing::error!("invalid config: {e}");
+            eprintln!("marketprism-broker: invalid config: {e}");
+            false
+        }
+    }
 }
 
 fn failure_code(e: &SupervisorError) -> i32 {
@@ -505,6 +542,13 @@ async fn apply_reload(ctx: &mut Ctx) -> Result<String, String> {
     if let Some(why) = plan.refused {
         return Err(format!("{why}; still running on the previous config"));
     }
+    if new.auto_start_nats {
+        let v = supervisor::resolve_server_bin(&new)
+            .ok()
+            .and_then(|b| ServerVersion::query(&b));
+        crate::server_version::durability_notes(&new, v)
+            .map_err(|e| format!("{e}; still running on the previous config"))?;
+    }
     let secured = security.describe();
     if plan.is_noop() && plan.nats == NatsAction::Nothing {
         ctx.app.set_security(security);
@@ -567,6 +611,7 @@ async fn apply_reload(ctx: &mut Ctx) -> Result<String, String> {
         }
     }
     ctx.app.set_config(new.clone());
+    ctx.app.durability.set_streams_dir(new.streams_dir());
     ctx.app.set_security(security);
     if let Some(what) = secured {
         summary.push(format!("re-read the HTTP API's {what}"));
@@ -836,12 +881,25 @@ pub fn check_config(loaded: &Loaded) -> i32 {
         eprintln!("warning: {w}");
     }
     let c = &loaded.config;
+    if !c.auto_start_nats {
+        if let Ok(notes) = crate::server_version::durability_notes(c, None) {
+            notes.iter().for_each(|n| eprintln!("warning: {n}"));
+        }
+    }
     if c.auto_start_nats {
         match supervisor::resolve_server_bin(c) {
             Err(e) => eprintln!(
                 "warning: {e}; nats-server's own check of the generated config was skipped"
             ),
             Ok(bin) => {
+                let v = ServerVersion::query(&bin);
+                match crate::server_version::durability_notes(c, v) {
+                    Ok(notes) => notes.iter().for_each(|n| eprintln!("warning: {n}")),
+                    Err(e) => {
+                        eprintln!("{}: {e}", source_text(loaded));
+                        return exit::CONFIG;
+                    }
+                }
                 if let Err(e) = nats_server_test(&bin, loaded) {
                     eprintln!(
                         "{}: the generated nats-server config is refused by {}: {e}",
@@ -905,6 +963,11 @@ pub fn render(loaded: &Loaded, mask: bool) -> String {
             internal,
             mask_secrets: mask,
             source: source_text(loaded),
+            // What the daemon would run, so this shows what it would render.
+            server_version: supervisor::resolve_server_bin(&loaded.config)
+                .ok()
+                .filter(|_| loaded.config.auto_start_nats)
+                .and_then(|b| ServerVersion::query(&b)),
         },
     )
 }

@@ -13,6 +13,8 @@
 //! - [`supervisor`]: the nats-server child: spawn, probe, restart, stop.
 //! - [`app`]: shared state: child status, NATS client, stream matcher, stats.
 //! - [`http`]: the HTTP API on hyper 1.x, /metrics, the nats-server monitor passthrough.
+//! - [`server_version`]: the nats-server release and what it offers for durability.
+//! - [`durability`]: group commit: an HTTP publish is answered after its ack and a sync of the stream's files.
 //! - [`coalesce`]: hands concurrent HTTP publishes to NATS together.
 //! - [`stats`]: message counters, latency histograms, rates, Prometheus text.
 //! - [`daemon`]: start-up and shutdown order; check-config, render-nats-config.
@@ -24,6 +26,7 @@ pub mod cluster;
 pub mod coalesce;
 pub mod config;
 pub mod daemon;
+pub mod durability;
 pub mod exit;
 pub mod http;
 pub mod jetstream;
@@ -32,6 +35,7 @@ pub mod mapping;
 pub mod natsconf;
 pub mod permissions;
 pub mod reload;
+pub mod server_version;
 pub mod stats;
 pub mod subject;
 pub mod supervisor;

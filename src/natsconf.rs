@@ -40,6 +40,9 @@ pub struct RenderOptions {
     pub mask_secrets: bool,
     /// Where the config came from, for the header comment.
     pub source: String,
+    /// The nats-server that will read the config: `sync_interval` is
+    /// rendered only where it exists (see [`crate::server_version`]).
+    pub server_version: Option<crate::server_version::ServerVersion>,
 }
 
 /// A double-quoted nats-conf string. Validation keeps control characters
@@ -177,6 +180,9 @@ pub fn render(c: &Config, opts: &RenderOptions) -> String {
         let _ = writeln!(w, "  store_dir: {}", q(&c.data_dir().to_string_lossy()));
         let _ = writeln!(w, "  max_memory_store: {}", n.jetstream_max_memory.bytes());
         let _ = writeln!(w, "  max_file_store: {}", n.jetstream_max_storage.bytes());
+        if let Some(si) = crate::server_version::sync_interval(c, opts.server_version) {
+            let _ = writeln!(w, "  sync_interval: {}", q(&si.render()));
+        }
         let _ = writeln!(w, "}}");
     }
 
@@ -489,6 +495,27 @@ nats:
             !text.contains("\ntls {"),
             "client TLS was not asked for: {text}"
         );
+    }
+
+    #[test]
+    fn sync_interval_is_rendered_quoted_where_the_server_has_it() {
+        use crate::server_version::ServerVersion;
+        let with = |yaml: &str, v: &str| {
+            render(
+                &cfg(yaml),
+                &RenderOptions {
+                    server_version: ServerVersion::parse(v),
+                    ..opts()
+                },
+            )
+        };
+        // Quoted: nats-server's lexer reads a bare 2m as the number 2000000.
+        let text = with("port: 1\n", "v2.10.27");
+        assert!(text.contains("  sync_interval: \"1s\"\n}"), "{text}");
+        let text = with("nats:\n  sync_interval: always\n", "v2.15.1");
+        assert!(text.contains("  sync_interval: \"always\"\n"), "{text}");
+        let text = with("port: 1\n", "v2.9.10");
+        assert!(!text.contains("sync_interval"), "{text}");
     }
 
     #[test]

@@ -213,7 +213,17 @@ pub fn plan(old: &Config, new: &Config) -> ReloadPlan {
     d.field("api.tls", &old.api.tls, &new.api.tls, Nothing);
 
     let (o, n) = (&old.nats, &new.nats);
+    // Read by every publish as it comes: nothing else to do.
+    d.field("nats.durability", &o.durability, &n.durability, Nothing);
     if new.auto_start_nats {
+        // Not among what nats-server reloads in place (its store is set up
+        // at start).
+        d.field(
+            "nats.sync_interval",
+            &o.sync_interval,
+            &n.sync_interval,
+            Restart,
+        );
         let ports = d.field("nats.nats_port", &o.nats_port, &n.nats_port, Restart)
             | d.field("nats.host", &o.host, &n.host, Restart);
         d.plan.reconnect_client |= ports;
@@ -380,6 +390,19 @@ mod tests {
             .changes
             .iter()
             .any(|c| c.starts_with("api.tls: None -> Some(")));
+    }
+
+    #[test]
+    fn durability_applies_in_place_and_sync_interval_restarts_nats_server() {
+        let r = p("port: 1\n", "port: 1\nnats: {durability: lazy}\n");
+        assert_eq!(r.nats, NatsAction::Nothing);
+        assert_eq!(r.changes, ["nats.durability: Sync -> Lazy"]);
+        let r = p("port: 1\n", "port: 1\nnats: {sync_interval: always}\n");
+        assert_eq!(r.nats, NatsAction::Restart);
+        assert_eq!(
+            r.changes,
+            ["nats.sync_interval: None -> Some(Always) (restarts nats-server)"]
+        );
     }
 
     #[test]

@@ -212,7 +212,7 @@ async fn published_messages_can_be_read_back_with_async_nats() {
     assert_eq!(status, 200, "{resp}");
     assert_eq!(
         resp,
-        json!({"success": true, "persisted": true, "stream": "MARKET_DATA", "seq": 1, "duplicate": false})
+        json!({"success": true, "persisted": true, "durable": true, "stream": "MARKET_DATA", "seq": 1, "duplicate": false})
     );
     let stream = js.get_stream("MARKET_DATA").await.unwrap();
     let msg = stream.get_raw_message(1).await.unwrap();
@@ -228,7 +228,10 @@ async fn published_messages_can_be_read_back_with_async_nats() {
     let mut sub = subscribe_synced(&client, "test.message").await;
     let (status, resp) = d.publish("test.message", json!("Hello World")).await;
     assert_eq!(status, 200, "{resp}");
-    assert_eq!(resp, json!({"success": true, "persisted": false}));
+    assert_eq!(
+        resp,
+        json!({"success": true, "persisted": false, "durable": false})
+    );
     use futures::StreamExt;
     let got = tokio::time::timeout(Duration::from_secs(5), sub.next())
         .await

@@ -106,6 +106,7 @@ fn opts() -> RenderOptions {
             password: "fuzz-generated".into(),
         }),
         mask_secrets: false,
+        server_version: None,
         source: "fuzz".into(),
     }
 }

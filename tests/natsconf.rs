@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use marketprism_broker::config::{load_file, Config};
 use marketprism_broker::natsconf::{render, Credentials, RenderOptions, INTERNAL_USER};
+use marketprism_broker::server_version::ServerVersion;
 
 fn shipped_configs() -> Vec<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -41,7 +42,9 @@ fn localized(path: &Path, dir: &Path) -> Config {
     c
 }
 
-fn rendered(c: &Config) -> String {
+/// As the daemon renders it for `bin` (whose version decides whether
+/// `sync_interval` is written).
+fn rendered(c: &Config, bin: &Path) -> String {
     render(
         c,
         &RenderOptions {
@@ -51,6 +54,7 @@ fn rendered(c: &Config) -> String {
             }),
             mask_secrets: false,
             source: "test".into(),
+            server_version: ServerVersion::query(bin),
         },
     )
 }
@@ -61,7 +65,7 @@ fn nats_server_t_accepts_every_shipped_config_on_both_versions() {
         for path in shipped_configs() {
             let dir = tempfile::tempdir().unwrap();
             let conf = dir.path().join("nats-server.conf");
-            std::fs::write(&conf, rendered(&localized(&path, dir.path()))).unwrap();
+            std::fs::write(&conf, rendered(&localized(&path, dir.path()), &bin)).unwrap();
             if let Err(e) = nats_server_t(&bin, &conf) {
                 panic!(
                     "{} -t refuses the rendering of {}:\n{e}",
@@ -80,7 +84,7 @@ async fn nats_server_starts_on_every_shipped_config_on_both_versions() {
             let dir = tempfile::tempdir().unwrap();
             let c = localized(&path, dir.path());
             let conf = dir.path().join("nats-server.conf");
-            std::fs::write(&conf, rendered(&c)).unwrap();
+            std::fs::write(&conf, rendered(&c, &bin)).unwrap();
             let mut child = Command::new(&bin)
                 .arg("-c")
                 .arg(&conf)

@@ -65,9 +65,13 @@ async fn a_batch_is_published_in_order_and_answered_per_entry() {
     assert_eq!(seqs, vec![1, 2, 3, 4], "in order, one stream sequence: {v}");
     for i in [0, 1, 2, 5] {
         assert_eq!(r[i]["persisted"], true, "{v}");
+        assert_eq!(r[i]["durable"], true, "one sync covers the batch: {v}");
         assert_eq!(r[i]["stream"], "MARKET_DATA", "{v}");
     }
-    assert_eq!(r[3], json!({"success": true, "persisted": false}));
+    assert_eq!(
+        r[3],
+        json!({"success": true, "persisted": false, "durable": false})
+    );
     assert_eq!(r[4]["success"], false);
     assert_eq!(r[4]["status"], 400);
     assert_eq!(r[4]["error"]["code"], "invalid_subject");

@@ -309,6 +309,16 @@ impl Config {
             .unwrap_or_else(|| PathBuf::from("data/nats"))
     }
 
+    /// Where nats-server keeps the streams of the account every client
+    /// lives in (`<store_dir>/jetstream/<account>/streams`): what the group
+    /// commit syncs.
+    pub fn streams_dir(&self) -> PathBuf {
+        self.data_dir()
+            .join("jetstream")
+            .join(crate::natsconf::ACCOUNT)
+            .join("streams")
+    }
+
     /// Runtime directory for the pid file: $RUNTIME_DIRECTORY under systemd,
     /// else the state directory.
     pub fn runtime_dir(&self) -> PathBuf {

@@ -95,6 +95,97 @@ pub struct NatsConfig {
     /// Subject mappings: source pattern -> destination(s), rendered into
     /// the account nats-server runs clients in.
     pub mappings: BTreeMap<String, MappingConfig>,
+    /// What an HTTP publish's answer waits for: `sync` (the JetStream ack
+    /// and a sync of the stream's files to disk, shared by concurrent
+    /// publishes) or `lazy` (the ack only). Reloadable.
+    pub durability: Durability,
+    /// nats-server's own store sync (`jetstream { sync_interval }`, 2.10
+    /// and later): how old the newest unsynced write of a native client
+    /// may get. A duration or `always`. Absent: [`DEFAULT_SYNC_INTERVAL`]
+    /// where the server has the key (2.9.x has not: it syncs every 2 min).
+    pub sync_interval: Option<SyncInterval>,
+}
+
+/// nats-server's store sync interval rendered when none is configured:
+/// short enough that a power cut loses at most this much of what native
+/// clients were acknowledged, long enough to cost little (one fsync per
+/// written block per interval).
+pub const DEFAULT_SYNC_INTERVAL: Dur = Dur::secs(1);
+
+/// `nats.durability`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Answer after the ack and a sync that covers it (group commit).
+    #[default]
+    Sync,
+    /// Answer after the ack: the message may be only in the page cache.
+    Lazy,
+}
+
+/// `nats.sync_interval`: a duration or `always`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncInterval {
+    /// nats-server syncs every message before it acks (no group commit).
+    Always,
+    Every(Dur),
+}
+
+impl SyncInterval {
+    /// The value as nats-server's config takes it.
+    pub fn render(self) -> String {
+        match self {
+            SyncInterval::Always => "always".into(),
+            SyncInterval::Every(d) => d.to_go(),
+        }
+    }
+}
+
+impl fmt::Display for SyncInterval {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.render())
+    }
+}
+
+impl<'de> Deserialize<'de> for SyncInterval {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = SyncInterval;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("\"always\" or a duration such as \"1s\" or \"100ms\"")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<SyncInterval, E> {
+                if v.trim().eq_ignore_ascii_case("always") {
+                    return Ok(SyncInterval::Always);
+                }
+                let d = Dur::parse(v).map_err(|e| E::custom(format!("{e}, or \"always\"")))?;
+                SyncInterval::every(d).map_err(E::custom)
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<SyncInterval, E> {
+                let d: Dur = de::Deserialize::deserialize(de::value::U64Deserializer::<E>::new(v))?;
+                SyncInterval::every(d).map_err(E::custom)
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<SyncInterval, E> {
+                let d: Dur = de::Deserialize::deserialize(de::value::I64Deserializer::<E>::new(v))?;
+                SyncInterval::every(d).map_err(E::custom)
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<SyncInterval, E> {
+                let d: Dur = de::Deserialize::deserialize(de::value::F64Deserializer::<E>::new(v))?;
+                SyncInterval::every(d).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl SyncInterval {
+    fn every(d: Dur) -> Result<SyncInterval, String> {
+        if d.get().is_zero() {
+            return Err("a sync_interval of 0 would never sync: use \"always\" or a positive duration such as \"1s\"".into());
+        }
+        Ok(SyncInterval::Every(d))
+    }
 }
 
 impl Default for NatsConfig {
@@ -129,6 +220,8 @@ impl Default for NatsConfig {
             tls: None,
             cluster_tls: None,
             mappings: BTreeMap::new(),
+            durability: Durability::Sync,
+            sync_interval: None,
         }
     }
 }

@@ -725,3 +725,32 @@ fn api_tls_keys_are_named() {
     let e = yaml_err("api:\n  tls:\n    cert_file: a.pem\n    keyfile: k.pem\n");
     assert!(e.message.contains("key_file"), "{e}");
 }
+
+#[test]
+fn durability_and_sync_interval_parse_with_clear_errors() {
+    let c = yaml("port: 1\n").unwrap();
+    assert_eq!(c.nats.durability, Durability::Sync);
+    assert_eq!(c.nats.sync_interval, None);
+    let c = yaml("nats:\n  durability: lazy\n  sync_interval: always\n").unwrap();
+    assert_eq!(c.nats.durability, Durability::Lazy);
+    assert_eq!(c.nats.sync_interval, Some(SyncInterval::Always));
+    let c = yaml("nats:\n  sync_interval: 250ms\n").unwrap();
+    assert_eq!(
+        c.nats.sync_interval,
+        Some(SyncInterval::Every(Dur::millis(250)))
+    );
+    let c = toml::from_str::<Config>("[nats]\nsync_interval = 2\n").unwrap();
+    assert_eq!(
+        c.nats.sync_interval,
+        Some(SyncInterval::Every(Dur::secs(2)))
+    );
+
+    let e = yaml_err("nats:\n  durability: fast\n");
+    assert_eq!((e.line, e.key.as_str()), (Some(2), "nats.durability"));
+    assert!(e.message.contains("`sync`, `lazy`"), "{e}");
+    let e = yaml_err("port: 1\nnats:\n  sync_interval: sometimes\n");
+    assert_eq!((e.line, e.key.as_str()), (Some(3), "nats.sync_interval"));
+    assert!(e.message.contains("or \"always\""), "{e}");
+    let e = yaml_err("nats:\n  sync_interval: 0\n");
+    assert!(e.message.contains("would never sync"), "{e}");
+}

@@ -10,6 +10,7 @@
 //! series exist only for the streams the config declares and their durable
 //! consumers, so their number stays bounded.
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream;
@@ -193,6 +194,37 @@ pub async fn metrics(app: &App) -> Result<Resp, ApiError> {
         &stats.ack_latency.snapshot(),
         1e9,
     );
+    let sync = app.durability.stats();
+    t.histogram(
+        &n("sync_seconds"),
+        "Group-commit syncs of the JetStream store (nats.durability: sync), start to end: one covers every HTTP publish acknowledged before it began.",
+        &sync.seconds.snapshot(),
+        1e9,
+    );
+    t.histogram(
+        &n("sync_acks"),
+        "Acknowledged HTTP publishes each group-commit sync covered.",
+        &sync.acks.snapshot(),
+        1.0,
+    );
+    t.family(
+        &n("syncs_total"),
+        Kind::Counter,
+        "Group-commit syncs of the JetStream store, failed ones included.",
+    );
+    t.int(&n("syncs_total"), &[], sync.syncs.load(Relaxed));
+    t.family(
+        &n("sync_failures_total"),
+        Kind::Counter,
+        "Failed group-commit syncs by cause: no_space (ENOSPC, EDQUOT: answered 507), io (EIO and the rest: answered 503).",
+    );
+    for k in crate::durability::FailureKind::ALL {
+        t.int(
+            &n("sync_failures_total"),
+            &[("error", k.as_str())],
+            sync.failures[k as usize].load(Relaxed),
+        );
+    }
     t.histogram(
         &n("batch_entries"),
         "Entries per POST /api/v1/publish/batch request.",

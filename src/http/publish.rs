@@ -22,7 +22,8 @@ use serde_json::value::RawValue;
 
 use super::error::{json_bytes, ApiError};
 use crate::app::{App, Lost, Nats};
-use crate::config::Config;
+use crate::config::{Config, Durability};
+use crate::durability::{Coverage, FailureKind, SyncError};
 use crate::stats::Endpoint;
 use crate::subject;
 
@@ -65,6 +66,11 @@ pub struct Entry {
 struct Outcome {
     success: bool,
     persisted: bool,
+    /// The guarantee the answer carries: the message is on this machine's
+    /// disk (a one-replica stream, `nats.durability: sync`, and a sync that
+    /// began after the ack). False for core publishes, `lazy`, replicated
+    /// streams and stores the daemon cannot reach (see README, Durability).
+    durable: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     stream: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -78,6 +84,7 @@ impl Outcome {
         Outcome {
             success: true,
             persisted: false,
+            durable: false,
             stream: None,
             seq: None,
             duplicate: None,
@@ -303,6 +310,51 @@ fn store_full(app: &App, e: ApiError) -> ApiError {
     }
 }
 
+/// Whether answers wait for a sync: `nats.durability: sync` and a store
+/// on this machine (a supervised nats-server with JetStream).
+fn syncs(app: &App, cfg: &Config) -> bool {
+    cfg.nats.durability == Durability::Sync && app.supervised && cfg.nats.jetstream_enabled
+}
+
+/// Waits for a sync that covers `acks` acknowledged publishes to `streams`
+/// (see [`crate::durability`]); what each stream's messages got. A sync
+/// that fails or does not end within `timeout` is an error: the messages
+/// are stored but not promised to survive a power cut, so no 200.
+async fn sync_acked<'a>(
+    app: &App,
+    timeout: Duration,
+    streams: impl IntoIterator<Item = &'a str>,
+    acks: u64,
+) -> Result<BTreeMap<String, Coverage>, ApiError> {
+    match tokio::time::timeout(timeout, app.durability.commit(streams, acks)).await {
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e)) => Err(sync_failed(&e)),
+        Err(_) => Err(ApiError {
+            code: "sync_timeout",
+            ..ApiError::unavailable(format!(
+                "the stream acknowledged the message, but syncing it to disk did not finish within {timeout:?}; it may be lost by a power cut: retry (with a msg_id, nats-server drops the duplicate)"
+            ))
+        }),
+    }
+}
+
+fn sync_failed(e: &SyncError) -> ApiError {
+    let message = format!(
+        "the stream acknowledged the message, but syncing it to disk failed ({e}); it may be lost by a power cut: retry (with a msg_id, nats-server drops the duplicate)"
+    );
+    match e.kind {
+        FailureKind::NoSpace => ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "insufficient_storage",
+            message,
+        ),
+        FailureKind::Io => ApiError {
+            code: "sync_failed",
+            ..ApiError::unavailable(message)
+        },
+    }
+}
+
 /// Hands a JetStream publish to the connection; the returned future is the
 /// ack.
 fn js_message(e: Entry) -> (String, PublishMessage) {
@@ -318,6 +370,7 @@ fn acked(a: PublishAck) -> Outcome {
     Outcome {
         success: true,
         persisted: true,
+        durable: false,
         stream: Some(a.stream),
         seq: Some(a.sequence),
         duplicate: Some(a.duplicate),
@@ -476,7 +529,17 @@ async fn single_inner(app: &App, req: Request<Incoming>) -> Result<Outcome, ApiE
     let timeout = cfg.api.publish_timeout.get();
     let matcher = app.matcher();
     match matcher.stream_for(&entry.subject) {
-        Some(stream) => publish_js(app, timeout, &nats, stream, entry).await,
+        Some(stream) => {
+            let mut o = publish_js(app, timeout, &nats, stream, entry).await?;
+            if syncs(app, &cfg) {
+                let got = sync_acked(app, timeout, o.stream.as_deref(), 1).await?;
+                o.durable = o
+                    .stream
+                    .as_ref()
+                    .is_some_and(|s| got.get(s) == Some(&Coverage::Durable));
+            }
+            Ok(o)
+        }
         None => send_core(timeout, &nats, entry).await,
     }
 }
@@ -626,6 +689,9 @@ pub async fn batch(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> 
     while let Some((j, r)) = acks.next().await {
         results[j] = Some(r);
     }
+    if syncs(app, &cfg) {
+        make_durable(app, timeout, &mut results).await;
+    }
     let mut succeeded = 0;
     let results: Vec<EntryAnswer> = results
         .into_iter()
@@ -658,6 +724,34 @@ pub async fn batch(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> 
         status,
         serde_json::to_vec(&answer).unwrap_or_default(),
     ))
+}
+
+/// One sync for every acknowledged entry of a batch: each then carries
+/// what its stream got, or, when the sync failed, the error.
+async fn make_durable(
+    app: &App,
+    timeout: Duration,
+    results: &mut [Option<Result<Outcome, ApiError>>],
+) {
+    let acked = || {
+        results
+            .iter()
+            .filter_map(|r| r.as_ref()?.as_ref().ok()?.stream.as_deref())
+    };
+    let count = acked().count() as u64;
+    if count == 0 {
+        return;
+    }
+    let streams: std::collections::BTreeSet<&str> = acked().collect();
+    let got = sync_acked(app, timeout, streams, count).await;
+    for r in results.iter_mut() {
+        let Some(Ok(o)) = r else { continue };
+        let Some(stream) = &o.stream else { continue };
+        match &got {
+            Ok(c) => o.durable = c.get(stream) == Some(&Coverage::Durable),
+            Err(e) => *r = Some(Err(e.clone())),
+        }
+    }
 }
 
 #[cfg(test)]

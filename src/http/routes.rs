@@ -142,6 +142,21 @@ async fn health(app: &App) -> Result<Resp, ApiError> {
             problems.push(full);
         }
     }
+    if let Some(f) = app.durability.recent_failure() {
+        let ago = SystemTime::now()
+            .duration_since(f.at)
+            .unwrap_or_default()
+            .as_secs();
+        problems.push(format!(
+            "syncing the JetStream store to disk failed {ago} s ago ({}); the publishes waiting for it were answered {} (listed for {} s after a failure)",
+            f.error,
+            match f.error.kind {
+                crate::durability::FailureKind::NoSpace => "507",
+                crate::durability::FailureKind::Io => "503",
+            },
+            crate::durability::FAILURE_SHOWN_FOR.as_secs()
+        ));
+    }
     let connected = app.is_connected();
     if !connected {
         problems.push(format!(

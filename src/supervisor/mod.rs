@@ -487,7 +487,10 @@ impl Supervisor {
         self.client = probe::connect_addr(&n.host, n.nats_port);
         if n.server_bin != self.config.nats.server_bin {
             match resolve_server_bin(&config) {
-                Ok(bin) => self.bin = bin,
+                Ok(bin) => {
+                    self.render.server_version = crate::server_version::ServerVersion::query(&bin);
+                    self.bin = bin;
+                }
                 Err(e) => {
                     let _ = reply.send(Applied::Refused(e));
                     return None;
