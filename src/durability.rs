@@ -19,9 +19,9 @@
 //! is older than the block, so the block's bytes are what must survive.
 //!
 //! Group commit. Requests register their stream and wait for the group
-//! they joined; one task takes the whole group, syncs it, answers it, and
+//! they joined; one thread takes the whole group, syncs it, answers it, and
 //! at once takes the next group, which holds every ack that arrived
-//! while it synced. A lone publish waits for no timer: the task wakes as
+//! while it synced. A lone publish waits for no timer: the thread wakes as
 //! soon as it registers.
 //!
 //! Why fdatasync of the block files and not syncfs(2): syncfs writes out
@@ -43,11 +43,11 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 
 use crate::stats::{BatchSize, Histogram, Latency};
 
@@ -169,37 +169,51 @@ pub const FAILURE_SHOWN_FOR: Duration = Duration::from_secs(60);
 
 struct Shared {
     pending: Mutex<Pending>,
-    /// Its own Arc: the task waits on it without keeping `Shared` alive.
-    wake: Arc<Notify>,
+    /// Wakes the sync thread: requests are pending, or it should end.
+    wake: Condvar,
+    /// Set when the [`GroupCommit`] is dropped.
+    closed: AtomicBool,
     files: Mutex<StoreFiles>,
     last_failure: Mutex<Option<LastFailure>>,
     stats: SyncStats,
 }
 
-/// The group committer of one store; its task ends when this is dropped.
+/// The group committer of one store; its thread ends when this is dropped.
 pub struct GroupCommit {
     shared: Arc<Shared>,
 }
 
 impl Drop for GroupCommit {
     fn drop(&mut self) {
-        // The task holds only a weak reference: waking it lets it see that.
+        self.shared.closed.store(true, Relaxed);
+        let _guard = lock(&self.shared.pending);
         self.shared.wake.notify_one();
     }
 }
 
 impl GroupCommit {
-    /// Starts the sync task (inside the runtime) for the streams under
-    /// `streams_dir` (`<store>/jetstream/<account>/streams`).
+    /// Starts the sync thread for the streams under `streams_dir`
+    /// (`<store>/jetstream/<account>/streams`).
+    ///
+    /// A thread of its own, not a task: under load the runtime's workers
+    /// are busy with requests, and a sync that waits its turn there (then
+    /// hands off to the blocking pool, then wakes a task again) keeps every
+    /// publish of its group waiting too. Measured with the benchmark at 16
+    /// connections: about a third more publishes per second this way.
     pub fn start(streams_dir: PathBuf) -> GroupCommit {
         let shared = Arc::new(Shared {
             pending: Mutex::new(Pending::new()),
-            wake: Arc::new(Notify::new()),
+            wake: Condvar::new(),
+            closed: AtomicBool::new(false),
             files: Mutex::new(StoreFiles::new(streams_dir)),
             last_failure: Mutex::new(None),
             stats: SyncStats::default(),
         });
-        tokio::spawn(run(Arc::downgrade(&shared)));
+        let s = shared.clone();
+        std::thread::Builder::new()
+            .name("group-commit".into())
+            .spawn(move || run(&s))
+            .expect("cannot start the group-commit thread");
         GroupCommit { shared }
     }
 
@@ -226,9 +240,9 @@ impl GroupCommit {
                 }
             }
             p.acks += acks;
+            self.shared.wake.notify_one();
             p.done.subscribe()
         };
-        self.shared.wake.notify_one();
         let result = match rx.wait_for(|r| r.is_some()).await {
             Ok(r) => r.clone().expect("waited for Some"),
             Err(_) => {
@@ -236,7 +250,7 @@ impl GroupCommit {
                     kind: FailureKind::Io,
                     what: "sync",
                     path: String::new(),
-                    error: "the sync task ended".into(),
+                    error: "the sync thread ended".into(),
                 })
             }
         };
@@ -268,34 +282,23 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-async fn run(shared: std::sync::Weak<Shared>) {
+fn run(s: &Shared) {
     loop {
-        let Some(s) = shared.upgrade() else { return };
         let group = {
             let mut p = lock(&s.pending);
-            (p.acks > 0 || !p.streams.is_empty())
-                .then(|| std::mem::replace(&mut *p, Pending::new()))
-        };
-        let Some(group) = group else {
-            let wake = s.wake.clone();
-            drop(s);
-            // A permit stored by notify_one in between is not lost.
-            wake.notified().await;
-            continue;
+            loop {
+                if s.closed.load(Relaxed) {
+                    return;
+                }
+                if p.acks > 0 || !p.streams.is_empty() {
+                    break std::mem::replace(&mut *p, Pending::new());
+                }
+                p = s.wake.wait(p).unwrap_or_else(|e| e.into_inner());
+            }
         };
         let started = Instant::now();
         let streams: Vec<String> = group.streams.into_iter().collect();
-        let s2 = s.clone();
-        let outcome = tokio::task::spawn_blocking(move || lock(&s2.files).sync(&streams))
-            .await
-            .unwrap_or_else(|e| {
-                Err(SyncError {
-                    kind: FailureKind::Io,
-                    what: "sync",
-                    path: String::new(),
-                    error: format!("the sync panicked: {e}"),
-                })
-            });
+        let outcome = lock(&s.files).sync(&streams);
         s.stats.seconds.observe_duration(started.elapsed());
         s.stats.acks.observe(group.acks);
         s.stats.syncs.fetch_add(1, Relaxed);
