@@ -13,6 +13,12 @@
 //!    else from a hyper client in this process (`--loadgen` chooses);
 //! 3. HTTP batch publish: 100 and 1000 messages a request (JSON array),
 //!    over 4 connections;
+//!    every HTTP load runs twice, with `nats.durability: lazy` (answered
+//!    on the ack, like the direct client) and `sync` (answered after a
+//!    group-commit sync), switched by a config reload between them;
+//!    the anchor for `sync`: direct async-nats publishes, 16 in flight, to
+//!    a current nats-server with `sync_interval: always` (its own per-
+//!    message sync; $MPB_NATS_SERVER_CURRENT, else .venv/bin/nats-server);
 //! 4. readiness: exec of the daemon to READY=1 on a real notify socket,
 //!    next to exec of nats-server alone (same rendered config) to /healthz;
 //! 5. recovery: kill -9 of nats-server under HTTP load until /health is 200
@@ -477,6 +483,62 @@ async fn published_count(http: u16) -> u64 {
     }
 }
 
+/// The current nats-server the tests install, for the anchor.
+fn current_nats_server() -> Option<PathBuf> {
+    std::env::var_os("MPB_NATS_SERVER_CURRENT")
+        .map(PathBuf::from)
+        .or_else(|| Some(PathBuf::from(".venv/bin/nats-server")))
+        .filter(|p| p.is_file())
+}
+
+/// Direct async-nats publishes, `inflight` at a time, to a nats-server of
+/// its own with `jetstream { sync_interval: always }`, into a file stream
+/// capturing the same subject.
+async fn sync_always_load(bin: &Path, inflight: usize, warm: f64, secs: f64) -> Run {
+    let dir = tempfile::tempdir().unwrap();
+    let [port] = free_ports::<1>();
+    let conf = dir.path().join("nats-server.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "host: 127.0.0.1\nport: {port}\njetstream {{\n  store_dir: {:?}\n  sync_interval: always\n}}\n",
+            dir.path().join("store").display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(bin)
+        .arg("-c")
+        .arg(&conf)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("nats://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let client = loop {
+        if let Ok(c) = async_nats::connect(&url).await {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "{} did not start", bin.display());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let js = async_nats::jetstream::new(client);
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "MARKET_DATA".into(),
+        subjects: vec!["market.>".into()],
+        ..Default::default()
+    })
+    .await
+    .expect("create the anchor's stream");
+    direct_load(&js, inflight, warm).await;
+    let mut run = direct_load(&js, inflight, secs).await;
+    run.label = format!("direct async-nats, {inflight} in flight, sync_interval always");
+    let _ = child.kill();
+    let _ = child.wait();
+    run
+}
+
 // ---------------------------------------------------------- recovery ----
 
 struct Recovery {
@@ -620,6 +682,27 @@ async fn run(opts: Opts) {
         })
     };
     let (mut direct, mut http, mut batch) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut http_sync, mut batch_sync) = (Vec::new(), Vec::new());
+    let spec = opts.spec();
+    // One HTTP load under each durability, lazy first; the daemon is left
+    // on sync (its default).
+    let both = |conns: usize, load: Load, label: String| {
+        let (d, spec, js, gen) = (&d, &spec, &js, &opts.loadgen);
+        async move {
+            let mut out = Vec::new();
+            for (mode, extra) in [("lazy", "  durability: lazy\n"), ("sync", "")] {
+                d.reload_with(spec, extra);
+                let label = format!("{label}, {mode}");
+                purge(js).await;
+                http_run(gen, d.http, conns, warm, &load, &label).await;
+                purge(js).await;
+                let run = http_run(gen, d.http, conns, opts.secs, &load, &label);
+                out.push(with_cpu(pids, run).await);
+            }
+            let sync = out.pop().unwrap();
+            (out.pop().unwrap(), sync)
+        }
+    };
     for n in [1, 16, 256] {
         purge(&js).await;
         direct_load(&js, n, warm).await;
@@ -630,25 +713,28 @@ async fn run(opts: Opts) {
             "HTTP publish, {conns} connection{}",
             if conns == 1 { "" } else { "s" }
         );
-        let single = Load::single();
-        purge(&js).await;
-        http_run(&opts.loadgen, d.http, conns, warm, &single, &label).await;
-        purge(&js).await;
-        let run = http_run(&opts.loadgen, d.http, conns, opts.secs, &single, &label);
-        http.push(with_cpu(pids, run).await);
+        let (lazy, sync) = both(conns, Load::single(), label).await;
+        http.push(lazy);
+        http_sync.push(sync);
     }
     for n in [100, 1000] {
         let label = format!("HTTP batch of {n}, 4 conns (p50/p99: request)");
-        let load = Load::batch(n);
-        purge(&js).await;
-        http_run(&opts.loadgen, d.http, 4, warm, &load, &label).await;
-        purge(&js).await;
-        let run = http_run(&opts.loadgen, d.http, 4, opts.secs, &load, &label);
-        batch.push(with_cpu(pids, run).await);
+        let (lazy, sync) = both(4, Load::batch(n), label).await;
+        batch.push(lazy);
+        batch_sync.push(sync);
     }
     sampling.store(false, Relaxed);
     sampler.await.unwrap();
     let rss_load = peak.load(Relaxed) as f64 / 1024.0;
+
+    // The anchor for the sync rows: nats-server's own per-message sync.
+    let always = match current_nats_server() {
+        Some(bin) => Some(sync_always_load(&bin, 16, warm, opts.secs).await),
+        None => {
+            println!("no current nats-server ($MPB_NATS_SERVER_CURRENT or .venv/bin/nats-server): the sync_interval: always anchor is skipped");
+            None
+        }
+    };
 
     // 5. Recovery, each kill a first crash (stable_after is 2 s).
     let mut rec = Vec::new();
@@ -666,7 +752,12 @@ async fn run(opts: Opts) {
         "{:<48} {:>10} {:>9} {:>9} {:>7} {:>16}",
         "load", "per s", "p50 ms", "p99 ms", "errors", "CPU s/100k d+n"
     );
-    for r in direct.iter().chain(http.iter()).chain(batch.iter()) {
+    for r in direct
+        .iter()
+        .chain(always.iter())
+        .chain(http.iter().zip(&http_sync).flat_map(|(a, b)| [a, b]))
+        .chain(batch.iter().zip(&batch_sync).flat_map(|(a, b)| [a, b]))
+    {
         let (dc, nc) = r.cpu.unwrap_or((f64::NAN, f64::NAN));
         println!(
             "{:<48} {:>10.0} {:>9.3} {:>9.3} {:>7} {:>7.2} + {:<6.2}",
@@ -721,6 +812,29 @@ async fn run(opts: Opts) {
         format!("{rb:.2}"),
         ">= 0.80",
         Some(rb >= 0.8),
+    );
+    let s16 = ratio(&http_sync[1], &http[1]);
+    line(
+        "HTTP sync 16 conns / HTTP lazy 16 conns",
+        format!("{s16:.2}"),
+        ">= 0.50",
+        Some(s16 >= 0.5),
+    );
+    if let Some(a) = &always {
+        let sa = ratio(&http_sync[1], a);
+        line(
+            "HTTP sync 16 conns / direct sync_interval always 16",
+            format!("{sa:.2}"),
+            ">= 5.00",
+            Some(sa >= 5.0),
+        );
+    }
+    let sb = ratio(&batch_sync[1], &batch[1]);
+    line(
+        "HTTP batch 1000 sync / HTTP batch 1000 lazy",
+        format!("{sb:.2}"),
+        ">= 0.60",
+        Some(sb >= 0.6),
     );
     line(
         "nats-server alone: exec to /healthz (ms, median)",
@@ -803,6 +917,11 @@ async fn run(opts: Opts) {
             "direct": direct.iter().map(Run::json).collect::<Vec<_>>(),
             "http": http.iter().map(Run::json).collect::<Vec<_>>(),
             "http_batch": batch.iter().map(Run::json).collect::<Vec<_>>(),
+            "http_sync": http_sync.iter().map(Run::json).collect::<Vec<_>>(),
+            "http_batch_sync": batch_sync.iter().map(Run::json).collect::<Vec<_>>(),
+            "direct_sync_always": always.as_ref().map(Run::json),
+            "durability_ratios": {"sync16_lazy16": s16, "batch1000_sync_lazy": sb,
+                "sync16_direct_always16": always.as_ref().map(|a| ratio(&http_sync[1], a))},
             "ratios": {"batch1000_direct256": rb, "http1_direct1": r1, "http16_direct16": r16, "http64_direct256": r64},
             "readiness_ms": {"nats_server_alone": ms(alone), "daemon_ready": ms(daemon_ready)},
             "recovery_ms": rec.iter().map(|r| json!({"healthy": ms(r.healthy), "first_ack": ms(r.first_ack)})).collect::<Vec<_>>(),

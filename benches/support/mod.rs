@@ -189,6 +189,38 @@ impl Daemon {
         self.dir.path().join("broker.yaml")
     }
 
+    /// Rewrites the config with `nats_extra` under `nats:` and reloads it
+    /// (SIGHUP); returns once the daemon reports the reload done.
+    pub fn reload_with(&self, spec: &Spec, nats_extra: &str) {
+        let state = self.dir.path().join("state/reload-state");
+        let count = |s: &str| s.split('\t').next().and_then(|n| n.parse::<u64>().ok());
+        let before = std::fs::read_to_string(&state)
+            .ok()
+            .and_then(|s| count(&s))
+            .unwrap_or(0);
+        write_config(
+            self.dir.path(),
+            (self.http, self.nats, self.monitor),
+            &spec.nats_server,
+            nats_extra,
+        );
+        self.signal(Signal::SIGHUP);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = std::fs::read_to_string(&state).unwrap_or_default();
+            if count(&text).is_some_and(|c| c > before) {
+                assert!(text.contains("\tok\t"), "the reload failed: {text}");
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no reload within 30 s:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     pub fn signal(&self, sig: Signal) {
         let _ = kill(Pid::from_raw(self.pid() as i32), sig);
     }
