@@ -244,7 +244,12 @@ pub async fn run(loaded: Loaded, explicit: Option<PathBuf>) -> i32 {
                 return exit::UNAVAILABLE;
             }
         };
-        let server_version = ServerVersion::query(&bin);
+        let server_version = {
+            let bin = bin.clone();
+            tokio::task::spawn_blocking(move || ServerVersion::query(&bin))
+                .await
+                .unwrap_or(None)
+        };
         match server_version {
             Some(v) => {
                 tracing::info!(version = %v, bin = %bin.display(), "nats-server {v} ({})", bin.display())
@@ -543,9 +548,10 @@ async fn apply_reload(ctx: &mut Ctx) -> Result<String, String> {
         return Err(format!("{why}; still running on the previous config"));
     }
     if new.auto_start_nats {
-        let v = supervisor::resolve_server_bin(&new)
-            .ok()
-            .and_then(|b| ServerVersion::query(&b));
+        let bin = supervisor::resolve_server_bin(&new).ok();
+        let v = tokio::task::spawn_blocking(move || bin.and_then(|b| ServerVersion::query(&b)))
+            .await
+            .unwrap_or(None);
         crate::server_version::durability_notes(&new, v)
             .map_err(|e| format!("{e}; still running on the previous config"))?;
     }

@@ -7,6 +7,9 @@ use std::path::Path;
 
 use crate::config::{Config, SyncInterval, DEFAULT_SYNC_INTERVAL};
 
+/// How long `nats-server --version` may take (it answers in about 10 ms).
+pub const QUERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A nats-server release, e.g. 2.9.10.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ServerVersion {
@@ -34,13 +37,37 @@ impl ServerVersion {
         })
     }
 
-    /// Asks the binary; None when it does not answer in the usual form.
+    /// Asks the binary; None when it does not answer in the usual form
+    /// within [`QUERY_TIMEOUT`] (the wrong program, or one that hangs,
+    /// must not hold up a start or a check).
     pub fn query(bin: &Path) -> Option<ServerVersion> {
-        let out = std::process::Command::new(bin)
+        use std::io::Read;
+        let mut child = std::process::Command::new(bin)
             .arg("--version")
-            .output()
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
             .ok()?;
-        ServerVersion::parse(&String::from_utf8_lossy(&out.stdout))
+        let deadline = std::time::Instant::now() + QUERY_TIMEOUT;
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) => break,
+                Ok(None) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(2))
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return None;
+                }
+            }
+        }
+        // A version line fits the pipe: a program that wrote more blocked
+        // and was killed above.
+        let mut out = String::new();
+        child.stdout.take()?.read_to_string(&mut out).ok()?;
+        ServerVersion::parse(&out)
     }
 
     /// `jetstream { sync_interval }` (a duration or `always`).
@@ -126,6 +153,19 @@ mod tests {
             "2.15.1"
         );
         assert_eq!(v("nonsense"), None);
+    }
+
+    #[test]
+    fn a_program_that_hangs_on_version_is_given_up_on() {
+        let t = tempfile::tempdir().unwrap();
+        let bin = t.path().join("hangs");
+        std::fs::write(&bin, "#!/bin/sh\nexec sleep 60\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let started = std::time::Instant::now();
+        assert_eq!(ServerVersion::query(&bin), None);
+        assert!(started.elapsed() < QUERY_TIMEOUT + std::time::Duration::from_secs(1));
+        assert_eq!(ServerVersion::query(&t.path().join("missing")), None);
     }
 
     #[test]

@@ -23,7 +23,7 @@ use serde_json::value::RawValue;
 use super::error::{json_bytes, ApiError};
 use crate::app::{App, Lost, Nats};
 use crate::config::{Config, Durability};
-use crate::durability::{Coverage, FailureKind, SyncError};
+use crate::durability::{Coverage, Covered, FailureKind, SyncError};
 use crate::stats::Endpoint;
 use crate::subject;
 
@@ -325,15 +325,15 @@ async fn sync_acked<'a>(
     timeout: Duration,
     streams: impl IntoIterator<Item = &'a str>,
     acks: u64,
-) -> Result<BTreeMap<String, Coverage>, ApiError> {
+) -> Result<Covered, ApiError> {
     match tokio::time::timeout(timeout, app.durability.commit(streams, acks)).await {
         Ok(Ok(c)) => Ok(c),
         Ok(Err(e)) => Err(sync_failed(&e)),
         Err(_) => Err(ApiError {
             code: "sync_timeout",
-            ..ApiError::unavailable(format!(
-                "the stream acknowledged the message, but syncing it to disk did not finish within {timeout:?}; it may be lost by a power cut: retry (with a msg_id, nats-server drops the duplicate)"
-            ))
+            ..ApiError::unavailable(
+                "the stream acknowledged the message, but syncing it to disk did not finish within api.publish_timeout; it may be lost by a power cut: retry (with a msg_id, nats-server drops the duplicate)",
+            )
         }),
     }
 }
@@ -530,13 +530,17 @@ async fn single_inner(app: &App, req: Request<Incoming>) -> Result<Outcome, ApiE
     let matcher = app.matcher();
     match matcher.stream_for(&entry.subject) {
         Some(stream) => {
+            let sent = Instant::now();
             let mut o = publish_js(app, timeout, &nats, stream, entry).await?;
             if syncs(app, &cfg) {
-                let got = sync_acked(app, timeout, o.stream.as_deref(), 1).await?;
+                // One deadline for the ack and the sync: api.publish_timeout
+                // bounds the whole answer.
+                let left = timeout.saturating_sub(sent.elapsed());
+                let got = sync_acked(app, left, o.stream.as_deref(), 1).await?;
                 o.durable = o
                     .stream
                     .as_ref()
-                    .is_some_and(|s| got.get(s) == Some(&Coverage::Durable));
+                    .is_some_and(|s| got.of(s) == Coverage::Durable);
             }
             Ok(o)
         }
@@ -748,7 +752,7 @@ async fn make_durable(
         let Some(Ok(o)) = r else { continue };
         let Some(stream) = &o.stream else { continue };
         match &got {
-            Ok(c) => o.durable = c.get(stream) == Some(&Coverage::Durable),
+            Ok(c) => o.durable = c.of(stream) == Coverage::Durable,
             Err(e) => *r = Some(Err(e.clone())),
         }
     }

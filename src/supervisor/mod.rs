@@ -488,7 +488,12 @@ impl Supervisor {
         if n.server_bin != self.config.nats.server_bin {
             match resolve_server_bin(&config) {
                 Ok(bin) => {
-                    self.render.server_version = crate::server_version::ServerVersion::query(&bin);
+                    let b = bin.clone();
+                    self.render.server_version = tokio::task::spawn_blocking(move || {
+                        crate::server_version::ServerVersion::query(&b)
+                    })
+                    .await
+                    .unwrap_or(None);
                     self.bin = bin;
                 }
                 Err(e) => {
