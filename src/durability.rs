@@ -30,9 +30,14 @@
 //! their data too; fdatasync writes only our files' pages. (Not nothing:
 //! on ext4 in its default data=ordered mode the journal commit that an
 //! append's size change needs also writes the data blocks other writers
-//! allocated in the same transaction.) And syncfs does not reach FUSE
-//! filesystems at all (Linux forwards it only to virtiofs), while
-//! fsync/fdatasync reach every filesystem.
+//! allocated in the same transaction.) Measured on this project's ext4
+//! test machines, a 150-byte append and its sync: fdatasync p50 ~180 µs,
+//! p99 0.3-0.6 ms, with or without another process writing 150 MB/s
+//! unsynced to the same filesystem; syncfs p50 ~150 µs, but p99 1-6 ms
+//! with that writer. And syncfs does not reach FUSE filesystems at all
+//! (Linux forwards it only to virtiofs), so the power-cut test's
+//! filesystem could not even see it, while fsync/fdatasync reach every
+//! filesystem.
 //!
 //! A failed sync (EIO, ENOSPC) answers every request of its group with
 //! the error; after a failed fsync Linux may have dropped the dirty pages,
