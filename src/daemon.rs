@@ -891,8 +891,7 @@ pub fn check_config(loaded: &Loaded) -> i32 {
         if let Ok(notes) = crate::server_version::durability_notes(c, None) {
             notes.iter().for_each(|n| eprintln!("warning: {n}"));
         }
-    }
-    if c.auto_start_nats {
+    } else {
         match supervisor::resolve_server_bin(c) {
             Err(e) => eprintln!(
                 "warning: {e}; nats-server's own check of the generated config was skipped"
@@ -906,7 +905,7 @@ pub fn check_config(loaded: &Loaded) -> i32 {
                         return exit::CONFIG;
                     }
                 }
-                if let Err(e) = nats_server_test(&bin, loaded) {
+                if let Err(e) = nats_server_test(&bin, v, loaded) {
                     eprintln!(
                         "{}: the generated nats-server config is refused by {}: {e}",
                         source_text(loaded),
@@ -923,10 +922,14 @@ pub fn check_config(loaded: &Loaded) -> i32 {
 
 /// Runs `nats-server -t` on the rendered config (written 0600 to a private
 /// temporary file, removed after).
-fn nats_server_test(bin: &std::path::Path, loaded: &Loaded) -> Result<(), String> {
+fn nats_server_test(
+    bin: &std::path::Path,
+    v: Option<ServerVersion>,
+    loaded: &Loaded,
+) -> Result<(), String> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let text = render(loaded, false);
+    let text = render_for(loaded, false, v);
     let dir = std::env::temp_dir();
     let path = dir.join(format!(
         "marketprism-broker-check-{}.conf",
@@ -959,6 +962,16 @@ fn nats_server_test(bin: &std::path::Path, loaded: &Loaded) -> Result<(), String
 
 /// The nats-server config for `loaded`; `mask` hides passwords.
 pub fn render(loaded: &Loaded, mask: bool) -> String {
+    // What the daemon would run, so this shows what it would render.
+    let v = supervisor::resolve_server_bin(&loaded.config)
+        .ok()
+        .filter(|_| loaded.config.auto_start_nats)
+        .and_then(|b| ServerVersion::query(&b));
+    render_for(loaded, mask, v)
+}
+
+/// [`render`] for a nats-server of version `v`.
+fn render_for(loaded: &Loaded, mask: bool, v: Option<ServerVersion>) -> String {
     let internal = loaded.config.auto_start_nats.then(|| Credentials {
         user: natsconf::INTERNAL_USER.into(),
         password: "********".into(),
@@ -969,11 +982,7 @@ pub fn render(loaded: &Loaded, mask: bool) -> String {
             internal,
             mask_secrets: mask,
             source: source_text(loaded),
-            // What the daemon would run, so this shows what it would render.
-            server_version: supervisor::resolve_server_bin(&loaded.config)
-                .ok()
-                .filter(|_| loaded.config.auto_start_nats)
-                .and_then(|b| ServerVersion::query(&b)),
+            server_version: v,
         },
     )
 }
