@@ -340,6 +340,35 @@ fn namespace_operations_are_durable_and_errors_pass_through() {
 }
 
 #[test]
+fn a_stalled_sync_takes_its_time_and_then_makes_the_write_durable() {
+    let Some(mut rig) = Rig::new("a_stalled_sync_takes_its_time_and_then_makes_the_write_durable")
+    else {
+        return;
+    };
+    let mut file = File::create(rig.path("f")).unwrap();
+    file.write_all(b"slow").unwrap();
+    rig.fs.stall_syncs(Some(Duration::from_millis(300)));
+    let t = Instant::now();
+    file.sync_data().unwrap();
+    assert!(
+        t.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        t.elapsed()
+    );
+    rig.fs.stall_syncs(None);
+    let t = Instant::now();
+    file.sync_data().unwrap();
+    assert!(
+        t.elapsed() < Duration::from_millis(300),
+        "{:?}",
+        t.elapsed()
+    );
+    drop(file);
+    rig.cut();
+    assert_eq!(rig.read("f"), b"slow");
+}
+
+#[test]
 fn failing_syncs_answer_the_errno_and_make_nothing_durable() {
     let Some(mut rig) = Rig::new("failing_syncs_answer_the_errno_and_make_nothing_durable") else {
         return;

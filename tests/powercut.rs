@@ -386,6 +386,46 @@ async fn a_failed_sync_is_an_error_counted_and_shown() {
     assert_eq!((s, &v["durable"]), (200, &json!(true)), "{v}");
 }
 
+/// A sync that hangs (a dying disk) is never waited out past
+/// `api.publish_timeout`: the publish is answered 503 `sync_timeout`, and
+/// publishing is durable again once the disk answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hung_sync_is_a_503_within_publish_timeout() {
+    let Some((_dir, fs)) = mount() else { return };
+    let state = fs.mountpoint().join("state");
+    let d = Daemon::builder()
+        .bin(nats_server_current())
+        .state(&state)
+        .top("api:\n  publish_timeout: 1s\n")
+        .start();
+    d.wait_healthy(Duration::from_secs(60)).await;
+    let (s, v) = d.publish("market.hung", json!({"n": 1})).await;
+    assert_eq!((s, &v["durable"]), (200, &json!(true)), "{v}");
+
+    fs.stall_syncs(Some(Duration::from_secs(3)));
+    let t = Instant::now();
+    let (s, v) = d.publish("market.hung", json!({"n": 2})).await;
+    let took = t.elapsed();
+    fs.stall_syncs(None);
+    assert_eq!(s, 503, "{v}");
+    assert_eq!(v["error"]["code"], "sync_timeout", "{v}");
+    assert!(
+        took < Duration::from_millis(2500),
+        "answered after {took:?}, past api.publish_timeout (1s)"
+    );
+    // The stalled sync ends; the next publish is synced again.
+    let v = eventually(
+        Duration::from_secs(15),
+        "a durable publish after the stall",
+        || async {
+            let (s, v) = d.publish("market.hung", json!({"n": 3})).await;
+            (s == 200 && v["durable"] == true).then_some(v)
+        },
+    )
+    .await;
+    assert_eq!(v["persisted"], true, "{v}");
+}
+
 /// `lazy` answers as soon as the stream acknowledges, and says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn lazy_answers_say_they_are_not_durable() {

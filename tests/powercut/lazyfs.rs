@@ -164,6 +164,14 @@ impl LazyFs {
         lock(&self.state).fail_syncs = errno;
     }
 
+    /// Makes every fsync and fdatasync take `stall` before it is answered,
+    /// as a hung disk does: the filesystem serves one request at a time, so
+    /// everything else on it waits too. `None` ends it (a sync already
+    /// stalling still takes its time).
+    pub fn stall_syncs(&self, stall: Option<std::time::Duration>) {
+        lock(&self.state).stall_syncs = stall;
+    }
+
     pub fn counters(&self) -> Counters {
         let state = lock(&self.state);
         Counters {
@@ -340,6 +348,7 @@ struct State {
     dirs: HashMap<u64, Vec<DirEntry>>,
     next_fh: u64,
     fail_syncs: Option<i32>,
+    stall_syncs: Option<std::time::Duration>,
     /// The request counts; `unsynced_bytes` is summed from `logs` when asked.
     counters: Counters,
 }
@@ -361,6 +370,7 @@ impl State {
             dirs: HashMap::new(),
             next_fh: 1,
             fail_syncs: None,
+            stall_syncs: None,
             counters: Counters::default(),
         })
     }
@@ -1130,6 +1140,10 @@ impl Filesystem for Fs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let stall = self.state().stall_syncs;
+        if let Some(d) = stall {
+            std::thread::sleep(d);
+        }
         reply_empty(reply, self.state().fsync(fh.0, datasync));
     }
 
