@@ -258,7 +258,7 @@ pub async fn run(loaded: Loaded, explicit: Option<PathBuf>) -> i32 {
                 tracing::warn!(bin = %bin.display(), "cannot tell the version of {}", bin.display())
             }
         }
-        if !say_durability(&config, server_version) {
+        if !say_durability(&config, &loaded.source, server_version) {
             if let Some(h) = ctx.http.take() {
                 h.stop().await;
             }
@@ -283,7 +283,7 @@ pub async fn run(loaded: Loaded, explicit: Option<PathBuf>) -> i32 {
         }
     } else {
         drop(status_tx);
-        say_durability(&config, None);
+        say_durability(&config, &loaded.source, None);
     }
 
     let outcome = start_and_serve(&mut ctx, &mut signals).await;
@@ -319,7 +319,7 @@ pub async fn run(loaded: Loaded, explicit: Option<PathBuf>) -> i32 {
 /// Logs, once, what the config and the server version mean for durability
 /// (see [`crate::server_version::durability_notes`]); false when the config
 /// asks the server for what it lacks.
-fn say_durability(config: &Config, v: Option<ServerVersion>) -> bool {
+fn say_durability(config: &Config, source: &Source, v: Option<ServerVersion>) -> bool {
     match crate::server_version::durability_notes(config, v) {
         Ok(notes) => {
             for n in notes {
@@ -328,11 +328,21 @@ fn say_durability(config: &Config, v: Option<ServerVersion>) -> bool {
             true
         }
         Err(e) => {
+            let e = unsupported(source, e);
             tracing::error!("invalid config: {e}");
             eprintln!("marketprism-broker: invalid config: {e}");
             false
         }
     }
+}
+
+/// A key the nats-server cannot take, as a config error with its file and
+/// line.
+fn unsupported(
+    source: &Source,
+    e: crate::server_version::Unsupported,
+) -> crate::config::ConfigError {
+    crate::config::error_at(source, e.key, e.message)
 }
 
 fn failure_code(e: &SupervisorError) -> i32 {
@@ -552,8 +562,12 @@ async fn apply_reload(ctx: &mut Ctx) -> Result<String, String> {
         let v = tokio::task::spawn_blocking(move || bin.and_then(|b| ServerVersion::query(&b)))
             .await
             .unwrap_or(None);
-        crate::server_version::durability_notes(&new, v)
-            .map_err(|e| format!("{e}; still running on the previous config"))?;
+        crate::server_version::durability_notes(&new, v).map_err(|e| {
+            format!(
+                "{}; still running on the previous config",
+                unsupported(&loaded.source, e)
+            )
+        })?;
     }
     let secured = security.describe();
     if plan.is_noop() && plan.nats == NatsAction::Nothing {
@@ -901,7 +915,10 @@ pub fn check_config(loaded: &Loaded) -> i32 {
                 match crate::server_version::durability_notes(c, v) {
                     Ok(notes) => notes.iter().for_each(|n| eprintln!("warning: {n}")),
                     Err(e) => {
-                        eprintln!("{}: {e}", source_text(loaded));
+                        eprintln!(
+                            "marketprism-broker: invalid config: {}",
+                            unsupported(&loaded.source, e)
+                        );
                         return exit::CONFIG;
                     }
                 }

@@ -90,11 +90,20 @@ pub fn sync_interval(c: &Config, v: Option<ServerVersion>) -> Option<SyncInterva
     }
 }
 
+/// A config key the nats-server cannot take.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct Unsupported {
+    /// Dotted, as in config errors: `nats.sync_interval`.
+    pub key: &'static str,
+    pub message: String,
+}
+
 /// What the daemon says about durability at start and in check-config:
 /// an error when the config asks the server for what it lacks, and
 /// warnings, each said once, about guarantees weaker than the user may
 /// assume.
-pub fn durability_notes(c: &Config, v: Option<ServerVersion>) -> Result<Vec<String>, String> {
+pub fn durability_notes(c: &Config, v: Option<ServerVersion>) -> Result<Vec<String>, Unsupported> {
     let mut notes = Vec::new();
     let n = &c.nats;
     if !n.jetstream_enabled {
@@ -112,9 +121,10 @@ pub fn durability_notes(c: &Config, v: Option<ServerVersion>) -> Result<Vec<Stri
     match v {
         Some(v) if !v.has_sync_interval() => {
             if n.sync_interval.is_some() {
-                return Err(format!(
-                    "nats.sync_interval: nats-server {v} has no sync_interval (2.10 and later have it); remove the key, or set nats.server_bin to nats-server 2.10 or later"
-                ));
+                return Err(Unsupported {
+                    key: "nats.sync_interval",
+                    message: format!("nats-server {v} has no sync_interval (2.10 and later have it); remove the key, or set nats.server_bin to nats-server 2.10 or later"),
+                });
             }
             notes.push(format!(
                 "nats-server {v} syncs its store to disk only every 2 minutes and has no sync_interval: acknowledgments it gives native clients (nats-py, async-nats, nats.js on port {}) can be lost by a power cut or kernel crash within that window. HTTP publishes are synced before they are answered (nats.durability: sync). For native clients, use nats-server 2.10 or later (nats.server_bin; nats.sync_interval then bounds the window, {} by default)",
@@ -209,10 +219,8 @@ mod tests {
         let mut c = Config::default();
         c.nats.sync_interval = Some(SyncInterval::Always);
         let e = durability_notes(&c, v("v2.9.10")).unwrap_err();
-        assert!(
-            e.starts_with("nats.sync_interval: nats-server 2.9.10"),
-            "{e}"
-        );
+        assert_eq!(e.key, "nats.sync_interval");
+        assert!(e.message.starts_with("nats-server 2.9.10 has no"), "{e}");
     }
 
     #[test]

@@ -226,3 +226,55 @@ fn render_nats_config_shows_the_generated_file_with_passwords_masked() {
     assert!(!t.contains("change-me"), "{t}");
     assert!(!t.contains("no_auth_user"), "{t}");
 }
+
+/// nats-server 2.9.x has no `sync_interval`: asking for it is a config
+/// error naming file, line and key; a current server gets it rendered
+/// (quoted), and Debian's is named once with what its acks are worth.
+#[test]
+fn sync_interval_is_checked_against_the_nats_server_version() {
+    let d = tempfile::tempdir().unwrap();
+    let yaml = |bin: &std::path::Path| {
+        format!(
+            "port: 8085\nnats:\n  server_bin: {:?}\n  sync_interval: 250ms\n",
+            bin.display().to_string()
+        )
+    };
+    let old = write(d.path(), "old.yaml", &yaml(&nats_server()));
+    let o = run(&["check-config", "--config", &old], &[]);
+    assert_eq!(o.status.code(), Some(78), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains(&format!(
+            "invalid config: {old}:4: nats.sync_interval: nats-server 2.9.10 has no sync_interval"
+        )),
+        "{}",
+        text(&o.stderr)
+    );
+
+    let new = write(d.path(), "new.yaml", &yaml(&nats_server_current()));
+    let o = run(&["check-config", "--config", &new], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let o = run(&["render-nats-config", "--config", &new], &[]);
+    assert!(
+        text(&o.stdout).contains("  sync_interval: \"250ms\"\n"),
+        "{}",
+        text(&o.stdout)
+    );
+
+    let plain = write(
+        d.path(),
+        "plain.yaml",
+        &format!(
+            "nats:\n  server_bin: {:?}\n",
+            nats_server().display().to_string()
+        ),
+    );
+    let o = run(&["check-config", "--config", &plain], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let warned = text(&o.stderr);
+    assert_eq!(
+        warned.matches("has no sync_interval").count(),
+        1,
+        "{warned}"
+    );
+    assert!(warned.contains("native clients"), "{warned}");
+}

@@ -196,6 +196,33 @@ impl Format {
     }
 }
 
+/// An error about the key at `key` (dotted) found after loading (say,
+/// against the nats-server version), with the file and line it came from,
+/// like the errors loading finds.
+pub fn error_at(source: &Source, key: &str, message: String) -> ConfigError {
+    let (file, line) = match source {
+        Source::File(p) => {
+            let line = std::fs::read_to_string(p).ok().and_then(|text| {
+                let root = match Format::from_path(p).ok()? {
+                    Format::Yaml => tree::parse_yaml(&text),
+                    Format::Toml => tree::parse_toml(&text),
+                }
+                .ok()?;
+                let base = root.get(WRAPPER_KEY).unwrap_or(&root);
+                base.line_of(&key.split('.').collect::<Vec<_>>())
+            });
+            (Some(p.clone()), line)
+        }
+        Source::BuiltinDefaults => (None, None),
+    };
+    ConfigError {
+        file,
+        line,
+        key: key.into(),
+        message,
+    }
+}
+
 /// Parses and validates config text (no file involved: errors have no file).
 pub fn parse_str(text: &str, format: Format) -> Result<(Config, Vec<String>), ConfigError> {
     let root = match format {
