@@ -372,9 +372,7 @@ impl App {
         };
         if result.is_ok() && self.supervised && c.nats.jetstream_enabled {
             // What reconciliation created must survive a power cut.
-            let dir = c.streams_dir();
-            match tokio::task::spawn_blocking(move || crate::durability::sync_metadata(&dir)).await
-            {
+            match tokio::task::spawn_blocking(self.durability.metadata_sync()).await {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => tracing::warn!(error = %e, "cannot sync the streams' metadata: {e}"),
                 Err(e) => tracing::warn!(error = %e, "cannot sync the streams' metadata: {e}"),

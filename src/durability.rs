@@ -43,7 +43,7 @@
 //! the error; after a failed fsync Linux may have dropped the dirty pages,
 //! so nothing of that group is promised.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::MetadataExt;
@@ -195,9 +195,13 @@ struct Shared {
     /// Set when the [`GroupCommit`] is dropped.
     closed: AtomicBool,
     files: Mutex<StoreFiles>,
+    meta_synced: Mutex<MetaSynced>,
     last_failure: Mutex<Option<LastFailure>>,
     stats: SyncStats,
 }
+
+/// Metadata files and directories synced, with the (inode, mtime) they had.
+type MetaSynced = HashMap<PathBuf, (u64, i64, i64)>;
 
 /// The group committer of one store; its thread ends when this is dropped.
 pub struct GroupCommit {
@@ -227,6 +231,7 @@ impl GroupCommit {
             wake: Condvar::new(),
             closed: AtomicBool::new(false),
             files: Mutex::new(StoreFiles::new(streams_dir)),
+            meta_synced: Mutex::new(HashMap::new()),
             last_failure: Mutex::new(None),
             stats: SyncStats::default(),
         });
@@ -284,6 +289,17 @@ impl GroupCommit {
     /// [`Self::commit`] for one stream.
     pub async fn commit_one(&self, stream: &str) -> Result<Coverage, SyncError> {
         Ok(self.commit([stream], 1).await?.of(stream))
+    }
+
+    /// Syncs the store's stream and consumer metadata (see
+    /// [`sync_metadata`]); blocking, so it is handed out to run off the
+    /// runtime's workers.
+    pub fn metadata_sync(&self) -> impl FnOnce() -> Result<usize, SyncError> + Send + 'static {
+        let s = self.shared.clone();
+        move || {
+            let root = lock(&s.files).root.clone();
+            sync_metadata(&root, &mut lock(&s.meta_synced))
+        }
     }
 
     pub fn stats(&self) -> &SyncStats {
@@ -465,8 +481,11 @@ impl StoreFiles {
 /// nats-server skip the stream with all its messages (2.9) or report it
 /// unrecoverable in every health check (2.10 and later). The daemon runs
 /// this after each reconciliation, so a declared stream is on disk before
-/// READY=1. Returns how many files and directories it synced.
-pub fn sync_metadata(streams_dir: &Path) -> Result<usize, SyncError> {
+/// READY=1. A file or directory synced before and unchanged since (same
+/// inode and modification time, kept in `synced`) is skipped: the periodic
+/// reconciliation would otherwise sync every stream's and consumer's
+/// metadata each time. Returns how many files and directories it synced.
+fn sync_metadata(streams_dir: &Path, synced: &mut MetaSynced) -> Result<usize, SyncError> {
     let mut n = 0;
     let entries = match std::fs::read_dir(streams_dir) {
         Ok(e) => e,
@@ -474,14 +493,26 @@ pub fn sync_metadata(streams_dir: &Path) -> Result<usize, SyncError> {
         Err(e) => return Err(SyncError::new("list", streams_dir, &e)),
     };
     let mut sync_file = |path: &Path| -> Result<(), SyncError> {
-        match File::open(path) {
-            Ok(f) => {
-                n += 1;
-                f.sync_all().map_err(|e| SyncError::new("fsync", path, &e))
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(SyncError::new("open", path, &e)),
+        let f = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(SyncError::new("open", path, &e)),
+        };
+        // Taken before the sync: a change after it shows as a new one.
+        let version = f
+            .metadata()
+            .map(|m| (m.ino(), m.mtime(), m.mtime_nsec()))
+            .ok();
+        if version.is_some() && synced.get(path) == version.as_ref() {
+            return Ok(());
         }
+        f.sync_all()
+            .map_err(|e| SyncError::new("fsync", path, &e))?;
+        n += 1;
+        if let Some(v) = version {
+            synced.insert(path.to_path_buf(), v);
+        }
+        Ok(())
     };
     for stream in entries.filter_map(|e| e.ok()).map(|e| e.path()) {
         if !stream.is_dir() {
@@ -639,8 +670,21 @@ mod tests {
         std::fs::write(obs.join("meta.inf"), b"{}").unwrap();
         // A: meta.inf, its dir, obs, C1's meta.inf and dir, msgs (6);
         // B: meta.inf, dir, msgs (3); streams, ACC, jetstream, store (4).
-        assert_eq!(sync_metadata(&root).unwrap(), 13);
-        assert_eq!(sync_metadata(&t.path().join("missing")).unwrap(), 0);
+        let mut synced = MetaSynced::new();
+        assert_eq!(sync_metadata(&root, &mut synced).unwrap(), 13);
+        // Unchanged: nothing to do; a changed meta.inf alone is synced.
+        assert_eq!(sync_metadata(&root, &mut synced).unwrap(), 0);
+        let meta = root.join("B/meta.inf");
+        let later = SystemTime::now() + Duration::from_secs(5);
+        File::options()
+            .write(true)
+            .open(&meta)
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+        assert_eq!(sync_metadata(&root, &mut synced).unwrap(), 1);
+        let missing = t.path().join("missing");
+        assert_eq!(sync_metadata(&missing, &mut synced).unwrap(), 0);
     }
 
     #[test]
