@@ -169,6 +169,12 @@ impl App {
         self.nats.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// The client, when it is connected now: what a handler about to make
+    /// a NATS round trip needs.
+    pub fn connected_nats(&self) -> Option<Arc<Nats>> {
+        self.nats().filter(|_| self.is_connected())
+    }
+
     /// The client's own view, not the event flag: events arrive a moment
     /// after the state changes.
     pub fn is_connected(&self) -> bool {

@@ -296,7 +296,7 @@ pub async fn run(loaded: Loaded, explicit: Option<PathBuf>) -> i32 {
         h.stop().await;
     }
     // Whatever our client still buffers goes out while the server lives.
-    if let Some(n) = ctx.app.nats().filter(|_| ctx.app.is_connected()) {
+    if let Some(n) = ctx.app.connected_nats() {
         let _ = tokio::time::timeout(Duration::from_secs(2), n.client.flush()).await;
     }
     let _ = child_stop_tx.send(true);

@@ -74,7 +74,7 @@ pub async fn route(app: &App, req: Request<Incoming>, rest: &str) -> Result<Resp
 }
 
 fn connected(app: &App) -> Result<Arc<Nats>, ApiError> {
-    app.nats().filter(|_| app.is_connected()).ok_or_else(|| {
+    app.connected_nats().ok_or_else(|| {
         ApiError::unavailable(
             "nats-server is not available right now (restarting or unreachable); retry shortly",
         )

@@ -107,7 +107,7 @@ async fn stream_figures(
 /// The declared streams' figures; None when JetStream cannot be asked or
 /// does not answer in time.
 async fn declared_streams(app: &App) -> Option<Vec<StreamFigures>> {
-    let nats = app.nats().filter(|_| app.is_connected())?;
+    let nats = app.connected_nats()?;
     let names: Vec<String> = app.config().streams().into_keys().collect();
     let work = futures::future::join_all(names.iter().map(|n| stream_figures(&nats.js, n)));
     match app.while_connected(FETCH_TIMEOUT, work).await {

@@ -274,7 +274,7 @@ pub fn parse_entry(cfg: &Config, body: &Bytes, raw: &[u8]) -> Result<Entry, ApiE
 }
 
 fn connected(app: &App) -> Result<Arc<Nats>, ApiError> {
-    app.nats().filter(|_| app.is_connected()).ok_or_else(|| {
+    app.connected_nats().ok_or_else(|| {
         ApiError::unavailable(
             "nats-server is not available right now (restarting or unreachable); retry shortly",
         )

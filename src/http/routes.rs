@@ -338,7 +338,7 @@ async fn server_info(app: &App) -> Value {
     if let Some(v) = app.varz().await {
         return pick(&v, SERVER_INFO_KEYS);
     }
-    match app.nats().filter(|_| app.is_connected()) {
+    match app.connected_nats() {
         Some(n) => {
             let i = n.client.server_info();
             let v = json!({
@@ -363,8 +363,7 @@ fn nats_status(app: &App) -> &'static str {
 
 async fn list_streams(app: &App) -> Result<Vec<stream::Info>, ApiError> {
     let nats = app
-        .nats()
-        .filter(|_| app.is_connected())
+        .connected_nats()
         .ok_or_else(|| ApiError::unavailable("not connected to nats-server"))?;
     if !app.config().nats.jetstream_enabled {
         return Ok(Vec::new());
@@ -466,8 +465,7 @@ async fn stream_detail(app: &App, name: &str) -> Result<Resp, ApiError> {
         return Err(ApiError::not_found(format!("no stream named {name:?}")));
     }
     let nats = app
-        .nats()
-        .filter(|_| app.is_connected())
+        .connected_nats()
         .ok_or_else(|| ApiError::unavailable("not connected to nats-server"))?;
     let info = match tokio::time::timeout(Duration::from_secs(5), nats.js.get_stream(name)).await {
         Err(_) => return Err(ApiError::unavailable("JetStream did not answer within 5 s")),

@@ -147,7 +147,7 @@ pub async fn handle(
         ));
     }
     let slot = Slot(app.clone());
-    let nats = app.nats().filter(|_| app.is_connected()).ok_or_else(|| {
+    let nats = app.connected_nats().ok_or_else(|| {
         ApiError::unavailable("nats-server is not available right now; retry shortly")
     })?;
     let sub = nats
