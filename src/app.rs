@@ -13,9 +13,10 @@ use tokio::sync::{watch, Notify};
 use crate::config::Config;
 use crate::jetstream as js_sync;
 use crate::natsconf::{self, Credentials};
+use crate::probe;
 use crate::stats::Stats;
 use crate::subject::StreamMatcher;
-use crate::supervisor::{probe, ChildStatus};
+use crate::supervisor::ChildStatus;
 
 /// Messages one subscription of the daemon's client may buffer.
 pub const SUBSCRIPTION_CAPACITY: usize = 4096;
@@ -427,12 +428,7 @@ impl App {
 
     /// GET `path` (e.g. /jsz, /routez) from nats-server's monitor, as JSON.
     pub async fn monitor_json(&self, path: &str) -> Option<serde_json::Value> {
-        let (status, body) = probe::http_get(self.monitor()?, path, Duration::from_secs(2))
-            .await
-            .ok()?;
-        (status == 200)
-            .then(|| serde_json::from_slice(&body).ok())
-            .flatten()
+        probe::monitor_json(self.monitor()?, path).await
     }
 
     /// Whether this node runs JetStream as part of a cluster.
@@ -492,7 +488,7 @@ pub fn internal_credentials(c: &Config) -> std::io::Result<Option<Credentials>> 
             std::fs::DirBuilder::new()
                 .recursive(true)
                 .create(c.data_dir())?;
-            crate::supervisor::write_atomic(&path, format!("{p}\n").as_bytes(), 0o600)?;
+            crate::runfiles::write_atomic(&path, format!("{p}\n").as_bytes(), 0o600)?;
             p
         }
     };

@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use marketprism_broker::{cli, config, daemon, exit, logging};
+use marketprism_broker::{cli, commands, config, daemon, exit, logging};
 
 fn main() {
     std::process::exit(real_main());
@@ -26,7 +26,7 @@ fn real_main() -> i32 {
         _ => {}
     }
     if args.command == cli::Command::Reload {
-        return daemon::reload_command(args.pid, args.config.as_deref(), args.timeout);
+        return commands::reload_command(args.pid, args.config.as_deref(), args.timeout);
     }
     let loaded = match config::load(args.config.as_deref()) {
         Ok(l) => l,
@@ -36,9 +36,9 @@ fn real_main() -> i32 {
         }
     };
     match args.command {
-        cli::Command::CheckConfig => daemon::check_config(&loaded),
+        cli::Command::CheckConfig => commands::check_config(&loaded),
         cli::Command::RenderNatsConfig => {
-            print!("{}", daemon::render(&loaded, true));
+            print!("{}", commands::render(&loaded, true));
             exit::OK
         }
         _ => {

@@ -99,6 +99,13 @@ pub struct Unsupported {
     pub message: String,
 }
 
+impl Unsupported {
+    /// As a config error with the file and line of the key in `source`.
+    pub fn at(self, source: &crate::config::Source) -> crate::config::ConfigError {
+        crate::config::error_at(source, self.key, self.message)
+    }
+}
+
 /// What the daemon says about durability at start and in check-config:
 /// an error when the config asks the server for what it lacks, and
 /// warnings, each said once, about guarantees weaker than the user may

@@ -158,3 +158,33 @@ pub fn watchdog_period() -> Option<Duration> {
 pub fn watchdog() {
     send(&[NotifyState::Watchdog]);
 }
+
+/// When to ping the watchdog: every [`watchdog_period`], or never when
+/// systemd's watchdog is off for this process.
+pub struct WatchdogTimer(Option<tokio::time::Interval>);
+
+impl WatchdogTimer {
+    pub fn new() -> WatchdogTimer {
+        WatchdogTimer(watchdog_period().map(|p| {
+            let mut i = tokio::time::interval(p);
+            i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            i
+        }))
+    }
+
+    /// Resolves when the next ping is due (never, without a watchdog).
+    pub async fn due(&mut self) {
+        match &mut self.0 {
+            Some(i) => {
+                i.tick().await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+}
+
+impl Default for WatchdogTimer {
+    fn default() -> Self {
+        WatchdogTimer::new()
+    }
+}

@@ -64,6 +64,16 @@ pub enum Source {
     BuiltinDefaults,
 }
 
+/// The file's path, or "built-in defaults": how logs and errors name it.
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::File(p) => write!(f, "{}", p.display()),
+            Source::BuiltinDefaults => f.write_str("built-in defaults"),
+        }
+    }
+}
+
 /// A validated config, ready to run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Loaded {

@@ -12,7 +12,7 @@ use hyper::{Response, StatusCode};
 
 use super::error::{json_bytes, json_response, ApiError};
 use crate::app::App;
-use crate::supervisor::probe;
+use crate::probe;
 
 type Resp = Response<Full<Bytes>>;
 

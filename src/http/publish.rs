@@ -300,7 +300,7 @@ fn store_full(app: &App, e: ApiError) -> ApiError {
     if e.status != StatusCode::SERVICE_UNAVAILABLE || !app.supervised {
         return e;
     }
-    match crate::supervisor::probe::store_space_problem(&app.config().data_dir()) {
+    match crate::probe::store_space_problem(&app.config().data_dir()) {
         Some(full) => ApiError::new(
             StatusCode::INSUFFICIENT_STORAGE,
             "insufficient_storage",

@@ -137,8 +137,7 @@ async fn health(app: &App) -> Result<Resp, ApiError> {
         }
     }
     if app.supervised && app.config().nats.jetstream_enabled {
-        if let Some(full) = crate::supervisor::probe::store_space_problem(&app.config().data_dir())
-        {
+        if let Some(full) = crate::probe::store_space_problem(&app.config().data_dir()) {
             problems.push(full);
         }
     }

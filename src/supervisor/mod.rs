@@ -9,15 +9,13 @@
 //! here.
 
 pub mod backoff;
-pub mod probe;
 pub mod spawn;
 pub mod state;
 
 use std::collections::VecDeque;
-use std::io::Write;
 use std::net::SocketAddr;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -29,6 +27,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::Config;
 use crate::natsconf::{self, RenderOptions};
+use crate::probe;
 use crate::reload::NatsAction;
 use spawn::{SpawnSpec, Spawner};
 use state::{Action, Event, Machine, Policy, State};
@@ -189,31 +188,6 @@ pub fn resolve_server_bin(c: &Config) -> Result<PathBuf, String> {
         })
 }
 
-/// Writes `contents` to `path` atomically with `mode`: a reader (nats-server
-/// on SIGHUP, a person) sees the old file or the new one, never half.
-pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
-    ));
-    {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(contents)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
-}
-
 /// The supervisor: owns the child, its spawner thread and its status.
 pub struct Supervisor {
     config: Arc<Config>,
@@ -292,11 +266,7 @@ impl Supervisor {
         // crash-looping child does not stop them: restarting it is this
         // loop's job, and giving up exits the daemon (69) for Restart= to
         // handle.
-        let mut watchdog = crate::systemd::watchdog_period().map(|p| {
-            let mut i = tokio::time::interval(p);
-            i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            i
-        });
+        let mut watchdog = crate::systemd::WatchdogTimer::new();
         let mut running: Option<Running> = None;
         let mut wake: Option<Instant> = None;
         let mut next_probe = Instant::now();
@@ -389,7 +359,7 @@ impl Supervisor {
             }
             let probing = matches!(m.state, State::Starting { .. } | State::Running { .. });
             let event = tokio::select! {
-                _ = tick(&mut watchdog) => {
+                _ = watchdog.due() => {
                     crate::systemd::watchdog();
                     continue;
                 }
@@ -556,7 +526,7 @@ impl Supervisor {
             .ok_or("cannot read /varz")?;
         let conf = self.conf_path();
         let text = natsconf::render(&self.config, &self.render);
-        write_atomic(&conf, text.as_bytes(), 0o600)
+        crate::runfiles::write_atomic(&conf, text.as_bytes(), 0o600)
             .map_err(|e| format!("cannot write {}: {e}", conf.display()))?;
         let seen = self.tail.lock().unwrap_or_else(|e| e.into_inner()).seen;
         signal::kill(Pid::from_raw(pid as i32), Signal::SIGHUP)
@@ -587,12 +557,7 @@ impl Supervisor {
     }
 
     async fn varz(&self) -> Option<serde_json::Value> {
-        let (status, body) = probe::http_get(self.monitor, "/varz", Duration::from_secs(2))
-            .await
-            .ok()?;
-        (status == 200)
-            .then(|| serde_json::from_slice(&body).ok())
-            .flatten()
+        probe::monitor_json(self.monitor, "/varz").await
     }
 
     fn publish_status(&self, m: &Machine) {
@@ -687,7 +652,7 @@ impl Supervisor {
             })?;
         let conf = self.conf_path();
         let text = natsconf::render(c, &self.render);
-        write_atomic(&conf, text.as_bytes(), 0o600).map_err(|e| {
+        crate::runfiles::write_atomic(&conf, text.as_bytes(), 0o600).map_err(|e| {
             SpawnError::Fatal(SupervisorError::CantCreate(format!(
                 "cannot write {}: {e}",
                 conf.display()
@@ -719,7 +684,9 @@ impl Supervisor {
         })?;
         let pid = child.id().unwrap_or(0);
         let pid_path = self.pid_path();
-        if let Err(e) = write_atomic(&pid_path, format!("{pid}\n").as_bytes(), 0o644) {
+        if let Err(e) =
+            crate::runfiles::write_atomic(&pid_path, format!("{pid}\n").as_bytes(), 0o644)
+        {
             tracing::warn!(path = %pid_path.display(), error = %e, "cannot write the pid file {}: {e}", pid_path.display());
         }
         // nats-server warns of plaintext passwords when any user has one.
@@ -775,16 +742,6 @@ enum SpawnError {
 async fn wait_exit(running: &mut Option<Running>) -> std::io::Result<std::process::ExitStatus> {
     match running {
         Some(r) => r.child.wait().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// The next tick of an optional interval (never, without one).
-pub async fn tick(i: &mut Option<tokio::time::Interval>) {
-    match i {
-        Some(i) => {
-            i.tick().await;
-        }
         None => std::future::pending().await,
     }
 }
@@ -931,20 +888,5 @@ mod tests {
         t.push("new".into());
         assert_eq!(t.since(seen), ["new"]);
         assert_eq!(t.since(0).len(), TAIL_LINES);
-    }
-
-    #[test]
-    fn atomic_writes_have_the_mode_and_leave_no_temp_file() {
-        use std::os::unix::fs::PermissionsExt;
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("nats-server.conf");
-        write_atomic(&p, b"one", 0o600).unwrap();
-        write_atomic(&p, b"two", 0o600).unwrap();
-        assert_eq!(std::fs::read_to_string(&p).unwrap(), "two");
-        assert_eq!(
-            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
-        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
     }
 }

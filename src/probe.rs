@@ -1,5 +1,7 @@
-//! Talking to a nats-server from outside: monitor HTTP (/healthz, /varz), a
-//! raw NATS PING round trip, and who holds a port.
+//! Talking to a nats-server from outside: the one client of its monitor
+//! (/healthz, /varz, /jsz...), a raw NATS PING round trip, and who holds a
+//! port or fills the disk. Used by the supervisor, the app and the HTTP
+//! handlers alike; it depends on nothing of the daemon's.
 
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::time::Duration;
@@ -9,6 +11,19 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
+
+/// How long a monitor request for data (not a health probe, which has its
+/// own timeout) may take.
+pub const MONITOR_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// GET `path` (e.g. /varz, /jsz) from the monitor at `addr` as JSON; None
+/// when it does not answer 200 with JSON within [`MONITOR_TIMEOUT`].
+pub async fn monitor_json(addr: SocketAddr, path: &str) -> Option<serde_json::Value> {
+    let (status, body) = http_get(addr, path, MONITOR_TIMEOUT).await.ok()?;
+    (status == 200)
+        .then(|| serde_json::from_slice(&body).ok())
+        .flatten()
+}
 
 /// GET `path` from `addr` over HTTP/1.1, within `timeout`.
 pub async fn http_get(

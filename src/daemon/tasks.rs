@@ -1,0 +1,160 @@
+//! What runs beside the serving loop: systemd's STATUS= line, the
+//! watchdog in external mode, the 1-minute rate samples, and keeping the
+//! streams reconciled.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::app::App;
+use crate::supervisor::Phase;
+use crate::systemd;
+
+/// One line a person understands, for systemd's STATUS=.
+pub(super) fn status_line(app: &App, connections: Option<u64>) -> String {
+    let child = app.child.borrow().clone();
+    let streams = app.sync.lock().map(|s| s.report.streams.len()).unwrap_or(0);
+    let conns = connections
+        .map(|c| format!(", {c} connection{}", if c == 1 { "" } else { "s" }))
+        .unwrap_or_default();
+    let base = if app.supervised {
+        match (child.phase, child.pid) {
+            (Phase::Running, Some(pid)) => {
+                format!("nats-server pid {pid} healthy, {streams} streams{conns}")
+            }
+            (Phase::Restarting, _) => match (child.restart_in, &child.last_failure) {
+                (Some(d), Some(why)) => {
+                    format!("restarting nats-server in {} ms ({why})", d.as_millis())
+                }
+                _ => "restarting nats-server".into(),
+            },
+            (Phase::Failed, _) => format!(
+                "gave up on nats-server: {}",
+                child.last_failure.unwrap_or_default()
+            ),
+            (phase, _) => format!("nats-server {}", phase.as_str()),
+        }
+    } else if app.is_connected() {
+        format!(
+            "connected to {}, {streams} streams{conns}",
+            app.nats_urls().join(", ")
+        )
+    } else {
+        format!("waiting for NATS at {}", app.nats_urls().join(", "))
+    };
+    match app.note() {
+        Some(note) => format!("{base}; {note}"),
+        None => base,
+    }
+}
+
+/// Keeps systemd's STATUS= current: on every child change, and every few
+/// seconds for the connection count.
+pub(super) async fn report_status(app: Arc<App>, mut stop: watch::Receiver<bool>) {
+    let mut child = app.child.clone();
+    let mut every = tokio::time::interval(Duration::from_secs(5));
+    let mut last = String::new();
+    let mut connections = None;
+    let mut cluster_note: Option<String> = None;
+    loop {
+        tokio::select! {
+            changed = child.changed(), if app.supervised => if changed.is_err() { break },
+            _ = every.tick() => {
+                connections = app.varz().await.and_then(|v| v["connections"].as_u64());
+                // A cluster that lost its quorum is worth a word in STATUS=.
+                cluster_note = app.meta_problem().await;
+            }
+            _ = crate::flag_set(&mut stop) => break,
+        }
+        let mut line = status_line(&app, connections);
+        if let Some(p) = cluster_note.as_deref() {
+            line = format!("{line}; {p}");
+        }
+        if line != last {
+            systemd::status(&line);
+            last = line;
+        }
+    }
+}
+
+/// Samples the message totals every second for the status' 1-minute
+/// rates (the publish path only bumps counters).
+pub(super) async fn sample_rates(app: Arc<App>, mut stop: watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => app.stats.sample_rates(Instant::now()),
+            _ = crate::flag_set(&mut stop) => break,
+        }
+    }
+}
+
+/// External mode's watchdog feeder (supervised mode feeds it from the
+/// supervisor loop): runs on the runtime, so a wedged runtime stops it.
+pub(super) async fn feed_watchdog(mut stop: watch::Receiver<bool>) {
+    let mut timer = systemd::WatchdogTimer::new();
+    loop {
+        tokio::select! {
+            _ = timer.due() => systemd::watchdog(),
+            _ = crate::flag_set(&mut stop) => break,
+        }
+    }
+}
+
+/// Keeps streams and the publish matcher current: after every new healthy
+/// child (memory streams died with the old one), after every reconnect, and
+/// periodically to repair drift.
+pub(super) async fn maintain(app: Arc<App>, mut stop: watch::Receiver<bool>) {
+    let mut child = app.child.clone();
+    let mut seen_generation = child.borrow().generation;
+    let mut resync = tokio::time::interval(app.config().supervisor.stream_resync_interval.get());
+    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    resync.tick().await;
+    // After a failed or incomplete sync (a cluster without a meta leader,
+    // a peer still starting): try again soon, not a whole interval later.
+    // A cluster node that started without a meta leader has not synced yet.
+    let mut retry_at: Option<tokio::time::Instant> =
+        (app.clustered_jetstream() && !app.streams_synced()).then(tokio::time::Instant::now);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)), if retry_at.is_some() => {}
+            changed = child.changed(), if app.supervised => {
+                if changed.is_err() { break; }
+                let generation = child.borrow().generation;
+                if generation == seen_generation { continue; }
+                seen_generation = generation;
+                // New child: the client retries every 100 ms (see
+                // App::connect), so it is back within moments.
+                if !app.wait_connected(Duration::from_secs(5)).await {
+                    tracing::warn!("not reconnected to the new nats-server within 5 s");
+                    continue;
+                }
+            }
+            _ = app.reconnected.notified() => {}
+            _ = resync.tick() => {}
+            _ = crate::flag_set(&mut stop) => break,
+        }
+        if !app.is_connected() {
+            continue;
+        }
+        retry_at = None;
+        let ok = match app.sync_streams().await {
+            Ok(()) => app
+                .sync
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .report
+                .missing
+                .is_empty(),
+            Err(e) => {
+                tracing::warn!(error = %e, "stream reconciliation failed ({e}); will retry");
+                false
+            }
+        };
+        if !ok && app.clustered_jetstream() {
+            retry_at = Some(tokio::time::Instant::now() + Duration::from_secs(2));
+        }
+    }
+}
