@@ -81,7 +81,7 @@ pub struct App {
     /// Open GET /api/v1/subscribe streams.
     pub sse_clients: AtomicUsize,
     /// API tokens and TLS config in force; replaced by a reload.
-    security: RwLock<Arc<crate::http::auth::Security>>,
+    security: RwLock<Arc<crate::security::Security>>,
     /// Syncs the store for HTTP publishes under `nats.durability: sync`.
     pub durability: crate::durability::GroupCommit,
 }
@@ -136,7 +136,7 @@ impl App {
         *self.config.write().unwrap_or_else(|e| e.into_inner()) = c;
     }
 
-    pub fn security(&self) -> Arc<crate::http::auth::Security> {
+    pub fn security(&self) -> Arc<crate::security::Security> {
         self.security
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -145,7 +145,7 @@ impl App {
 
     /// Puts (re)loaded tokens and TLS config in force: new requests and
     /// connections see them; open TLS connections keep their certificate.
-    pub fn set_security(&self, s: crate::http::auth::Security) {
+    pub fn set_security(&self, s: crate::security::Security) {
         *self.security.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(s);
     }
 

@@ -38,6 +38,7 @@ pub mod permissions;
 pub mod probe;
 pub mod reload;
 pub mod runfiles;
+pub mod security;
 pub mod server_version;
 pub mod stats;
 pub mod subject;

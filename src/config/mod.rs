@@ -16,6 +16,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use crate::security::Security;
+
 pub use de::{closest, unknown_key_message};
 pub use schema::*;
 pub use tree::{Node, SyntaxError};
@@ -75,12 +77,15 @@ impl fmt::Display for Source {
 }
 
 /// A validated config, ready to run.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Loaded {
     pub config: Config,
     pub source: Source,
     /// Things worth saying that do not stop the daemon.
     pub warnings: Vec<String>,
+    /// The API tokens and TLS identity, loaded while validating: the
+    /// server uses these, not a second read of the files.
+    pub security: Security,
 }
 
 /// Resolves which file to read: an explicit path (CLI, then env) must
@@ -93,11 +98,12 @@ pub fn load(explicit: Option<&Path>) -> Result<Loaded, ConfigError> {
         Some(path) => load_file(&path),
         None if Path::new(DEFAULT_PATH).exists() => load_file(Path::new(DEFAULT_PATH)),
         None => {
-            let (config, warnings) = finish(Config::default(), None)?;
+            let (config, warnings, security) = finish(Config::default(), None)?;
             Ok(Loaded {
                 config,
                 source: Source::BuiltinDefaults,
                 warnings,
+                security,
             })
         }
     }
@@ -162,7 +168,7 @@ pub fn load_file(path: &Path) -> Result<Loaded, ConfigError> {
             _ => format!("cannot read config file: {e}"),
         })
     })?;
-    let (config, mut warnings) = parse_str(&text, Format::from_path(path).map_err(file_err)?)
+    let (config, mut warnings, security) = parse(&text, Format::from_path(path).map_err(file_err)?)
         .map_err(|mut e| {
             e.file = Some(path.to_path_buf());
             e
@@ -182,6 +188,7 @@ pub fn load_file(path: &Path) -> Result<Loaded, ConfigError> {
         config,
         source: Source::File(path.to_path_buf()),
         warnings,
+        security,
     })
 }
 
@@ -234,7 +241,13 @@ pub fn error_at(source: &Source, key: &str, message: String) -> ConfigError {
 }
 
 /// Parses and validates config text (no file involved: errors have no file).
+/// The security files it names are loaded to check them, then dropped.
 pub fn parse_str(text: &str, format: Format) -> Result<(Config, Vec<String>), ConfigError> {
+    parse(text, format).map(|(config, warnings, _)| (config, warnings))
+}
+
+/// [`parse_str`], keeping the loaded security material.
+fn parse(text: &str, format: Format) -> Result<(Config, Vec<String>, Security), ConfigError> {
     let root = match format {
         Format::Yaml => tree::parse_yaml(text),
         Format::Toml => tree::parse_toml(text),
@@ -272,14 +285,18 @@ pub fn parse_str(text: &str, format: Format) -> Result<(Config, Vec<String>), Co
 
 /// Resolves defaults that depend on the environment, merges the default
 /// streams and validates. `base` locates errors in the source.
-fn finish(mut config: Config, base: Option<&Node>) -> Result<(Config, Vec<String>), ConfigError> {
+fn finish(
+    mut config: Config,
+    base: Option<&Node>,
+) -> Result<(Config, Vec<String>, Security), ConfigError> {
     resolve_paths(&mut config);
     let env = secrets::Env::process();
     secrets::resolve(&mut config, &env)
         .and_then(|mut warnings| {
             secrets::resolve_api(&mut config, &env)?;
             warnings.extend(validate::validate(&config)?);
-            Ok(warnings)
+            let security = validate::load_security(&config)?;
+            Ok((warnings, security))
         })
         .map_err(|v| {
             let path: Vec<&str> = v.path.iter().map(String::as_str).collect();
@@ -290,7 +307,7 @@ fn finish(mut config: Config, base: Option<&Node>) -> Result<(Config, Vec<String
                 message: v.message,
             }
         })
-        .map(|warnings| (config, warnings))
+        .map(|(warnings, security)| (config, warnings, security))
 }
 
 /// Makes `data_dir` absolute (nats-server gets it as store_dir and must not

@@ -686,6 +686,17 @@ pub struct ApiTlsConfig {
     pub client_ca_file: Option<PathBuf>,
 }
 
+impl ApiTlsConfig {
+    /// The files, as [`crate::security`] loads them.
+    pub fn files(&self) -> crate::security::TlsFiles<'_> {
+        crate::security::TlsFiles {
+            cert_file: &self.cert_file,
+            key_file: &self.key_file,
+            client_ca_file: self.client_ca_file.as_deref(),
+        }
+    }
+}
+
 impl Default for ApiConfig {
     fn default() -> Self {
         ApiConfig {

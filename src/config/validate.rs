@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 
 use super::schema::{AckPolicy, Config, DeliverPolicy, Retention, StreamConfig};
+use crate::security::Security;
 use crate::subject;
 
 /// One validation failure: the key path and what is wrong.
@@ -367,7 +368,7 @@ pub fn validate(c: &Config) -> Result<Vec<String>, Violation> {
     if c.api.fetch_max_wait.get().is_zero() {
         return fail(&["api", "fetch_max_wait"], "must be greater than 0");
     }
-    check_api_security(c, &mut warnings)?;
+    check_api_security(c, &mut warnings);
     if c.api.sse_max_clients >= c.api.max_connections {
         warnings.push(format!(
             "api.sse_max_clients ({}) is not below api.max_connections ({}): open event streams can take every HTTP connection, and then health checks and publishes wait",
@@ -377,14 +378,12 @@ pub fn validate(c: &Config) -> Result<Vec<String>, Violation> {
     Ok(warnings)
 }
 
-/// `api.tokens_file` and `api.tls`: the files must load as the daemon
-/// will load them, so check-config, start-up and a reload refuse a bad one
-/// alike (a reload then keeps the old tokens and certificate).
-fn check_api_security(c: &Config, warnings: &mut Vec<String>) -> Result<(), Violation> {
+/// `api.tokens_file` and `api.tls`: what to say about them (the files
+/// themselves are loaded by [`load_security`]).
+fn check_api_security(c: &Config, warnings: &mut Vec<String>) {
     let api = &c.api;
     match &api.tokens_file {
         Some(path) => {
-            crate::http::auth::Tokens::load(path).or_else(|m| fail(&["api", "tokens_file"], m))?;
             warnings.extend(super::secrets::readable_warning("api.tokens_file", path));
         }
         None => {
@@ -404,13 +403,25 @@ fn check_api_security(c: &Config, warnings: &mut Vec<String>) -> Result<(), Viol
             }
         }
     }
-    if let Some(tls) = &api.tls {
-        crate::http::tls::server_config(tls).map_err(|e| Violation {
-            path: vec!["api".into(), "tls".into(), e.key.into()],
-            message: e.message,
-        })?;
-    }
-    Ok(())
+}
+
+/// Loads `api.tokens_file` and `api.tls` as the daemon uses them, once:
+/// check-config, start-up and a reload refuse a bad file alike (a reload
+/// then keeps the old tokens and certificate), and what loaded is what
+/// the server gets.
+pub fn load_security(c: &Config) -> Result<Security, Violation> {
+    let api = &c.api;
+    Security::load(
+        api.tokens_file.as_deref(),
+        api.tls.as_ref().map(|t| t.files()),
+    )
+    .map_err(|e| Violation {
+        path: std::iter::once("api")
+            .chain(e.key.split('.'))
+            .map(String::from)
+            .collect(),
+        message: e.message,
+    })
 }
 
 fn validate_streams(c: &Config, streams: &BTreeMap<String, StreamConfig>) -> Result<(), Violation> {

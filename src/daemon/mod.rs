@@ -165,20 +165,11 @@ pub async fn run(loaded: Loaded, explicit: Option<PathBuf>) -> i32 {
         config.auto_start_nats,
         credentials.clone(),
     ));
-    // Validation read these files a moment ago; read them for use now.
-    match crate::http::auth::Security::load(&config) {
-        Ok(s) => {
-            if let Some(what) = s.describe() {
-                tracing::info!("HTTP API: {what} loaded");
-            }
-            app.set_security(s);
-        }
-        Err(e) => {
-            tracing::error!("{e}");
-            eprintln!("marketprism-broker: invalid config: {e}");
-            return exit::CONFIG;
-        }
+    // Validation loaded them: what it checked is what the server uses.
+    if let Some(what) = loaded.security.describe() {
+        tracing::info!("HTTP API: {what} loaded");
     }
+    app.set_security(loaded.security.clone());
     let runtime_dir = config.runtime_dir();
     if let Err(e) = runfiles::write_pid(&runtime_dir) {
         tracing::warn!(dir = %runtime_dir.display(), error = %e, "cannot write the pid file in {}: {e}", runtime_dir.display());

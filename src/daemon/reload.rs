@@ -59,11 +59,9 @@ async fn apply_reload(ctx: &mut Ctx) -> Result<String, String> {
     // The tokens file and the API certificate are re-read on every reload,
     // changed config or not (rotating them is what a SIGHUP is for); a bad
     // one keeps the old ones, and the old config with them.
-    let (loaded, security) = tokio::task::spawn_blocking(move || {
-        let loaded = crate::config::load_for_reload(explicit.as_deref(), Duration::from_millis(20))
-            .map_err(|e| e.to_string())?;
-        let security = crate::http::auth::Security::load(&loaded.config)?;
-        Ok::<_, String>((loaded, security))
+    let loaded = tokio::task::spawn_blocking(move || {
+        crate::config::load_for_reload(explicit.as_deref(), Duration::from_millis(20))
+            .map_err(|e| e.to_string())
     })
     .await
     .map_err(|e| format!("cannot read the config: {e}"))?
@@ -71,6 +69,7 @@ async fn apply_reload(ctx: &mut Ctx) -> Result<String, String> {
     for w in &loaded.warnings {
         tracing::warn!("config: {w}");
     }
+    let security = loaded.security.clone();
     let old = ctx.app.config();
     let new = Arc::new(loaded.config);
     let plan = reload::plan(&old, &new);

@@ -14,6 +14,5 @@ pub mod publish;
 pub mod routes;
 pub mod server;
 pub mod subscribe;
-pub mod tls;
 
 pub use server::serve;

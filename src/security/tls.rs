@@ -15,7 +15,16 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 
-use crate::config::ApiTlsConfig;
+/// The files of the API's TLS identity, as `api.tls` names them.
+#[derive(Debug, Clone, Copy)]
+pub struct TlsFiles<'a> {
+    /// Certificate chain, leaf first.
+    pub cert_file: &'a Path,
+    /// Its private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: &'a Path,
+    /// Require client certificates signed by these CAs (mutual TLS).
+    pub client_ca_file: Option<&'a Path>,
+}
 
 /// A problem with one of the files: the config key it concerns
 /// (`cert_file`, `key_file`, `client_ca_file`) and what is wrong.
@@ -53,13 +62,13 @@ fn certs(
 }
 
 /// Builds the server config from the files `tls` names.
-pub fn server_config(tls: &ApiTlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
+pub fn server_config(tls: TlsFiles<'_>) -> Result<Arc<ServerConfig>, TlsError> {
     let chain = certs(
         "cert_file",
-        &tls.cert_file,
-        &read("cert_file", &tls.cert_file)?,
+        tls.cert_file,
+        &read("cert_file", tls.cert_file)?,
     )?;
-    let key_pem = read("key_file", &tls.key_file)?;
+    let key_pem = read("key_file", tls.key_file)?;
     let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError {
         key: "key_file",
         message: format!(
@@ -74,7 +83,7 @@ pub fn server_config(tls: &ApiTlsConfig) -> Result<Arc<ServerConfig>, TlsError> 
             key: "cert_file",
             message: format!("cannot set up TLS: {e}"),
         })?;
-    let builder = match &tls.client_ca_file {
+    let builder = match tls.client_ca_file {
         None => builder.with_no_client_auth(),
         Some(ca) => {
             let mut roots = RootCertStore::empty();
@@ -109,9 +118,10 @@ pub fn server_config(tls: &ApiTlsConfig) -> Result<Arc<ServerConfig>, TlsError> 
 mod tests {
     use super::*;
     use rcgen::{CertificateParams, KeyPair};
+    use std::path::PathBuf;
 
     /// A self-signed certificate and its key, written into `dir`.
-    fn self_signed(dir: &Path, name: &str) -> ApiTlsConfig {
+    fn self_signed(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
         let key = KeyPair::generate().unwrap();
         let cert = CertificateParams::new(vec!["localhost".to_string()])
             .unwrap()
@@ -121,9 +131,13 @@ mod tests {
         let k = dir.join(format!("{name}-key.pem"));
         std::fs::write(&c, cert.pem()).unwrap();
         std::fs::write(&k, key.serialize_pem()).unwrap();
-        ApiTlsConfig {
-            cert_file: c,
-            key_file: k,
+        (c, k)
+    }
+
+    fn files<'a>((cert_file, key_file): &'a (PathBuf, PathBuf)) -> TlsFiles<'a> {
+        TlsFiles {
+            cert_file,
+            key_file,
             client_ca_file: None,
         }
     }
@@ -131,62 +145,64 @@ mod tests {
     #[test]
     fn a_good_pair_gives_http11_only_and_client_cas_turn_on_client_auth() {
         let dir = tempfile::tempdir().unwrap();
-        let tls = self_signed(dir.path(), "a");
-        let c = server_config(&tls).unwrap();
+        let pair = self_signed(dir.path(), "a");
+        let tls = files(&pair);
+        let c = server_config(tls).unwrap();
         assert_eq!(c.alpn_protocols, vec![b"http/1.1".to_vec()]);
-        let mutual = ApiTlsConfig {
-            client_ca_file: Some(tls.cert_file.clone()),
+        let mutual = TlsFiles {
+            client_ca_file: Some(tls.cert_file),
             ..tls
         };
-        assert!(server_config(&mutual).is_ok());
+        assert!(server_config(mutual).is_ok());
     }
 
     #[test]
     fn each_bad_file_is_named_by_its_key() {
         let dir = tempfile::tempdir().unwrap();
-        let a = self_signed(dir.path(), "a");
-        let b = self_signed(dir.path(), "b");
-        let key_of = |t: &ApiTlsConfig| server_config(t).unwrap_err().key;
+        let a_pair = self_signed(dir.path(), "a");
+        let b_pair = self_signed(dir.path(), "b");
+        let (a, b) = (files(&a_pair), files(&b_pair));
+        let key_of = |t: TlsFiles| server_config(t).unwrap_err().key;
         let missing = dir.path().join("missing.pem");
         assert_eq!(
-            key_of(&ApiTlsConfig {
-                cert_file: missing.clone(),
-                ..a.clone()
+            key_of(TlsFiles {
+                cert_file: &missing,
+                ..a
             }),
             "cert_file"
         );
         assert_eq!(
-            key_of(&ApiTlsConfig {
-                key_file: missing.clone(),
-                ..a.clone()
+            key_of(TlsFiles {
+                key_file: &missing,
+                ..a
             }),
             "key_file"
         );
         assert_eq!(
-            key_of(&ApiTlsConfig {
-                key_file: a.cert_file.clone(),
-                ..a.clone()
+            key_of(TlsFiles {
+                key_file: a.cert_file,
+                ..a
             }),
             "key_file"
         );
         assert_eq!(
-            key_of(&ApiTlsConfig {
-                cert_file: a.key_file.clone(),
-                ..a.clone()
+            key_of(TlsFiles {
+                cert_file: a.key_file,
+                ..a
             }),
             "cert_file"
         );
         assert_eq!(
-            key_of(&ApiTlsConfig {
-                client_ca_file: Some(missing),
-                ..a.clone()
+            key_of(TlsFiles {
+                client_ca_file: Some(&missing),
+                ..a
             }),
             "client_ca_file"
         );
         // b's key with a's certificate.
-        let e = server_config(&ApiTlsConfig {
-            key_file: b.key_file.clone(),
-            ..a.clone()
+        let e = server_config(TlsFiles {
+            key_file: b.key_file,
+            ..a
         })
         .unwrap_err();
         assert_eq!(e.key, "key_file", "{}", e.message);
