@@ -1,0 +1,99 @@
+//! Stream reconciliation against the current nats-server: declared
+//! streams and consumers made real (or only listed), the publish matcher
+//! refreshed from what nats-server really has, their metadata synced to
+//! disk, and the outcome kept for status and health.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use super::nats::Lost;
+use super::App;
+use crate::jetstream as js_sync;
+use crate::subject::StreamMatcher;
+
+/// What the last stream sync found.
+#[derive(Debug, Clone, Default)]
+pub struct SyncState {
+    /// Child generation the last successful sync ran against.
+    pub generation: u64,
+    pub at: Option<SystemTime>,
+    pub report: js_sync::Report,
+    pub error: Option<String>,
+}
+
+impl App {
+    /// Reconciles declared streams (when enabled) and refreshes the subject
+    /// matcher from the streams nats-server really has.
+    pub async fn sync_streams(&self) -> Result<(), String> {
+        let generation = self.child.borrow().generation;
+        let nats = self.nats().ok_or("not connected to NATS")?;
+        let c = self.config();
+        let work = async {
+            if !c.nats.jetstream_enabled {
+                Ok(js_sync::Report::default())
+            } else if c.auto_create_streams {
+                js_sync::reconcile(&nats.js, &c.streams()).await
+            } else {
+                js_sync::list(&nats.js).await.map(|infos| js_sync::Report {
+                    streams: infos
+                        .into_iter()
+                        .map(|i| (i.config.name, i.config.subjects))
+                        .collect(),
+                    ..Default::default()
+                })
+            }
+        };
+        // A request in flight when the child dies would wait out its whole
+        // timeout and hold up the reconciliation the new child needs.
+        let result = match self.while_connected(Duration::from_secs(60), work).await {
+            Ok(r) => r,
+            Err(Lost::Disconnected) => Err(
+                "the connection to nats-server dropped during stream reconciliation".to_string(),
+            ),
+            Err(Lost::TimedOut) => Err("stream reconciliation took longer than 60 s".to_string()),
+        };
+        if result.is_ok() && self.supervised && c.nats.jetstream_enabled {
+            // What reconciliation created must survive a power cut.
+            match tokio::task::spawn_blocking(self.durability.metadata_sync()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot sync the streams' metadata: {e}"),
+                Err(e) => tracing::warn!(error = %e, "cannot sync the streams' metadata: {e}"),
+            }
+        }
+        let mut st = self.sync.lock().unwrap_or_else(|e| e.into_inner());
+        match result {
+            Ok(report) => {
+                let matcher = StreamMatcher::new(
+                    report
+                        .streams
+                        .iter()
+                        .map(|(n, s)| (n.as_str(), s.as_slice())),
+                )
+                .with_mappings(c.nats.mappings.iter().map(|(src, m)| {
+                    (
+                        src.as_str(),
+                        m.0.iter().map(|d| d.subject.clone()).collect(),
+                    )
+                }));
+                *self.matcher.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(matcher);
+                st.generation = generation;
+                st.at = Some(SystemTime::now());
+                st.report = report;
+                st.error = None;
+                self.syncs.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                st.error = Some(e.clone());
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether streams were synced against the current child.
+    pub fn streams_synced(&self) -> bool {
+        let st = self.sync.lock().unwrap_or_else(|e| e.into_inner());
+        st.at.is_some() && (!self.supervised || st.generation == self.child.borrow().generation)
+    }
+}
