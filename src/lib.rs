@@ -37,6 +37,7 @@ pub mod natsconf;
 pub mod permissions;
 pub mod probe;
 pub mod reload;
+pub mod routing;
 pub mod runfiles;
 pub mod security;
 pub mod server_version;

@@ -18,7 +18,7 @@ use std::fmt::Write;
 use crate::config::Config;
 
 /// The account every client (and the daemon itself) lives in.
-pub const ACCOUNT: &str = "MARKETPRISM";
+pub use crate::config::ACCOUNT;
 /// The user anonymous clients become when no users are configured.
 pub const ANONYMOUS_USER: &str = "_marketprism_anonymous";
 /// The daemon's own user.

@@ -18,8 +18,8 @@ use tokio::sync::{watch, Notify};
 
 use crate::config::Config;
 use crate::natsconf::Credentials;
+use crate::routing::StreamMatcher;
 use crate::stats::Stats;
-use crate::subject::StreamMatcher;
 use crate::supervisor::ChildStatus;
 
 pub use credentials::internal_credentials;

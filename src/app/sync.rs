@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use super::nats::Lost;
 use super::App;
 use crate::jetstream as js_sync;
-use crate::subject::StreamMatcher;
+use crate::routing::StreamMatcher;
 
 /// What the last stream sync found.
 #[derive(Debug, Clone, Default)]

@@ -58,6 +58,9 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// The NATS account every client (and the daemon itself) lives in.
+pub const ACCOUNT: &str = "MARKETPRISM";
+
 /// Where a loaded config came from.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Source {
@@ -369,7 +372,7 @@ impl Config {
     pub fn streams_dir(&self) -> PathBuf {
         self.data_dir()
             .join("jetstream")
-            .join(crate::natsconf::ACCOUNT)
+            .join(ACCOUNT)
             .join("streams")
     }
 

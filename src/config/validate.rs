@@ -208,7 +208,8 @@ pub fn validate(c: &Config) -> Result<Vec<String>, Violation> {
     for (i, (source, m)) in n.mappings.iter().enumerate() {
         let at = ["nats", "mappings", source.as_str()];
         crate::mapping::check(source, &m.0).or_else(|e| fail(&at, e))?;
-        if crate::natsconf::key(source).is_none() {
+        // natsconf writes a key between `"`, or `'` when it holds a `"`.
+        if source.contains('"') && source.contains('\'') {
             return fail(
                 &at,
                 format!("source {source:?} contains both `\"` and `'`: nats-server.conf has no way to write such a key"),
