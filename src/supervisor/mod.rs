@@ -9,8 +9,10 @@
 //! here.
 
 pub mod backoff;
+pub mod relay;
 pub mod spawn;
 pub mod state;
+pub mod status;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -21,7 +23,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Child;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -29,79 +30,11 @@ use crate::config::Config;
 use crate::natsconf::{self, RenderOptions};
 use crate::probe;
 use crate::reload::NatsAction;
+use relay::relay;
+pub use relay::{parse_child_line, ChildLevel, Tail};
 use spawn::{SpawnSpec, Spawner};
 use state::{Action, Event, Machine, Policy, State};
-
-/// How the child is doing, published on every change.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ChildStatus {
-    pub phase: Phase,
-    pub pid: Option<u32>,
-    /// The last probe succeeded.
-    pub healthy: bool,
-    /// Increments each time a (new) child becomes healthy: the signal to
-    /// reconnect and reconcile streams (memory streams die with the child).
-    pub generation: u64,
-    pub restarts: u64,
-    pub last_failure: Option<String>,
-    /// When the current child became healthy.
-    pub healthy_since: Option<SystemTime>,
-    /// Ports the running server reports in /varz.
-    pub ports: Option<Ports>,
-    /// Delay before the next restart, while waiting for it.
-    pub restart_in: Option<Duration>,
-    /// How the last child ended (for /metrics).
-    pub last_exit: Option<Exit>,
-}
-
-/// How a child process ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Exit {
-    Code(i32),
-    Signal(i32),
-}
-
-impl Exit {
-    pub fn of(status: &std::process::ExitStatus) -> Option<Exit> {
-        use std::os::unix::process::ExitStatusExt;
-        match (status.code(), status.signal()) {
-            (Some(c), _) => Some(Exit::Code(c)),
-            (None, Some(s)) => Some(Exit::Signal(s)),
-            _ => None,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Phase {
-    #[default]
-    Starting,
-    Running,
-    Restarting,
-    Stopping,
-    Stopped,
-    Failed,
-}
-
-impl Phase {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Starting => "starting",
-            Phase::Running => "running",
-            Phase::Restarting => "restarting",
-            Phase::Stopping => "stopping",
-            Phase::Stopped => "stopped",
-            Phase::Failed => "failed",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Ports {
-    pub nats: u16,
-    pub cluster: Option<u16>,
-    pub http: u16,
-}
+pub use status::{ChildStatus, Exit, Phase, Ports};
 
 /// Why supervision ended with an error (mapped to exit codes by the caller).
 #[derive(Debug, thiserror::Error)]
@@ -166,8 +99,6 @@ fn listen_ports(c: &Config) -> Vec<(String, u16, &'static str)> {
 /// How long a SIGHUP'd nats-server gets to show a new config_load_time.
 const HOT_RELOAD_CONFIRM: Duration = Duration::from_secs(5);
 
-/// Lines of nats-server output kept for error messages.
-const TAIL_LINES: usize = 30;
 /// Probe period while waiting for a fresh child to become ready.
 const STARTUP_PROBE_EVERY: Duration = Duration::from_millis(20);
 
@@ -240,12 +171,7 @@ impl Supervisor {
 
     /// The last lines nats-server printed, for error messages.
     pub fn tail(&self, n: usize) -> Vec<String> {
-        let t = self.tail.lock().unwrap_or_else(|e| e.into_inner());
-        t.lines
-            .iter()
-            .skip(t.lines.len().saturating_sub(n))
-            .cloned()
-            .collect()
+        self.tail.lock().unwrap_or_else(|e| e.into_inner()).last(n)
     }
 
     /// Runs until `stop` turns true (then stops the child gracefully) or
@@ -528,7 +454,7 @@ impl Supervisor {
         let text = natsconf::render(&self.config, &self.render);
         crate::runfiles::write_atomic(&conf, text.as_bytes(), 0o600)
             .map_err(|e| format!("cannot write {}: {e}", conf.display()))?;
-        let seen = self.tail.lock().unwrap_or_else(|e| e.into_inner()).seen;
+        let seen = self.tail.lock().unwrap_or_else(|e| e.into_inner()).seen();
         signal::kill(Pid::from_raw(pid as i32), Signal::SIGHUP)
             .map_err(|e| format!("SIGHUP: {e}"))?;
         let deadline = Instant::now() + HOT_RELOAD_CONFIRM;
@@ -765,128 +691,5 @@ fn describe_exit(status: std::io::Result<std::process::ExitStatus>) -> String {
             _ => s.to_string(),
         },
         Err(e) => format!("wait failed: {e}"),
-    }
-}
-
-/// nats-server's log level, from the `[INF]`-style tag in its line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ChildLevel {
-    Trace,
-    Debug,
-    Info,
-    Warn,
-    Error,
-}
-
-/// Splits a nats-server log line into level and message, dropping the
-/// `[pid] date time` prefix that journald already records.
-/// `[1234] 2026/11/25 16:54:51.467980 [INF] Starting nats-server`
-pub fn parse_child_line(line: &str) -> (ChildLevel, &str) {
-    for (tag, level) in [
-        ("[INF] ", ChildLevel::Info),
-        ("[WRN] ", ChildLevel::Warn),
-        ("[ERR] ", ChildLevel::Error),
-        ("[FTL] ", ChildLevel::Error),
-        ("[DBG] ", ChildLevel::Debug),
-        ("[TRC] ", ChildLevel::Trace),
-    ] {
-        if let Some(i) = line.find(tag) {
-            return (level, &line[i + tag.len()..]);
-        }
-    }
-    (ChildLevel::Info, line)
-}
-
-/// Re-logs the child's output line by line under the target `nats-server`
-/// and keeps a tail for error messages.
-/// Lines starting with one of `benign` are logged at debug level.
-/// The last lines nats-server printed, and how many it printed in all.
-#[derive(Debug, Default)]
-pub struct Tail {
-    lines: VecDeque<String>,
-    seen: u64,
-}
-
-impl Tail {
-    fn push(&mut self, line: String) {
-        if self.lines.len() == TAIL_LINES {
-            self.lines.pop_front();
-        }
-        self.lines.push_back(line);
-        self.seen += 1;
-    }
-
-    /// The lines printed after the first `seen` (those still kept).
-    fn since(&self, seen: u64) -> Vec<String> {
-        let newer = (self.seen - seen.min(self.seen)) as usize;
-        self.lines
-            .iter()
-            .skip(self.lines.len().saturating_sub(newer))
-            .cloned()
-            .collect()
-    }
-}
-
-async fn relay<R: tokio::io::AsyncRead + Unpin>(
-    stream: R,
-    pid: u32,
-    tail: Arc<Mutex<Tail>>,
-    benign: &'static [&'static str],
-) {
-    let mut lines = BufReader::new(stream).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        let (mut level, msg) = parse_child_line(&line);
-        if benign.iter().any(|b| msg.starts_with(b)) {
-            level = ChildLevel::Debug;
-        }
-        match level {
-            ChildLevel::Trace => tracing::trace!(target: "nats-server", nats_pid = pid, "{msg}"),
-            ChildLevel::Debug => tracing::debug!(target: "nats-server", nats_pid = pid, "{msg}"),
-            ChildLevel::Info => tracing::info!(target: "nats-server", nats_pid = pid, "{msg}"),
-            ChildLevel::Warn => tracing::warn!(target: "nats-server", nats_pid = pid, "{msg}"),
-            ChildLevel::Error => tracing::error!(target: "nats-server", nats_pid = pid, "{msg}"),
-        }
-        tail.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(msg.to_string());
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn child_lines_are_split_into_level_and_message() {
-        assert_eq!(
-            parse_child_line("[2589] 2026/11/25 16:54:51.467980 [FTL] Can't start JetStream: x"),
-            (ChildLevel::Error, "Can't start JetStream: x")
-        );
-        assert_eq!(
-            parse_child_line("[1] 2026/11/25 16:54:51.4 [WRN] slow"),
-            (ChildLevel::Warn, "slow")
-        );
-        assert_eq!(
-            parse_child_line("[1] [INF] no time"),
-            (ChildLevel::Info, "no time")
-        );
-        assert_eq!(
-            parse_child_line("panic: oops"),
-            (ChildLevel::Info, "panic: oops")
-        );
-    }
-
-    #[test]
-    fn the_tail_keeps_the_last_lines_and_knows_what_is_new() {
-        let mut t = Tail::default();
-        for i in 0..TAIL_LINES + 5 {
-            t.push(format!("line {i}"));
-        }
-        assert_eq!(t.lines.len(), TAIL_LINES);
-        let seen = t.seen;
-        assert!(t.since(seen).is_empty());
-        t.push("new".into());
-        assert_eq!(t.since(seen), ["new"]);
-        assert_eq!(t.since(0).len(), TAIL_LINES);
     }
 }
