@@ -53,7 +53,8 @@ struct Diff<'a> {
 }
 
 impl Diff<'_> {
-    /// Records `key` if it changed; raises the nats action to `action`.
+    /// Records `key` if it changed, as its Debug form; raises the nats
+    /// action to `action`.
     fn field<T: PartialEq + Debug>(
         &mut self,
         key: &str,
@@ -64,18 +65,12 @@ impl Diff<'_> {
         if old == new {
             return false;
         }
-        let how = match action {
-            NatsAction::Nothing => "",
-            NatsAction::Signal => " (hot)",
-            NatsAction::Restart => " (restarts nats-server)",
-        };
-        self.plan
-            .changes
-            .push(format!("{key}: {old:?} -> {new:?}{how}"));
-        self.plan.nats = self.plan.nats.max(action);
+        self.record(key, format!("{old:?}"), format!("{new:?}"), action);
         true
     }
 
+    /// Like `field`, as its Display form (`1MB`, not `Size(1048576)`);
+    /// values that display alike count as unchanged.
     fn shown<T: PartialEq + Display>(
         &mut self,
         key: &str,
@@ -86,21 +81,24 @@ impl Diff<'_> {
         if old == new {
             return false;
         }
-        self.field(
-            key,
-            &Shown(old.to_string()),
-            &Shown(new.to_string()),
-            action,
-        )
+        let (old, new) = (old.to_string(), new.to_string());
+        if old == new {
+            return false;
+        }
+        self.record(key, old, new, action);
+        true
     }
-}
 
-/// Debug-prints as the plain string (`1MB`, not `"1MB"`).
-#[derive(PartialEq)]
-struct Shown(String);
-impl Debug for Shown {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+    fn record(&mut self, key: &str, old: String, new: String, action: NatsAction) {
+        let how = match action {
+            NatsAction::Nothing => "",
+            NatsAction::Signal => " (hot)",
+            NatsAction::Restart => " (restarts nats-server)",
+        };
+        self.plan
+            .changes
+            .push(format!("{key}: {old} -> {new}{how}"));
+        self.plan.nats = self.plan.nats.max(action);
     }
 }
 
