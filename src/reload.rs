@@ -13,7 +13,7 @@
 
 use std::fmt::{Debug, Display};
 
-use crate::config::Config;
+use crate::config::{ApiConfig, Config, SupervisorConfig};
 
 /// What nats-server needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -53,7 +53,8 @@ struct Diff<'a> {
 }
 
 impl Diff<'_> {
-    /// Records `key` if it changed; raises the nats action to `action`.
+    /// Records `key` if it changed, as its Debug form; raises the nats
+    /// action to `action`.
     fn field<T: PartialEq + Debug>(
         &mut self,
         key: &str,
@@ -64,44 +65,12 @@ impl Diff<'_> {
         if old == new {
             return false;
         }
-        let how = match action {
-            NatsAction::Nothing => "",
-            NatsAction::Signal => " (hot)",
-            NatsAction::Restart => " (restarts nats-server)",
-        };
-        self.plan
-            .changes
-            .push(format!("{key}: {old:?} -> {new:?}{how}"));
-        self.plan.nats = self.plan.nats.max(action);
+        self.record(key, format!("{old:?}"), format!("{new:?}"), action);
         true
     }
 
-    /// A flat struct of values that apply in place: one line per changed
-    /// field, read off the Debug form (`Name { a: 1, b: Dur(2s) }`).
-    fn fields<T: PartialEq + Debug>(&mut self, key: &str, old: &T, new: &T) {
-        if old == new {
-            return;
-        }
-        let pairs = |v: &T| -> Vec<(String, String)> {
-            let text = format!("{v:?}");
-            let inner = text
-                .split_once('{')
-                .map(|(_, r)| r.trim_end_matches('}').trim())
-                .unwrap_or("");
-            inner
-                .split(", ")
-                .filter_map(|kv| kv.split_once(": "))
-                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-                .collect()
-        };
-        let (a, b) = (pairs(old), pairs(new));
-        for ((k, x), (_, y)) in a.iter().zip(&b) {
-            if x != y {
-                self.plan.changes.push(format!("{key}.{k}: {x} -> {y}"));
-            }
-        }
-    }
-
+    /// Like `field`, as its Display form (`1MB`, not `Size(1048576)`);
+    /// values that display alike count as unchanged.
     fn shown<T: PartialEq + Display>(
         &mut self,
         key: &str,
@@ -112,22 +81,39 @@ impl Diff<'_> {
         if old == new {
             return false;
         }
-        self.field(
-            key,
-            &Shown(old.to_string()),
-            &Shown(new.to_string()),
-            action,
-        )
+        let (old, new) = (old.to_string(), new.to_string());
+        if old == new {
+            return false;
+        }
+        self.record(key, old, new, action);
+        true
+    }
+
+    fn record(&mut self, key: &str, old: String, new: String, action: NatsAction) {
+        let how = match action {
+            NatsAction::Nothing => "",
+            NatsAction::Signal => " (hot)",
+            NatsAction::Restart => " (restarts nats-server)",
+        };
+        self.plan
+            .changes
+            .push(format!("{key}: {old} -> {new}{how}"));
+        self.plan.nats = self.plan.nats.max(action);
     }
 }
 
-/// Debug-prints as the plain string (`1MB`, not `"1MB"`).
-#[derive(PartialEq)]
-struct Shown(String);
-impl Debug for Shown {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
+/// One line per changed field of a flat struct of values that apply in
+/// place (`supervisor.health_failures: 3 -> 5`), in the order listed,
+/// which is the struct's. The pattern names every field of the struct,
+/// compared or `except`ed (compared elsewhere), so a field added to it but
+/// not here does not compile instead of going unreported.
+macro_rules! each_field {
+    ($d:expr, $key:literal, $old:expr, $new:expr,
+     $ty:ident { $($f:ident,)* } $(except { $($skip:ident,)* })?) => {{
+        let (old, new): (&$ty, &$ty) = ($old, $new);
+        let $ty { $($f: _,)* $($($skip: _,)*)? } = old;
+        $( $d.field(concat!($key, ".", stringify!($f)), &old.$f, &new.$f, NatsAction::Nothing); )*
+    }};
 }
 
 /// Users are hot. One line per user added, removed or changed, naming
@@ -203,13 +189,49 @@ pub fn plan(old: &Config, new: &Config) -> ReloadPlan {
         &new.auto_create_streams,
         Nothing,
     );
-    d.fields("supervisor", &old.supervisor, &new.supervisor);
-    // api.tls is a nested struct: `fields` reads flat ones only.
-    let flat = |a: &crate::config::ApiConfig| crate::config::ApiConfig {
-        tls: None,
-        ..a.clone()
-    };
-    d.fields("api", &flat(&old.api), &flat(&new.api));
+    each_field!(
+        d,
+        "supervisor",
+        &old.supervisor,
+        &new.supervisor,
+        SupervisorConfig {
+            start_timeout,
+            stop_timeout,
+            health_interval,
+            health_timeout,
+            health_failures,
+            backoff_initial,
+            backoff_max,
+            stable_after,
+            max_failures,
+            failure_window,
+            stream_resync_interval,
+        }
+    );
+    // api.tls is a nested struct: one line of its own, after the others.
+    each_field!(
+        d,
+        "api",
+        &old.api,
+        &new.api,
+        ApiConfig {
+            publish_timeout,
+            header_read_timeout,
+            max_connections,
+            drain_timeout,
+            batch_max_entries,
+            batch_max_bytes,
+            sse_heartbeat,
+            sse_buffer,
+            sse_max_clients,
+            fetch_max_batch,
+            fetch_max_wait,
+            tokens_file,
+            tokens_for_reads,
+        } except {
+            tls,
+        }
+    );
     d.field("api.tls", &old.api.tls, &new.api.tls, Nothing);
 
     let (o, n) = (&old.nats, &new.nats);
