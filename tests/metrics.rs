@@ -122,19 +122,6 @@ fn m(s: &str) -> String {
     format!("{P}{s}")
 }
 
-async fn post_batch(d: &Daemon, entries: Value) -> (u16, Value) {
-    let (status, _, body) = request(
-        d.http,
-        "POST",
-        "/api/v1/publish/batch",
-        &[("content-type", "application/json")],
-        entries.to_string().into_bytes(),
-    )
-    .await
-    .unwrap();
-    (status, serde_json::from_slice(&body).unwrap())
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_count_what_the_daemon_did() {
     let d = Daemon::start();
@@ -173,16 +160,17 @@ async fn metrics_count_what_the_daemon_did() {
         let (status, _, _) = d.publish_raw(body.to_vec()).await;
         assert_eq!(status, 400);
     }
-    let (status, r) = post_batch(
-        &d,
-        json!([
-            {"subject": "market.okx.BTC-USDT.trade", "message": {"b": 1}},
-            {"subject": "market.okx.BTC-USDT.trade", "message": {"b": 2}},
-            {"subject": "nostream.y", "message": 3},
-            {"subject": "bad subject", "message": 4},
-        ]),
-    )
-    .await;
+    let (status, r) = d
+        .post(
+            "/api/v1/publish/batch",
+            json!([
+                {"subject": "market.okx.BTC-USDT.trade", "message": {"b": 1}},
+                {"subject": "market.okx.BTC-USDT.trade", "message": {"b": 2}},
+                {"subject": "nostream.y", "message": 3},
+                {"subject": "bad subject", "message": 4},
+            ]),
+        )
+        .await;
     assert_eq!(status, 207, "{r}");
 
     let (text, mx) = scrape(&d).await;

@@ -344,17 +344,7 @@ async fn a_failed_sync_is_an_error_counted_and_shown() {
         // A batch: every entry carries the error, the answer is 207.
         let batch =
             json!([{"subject": "power.b", "message": 1}, {"subject": "power.b", "message": 2}]);
-        let (s, _, body) = d
-            .request(
-                None,
-                "POST",
-                "/api/v1/publish/batch",
-                &[("content-type", "application/json")],
-                batch.to_string().into_bytes(),
-            )
-            .await
-            .unwrap();
-        let v: Value = serde_json::from_slice(&body).unwrap();
+        let (s, v) = d.post("/api/v1/publish/batch", batch).await;
         assert_eq!(s, 207, "{v}");
         assert_eq!(v["failed"], 2, "{v}");
         assert_eq!(v["results"][0]["status"], status, "{v}");

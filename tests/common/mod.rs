@@ -464,6 +464,35 @@ impl Daemon {
         )
     }
 
+    /// POST `body` as JSON to `path`; returns the status and the JSON
+    /// answer. A request that fails, or an answer that is not JSON, panics
+    /// showing it.
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.post_raw(path, "application/json", body.to_string())
+            .await
+    }
+
+    /// POST `body` as is, with `content_type`, to `path`; returns the
+    /// status and the JSON answer, like [`Daemon::post`].
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: impl Into<Vec<u8>>,
+    ) -> (u16, Value) {
+        let (status, _, body) = self
+            .request(
+                None,
+                "POST",
+                path,
+                &[("content-type", content_type)],
+                body.into(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("POST {path}: {e}; log:\n{}", self.log()));
+        json_answer(path, status, &body).unwrap_or_else(|e| panic!("POST {e}"))
+    }
+
     /// One request to the API, over TLS when the daemon speaks it, with a
     /// bearer token when one is given.
     pub async fn request(
