@@ -383,12 +383,7 @@ fn starts(count: &std::path::Path) -> usize {
 async fn the_wrong_program_as_nats_server_gives_up_after_three_tries_with_exit_69() {
     // /bin/true: exits 0 at once, says nothing.
     let mut d = Daemon::builder().bin("/bin/true").start();
-    assert_eq!(
-        d.wait_exit(Duration::from_secs(20)).code(),
-        Some(69),
-        "{}",
-        d.log()
-    );
+    d.expect_exit(69, Duration::from_secs(20));
     let log = d.log();
     assert!(
         log.contains("giving up: nats-server could not be started (3 attempts)")
@@ -402,12 +397,7 @@ async fn the_wrong_program_as_nats_server_gives_up_after_three_tries_with_exit_6
     let dir = tempfile::tempdir().unwrap();
     let (script, count) = counting_script(dir.path(), "Usage: frobnicate [--garbage]", 2);
     let mut d = Daemon::builder().bin(&script).start();
-    assert_eq!(
-        d.wait_exit(Duration::from_secs(20)).code(),
-        Some(69),
-        "{}",
-        d.log()
-    );
+    d.expect_exit(69, Duration::from_secs(20));
     let log = d.log();
     assert!(
         log.contains("last nats-server output:") && log.contains("Usage: frobnicate [--garbage]"),
@@ -426,12 +416,7 @@ async fn a_nats_server_that_is_not_executable_is_a_config_error_78() {
     let (script, count) = counting_script(dir.path(), "never", 0);
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).unwrap();
     let mut d = Daemon::builder().bin(&script).start();
-    assert_eq!(
-        d.wait_exit(Duration::from_secs(10)).code(),
-        Some(78),
-        "{}",
-        d.log()
-    );
+    d.expect_exit(78, Duration::from_secs(10));
     let log = d.log();
     assert!(
         log.contains(&format!("nats.server_bin: {}", script.display())),
@@ -448,12 +433,7 @@ async fn a_data_dir_that_cannot_be_created_exits_73_naming_it_without_starting_a
     std::fs::write(&file, "not a directory").unwrap();
     let data = file.join("state");
     let mut d = Daemon::builder().state(&data).start();
-    assert_eq!(
-        d.wait_exit(Duration::from_secs(10)).code(),
-        Some(73),
-        "{}",
-        d.log()
-    );
+    d.expect_exit(73, Duration::from_secs(10));
     let log = d.log();
     assert!(log.contains(&data.display().to_string()), "{log}");
     assert!(!log.contains("nats-server started"), "{log}");
@@ -467,12 +447,7 @@ async fn a_read_only_data_dir_exits_73_naming_it() {
     }
     let fs = Tmpfs::mount("size=1m,ro");
     let mut d = Daemon::builder().state(&fs.path).start();
-    assert_eq!(
-        d.wait_exit(Duration::from_secs(10)).code(),
-        Some(73),
-        "{}",
-        d.log()
-    );
+    d.expect_exit(73, Duration::from_secs(10));
     let log = d.log();
     assert!(
         log.contains(&fs.path.display().to_string()) && log.contains("Read-only file system"),

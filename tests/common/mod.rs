@@ -401,6 +401,19 @@ impl Daemon {
         }
     }
 
+    /// Waits for the daemon to exit and panics, showing its log, unless it
+    /// exited with `code`.
+    #[track_caller]
+    pub fn expect_exit(&mut self, code: i32, timeout: Duration) {
+        let status = self.wait_exit(timeout);
+        assert_eq!(
+            status.code(),
+            Some(code),
+            "the daemon ended with {status}, not exit code {code}; log:\n{}",
+            self.log()
+        );
+    }
+
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), sig).unwrap();
     }
