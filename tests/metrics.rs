@@ -107,10 +107,9 @@ async fn scrape(d: &Daemon) -> (String, Metrics) {
         .unwrap();
     py.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
     let out = py.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "prometheus_client refuses /metrics: {}\n{text}",
-        String::from_utf8_lossy(&out.stderr)
+    out.expect_code_for(
+        0,
+        &format!("prometheus_client, given /metrics\n{text}(end of /metrics),"),
     );
     let families: BTreeMap<String, Value> = serde_json::from_slice(&out.stdout).unwrap();
     (text, Metrics(families))

@@ -68,11 +68,7 @@ pub async fn python_client(script: &str, args: &[&str]) -> Value {
         .output()
         .await
         .unwrap();
-    assert!(
-        out.status.success(),
-        "python client failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    out.expect_code_for(0, &format!("python client {script}"));
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -715,6 +711,37 @@ fn json_answer(path: &str, status: u16, body: &[u8]) -> Result<(u16, Value), Str
         )
     })?;
     Ok((status, v))
+}
+
+/// A finished run of a program (the binary's subcommands, a test client):
+/// its exit code checked, and a mismatch shows what it printed.
+pub trait ExitedWith {
+    /// Panics unless the program exited with `code`, showing its stdout
+    /// and stderr.
+    #[track_caller]
+    fn expect_code(&self, code: i32);
+    /// [`ExitedWith::expect_code`], naming the run `what` in the message.
+    #[track_caller]
+    fn expect_code_for(&self, code: i32, what: &str);
+}
+
+impl ExitedWith for std::process::Output {
+    #[track_caller]
+    fn expect_code(&self, code: i32) {
+        self.expect_code_for(code, "the program");
+    }
+
+    #[track_caller]
+    fn expect_code_for(&self, code: i32, what: &str) {
+        assert_eq!(
+            self.status.code(),
+            Some(code),
+            "{what} ended with {}, not exit code {code}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.status,
+            String::from_utf8_lossy(&self.stdout),
+            String::from_utf8_lossy(&self.stderr)
+        );
+    }
 }
 
 /// Whether a process is alive (and not a zombie).
