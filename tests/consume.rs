@@ -537,11 +537,7 @@ async fn fetch_and_ack_while_nats_server_is_down_are_a_quick_503() {
         .top("api:\n  publish_timeout: 1s\n")
         .start();
     d.wait_healthy(Duration::from_secs(20)).await;
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(d.child_pid().unwrap() as i32),
-        Signal::SIGKILL,
-    )
-    .unwrap();
+    kill(d.child_pid().unwrap(), Signal::SIGKILL);
     d.wait_health(503, Duration::from_secs(2)).await;
     let t = Instant::now();
     let (status, v) = d

@@ -28,10 +28,6 @@ fn has_keys(v: &Value, want: &[&str]) {
     }
 }
 
-fn kill(pid: u32, sig: Signal) {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn every_endpoint_answers_with_the_seeds_shapes() {
     let d = Daemon::start();

@@ -20,10 +20,6 @@ use common::*;
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 
-fn kill(pid: u32, sig: Signal) {
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
-}
-
 /// One publisher's record: what was acknowledged (seq -> msg_id) and how
 /// many were refused with a proper 503.
 #[derive(Default)]
@@ -143,7 +139,7 @@ async fn fifty_kill_9s_under_publish_load_lose_nothing_acknowledged() {
         .await;
         let old = d.child_pid().unwrap();
         let t = Instant::now();
-        kill(old, Signal::SIGKILL);
+        try_kill(old, Signal::SIGKILL);
         let new = d.wait_new_child(old, Duration::from_secs(5)).await;
         worst = worst.max(t.elapsed());
         assert!(!d.has_exited(), "the daemon exited at kill #{k}");
@@ -193,9 +189,9 @@ async fn sigcont_racing_the_hang_kill_ends_with_one_healthy_child_and_no_orphan(
     let mut replaced = 0;
     for delay_ms in [350u64, 450, 500, 550, 600, 650, 700, 800, 2000] {
         let old = d.child_pid().unwrap();
-        kill(old, Signal::SIGSTOP);
+        try_kill(old, Signal::SIGSTOP);
         tokio::time::sleep(Duration::from_millis(delay_ms)).await;
-        kill(old, Signal::SIGCONT);
+        try_kill(old, Signal::SIGCONT);
         // Settled: healthy, and the process table holds exactly the one
         // child health names.
         let pid = eventually(

@@ -10,8 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 
 /// Parses the exposition with prometheus_client's parser, checks what it
@@ -299,7 +298,7 @@ async fn restarts_and_reloads_are_counted() {
     d.wait_healthy(Duration::from_secs(20)).await;
     let old = d.child_pid().unwrap();
 
-    kill(Pid::from_raw(old as i32), Signal::SIGKILL).unwrap();
+    kill(old, Signal::SIGKILL);
     d.wait_new_child(old, Duration::from_secs(20)).await;
     let mx = eventually(Duration::from_secs(10), "child_up 1 again", || async {
         let (_, mx) = scrape(&d).await;

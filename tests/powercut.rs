@@ -67,10 +67,6 @@ impl Rng {
     }
 }
 
-fn kill(pid: u32, sig: Signal) {
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
-}
-
 /// The FUSE mount, or why the test cannot run here.
 fn mount() -> Option<(tempfile::TempDir, LazyFs)> {
     if let Some(why) = LazyFs::unavailable() {
@@ -154,7 +150,7 @@ async fn client(
 fn kill_machine(d: &Daemon) {
     let pids: Vec<u32> = d.child_pid().into_iter().chain([d.pid()]).collect();
     for &p in &pids {
-        kill(p, Signal::SIGKILL);
+        try_kill(p, Signal::SIGKILL);
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     while pids.iter().any(|&p| alive(p)) {

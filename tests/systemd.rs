@@ -119,7 +119,7 @@ async fn the_watchdog_is_fed_at_half_its_period() {
     );
     // A restarting child does not stop them: the supervisor loop is alive.
     let old = d.child_pid().unwrap();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(old as i32), Signal::SIGKILL).unwrap();
+    kill(old, Signal::SIGKILL);
     d.wait_new_child(old, Duration::from_secs(5)).await;
     let n = sock.with_line("WATCHDOG=1").len();
     tokio::time::sleep(Duration::from_millis(600)).await;
@@ -201,7 +201,7 @@ async fn status_follows_a_restart() {
         .start();
     sock.wait_line("READY=1", 1, Duration::from_secs(20)).await;
     let old = d.child_pid().unwrap();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(old as i32), Signal::SIGKILL).unwrap();
+    kill(old, Signal::SIGKILL);
     let new = d.wait_new_child(old, Duration::from_secs(5)).await;
     let want = format!("STATUS=nats-server pid {new} healthy");
     eventually(

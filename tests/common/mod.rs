@@ -411,7 +411,7 @@ impl Daemon {
     }
 
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), sig).unwrap();
+        kill(self.pid(), sig);
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
@@ -742,6 +742,16 @@ impl ExitedWith for std::process::Output {
             String::from_utf8_lossy(&self.stderr)
         );
     }
+}
+
+/// Sends `sig` to `pid`; panics if it cannot (no such process, say).
+pub fn kill(pid: u32, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).unwrap();
+}
+
+/// Sends `sig` to `pid` if it can: a process racing to exit may be gone.
+pub fn try_kill(pid: u32, sig: nix::sys::signal::Signal) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
 }
 
 /// Whether a process is alive (and not a zombie).
