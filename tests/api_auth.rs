@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::certs::Pki;
-use common::{eventually, Daemon, BIN};
+use common::{eventually, Daemon, ExitedWith, BIN};
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 
@@ -226,7 +226,9 @@ async fn sighup_rereads_the_tokens_and_a_broken_file_keeps_the_old_ones() {
     assert!(!log.contains(WRITE2) && !log.contains(WRITE));
 }
 
-fn check_config(dir: &Path, yaml: &str) -> (i32, String) {
+/// Runs check-config on `yaml`, which must exit with `code`; returns
+/// what it printed to stderr.
+fn check_config(dir: &Path, yaml: &str, code: i32) -> String {
     let conf = dir.join("broker.yaml");
     std::fs::write(&conf, yaml).unwrap();
     let out = std::process::Command::new(BIN)
@@ -237,10 +239,8 @@ fn check_config(dir: &Path, yaml: &str) -> (i32, String) {
         .env("CREDENTIALS_DIRECTORY", dir)
         .output()
         .unwrap();
-    (
-        out.status.code().unwrap(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    out.expect_code(code);
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 #[test]
@@ -251,19 +251,16 @@ fn check_config_names_the_bad_line_and_warns_about_a_readable_file() {
 
     std::fs::write(&tokens, format!("{WRITE}\n{READ} admin\n")).unwrap();
     std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let (code, err) = check_config(dir.path(), base);
-    assert_eq!(code, 78, "{err}");
+    let err = check_config(dir.path(), base, 78);
     assert!(err.contains("api.tokens_file"), "{err}");
     assert!(err.contains(&format!("{}:2:", tokens.display())), "{err}");
     assert!(!err.contains(READ), "the token is quoted: {err}");
 
     std::fs::write(&tokens, format!("{WRITE}\n")).unwrap();
-    let (code, err) = check_config(dir.path(), base);
-    assert_eq!(code, 0, "{err}");
+    let err = check_config(dir.path(), base, 0);
     assert!(!err.contains("readable"), "{err}");
     std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let (code, err) = check_config(dir.path(), base);
-    assert_eq!(code, 0, "{err}");
+    let err = check_config(dir.path(), base, 0);
     assert!(
         err.contains("warning: api.tokens_file") && err.contains("readable by others"),
         "{err}"
@@ -271,24 +268,22 @@ fn check_config_names_the_bad_line_and_warns_about_a_readable_file() {
     // Readable by the checking process' own group (as root:marketprism-broker
     // 0640 is for the service user running check-config): fine.
     std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o640)).unwrap();
-    let (code, err) = check_config(dir.path(), base);
-    assert_eq!(code, 0, "{err}");
+    let err = check_config(dir.path(), base, 0);
     assert!(!err.contains("readable"), "{err}");
     // Readable by some other group: a warning naming it (chown needs root).
     if nix::unistd::geteuid().is_root() {
         std::os::unix::fs::chown(&tokens, None, Some(65534)).unwrap();
-        let (code, err) = check_config(dir.path(), base);
-        assert_eq!(code, 0, "{err}");
+        let err = check_config(dir.path(), base, 0);
         assert!(err.contains("readable by group"), "{err}");
     } else {
         eprintln!("SKIPPED the other-group case: chown needs root");
     }
 
-    let (code, err) = check_config(
+    let err = check_config(
         dir.path(),
         "auto_start_nats: false\napi:\n  tokens_file: missing\n",
+        78,
     );
-    assert_eq!(code, 78);
     assert!(
         err.contains("api.tokens_file") && err.contains("cannot read"),
         "{err}"
@@ -306,22 +301,22 @@ fn check_config_names_a_missing_or_unparsable_certificate() {
             key.display().to_string()
         )
     };
-    let (code, err) = check_config(dir.path(), &yaml(&pki.cert, &pki.key));
-    assert_eq!(code, 0, "{err}");
-    let (code, err) = check_config(dir.path(), &yaml(&dir.path().join("nope.pem"), &pki.key));
-    assert_eq!(code, 78);
+    check_config(dir.path(), &yaml(&pki.cert, &pki.key), 0);
+    let err = check_config(
+        dir.path(),
+        &yaml(&dir.path().join("nope.pem"), &pki.key),
+        78,
+    );
     assert!(
         err.contains("api.tls.cert_file") && err.contains("nope.pem"),
         "{err}"
     );
     // A certificate where the key should be.
-    let (code, err) = check_config(dir.path(), &yaml(&pki.cert, &pki.cert));
-    assert_eq!(code, 78);
+    let err = check_config(dir.path(), &yaml(&pki.cert, &pki.cert), 78);
     assert!(err.contains("api.tls.key_file"), "{err}");
     let junk = dir.path().join("junk.pem");
     std::fs::write(&junk, "not pem at all\n").unwrap();
-    let (code, err) = check_config(dir.path(), &yaml(&junk, &pki.key));
-    assert_eq!(code, 78);
+    let err = check_config(dir.path(), &yaml(&junk, &pki.key), 78);
     assert!(
         err.contains("api.tls.cert_file") && err.contains("junk.pem"),
         "{err}"
@@ -487,7 +482,7 @@ fn a_relative_tokens_file_is_found_in_the_credentials_directory() {
     // credentials directory.
     std::fs::write(dir.path().join("api-tokens"), format!("{WRITE}\n")).unwrap();
     let o = run();
-    assert_eq!(o.status.code(), Some(78));
+    o.expect_code(78);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         err.contains(&creds.path().join("api-tokens").display().to_string()),
@@ -496,13 +491,7 @@ fn a_relative_tokens_file_is_found_in_the_credentials_directory() {
     let t = creds.path().join("api-tokens");
     std::fs::write(&t, format!("{WRITE}\n")).unwrap();
     std::fs::set_permissions(&t, std::fs::Permissions::from_mode(0o400)).unwrap();
-    let o = run();
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    run().expect_code(0);
 }
 
 #[tokio::test(flavor = "multi_thread")]

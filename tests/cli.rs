@@ -37,20 +37,20 @@ fn write(dir: &Path, name: &str, body: &str) -> String {
 #[test]
 fn version_and_help() {
     let o = run(&["--version"], &[]);
-    assert!(o.status.success());
+    o.expect_code(0);
     assert_eq!(
         text(&o.stdout).trim(),
         format!("marketprism-broker {}", env!("CARGO_PKG_VERSION"))
     );
     let o = run(&["--help"], &[]);
-    assert!(o.status.success());
+    o.expect_code(0);
     assert!(text(&o.stdout).contains("check-config"));
 }
 
 #[test]
 fn usage_errors_exit_64() {
     let o = run(&["--bogus"], &[]);
-    assert_eq!(o.status.code(), Some(64));
+    o.expect_code(64);
     assert!(text(&o.stderr).contains("unknown option --bogus"));
 }
 
@@ -65,12 +65,7 @@ fn every_shipped_config_checks_ok() {
             }
             let p = e.path().display().to_string();
             let o = run(&["check-config", "--config", &p], &[]);
-            assert!(
-                o.status.success(),
-                "{p}: {}{}",
-                text(&o.stdout),
-                text(&o.stderr)
-            );
+            o.expect_code_for(0, &format!("check-config of {p}"));
             assert_eq!(text(&o.stdout).trim(), format!("{p}: OK"));
             n += 1;
         }
@@ -88,14 +83,14 @@ fn a_misspelled_key_exits_78_with_file_line_key_and_suggestion() {
     );
     let want = format!("{p}:4: nats.jetstream_max_memroy: unknown key `jetstream_max_memroy` (did you mean `jetstream_max_memory`?)");
     let o = run(&["check-config", "--config", &p], &[]);
-    assert_eq!(o.status.code(), Some(78));
+    o.expect_code(78);
     assert_eq!(
         text(&o.stderr).trim(),
         format!("marketprism-broker: invalid config: {want}")
     );
     // The daemon itself refuses it the same way, before doing anything.
     let o = run(&["--config", &p], &[]);
-    assert_eq!(o.status.code(), Some(78));
+    o.expect_code(78);
     assert!(text(&o.stderr).contains(&want), "{}", text(&o.stderr));
 }
 
@@ -114,7 +109,7 @@ fn other_config_mistakes_exit_78_naming_key_and_line() {
     for (name, body, want) in cases {
         let p = write(d.path(), name, body);
         let o = run(&["check-config", "--config", &p], &[]);
-        assert_eq!(o.status.code(), Some(78), "{name}: {}", text(&o.stderr));
+        o.expect_code_for(78, &format!("check-config of {name}"));
         assert!(
             text(&o.stderr).contains(&format!("{p}{want}")),
             "{name}: {}",
@@ -137,7 +132,7 @@ fn what_nats_server_refuses_is_refused_by_check_config() {
         &format!("nats:\n  tls:\n    cert_file: {cert:?}\n    key_file: {key:?}\n"),
     );
     let o = run(&["check-config", "--config", &p], &[]);
-    assert_eq!(o.status.code(), Some(78), "{}", text(&o.stderr));
+    o.expect_code(78);
     assert!(
         text(&o.stderr).contains("the generated nats-server config is refused by"),
         "{}",
@@ -151,13 +146,13 @@ fn an_explicit_config_that_is_missing_is_an_error() {
         &["check-config", "--config", "/nonexistent/broker.yaml"],
         &[],
     );
-    assert_eq!(o.status.code(), Some(78));
+    o.expect_code(78);
     assert!(text(&o.stderr).contains("/nonexistent/broker.yaml: config file does not exist"));
     let o = run(
         &["check-config"],
         &[("MARKETPRISM_BROKER_CONFIG", "/nonexistent/env.yaml")],
     );
-    assert_eq!(o.status.code(), Some(78));
+    o.expect_code(78);
     assert!(text(&o.stderr).contains("/nonexistent/env.yaml: config file does not exist"));
 }
 
@@ -169,7 +164,7 @@ fn the_env_variable_names_the_config() {
         &["render-nats-config"],
         &[("MARKETPRISM_BROKER_CONFIG", &p)],
     );
-    assert!(o.status.success());
+    o.expect_code(0);
     assert!(text(&o.stdout).contains(&format!("# Source: {p}")));
 }
 
@@ -180,7 +175,7 @@ fn without_any_config_the_built_in_defaults_are_used() {
         return;
     }
     let o = run(&["check-config"], &[]);
-    assert!(o.status.success(), "{}", text(&o.stderr));
+    o.expect_code(0);
     assert_eq!(text(&o.stdout).trim(), "built-in defaults: OK");
 }
 
@@ -198,7 +193,7 @@ fn render_nats_config_shows_the_generated_file_with_passwords_masked() {
         ],
         &[],
     );
-    assert!(o.status.success());
+    o.expect_code(0);
     let t = text(&o.stdout);
     assert!(
         t.contains("port: 4222\n")
@@ -241,7 +236,7 @@ fn sync_interval_is_checked_against_the_nats_server_version() {
     };
     let old = write(d.path(), "old.yaml", &yaml(&nats_server()));
     let o = run(&["check-config", "--config", &old], &[]);
-    assert_eq!(o.status.code(), Some(78), "{}", text(&o.stderr));
+    o.expect_code(78);
     assert!(
         text(&o.stderr).contains(&format!(
             "invalid config: {old}:4: nats.sync_interval: nats-server 2.9.10 has no sync_interval"
@@ -252,7 +247,7 @@ fn sync_interval_is_checked_against_the_nats_server_version() {
 
     let new = write(d.path(), "new.yaml", &yaml(&nats_server_current()));
     let o = run(&["check-config", "--config", &new], &[]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    o.expect_code(0);
     let o = run(&["render-nats-config", "--config", &new], &[]);
     assert!(
         text(&o.stdout).contains("  sync_interval: \"250ms\"\n"),
@@ -269,7 +264,7 @@ fn sync_interval_is_checked_against_the_nats_server_version() {
         ),
     );
     let o = run(&["check-config", "--config", &plain], &[]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    o.expect_code(0);
     let warned = text(&o.stderr);
     assert_eq!(
         warned.matches("has no sync_interval").count(),

@@ -65,11 +65,7 @@ async fn the_seeds_node_producer_and_durable_consumer_work() {
         .output()
         .await
         .unwrap();
-    assert!(
-        out.status.success(),
-        "node client failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    out.expect_code_for(0, "node client");
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["acked_seqs"], json!([2, 3, 4, 5]));
     let received = v["received"].as_array().unwrap();

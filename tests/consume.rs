@@ -35,39 +35,16 @@ fn daemon_on(bin: PathBuf) -> Daemon {
         .start()
 }
 
-async fn post(d: &Daemon, path: &str, body: Value) -> (u16, Value) {
-    post_raw(d, path, "application/json", body.to_string().into_bytes()).await
-}
-
-async fn post_raw(d: &Daemon, path: &str, content_type: &str, body: Vec<u8>) -> (u16, Value) {
-    let (status, _, body) = request(
-        d.http,
-        "POST",
-        path,
-        &[("content-type", content_type)],
-        body,
-    )
-    .await
-    .unwrap_or_else(|e| panic!("POST {path}: {e}; log:\n{}", d.log()));
-    let v = serde_json::from_slice(&body).unwrap_or_else(|e| {
-        panic!(
-            "POST {path} answered {status} with non-JSON {:?}: {e}",
-            String::from_utf8_lossy(&body)
-        )
-    });
-    (status, v)
-}
-
 const MC: &str = "/api/v1/streams/MARKET_DATA/consumers/market-consumer";
 const CRASHY: &str = "/api/v1/streams/MARKET_DATA/consumers/crashy";
 
 async fn fetch(d: &Daemon, consumer: &str, batch: u32, expires_ms: u64) -> Vec<Value> {
-    let (status, v) = post(
-        d,
-        &format!("{consumer}/fetch"),
-        json!({"batch": batch, "expires_ms": expires_ms}),
-    )
-    .await;
+    let (status, v) = d
+        .post(
+            &format!("{consumer}/fetch"),
+            json!({"batch": batch, "expires_ms": expires_ms}),
+        )
+        .await;
     assert_eq!(status, 200, "{v}");
     let messages = v["messages"].as_array().unwrap().clone();
     assert_eq!(v["count"], messages.len());
@@ -79,7 +56,7 @@ fn tokens(messages: &[Value]) -> Vec<Value> {
 }
 
 async fn ack(d: &Daemon, consumer: &str, verb: &str, body: Value) -> Value {
-    let (status, v) = post(d, &format!("{consumer}/{verb}"), body).await;
+    let (status, v) = d.post(&format!("{consumer}/{verb}"), body).await;
     assert_eq!(status, 200, "{verb}: {v}");
     assert_eq!(v["success"], true, "{v}");
     v
@@ -289,23 +266,23 @@ async fn consumers_are_listed_and_unknown_ones_are_404() {
         assert_eq!(status, 404, "{path}: {v}");
         assert_eq!(v["error"]["code"], "not_found", "{v}");
     }
-    let (status, v) = post(
-        &d,
-        "/api/v1/streams/MARKET_DATA/consumers/nope/fetch",
-        json!({}),
-    )
-    .await;
+    let (status, v) = d
+        .post(
+            "/api/v1/streams/MARKET_DATA/consumers/nope/fetch",
+            json!({}),
+        )
+        .await;
     assert_eq!(
         (status, v["error"]["code"].as_str()),
         (404, Some("not_found")),
         "{v}"
     );
-    let (status, v) = post(
-        &d,
-        "/api/v1/streams/MARKET_DATA/consumers/nope/ack",
-        json!({"tokens": ["$JS.ACK.MARKET_DATA.nope.1.1.1.1.0"]}),
-    )
-    .await;
+    let (status, v) = d
+        .post(
+            "/api/v1/streams/MARKET_DATA/consumers/nope/ack",
+            json!({"tokens": ["$JS.ACK.MARKET_DATA.nope.1.1.1.1.0"]}),
+        )
+        .await;
     assert_eq!(status, 404, "{v}");
     let (status, _, _) = request(d.http, "GET", &format!("{MC}/fetch"), &[], vec![])
         .await
@@ -324,23 +301,27 @@ async fn bad_fetch_and_ack_requests_are_refused() {
         (json!({"batch": "ten"}), "invalid_json"),
         (json!({"bacth": 1}), "invalid_json"),
     ] {
-        let (status, v) = post(&d, &fetch_path, body.clone()).await;
+        let (status, v) = d.post(&fetch_path, body.clone()).await;
         assert_eq!(
             (status, v["error"]["code"].as_str()),
             (400, Some(code)),
             "{body}: {v}"
         );
     }
-    let (status, v) = post_raw(&d, &fetch_path, "application/json", b"{nope".to_vec()).await;
+    let (status, v) = d
+        .post_raw(&fetch_path, "application/json", b"{nope".to_vec())
+        .await;
     assert_eq!(
         (status, v["error"]["code"].as_str()),
         (400, Some("invalid_json")),
         "{v}"
     );
-    let (status, v) = post_raw(&d, &fetch_path, "text/plain", b"batch=1".to_vec()).await;
+    let (status, v) = d
+        .post_raw(&fetch_path, "text/plain", b"batch=1".to_vec())
+        .await;
     assert_eq!(status, 415, "{v}");
     // An empty body means the defaults.
-    let (status, v) = post_raw(&d, &fetch_path, "application/json", vec![]).await;
+    let (status, v) = d.post_raw(&fetch_path, "application/json", vec![]).await;
     assert_eq!((status, v["count"].as_u64()), (200, Some(0)), "{v}");
 
     publish(&d, "market.binance.BTCUSDT.trade", json!({"x": 1})).await;
@@ -359,21 +340,23 @@ async fn bad_fetch_and_ack_requests_are_refused() {
             "an API subject",
         ),
     ] {
-        let (status, v) = post(&d, &format!("{MC}/ack"), json!({"tokens": tokens})).await;
+        let (status, v) = d
+            .post(&format!("{MC}/ack"), json!({"tokens": tokens}))
+            .await;
         assert_eq!(
             (status, v["error"]["code"].as_str()),
             (400, Some("invalid_token")),
             "{what}: {v}"
         );
     }
-    let (status, v) = post(&d, &format!("{MC}/ack"), json!({"tokens": []})).await;
+    let (status, v) = d.post(&format!("{MC}/ack"), json!({"tokens": []})).await;
     assert_eq!(status, 400, "{v}");
-    let (status, v) = post(
-        &d,
-        &format!("{MC}/ack"),
-        json!({"tokens": [mine], "delay_ms": 5}),
-    )
-    .await;
+    let (status, v) = d
+        .post(
+            &format!("{MC}/ack"),
+            json!({"tokens": [mine], "delay_ms": 5}),
+        )
+        .await;
     assert_eq!(status, 400, "{v}");
     // Nothing was acked by the refused requests.
     let (_, c) = d.get(MC).await;
@@ -536,7 +519,7 @@ async fn a_client_made_push_consumer_of_the_same_name_is_reported_not_replaced()
         c["config"]["type"], "push",
         "the client's consumer is left as it was"
     );
-    let (status, v) = post(&d, &format!("{MC}/fetch"), json!({})).await;
+    let (status, v) = d.post(&format!("{MC}/fetch"), json!({})).await;
     assert_eq!(
         (status, v["error"]["code"].as_str()),
         (409, Some("not_a_pull_consumer")),
@@ -554,25 +537,23 @@ async fn fetch_and_ack_while_nats_server_is_down_are_a_quick_503() {
         .top("api:\n  publish_timeout: 1s\n")
         .start();
     d.wait_healthy(Duration::from_secs(20)).await;
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(d.child_pid().unwrap() as i32),
-        Signal::SIGKILL,
-    )
-    .unwrap();
+    kill(d.child_pid().unwrap(), Signal::SIGKILL);
     d.wait_health(503, Duration::from_secs(2)).await;
     let t = Instant::now();
-    let (status, v) = post(&d, &format!("{MC}/fetch"), json!({"expires_ms": 5000})).await;
+    let (status, v) = d
+        .post(&format!("{MC}/fetch"), json!({"expires_ms": 5000}))
+        .await;
     assert_eq!(
         (status, v["error"]["code"].as_str()),
         (503, Some("nats_unavailable")),
         "{v}"
     );
-    let (status, _) = post(
-        &d,
-        &format!("{MC}/ack"),
-        json!({"tokens": ["$JS.ACK.MARKET_DATA.market-consumer.1.1.1.1.0"]}),
-    )
-    .await;
+    let (status, _) = d
+        .post(
+            &format!("{MC}/ack"),
+            json!({"tokens": ["$JS.ACK.MARKET_DATA.market-consumer.1.1.1.1.0"]}),
+        )
+        .await;
     assert_eq!(status, 503);
     assert_eq!(d.get(MC).await.0, 503);
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());

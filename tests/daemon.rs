@@ -28,10 +28,6 @@ fn has_keys(v: &Value, want: &[&str]) {
     }
 }
 
-fn kill(pid: u32, sig: Signal) {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn every_endpoint_answers_with_the_seeds_shapes() {
     let d = Daemon::start();
@@ -615,8 +611,7 @@ async fn sigterm_stops_everything_and_exits_0() {
     let child = d.child_pid().unwrap();
     let conf = d.state_dir().join("nats-server.conf");
     d.signal(Signal::SIGTERM);
-    let status = d.wait_exit(Duration::from_secs(15));
-    assert_eq!(status.code(), Some(0), "{}", d.log());
+    d.expect_exit(0, Duration::from_secs(15));
     assert!(!alive(child), "nats-server outlived the daemon");
     assert!(nats_servers_with(&conf.display().to_string()).is_empty());
     assert!(
@@ -638,7 +633,7 @@ async fn sigint_stops_too() {
     d.wait_healthy(Duration::from_secs(20)).await;
     let child = d.child_pid().unwrap();
     d.signal(Signal::SIGINT);
-    assert_eq!(d.wait_exit(Duration::from_secs(15)).code(), Some(0));
+    d.expect_exit(0, Duration::from_secs(15));
     assert!(!alive(child));
 }
 
@@ -686,8 +681,7 @@ async fn a_taken_nats_port_exits_69_naming_the_port_and_holder() {
             (h, port, m)
         })
         .start();
-    let status = d.wait_exit(Duration::from_secs(15));
-    assert_eq!(status.code(), Some(69), "{}", d.log());
+    d.expect_exit(69, Duration::from_secs(15));
     let log = d.log();
     assert!(
         log.contains(&format!(
@@ -709,7 +703,7 @@ async fn a_taken_http_port_exits_69_naming_it() {
             (port, n, m)
         })
         .start();
-    assert_eq!(d.wait_exit(Duration::from_secs(15)).code(), Some(69));
+    d.expect_exit(69, Duration::from_secs(15));
     assert!(
         d.log()
             .contains(&format!("port {port} (HTTP API port `port`)")),
@@ -729,8 +723,7 @@ async fn a_crash_looping_child_gives_up_with_its_last_words() {
         "/tests/fixtures/fake-nats-server"
     );
     let mut d = Daemon::builder().bin(fake).start();
-    let status = d.wait_exit(Duration::from_secs(20));
-    assert_eq!(status.code(), Some(69), "{}", d.log());
+    d.expect_exit(69, Duration::from_secs(20));
     let log = d.log();
     assert!(
         log.contains("giving up: nats-server could not be started (3 attempts)"),
@@ -760,8 +753,7 @@ async fn a_child_that_never_gets_healthy_is_killed_and_retried() {
         .env("FAKE_MODE", "hang")
         .supervisor("  start_timeout: 500ms\n")
         .start();
-    let status = d.wait_exit(Duration::from_secs(20));
-    assert_eq!(status.code(), Some(69), "{}", d.log());
+    d.expect_exit(69, Duration::from_secs(20));
     assert!(
         d.log().contains("did not become healthy within 500ms"),
         "{}",
@@ -774,8 +766,7 @@ async fn a_child_that_never_gets_healthy_is_killed_and_retried() {
 async fn a_missing_nats_server_binary_exits_69() {
     let mut d = Daemon::builder().bin("/nonexistent/nats-server").start();
     // server_bin is validated with the config: 78 names the key.
-    let status = d.wait_exit(Duration::from_secs(10));
-    assert_eq!(status.code(), Some(78), "{}", d.log());
+    d.expect_exit(78, Duration::from_secs(10));
     assert!(
         d.log()
             .contains("nats.server_bin: /nonexistent/nats-server"),
@@ -976,7 +967,7 @@ async fn reconciliation_updates_what_it_can_reports_drift_and_never_deletes() {
         "an undeclared stream was deleted"
     );
     d.signal(Signal::SIGTERM);
-    assert_eq!(d.wait_exit(Duration::from_secs(15)).code(), Some(0));
+    d.expect_exit(0, Duration::from_secs(15));
 
     // Same store, new config: storage changes (impossible in place), limits
     // and subjects change (possible).
@@ -1041,8 +1032,7 @@ async fn too_many_crashes_in_the_window_end_the_daemon_with_69() {
             d.wait_new_child(old, Duration::from_secs(5)).await;
         }
     }
-    let status = d.wait_exit(Duration::from_secs(10));
-    assert_eq!(status.code(), Some(69), "{}", d.log());
+    d.expect_exit(69, Duration::from_secs(10));
     let log = d.log();
     assert!(
         log.contains("giving up: nats-server failed 3 times within 60s"),
@@ -1070,8 +1060,7 @@ async fn a_child_deaf_to_sigterm_is_killed_after_stop_timeout() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let t = Instant::now();
     d.signal(Signal::SIGTERM);
-    let status = d.wait_exit(Duration::from_secs(10));
-    assert_eq!(status.code(), Some(0), "{}", d.log());
+    d.expect_exit(0, Duration::from_secs(10));
     let took = t.elapsed();
     assert!(
         took >= Duration::from_millis(500) && took < Duration::from_secs(3),
@@ -1100,7 +1089,7 @@ async fn a_declared_stream_that_cannot_be_created_makes_health_say_so() {
     .await
     .unwrap();
     d.signal(Signal::SIGTERM);
-    assert_eq!(d.wait_exit(Duration::from_secs(15)).code(), Some(0));
+    d.expect_exit(0, Duration::from_secs(15));
 
     // Now the config declares a stream on the same subjects.
     let d = Daemon::builder()

@@ -20,10 +20,6 @@ use common::*;
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 
-fn kill(pid: u32, sig: Signal) {
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
-}
-
 /// One publisher's record: what was acknowledged (seq -> msg_id) and how
 /// many were refused with a proper 503.
 #[derive(Default)]
@@ -143,7 +139,7 @@ async fn fifty_kill_9s_under_publish_load_lose_nothing_acknowledged() {
         .await;
         let old = d.child_pid().unwrap();
         let t = Instant::now();
-        kill(old, Signal::SIGKILL);
+        try_kill(old, Signal::SIGKILL);
         let new = d.wait_new_child(old, Duration::from_secs(5)).await;
         worst = worst.max(t.elapsed());
         assert!(!d.has_exited(), "the daemon exited at kill #{k}");
@@ -193,9 +189,9 @@ async fn sigcont_racing_the_hang_kill_ends_with_one_healthy_child_and_no_orphan(
     let mut replaced = 0;
     for delay_ms in [350u64, 450, 500, 550, 600, 650, 700, 800, 2000] {
         let old = d.child_pid().unwrap();
-        kill(old, Signal::SIGSTOP);
+        try_kill(old, Signal::SIGSTOP);
         tokio::time::sleep(Duration::from_millis(delay_ms)).await;
-        kill(old, Signal::SIGCONT);
+        try_kill(old, Signal::SIGCONT);
         // Settled: healthy, and the process table holds exactly the one
         // child health names.
         let pid = eventually(
@@ -383,12 +379,7 @@ fn starts(count: &std::path::Path) -> usize {
 async fn the_wrong_program_as_nats_server_gives_up_after_three_tries_with_exit_69() {
     // /bin/true: exits 0 at once, says nothing.
     let mut d = Daemon::builder().bin("/bin/true").start();
-    assert_eq!(
-        d.wait_exit(Duration::from_secs(20)).code(),
-        Some(69),
-        "{}",
-        d.log()
-    );
+    d.expect_exit(69, Duration::from_secs(20));
     let log = d.log();
     assert!(
         log.contains("giving up: nats-server could not be started (3 attempts)")
@@ -402,12 +393,7 @@ async fn the_wrong_program_as_nats_server_gives_up_after_three_tries_with_exit_6
     let dir = tempfile::tempdir().unwrap();
     let (script, count) = counting_script(dir.path(), "Usage: frobnicate [--garbage]", 2);
     let mut d = Daemon::builder().bin(&script).start();
-    assert_eq!(
-        d.wait_exit(Duration::from_secs(20)).code(),
-        Some(69),
-        "{}",
-        d.log()
-    );
+    d.expect_exit(69, Duration::from_secs(20));
     let log = d.log();
     assert!(
         log.contains("last nats-server output:") && log.contains("Usage: frobnicate [--garbage]"),
@@ -426,12 +412,7 @@ async fn a_nats_server_that_is_not_executable_is_a_config_error_78() {
     let (script, count) = counting_script(dir.path(), "never", 0);
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).unwrap();
     let mut d = Daemon::builder().bin(&script).start();
-    assert_eq!(
-        d.wait_exit(Duration::from_secs(10)).code(),
-        Some(78),
-        "{}",
-        d.log()
-    );
+    d.expect_exit(78, Duration::from_secs(10));
     let log = d.log();
     assert!(
         log.contains(&format!("nats.server_bin: {}", script.display())),
@@ -448,12 +429,7 @@ async fn a_data_dir_that_cannot_be_created_exits_73_naming_it_without_starting_a
     std::fs::write(&file, "not a directory").unwrap();
     let data = file.join("state");
     let mut d = Daemon::builder().state(&data).start();
-    assert_eq!(
-        d.wait_exit(Duration::from_secs(10)).code(),
-        Some(73),
-        "{}",
-        d.log()
-    );
+    d.expect_exit(73, Duration::from_secs(10));
     let log = d.log();
     assert!(log.contains(&data.display().to_string()), "{log}");
     assert!(!log.contains("nats-server started"), "{log}");
@@ -467,12 +443,7 @@ async fn a_read_only_data_dir_exits_73_naming_it() {
     }
     let fs = Tmpfs::mount("size=1m,ro");
     let mut d = Daemon::builder().state(&fs.path).start();
-    assert_eq!(
-        d.wait_exit(Duration::from_secs(10)).code(),
-        Some(73),
-        "{}",
-        d.log()
-    );
+    d.expect_exit(73, Duration::from_secs(10));
     let log = d.log();
     assert!(
         log.contains(&fs.path.display().to_string()) && log.contains("Read-only file system"),

@@ -10,8 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 
 /// Parses the exposition with prometheus_client's parser, checks what it
@@ -107,10 +106,9 @@ async fn scrape(d: &Daemon) -> (String, Metrics) {
         .unwrap();
     py.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
     let out = py.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "prometheus_client refuses /metrics: {}\n{text}",
-        String::from_utf8_lossy(&out.stderr)
+    out.expect_code_for(
+        0,
+        &format!("prometheus_client, given /metrics\n{text}(end of /metrics),"),
     );
     let families: BTreeMap<String, Value> = serde_json::from_slice(&out.stdout).unwrap();
     (text, Metrics(families))
@@ -120,19 +118,6 @@ const P: &str = "marketprism_broker_";
 
 fn m(s: &str) -> String {
     format!("{P}{s}")
-}
-
-async fn post_batch(d: &Daemon, entries: Value) -> (u16, Value) {
-    let (status, _, body) = request(
-        d.http,
-        "POST",
-        "/api/v1/publish/batch",
-        &[("content-type", "application/json")],
-        entries.to_string().into_bytes(),
-    )
-    .await
-    .unwrap();
-    (status, serde_json::from_slice(&body).unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -173,16 +158,17 @@ async fn metrics_count_what_the_daemon_did() {
         let (status, _, _) = d.publish_raw(body.to_vec()).await;
         assert_eq!(status, 400);
     }
-    let (status, r) = post_batch(
-        &d,
-        json!([
-            {"subject": "market.okx.BTC-USDT.trade", "message": {"b": 1}},
-            {"subject": "market.okx.BTC-USDT.trade", "message": {"b": 2}},
-            {"subject": "nostream.y", "message": 3},
-            {"subject": "bad subject", "message": 4},
-        ]),
-    )
-    .await;
+    let (status, r) = d
+        .post(
+            "/api/v1/publish/batch",
+            json!([
+                {"subject": "market.okx.BTC-USDT.trade", "message": {"b": 1}},
+                {"subject": "market.okx.BTC-USDT.trade", "message": {"b": 2}},
+                {"subject": "nostream.y", "message": 3},
+                {"subject": "bad subject", "message": 4},
+            ]),
+        )
+        .await;
     assert_eq!(status, 207, "{r}");
 
     let (text, mx) = scrape(&d).await;
@@ -312,7 +298,7 @@ async fn restarts_and_reloads_are_counted() {
     d.wait_healthy(Duration::from_secs(20)).await;
     let old = d.child_pid().unwrap();
 
-    kill(Pid::from_raw(old as i32), Signal::SIGKILL).unwrap();
+    kill(old, Signal::SIGKILL);
     d.wait_new_child(old, Duration::from_secs(20)).await;
     let mx = eventually(Duration::from_secs(10), "child_up 1 again", || async {
         let (_, mx) = scrape(&d).await;

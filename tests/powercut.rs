@@ -67,10 +67,6 @@ impl Rng {
     }
 }
 
-fn kill(pid: u32, sig: Signal) {
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
-}
-
 /// The FUSE mount, or why the test cannot run here.
 fn mount() -> Option<(tempfile::TempDir, LazyFs)> {
     if let Some(why) = LazyFs::unavailable() {
@@ -154,7 +150,7 @@ async fn client(
 fn kill_machine(d: &Daemon) {
     let pids: Vec<u32> = d.child_pid().into_iter().chain([d.pid()]).collect();
     for &p in &pids {
-        kill(p, Signal::SIGKILL);
+        try_kill(p, Signal::SIGKILL);
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     while pids.iter().any(|&p| alive(p)) {
@@ -344,17 +340,7 @@ async fn a_failed_sync_is_an_error_counted_and_shown() {
         // A batch: every entry carries the error, the answer is 207.
         let batch =
             json!([{"subject": "power.b", "message": 1}, {"subject": "power.b", "message": 2}]);
-        let (s, _, body) = d
-            .request(
-                None,
-                "POST",
-                "/api/v1/publish/batch",
-                &[("content-type", "application/json")],
-                batch.to_string().into_bytes(),
-            )
-            .await
-            .unwrap();
-        let v: Value = serde_json::from_slice(&body).unwrap();
+        let (s, v) = d.post("/api/v1/publish/batch", batch).await;
         assert_eq!(s, 207, "{v}");
         assert_eq!(v["failed"], 2, "{v}");
         assert_eq!(v["results"][0]["status"], status, "{v}");

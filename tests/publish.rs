@@ -9,21 +9,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::{json, Value};
 
-async fn post(d: &Daemon, path: &str, ctype: &str, body: impl Into<Vec<u8>>) -> (u16, Value) {
-    let (status, _, body) = request(
-        d.http,
-        "POST",
-        path,
-        &[("content-type", ctype)],
-        body.into(),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("POST {path}: {e}; log:\n{}", d.log()));
-    let v = serde_json::from_slice(&body)
-        .unwrap_or_else(|e| panic!("{path} answered {status} with non-JSON: {e}"));
-    (status, v)
-}
-
 async fn message_stats(d: &Daemon) -> Value {
     d.get("/api/v1/status").await.1["message_stats"].clone()
 }
@@ -44,13 +29,7 @@ async fn a_batch_is_published_in_order_and_answered_per_entry() {
         {"subject": "bad subject", "message": 1},
         {"subject": "market.binance.ETHUSDT.kline.1m", "message": [1, 2, 3]},
     ]);
-    let (status, v) = post(
-        &d,
-        "/api/v1/publish/batch",
-        "application/json",
-        batch.to_string(),
-    )
-    .await;
+    let (status, v) = d.post("/api/v1/publish/batch", batch).await;
     assert_eq!(status, 207, "one entry is bad: a multi-status answer; {v}");
     assert_eq!(
         (&v["success"], &v["count"], &v["succeeded"], &v["failed"]),
@@ -118,7 +97,9 @@ async fn an_ndjson_batch_of_1000_is_all_acknowledged() {
         );
         body.push_str(if i % 2 == 0 { "\n" } else { "\r\n\n" });
     }
-    let (status, v) = post(&d, "/api/v1/publish/batch", "application/x-ndjson", body).await;
+    let (status, v) = d
+        .post_raw("/api/v1/publish/batch", "application/x-ndjson", body)
+        .await;
     assert_eq!(
         status,
         200,
@@ -150,7 +131,7 @@ async fn batches_past_their_bounds_or_not_batches_are_refused_and_publish_nothin
     let path = "/api/v1/publish/batch";
 
     let four = json!([entry, entry, entry, entry]).to_string();
-    let (status, v) = post(&d, path, "application/json", four).await;
+    let (status, v) = d.post_raw(path, "application/json", four).await;
     assert_eq!(
         (status, &v["error"]["code"]),
         (413, &json!("batch_too_large")),
@@ -158,50 +139,48 @@ async fn batches_past_their_bounds_or_not_batches_are_refused_and_publish_nothin
     );
 
     let big = json!([{"subject": "market.a.b.trade", "message": "x".repeat(2000)}]).to_string();
-    let (status, v) = post(&d, path, "application/json", big).await;
+    let (status, v) = d.post_raw(path, "application/json", big).await;
     assert_eq!(
         (status, &v["error"]["code"]),
         (413, &json!("payload_too_large")),
         "{v}"
     );
 
-    let (status, v) = post(&d, path, "application/json", entry.to_string()).await;
+    let (status, v) = d
+        .post_raw(path, "application/json", entry.to_string())
+        .await;
     assert_eq!(
         (status, &v["error"]["code"]),
         (400, &json!("not_a_batch")),
         "{v}"
     );
-    let (status, v) = post(&d, path, "application/json", "[1, 2").await;
+    let (status, v) = d.post_raw(path, "application/json", "[1, 2").await;
     assert_eq!(
         (status, &v["error"]["code"]),
         (400, &json!("not_a_batch")),
         "{v}"
     );
-    let (status, v) = post(&d, path, "application/json", "[]").await;
+    let (status, v) = d.post_raw(path, "application/json", "[]").await;
     assert_eq!(
         (status, &v["error"]["code"]),
         (400, &json!("empty_batch")),
         "{v}"
     );
-    let (status, v) = post(&d, path, "application/x-ndjson", "\n\n").await;
+    let (status, v) = d.post_raw(path, "application/x-ndjson", "\n\n").await;
     assert_eq!(
         (status, &v["error"]["code"]),
         (400, &json!("empty_batch")),
         "{v}"
     );
-    let (status, v) = post(&d, path, "text/plain", "[]").await;
+    let (status, v) = d.post_raw(path, "text/plain", "[]").await;
     assert_eq!(status, 415, "{v}");
     let (status, _, _) = request(d.http, "GET", path, &[], vec![]).await.unwrap();
     assert_eq!(status, 405);
 
     // A bad NDJSON line is that entry's error, not the batch's.
-    let (status, v) = post(
-        &d,
-        path,
-        "application/x-ndjson",
-        format!("{entry}\nnot json\n"),
-    )
-    .await;
+    let (status, v) = d
+        .post_raw(path, "application/x-ndjson", format!("{entry}\nnot json\n"))
+        .await;
     assert_eq!(status, 207, "{v}");
     assert_eq!(v["results"][0]["persisted"], true);
     assert_eq!(v["results"][1]["error"]["code"], "invalid_json");
@@ -227,10 +206,14 @@ async fn msg_id_deduplicates_a_retried_publish_and_headers_reach_the_stream() {
         "headers": {"X-Trace": "t1", "X-Tag": ["a", "b"]},
     })
     .to_string();
-    let (status, first) = post(&d, "/api/v1/publish", "application/json", body.clone()).await;
+    let (status, first) = d
+        .post_raw("/api/v1/publish", "application/json", body.clone())
+        .await;
     assert_eq!(status, 200, "{first}");
     assert_eq!(first["duplicate"], false);
-    let (status, retry) = post(&d, "/api/v1/publish", "application/json", body).await;
+    let (status, retry) = d
+        .post_raw("/api/v1/publish", "application/json", body)
+        .await;
     assert_eq!(status, 200, "{retry}");
     assert_eq!(retry["duplicate"], true, "{retry}");
     assert_eq!(retry["seq"], first["seq"], "the retry is the same message");
@@ -261,13 +244,7 @@ async fn msg_id_deduplicates_a_retried_publish_and_headers_reach_the_stream() {
         {"subject": "market.binance.BTCUSDT.trade", "message": 1, "msg_id": "order-42"},
         {"subject": "market.binance.BTCUSDT.trade", "message": 2, "msg_id": "order-43"},
     ]);
-    let (status, v) = post(
-        &d,
-        "/api/v1/publish/batch",
-        "application/json",
-        batch.to_string(),
-    )
-    .await;
+    let (status, v) = d.post("/api/v1/publish/batch", batch).await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["results"][0]["duplicate"], true, "{v}");
     assert_eq!(v["results"][1]["duplicate"], false, "{v}");
@@ -278,7 +255,7 @@ async fn msg_id_deduplicates_a_retried_publish_and_headers_reach_the_stream() {
         json!({"subject": "a.b", "message": 1, "msg_id": ""}),
         json!({"subject": "a.b", "message": 1, "headers": {"X": 5}}),
     ] {
-        let (status, v) = post(&d, "/api/v1/publish", "application/json", bad.to_string()).await;
+        let (status, v) = d.post("/api/v1/publish", bad.clone()).await;
         assert_eq!(status, 400, "{bad} -> {v}");
     }
 }

@@ -283,11 +283,7 @@ async fn the_reload_command_waits_for_the_verdict() {
     d.edit_config(|c| c.replace("max_payload: 1MB", "max_payload: 3MB"));
     let out = reload(true);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    out.expect_code(0);
     assert!(
         stdout.starts_with("reloaded: nats-server (pid")
             && stdout.contains("reloaded its config live"),
@@ -305,7 +301,7 @@ async fn the_reload_command_waits_for_the_verdict() {
     .unwrap();
     let out = reload(true);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    out.expect_code(1);
     assert!(
         stderr.contains("reload failed:") && stderr.contains("did you mean `nats_port`?"),
         "{stderr}"
@@ -319,11 +315,7 @@ async fn the_reload_command_waits_for_the_verdict() {
     )
     .unwrap();
     let out = reload(false);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    out.expect_code(0);
     assert_eq!(varz(&d).await["max_payload"], 4 << 20);
 }
 

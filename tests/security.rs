@@ -293,11 +293,7 @@ async fn users_on(bin: &Path) {
         .env("MPB_TEST_AUDITOR_PASS", AUDITOR_PASS)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    out.expect_code(0);
     let printed = String::from_utf8(out.stdout).unwrap();
     assert!(printed.contains("$JS.ACK.MARKET_DATA.>"), "{printed}");
     assert!(printed.contains("\"********\""), "{printed}");
@@ -335,11 +331,7 @@ fn check_config_warns_when_others_can_read_secrets() {
             .arg(&config)
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        out.expect_code(0);
         format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
@@ -382,7 +374,7 @@ fn check_config_warns_when_others_can_read_secrets() {
         .arg(&config)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(78));
+    out.expect_code(78);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("nats.users.0.password")

@@ -181,8 +181,7 @@ async fn an_idle_stream_gets_heartbeats_and_a_shutdown_event() {
     let bye = ev.next_event(T).await.expect("the shutdown event");
     assert_eq!(bye.name, "shutdown");
     assert!(ev.next(T).await.is_none(), "the stream ends after it");
-    let code = d.wait_exit(Duration::from_secs(10));
-    assert_eq!(code.code(), Some(0));
+    d.expect_exit(0, Duration::from_secs(10));
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
 }
 

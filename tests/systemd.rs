@@ -50,7 +50,7 @@ async fn ready_comes_only_once_healthy_and_the_child_does_not_inherit_the_socket
         .wait_line("STOPPING=1", 1, Duration::from_secs(10))
         .await;
     assert!(stopping.contains("STATUS=stopping"));
-    assert_eq!(d.wait_exit(Duration::from_secs(15)).code(), Some(0));
+    d.expect_exit(0, Duration::from_secs(15));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -60,7 +60,7 @@ async fn no_ready_when_nats_server_cannot_start() {
         .bin(FAKE)
         .env("NOTIFY_SOCKET", sock.path_str())
         .start();
-    assert_eq!(d.wait_exit(Duration::from_secs(20)).code(), Some(69));
+    d.expect_exit(69, Duration::from_secs(20));
     std::thread::sleep(Duration::from_millis(100));
     assert!(
         sock.with_line("READY=1").is_empty(),
@@ -86,7 +86,7 @@ async fn a_slow_start_extends_the_start_timeout_and_says_why() {
         ext.contains("STATUS=waiting for nats-server to become healthy"),
         "{ext}"
     );
-    assert_eq!(d.wait_exit(Duration::from_secs(30)).code(), Some(69));
+    d.expect_exit(69, Duration::from_secs(30));
     assert!(sock.with_line("READY=1").is_empty());
 }
 
@@ -119,7 +119,7 @@ async fn the_watchdog_is_fed_at_half_its_period() {
     );
     // A restarting child does not stop them: the supervisor loop is alive.
     let old = d.child_pid().unwrap();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(old as i32), Signal::SIGKILL).unwrap();
+    kill(old, Signal::SIGKILL);
     d.wait_new_child(old, Duration::from_secs(5)).await;
     let n = sock.with_line("WATCHDOG=1").len();
     tokio::time::sleep(Duration::from_millis(600)).await;
@@ -201,7 +201,7 @@ async fn status_follows_a_restart() {
         .start();
     sock.wait_line("READY=1", 1, Duration::from_secs(20)).await;
     let old = d.child_pid().unwrap();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(old as i32), Signal::SIGKILL).unwrap();
+    kill(old, Signal::SIGKILL);
     let new = d.wait_new_child(old, Duration::from_secs(5)).await;
     let want = format!("STATUS=nats-server pid {new} healthy");
     eventually(
@@ -249,5 +249,5 @@ async fn an_unread_notify_socket_never_stalls_a_single_worker_daemon() {
     }
     assert!(seen.lines().any(|l| l == "READY=1"), "{seen}");
     d.signal(Signal::SIGTERM);
-    assert_eq!(d.wait_exit(Duration::from_secs(15)).code(), Some(0));
+    d.expect_exit(0, Duration::from_secs(15));
 }

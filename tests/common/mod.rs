@@ -68,11 +68,7 @@ pub async fn python_client(script: &str, args: &[&str]) -> Value {
         .output()
         .await
         .unwrap();
-    assert!(
-        out.status.success(),
-        "python client failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    out.expect_code_for(0, &format!("python client {script}"));
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -401,8 +397,21 @@ impl Daemon {
         }
     }
 
+    /// Waits for the daemon to exit and panics, showing its log, unless it
+    /// exited with `code`.
+    #[track_caller]
+    pub fn expect_exit(&mut self, code: i32, timeout: Duration) {
+        let status = self.wait_exit(timeout);
+        assert_eq!(
+            status.code(),
+            Some(code),
+            "the daemon ended with {status}, not exit code {code}; log:\n{}",
+            self.log()
+        );
+    }
+
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), sig).unwrap();
+        kill(self.pid(), sig);
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
@@ -462,6 +471,35 @@ impl Daemon {
             headers,
             serde_json::from_slice(&body).unwrap_or(Value::Null),
         )
+    }
+
+    /// POST `body` as JSON to `path`; returns the status and the JSON
+    /// answer. A request that fails, or an answer that is not JSON, panics
+    /// showing it.
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.post_raw(path, "application/json", body.to_string())
+            .await
+    }
+
+    /// POST `body` as is, with `content_type`, to `path`; returns the
+    /// status and the JSON answer, like [`Daemon::post`].
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: impl Into<Vec<u8>>,
+    ) -> (u16, Value) {
+        let (status, _, body) = self
+            .request(
+                None,
+                "POST",
+                path,
+                &[("content-type", content_type)],
+                body.into(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("POST {path}: {e}; log:\n{}", self.log()));
+        json_answer(path, status, &body).unwrap_or_else(|e| panic!("POST {e}"))
     }
 
     /// One request to the API, over TLS when the daemon speaks it, with a
@@ -673,6 +711,47 @@ fn json_answer(path: &str, status: u16, body: &[u8]) -> Result<(u16, Value), Str
         )
     })?;
     Ok((status, v))
+}
+
+/// A finished run of a program (the binary's subcommands, a test client):
+/// its exit code checked, and a mismatch shows what it printed.
+pub trait ExitedWith {
+    /// Panics unless the program exited with `code`, showing its stdout
+    /// and stderr.
+    #[track_caller]
+    fn expect_code(&self, code: i32);
+    /// [`ExitedWith::expect_code`], naming the run `what` in the message.
+    #[track_caller]
+    fn expect_code_for(&self, code: i32, what: &str);
+}
+
+impl ExitedWith for std::process::Output {
+    #[track_caller]
+    fn expect_code(&self, code: i32) {
+        self.expect_code_for(code, "the program");
+    }
+
+    #[track_caller]
+    fn expect_code_for(&self, code: i32, what: &str) {
+        assert_eq!(
+            self.status.code(),
+            Some(code),
+            "{what} ended with {}, not exit code {code}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.status,
+            String::from_utf8_lossy(&self.stdout),
+            String::from_utf8_lossy(&self.stderr)
+        );
+    }
+}
+
+/// Sends `sig` to `pid`; panics if it cannot (no such process, say).
+pub fn kill(pid: u32, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).unwrap();
+}
+
+/// Sends `sig` to `pid` if it can: a process racing to exit may be gone.
+pub fn try_kill(pid: u32, sig: nix::sys::signal::Signal) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
 }
 
 /// Whether a process is alive (and not a zombie).
