@@ -292,7 +292,7 @@ impl GroupCommit {
     }
 
     /// Syncs the store's stream and consumer metadata (see
-    /// [`sync_metadata`]); blocking, so it is handed out to run off the
+    /// `sync_metadata`); blocking, so it is handed out to run off the
     /// runtime's workers.
     pub fn metadata_sync(&self) -> impl FnOnce() -> Result<usize, SyncError> + Send + 'static {
         let s = self.shared.clone();

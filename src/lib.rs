@@ -1,24 +1,38 @@
 //! marketprism-broker: runs nats-server + JetStream as a supervised Linux
 //! system service with an HTTP API.
 //!
-//! Module map (pure cores first, then the I/O shell around them):
+//! Module map, one line per module, in dependency order: each module uses
+//! only modules listed above it (pure cores first, then the I/O shell,
+//! then the process).
+//!
+//! Pure cores:
+//! - [`subject`]: subject validation, matching, overlap.
+//! - [`mapping`]: subject mappings: checks and where a subject goes.
+//! - [`routing`]: which stream captures a subject, after the mappings (the publish hot path).
+//! - [`security`]: the API's tokens and TLS identity, loaded once per config load.
 //! - [`config`]: YAML/TOML -> validated [`config::Config`], errors with file, line, key.
-//! - [`natsconf`]: Config -> nats-server.conf text (pure).
-//! - [`subject`]: subject validation, matching, overlap (pure).
-//! - [`mapping`]: subject mappings: checks and where a subject goes (pure).
-//! - [`permissions`]: users' least-privilege permissions with their JetStream grants (pure).
-//! - [`jetstream`]: declared vs actual streams and consumers -> plan (pure), then apply.
-//! - [`reload`]: old vs new config -> reload plan (pure).
-//! - [`cluster`]: routes, meta group and stream groups from /routez, /jsz and stream info; problems; retry kinds (pure).
-//! - [`supervisor`]: the nats-server child: spawn, probe, restart, stop.
-//! - [`app`]: shared state: child status, NATS client, stream matcher, stats.
-//! - [`http`]: the HTTP API on hyper 1.x, /metrics, the nats-server monitor passthrough.
+//! - [`permissions`]: users' least-privilege permissions with their JetStream grants.
 //! - [`server_version`]: the nats-server release and what it offers for durability.
+//! - [`natsconf`]: Config -> nats-server.conf text.
+//! - [`reload`]: old vs new config -> reload plan, field by field.
+//! - [`cluster`]: routes, meta group and stream groups from /routez, /jsz and stream info; problems.
+//!
+//! The I/O shell:
+//! - [`jetstream`]: declared vs actual streams and consumers -> plan (pure), then apply.
+//! - [`stats`]: message counters, latency histograms, rates, Prometheus text.
 //! - [`durability`]: group commit: an HTTP publish is answered after its ack and a sync of the stream's files.
 //! - [`coalesce`]: hands concurrent HTTP publishes to NATS together.
-//! - [`stats`]: message counters, latency histograms, rates, Prometheus text.
-//! - [`daemon`]: start-up and shutdown order; check-config, render-nats-config.
-//! - [`cli`], [`exit`], [`logging`], [`systemd`]: the process edges.
+//! - [`probe`]: the one nats-server monitor client; NATS ping; port and disk checks.
+//! - [`runfiles`]: atomic writes; the pid and reload-state files, writer and reader.
+//! - [`systemd`]: sd_notify: READY, RELOADING, STOPPING, STATUS, the watchdog.
+//! - [`supervisor`]: the nats-server child: spawn, probe, restart, stop (pure machine in `state`).
+//! - [`app`]: shared state; beside it the NATS client, reconciliation, the monitor.
+//! - [`http`]: the HTTP API on hyper 1.x, /metrics, the nats-server monitor passthrough.
+//!
+//! The process:
+//! - [`exit`], [`logging`], [`cli`]: exit codes, logs, arguments.
+//! - [`daemon`]: start-up and shutdown order, reloads, background tasks.
+//! - [`commands`]: reload, check-config, render-nats-config: short-lived processes.
 
 pub mod app;
 pub mod cli;
