@@ -5,6 +5,7 @@
 //! passthrough GET /api/v1/nats/{endpoint}.
 
 pub mod auth;
+pub mod body;
 pub mod consume;
 pub mod error;
 pub mod message;

@@ -5,7 +5,6 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::future::IntoFuture;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::context::{PublishAckFuture, PublishError, PublishErrorKind};
@@ -13,13 +12,12 @@ use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::publish::PublishAck;
 use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
-use futures::FutureExt;
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper::{header, Request, Response, StatusCode};
+use hyper::{Request, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use super::body::{connected, content_type_is, not_json, read_body, too_large};
 use super::error::{json_bytes, ApiError};
 use crate::app::{App, Lost, Nats};
 use crate::config::{Config, Durability};
@@ -90,93 +88,6 @@ impl Outcome {
             duplicate: None,
         }
     }
-}
-
-/// Whether the media type (parameters aside) is `want`, in any case.
-pub(super) fn content_type_is(req: &Request<Incoming>, want: &str) -> bool {
-    req.headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case(want))
-}
-
-fn too_large(what: String) -> ApiError {
-    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", what)
-}
-
-/// The body, at most `limit` bytes (413 past it, before reading it all
-/// when Content-Length already tells). A client that stops sending for
-/// `idle` gets 408: hyper bounds only the wait for headers, and a stalled
-/// body would otherwise hold its connection (and a slot under
-/// `api.max_connections`) forever.
-pub(super) async fn read_body(
-    req: Request<Incoming>,
-    limit: usize,
-    idle: Duration,
-    what: impl Fn() -> String,
-) -> Result<Bytes, ApiError> {
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|l| l > limit as u64) {
-        return Err(too_large(what()));
-    }
-    let mut body = Limited::new(req.into_body(), limit);
-    // The usual body is one frame that came with the headers: it is kept
-    // as is (no copy), and no timer is armed for it.
-    let mut first: Option<Bytes> = None;
-    let mut more: Option<bytes::BytesMut> = None;
-    loop {
-        let next = match body.frame().now_or_never() {
-            Some(f) => f,
-            None => tokio::time::timeout(idle, body.frame())
-                .await
-                .map_err(|_| {
-                    ApiError::new(
-                        StatusCode::REQUEST_TIMEOUT,
-                        "request_timeout",
-                        format!("no body bytes for {idle:?} (api.header_read_timeout); send the body without pausing"),
-                    )
-                })?,
-        };
-        let frame = match next {
-            None => break,
-            Some(Ok(f)) => f,
-            Some(Err(e))
-                if e.downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some() =>
-            {
-                return Err(too_large(what()))
-            }
-            Some(Err(e)) => {
-                return Err(ApiError::bad_request(
-                    "bad_body",
-                    format!("cannot read the request body: {e}"),
-                ))
-            }
-        };
-        let Ok(data) = frame.into_data() else {
-            continue; // trailers
-        };
-        match (&first, &mut more) {
-            (None, _) => first = Some(data),
-            (Some(f), None) => {
-                let mut m = bytes::BytesMut::with_capacity(f.len() + data.len());
-                m.extend_from_slice(f);
-                m.extend_from_slice(&data);
-                more = Some(m);
-            }
-            (Some(_), Some(m)) => m.extend_from_slice(&data),
-        }
-    }
-    Ok(match (more, first) {
-        (Some(m), _) => m.freeze(),
-        (None, Some(f)) => f,
-        (None, None) => Bytes::new(),
-    })
 }
 
 /// Header names as NATS carries them: printable ASCII without ':' or
@@ -270,14 +181,6 @@ pub fn parse_entry(cfg: &Config, body: &Bytes, raw: &[u8]) -> Result<Entry, ApiE
         subject: parsed.subject.into_owned(),
         payload,
         headers: hdrs,
-    })
-}
-
-fn connected(app: &App) -> Result<Arc<Nats>, ApiError> {
-    app.connected_nats().ok_or_else(|| {
-        ApiError::unavailable(
-            "nats-server is not available right now (restarting or unreachable); retry shortly",
-        )
     })
 }
 
@@ -480,14 +383,6 @@ pub fn publish_error(stream: &str, e: PublishError) -> ApiError {
         }
         _ => ApiError::unavailable(format!("publish to stream {stream} failed: {text}")),
     }
-}
-
-pub(super) fn not_json() -> ApiError {
-    ApiError::new(
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "unsupported_media_type",
-        "send the request as Content-Type: application/json",
-    )
 }
 
 // ------------------------------------------------------------- single ----
