@@ -375,7 +375,8 @@ async fn collect(
 }
 
 /// A pull the server refused (status 409 and friends: max_ack_pending
-/// reached, consumer deleted meanwhile...).
+/// reached, consumer deleted meanwhile...). By its text: async-nats hands
+/// the pull's status over only inside an io::Error's message.
 fn pull_error(text: &str) -> ApiError {
     if text.contains("409") {
         ApiError::new(
