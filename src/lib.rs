@@ -10,6 +10,7 @@
 //! - [`jetstream`]: declared vs actual streams and consumers -> plan (pure), then apply.
 //! - [`reload`]: old vs new config -> reload plan (pure).
 //! - [`cluster`]: routes, meta group and stream groups from /routez, /jsz and stream info; problems; retry kinds (pure).
+//! - [`health`]: facts -> /health's problems, nats-server's state, systemd's STATUS= line (pure).
 //! - [`supervisor`]: the nats-server child: spawn, probe, restart, stop.
 //! - [`app`]: shared state: child status, NATS client, stream matcher, stats.
 //! - [`http`]: the HTTP API on hyper 1.x, /metrics, the nats-server monitor passthrough.
@@ -28,6 +29,7 @@ pub mod config;
 pub mod daemon;
 pub mod durability;
 pub mod exit;
+pub mod health;
 pub mod http;
 pub mod jetstream;
 pub mod logging;
