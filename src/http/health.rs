@@ -1,7 +1,8 @@
 //! GET /health: 200 when the daemon can take publishes, 503 naming what
-//! is wrong.
+//! is wrong; and the gathering of [`crate::health::Facts`] from the
+//! daemon's state, for /health, /api/v1/status and systemd's STATUS= line.
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -12,152 +13,126 @@ use super::error::{json_response, ApiError};
 use super::status::{pick, rfc3339, SERVICE};
 use super::streams::{declared_groups, list_streams};
 use crate::app::{App, Lost};
-use crate::supervisor::Phase;
+use crate::health::{
+    self, Child, Facts, JetStream, Reconciliation, SyncFailure, JETSTREAM_PROBE_TIMEOUT,
+};
 
 type Resp = Response<Full<Bytes>>;
+
+/// The facts that cost no round trip: the child, the connection, the
+/// streams of the last reconciliation, the note. Enough for
+/// /api/v1/status and (with the connection count and the meta problem)
+/// the STATUS= line.
+pub fn facts(app: &App) -> Facts {
+    let child = app.child.borrow().clone();
+    let streams = app.sync.lock().map(|s| s.report.streams.len()).unwrap_or(0);
+    Facts {
+        supervised: app.supervised,
+        child: Child {
+            phase: child.phase,
+            pid: child.pid,
+            healthy: child.healthy,
+            restarts: child.restarts,
+            restart_in: child.restart_in,
+            last_failure: child.last_failure,
+        },
+        connected: app.is_connected(),
+        nats_urls: app.nats_urls(),
+        streams,
+        note: app.note(),
+        ..Facts::default()
+    }
+}
+
+/// Every fact /health judges: [`facts`], plus the store's free space, a
+/// recent failed sync, JetStream's answer, the reconciliation's leftovers
+/// and the cluster's state (each asked only where it applies).
+pub async fn probed_facts(app: &App) -> Facts {
+    let mut f = facts(app);
+    let c = app.config();
+    if app.supervised && c.nats.jetstream_enabled {
+        f.store_space = crate::supervisor::probe::store_space_problem(&c.data_dir());
+    }
+    f.sync_failure = app.durability.recent_failure().map(|x| SyncFailure {
+        ago: SystemTime::now().duration_since(x.at).unwrap_or_default(),
+        error: x.error,
+    });
+    if c.nats.jetstream_enabled && f.connected {
+        f.jetstream = Some(ask_jetstream(app).await);
+        if c.auto_create_streams {
+            f.reconciliation = Some(reconciliation(app));
+        }
+    }
+    if app.clustered_jetstream() {
+        f.meta_problem = app.meta_problem().await;
+        if f.meta_problem.is_none() && f.connected {
+            f.stream_groups = Some(
+                list_streams(app)
+                    .await
+                    .map(|infos| declared_groups(app, &infos))
+                    .map_err(|e| e.message),
+            );
+        }
+    }
+    f
+}
+
+/// A raw $JS.API.INFO request: the answer's shape differs across
+/// nats-server versions, and only "does JetStream answer" matters.
+async fn ask_jetstream(app: &App) -> JetStream {
+    let Some(nats) = app.connected_nats() else {
+        return JetStream::Dropped;
+    };
+    let info = nats.client.request("$JS.API.INFO", Bytes::new());
+    match app.while_connected(JETSTREAM_PROBE_TIMEOUT, info).await {
+        Ok(Ok(msg)) => match serde_json::from_slice::<Value>(&msg.payload) {
+            Ok(v) => JetStream::Answered(v),
+            Err(e) => JetStream::Unparsable(e.to_string()),
+        },
+        Ok(Err(e)) => JetStream::Failed(e.to_string()),
+        Err(Lost::TimedOut) => JetStream::TimedOut,
+        Err(Lost::Disconnected) => JetStream::Dropped,
+    }
+}
+
+fn reconciliation(app: &App) -> Reconciliation {
+    let synced = app.streams_synced();
+    let sync = app.sync.lock().unwrap_or_else(|e| e.into_inner());
+    Reconciliation {
+        synced,
+        missing_streams: sync.report.missing.clone(),
+        missing_consumers: sync.report.missing_consumers.clone(),
+        errors: sync.report.errors.clone(),
+    }
+}
 
 /// 200 only when nats-server runs, the client is connected, JetStream
 /// answers and the streams are reconciled; 503 naming what is wrong.
 pub async fn health(app: &App) -> Result<Resp, ApiError> {
-    let child = app.child.borrow().clone();
-    let mut problems: Vec<String> = Vec::new();
-    if app.supervised {
-        if child.phase != Phase::Running {
-            let mut p = format!("nats-server is {}", child.phase.as_str());
-            if let Some(d) = child.restart_in {
-                p.push_str(&format!(" (next attempt in {} ms)", d.as_millis()));
-            }
-            if let Some(f) = &child.last_failure {
-                p.push_str(&format!("; last failure: {f}"));
-            }
-            problems.push(p);
-        } else if !child.healthy {
-            problems.push("nats-server is not answering its health probe".into());
-        }
-    }
-    if app.supervised && app.config().nats.jetstream_enabled {
-        if let Some(full) = crate::supervisor::probe::store_space_problem(&app.config().data_dir())
-        {
-            problems.push(full);
-        }
-    }
-    if let Some(f) = app.durability.recent_failure() {
-        let ago = SystemTime::now()
-            .duration_since(f.at)
-            .unwrap_or_default()
-            .as_secs();
-        problems.push(format!(
-            "syncing the JetStream store to disk failed {ago} s ago ({}); the publishes waiting for it were answered {} (listed for {} s after a failure)",
-            f.error,
-            match f.error.kind {
-                crate::durability::FailureKind::NoSpace => "507",
-                crate::durability::FailureKind::Io => "503",
-            },
-            crate::durability::FAILURE_SHOWN_FOR.as_secs()
-        ));
-    }
-    let connected = app.is_connected();
-    if !connected {
-        problems.push(format!(
-            "not connected to nats-server at {}",
-            app.nats_urls().join(", ")
-        ));
-    }
-    let mut jetstream = Value::Null;
-    if app.config().nats.jetstream_enabled && connected {
-        let nats = app.nats().expect("connected implies a client");
-        // A raw $JS.API.INFO request: the answer's shape differs across
-        // nats-server versions, and only "does JetStream answer" matters.
-        let info = nats.client.request("$JS.API.INFO", Bytes::new());
-        match app.while_connected(Duration::from_secs(2), info).await {
-            Ok(Ok(msg)) => match serde_json::from_slice::<Value>(&msg.payload) {
-                Ok(v) if v.get("error").is_none() => {
-                    jetstream = pick(&v, &["streams", "consumers", "memory", "storage"]);
-                }
-                Ok(v) => problems.push(format!(
-                    "JetStream refuses requests: {}",
-                    v["error"]["description"]
-                        .as_str()
-                        .unwrap_or("unknown error")
-                )),
-                Err(e) => problems.push(format!("JetStream answered nonsense: {e}")),
-            },
-            Ok(Err(e)) => problems.push(format!("JetStream does not answer: {e}")),
-            Err(Lost::TimedOut) => problems.push("JetStream does not answer within 2 s".into()),
-            Err(Lost::Disconnected) => {
-                problems.push("the connection to nats-server dropped".into())
-            }
-        }
-        if app.config().auto_create_streams {
-            if !app.streams_synced() {
-                problems.push("streams are not reconciled yet".into());
-            }
-            let sync = app.sync.lock().unwrap_or_else(|e| e.into_inner());
-            for name in &sync.report.missing {
-                let why = sync
-                    .report
-                    .errors
-                    .iter()
-                    .find(|e| e.starts_with(&format!("{name}: ")))
-                    .cloned();
-                problems.push(match why {
-                    Some(e) => format!("declared stream {name} does not exist ({e}); its subjects are not persisted"),
-                    None => format!("declared stream {name} does not exist; its subjects are not persisted"),
-                });
-            }
-            for name in &sync.report.missing_consumers {
-                let (stream, consumer) = name.split_once('/').unwrap_or((name, ""));
-                let prefix = format!("{stream}: consumer {consumer}: ");
-                let why = sync
-                    .report
-                    .errors
-                    .iter()
-                    .find_map(|e| e.strip_prefix(&prefix))
-                    .unwrap_or("reason unknown");
-                problems.push(format!(
-                    "declared consumer {consumer} of stream {stream} does not exist ({why})"
-                ));
-            }
-        }
-    }
-    // A clustered node is only as useful as its cluster: without a meta
-    // leader no stream can be created or changed, and a stream without a
-    // leader takes no writes. Both are this node's problem too (a load
-    // balancer should send publishes elsewhere).
-    if app.clustered_jetstream() {
-        if let Some(p) = app.meta_problem().await {
-            problems.push(p);
-        } else if connected {
-            match list_streams(app).await {
-                Ok(infos) => {
-                    let groups = declared_groups(app, &infos);
-                    problems.extend(crate::cluster::stream_problems(&groups));
-                }
-                Err(e) => problems.push(format!(
-                    "cannot read the streams' cluster state: {}",
-                    e.message
-                )),
-            }
-        }
-    }
-    let (status, code) = if problems.is_empty() {
-        ("healthy", StatusCode::OK)
+    let f = probed_facts(app).await;
+    let problems = health::problems(&f);
+    let healthy = health::status_code(&problems) == 200;
+    let code = if healthy {
+        StatusCode::OK
     } else {
-        ("unhealthy", StatusCode::SERVICE_UNAVAILABLE)
+        StatusCode::SERVICE_UNAVAILABLE
     };
+    let jetstream = health::jetstream_info(&f).map_or(Value::Null, |v| {
+        pick(v, &["streams", "consumers", "memory", "storage"])
+    });
     let body = json!({
-        "status": status,
+        "status": if healthy { "healthy" } else { "unhealthy" },
         "service": SERVICE,
         "timestamp": rfc3339(SystemTime::now()),
         "uptime_seconds": app.started.elapsed().as_secs(),
-        "nats_server": if app.supervised { child.phase.as_str() } else if connected { "running" } else { "unreachable" },
-        "pid": child.pid,
-        "connected": connected,
+        "nats_server": health::nats_server(&f),
+        "pid": f.child.pid,
+        "connected": f.connected,
         "jetstream": jetstream,
-        "problems": problems,
+        "problems": problems.iter().map(ToString::to_string).collect::<Vec<_>>(),
     });
     let mut resp = json_response(code, &body);
-    if code == StatusCode::SERVICE_UNAVAILABLE {
+    if !healthy {
         resp.headers_mut().insert(header::RETRY_AFTER, 1.into());
     }
     Ok(resp)

@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use super::error::{json_response, ApiError};
 use super::streams::{declared_groups, list_streams};
 use crate::app::App;
+use crate::health;
 
 type Resp = Response<Full<Bytes>>;
 
@@ -95,18 +96,8 @@ async fn server_info(app: &App) -> Value {
     }
 }
 
-fn nats_status(app: &App) -> &'static str {
-    if app.supervised {
-        app.child.borrow().phase.as_str()
-    } else if app.is_connected() {
-        "running"
-    } else {
-        "unreachable"
-    }
-}
-
 pub async fn status(app: &App) -> Result<Resp, ApiError> {
-    let child = app.child.borrow().clone();
+    let f = super::health::facts(app);
     let (streams, streams_error) = match list_streams(app).await {
         Ok(v) => (v, None),
         Err(e) => (Vec::new(), Some(e.message)),
@@ -126,12 +117,12 @@ pub async fn status(app: &App) -> Result<Resp, ApiError> {
         "timestamp": rfc3339(SystemTime::now()),
         "uptime_seconds": app.started.elapsed().as_secs(),
         "nats_server": {
-            "status": nats_status(app),
-            "supervised": app.supervised,
-            "pid": child.pid,
-            "restarts": child.restarts,
-            "last_failure": child.last_failure,
-            "connected": app.is_connected(),
+            "status": health::nats_server(&f),
+            "supervised": f.supervised,
+            "pid": f.child.pid,
+            "restarts": f.child.restarts,
+            "last_failure": f.child.last_failure,
+            "connected": f.connected,
             "server_info": server_info(app).await,
         },
         "jetstream_streams": jetstream_streams,
@@ -162,7 +153,7 @@ pub async fn nats_info(app: &App) -> Result<Resp, ApiError> {
         }
     };
     let body = json!({
-        "status": nats_status(app),
+        "status": health::nats_server(&super::health::facts(app)),
         "pid": child.pid,
         "ports": ports,
         "server_info": server_info(app).await,
