@@ -26,6 +26,7 @@
 //! - [`runfiles`]: atomic writes; the pid and reload-state files, writer and reader.
 //! - [`systemd`]: sd_notify: READY, RELOADING, STOPPING, STATUS, the watchdog.
 //! - [`supervisor`]: the nats-server child: spawn, probe, restart, stop (pure machine in `state`).
+//! - [`health`]: facts -> /health's problems, nats-server's state, systemd's STATUS= line (pure, over the types above).
 //! - [`app`]: shared state; beside it the NATS client, reconciliation, the monitor.
 //! - [`http`]: the HTTP API on hyper 1.x, /metrics, the nats-server monitor passthrough.
 //!
@@ -43,6 +44,7 @@ pub mod config;
 pub mod daemon;
 pub mod durability;
 pub mod exit;
+pub mod health;
 pub mod http;
 pub mod jetstream;
 pub mod logging;

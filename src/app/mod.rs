@@ -6,6 +6,7 @@
 //! login in `credentials.rs`.
 
 mod credentials;
+mod facts;
 mod monitor;
 mod nats;
 mod sync;

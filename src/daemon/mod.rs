@@ -412,7 +412,7 @@ async fn start_and_serve(ctx: &mut Ctx, signals: &mut Signals) -> i32 {
         (ctx.supervisor.is_none()).then(|| tokio::spawn(tasks::feed_watchdog(bg_stop_rx)));
 
     // 4. Ready.
-    let line = tasks::status_line(&app, None);
+    let line = tasks::status_line(&app);
     systemd::ready(&line);
     tracing::info!(
         startup_ms = app.started.elapsed().as_millis() as u64,

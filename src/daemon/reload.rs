@@ -51,7 +51,7 @@ pub(super) async fn reload(ctx: &mut Ctx) {
             },
         },
     );
-    systemd::ready(&super::tasks::status_line(&ctx.app, None));
+    systemd::ready(&super::tasks::status_line(&ctx.app));
 }
 
 async fn apply_reload(ctx: &mut Ctx) -> Result<String, String> {

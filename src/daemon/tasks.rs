@@ -8,45 +8,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use crate::app::App;
-use crate::supervisor::Phase;
 use crate::systemd;
 
-/// One line a person understands, for systemd's STATUS=.
-pub(super) fn status_line(app: &App, connections: Option<u64>) -> String {
-    let child = app.child.borrow().clone();
-    let streams = app.sync.lock().map(|s| s.report.streams.len()).unwrap_or(0);
-    let conns = connections
-        .map(|c| format!(", {c} connection{}", if c == 1 { "" } else { "s" }))
-        .unwrap_or_default();
-    let base = if app.supervised {
-        match (child.phase, child.pid) {
-            (Phase::Running, Some(pid)) => {
-                format!("nats-server pid {pid} healthy, {streams} streams{conns}")
-            }
-            (Phase::Restarting, _) => match (child.restart_in, &child.last_failure) {
-                (Some(d), Some(why)) => {
-                    format!("restarting nats-server in {} ms ({why})", d.as_millis())
-                }
-                _ => "restarting nats-server".into(),
-            },
-            (Phase::Failed, _) => format!(
-                "gave up on nats-server: {}",
-                child.last_failure.unwrap_or_default()
-            ),
-            (phase, _) => format!("nats-server {}", phase.as_str()),
-        }
-    } else if app.is_connected() {
-        format!(
-            "connected to {}, {streams} streams{conns}",
-            app.nats_urls().join(", ")
-        )
-    } else {
-        format!("waiting for NATS at {}", app.nats_urls().join(", "))
-    };
-    match app.note() {
-        Some(note) => format!("{base}; {note}"),
-        None => base,
-    }
+/// One line a person understands, for systemd's STATUS= (decided by
+/// [`crate::health::status_line`]).
+pub(super) fn status_line(app: &App) -> String {
+    crate::health::status_line(&app.facts())
 }
 
 /// Keeps systemd's STATUS= current: on every child change, and every few
@@ -67,10 +34,11 @@ pub(super) async fn report_status(app: Arc<App>, mut stop: watch::Receiver<bool>
             }
             _ = crate::flag_set(&mut stop) => break,
         }
-        let mut line = status_line(&app, connections);
-        if let Some(p) = cluster_note.as_deref() {
-            line = format!("{line}; {p}");
-        }
+        let line = crate::health::status_line(&crate::health::Facts {
+            connections,
+            meta_problem: cluster_note.clone(),
+            ..app.facts()
+        });
         if line != last {
             systemd::status(&line);
             last = line;

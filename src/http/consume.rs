@@ -15,7 +15,6 @@
 //! the endpoint cannot be used to publish to arbitrary subjects.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use async_nats::jetstream::consumer::{self, pull, Consumer, FromConsumer};
@@ -28,9 +27,9 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use super::body::{connected, json_body};
 use super::error::{json_bytes, json_response, ApiError};
 use super::message;
-use super::publish::{content_type_is, not_json, read_body};
 use crate::app::{App, Nats};
 use crate::subject;
 
@@ -39,7 +38,7 @@ type Resp = Response<http_body_util::Full<Bytes>>;
 /// What a fetch request without `batch` / `expires_ms` gets.
 const DEFAULT_BATCH: u32 = 10;
 const DEFAULT_EXPIRES_MS: u64 = 1000;
-/// Bodies of fetch requests are tiny; anything bigger is a mistake.
+/// Bodies of fetch and ack requests are tiny; anything bigger is a mistake.
 const FETCH_BODY_LIMIT: usize = 64 << 10;
 
 /// Routes `{stream}/consumers...` (the part after `/api/v1/streams/`).
@@ -71,14 +70,6 @@ pub async fn route(app: &App, req: Request<Incoming>, rest: &str) -> Result<Resp
             req.method()
         ))),
     }
-}
-
-fn connected(app: &App) -> Result<Arc<Nats>, ApiError> {
-    app.connected_nats().ok_or_else(|| {
-        ApiError::unavailable(
-            "nats-server is not available right now (restarting or unreachable); retry shortly",
-        )
-    })
 }
 
 /// Deadline for the JetStream API requests of one HTTP request.
@@ -264,39 +255,6 @@ struct OutMessage<'a> {
     ack_token: Option<&'a str>,
 }
 
-/// Reads an optional JSON body: empty means all defaults; anything else
-/// must be `application/json`.
-async fn json_body<T: for<'de> Deserialize<'de>>(
-    app: &App,
-    req: Request<Incoming>,
-    default: Option<T>,
-    expected: &str,
-) -> Result<T, ApiError> {
-    let has_type = req.headers().contains_key(hyper::header::CONTENT_TYPE);
-    if has_type && !content_type_is(&req, "application/json") {
-        return Err(not_json());
-    }
-    let idle = app.config().api.header_read_timeout.get();
-    let body = read_body(req, FETCH_BODY_LIMIT, idle, || {
-        format!("the request body is larger than {FETCH_BODY_LIMIT} bytes")
-    })
-    .await?;
-    if body.iter().all(u8::is_ascii_whitespace) {
-        if let Some(d) = default {
-            return Ok(d);
-        }
-    }
-    if !has_type {
-        return Err(not_json());
-    }
-    serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad_request(
-            "invalid_json",
-            format!("invalid request: {e}; expected {expected}"),
-        )
-    })
-}
-
 /// POST .../consumers/{name}/fetch: waits up to `expires_ms` for the first
 /// message, then answers with what is there (at most `batch`).
 async fn fetch(
@@ -309,6 +267,7 @@ async fn fetch(
     let r: FetchRequest = json_body(
         app,
         req,
+        FETCH_BODY_LIMIT,
         Some(FetchRequest {
             batch: None,
             expires_ms: None,
@@ -416,7 +375,8 @@ async fn collect(
 }
 
 /// A pull the server refused (status 409 and friends: max_ack_pending
-/// reached, consumer deleted meanwhile...).
+/// reached, consumer deleted meanwhile...). By its text: async-nats hands
+/// the pull's status over only inside an io::Error's message.
 fn pull_error(text: &str) -> ApiError {
     if text.contains("409") {
         ApiError::new(
@@ -537,7 +497,8 @@ async fn acknowledge(
     name: &str,
     kind: Kind,
 ) -> Result<Resp, ApiError> {
-    let r: AckRequest = json_body(app, req, None, r#"{"tokens": ["..."]}"#).await?;
+    let r: AckRequest =
+        json_body(app, req, FETCH_BODY_LIMIT, None, r#"{"tokens": ["..."]}"#).await?;
     if r.delay_ms.is_some() && kind != Kind::Nak {
         return Err(ApiError::bad_request(
             "invalid_json",

@@ -5,14 +5,18 @@
 //! passthrough GET /api/v1/nats/{endpoint}.
 
 pub mod auth;
+pub mod body;
 pub mod consume;
 pub mod error;
+pub mod health;
 pub mod message;
 pub mod metrics;
 pub mod monitor;
 pub mod publish;
 pub mod routes;
 pub mod server;
+pub mod status;
+pub mod streams;
 pub mod subscribe;
 
 pub use server::serve;

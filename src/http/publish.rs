@@ -5,21 +5,20 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::future::IntoFuture;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::context::{PublishAckFuture, PublishError, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::publish::PublishAck;
+use async_nats::jetstream::{self, ErrorCode};
 use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
-use futures::FutureExt;
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper::{header, Request, Response, StatusCode};
+use hyper::{Request, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use super::body::{connected, content_type_is, not_json, read_body, too_large};
 use super::error::{json_bytes, ApiError};
 use crate::app::{App, Lost, Nats};
 use crate::config::{Config, Durability};
@@ -90,93 +89,6 @@ impl Outcome {
             duplicate: None,
         }
     }
-}
-
-/// Whether the media type (parameters aside) is `want`, in any case.
-pub(super) fn content_type_is(req: &Request<Incoming>, want: &str) -> bool {
-    req.headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case(want))
-}
-
-fn too_large(what: String) -> ApiError {
-    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", what)
-}
-
-/// The body, at most `limit` bytes (413 past it, before reading it all
-/// when Content-Length already tells). A client that stops sending for
-/// `idle` gets 408: hyper bounds only the wait for headers, and a stalled
-/// body would otherwise hold its connection (and a slot under
-/// `api.max_connections`) forever.
-pub(super) async fn read_body(
-    req: Request<Incoming>,
-    limit: usize,
-    idle: Duration,
-    what: impl Fn() -> String,
-) -> Result<Bytes, ApiError> {
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|l| l > limit as u64) {
-        return Err(too_large(what()));
-    }
-    let mut body = Limited::new(req.into_body(), limit);
-    // The usual body is one frame that came with the headers: it is kept
-    // as is (no copy), and no timer is armed for it.
-    let mut first: Option<Bytes> = None;
-    let mut more: Option<bytes::BytesMut> = None;
-    loop {
-        let next = match body.frame().now_or_never() {
-            Some(f) => f,
-            None => tokio::time::timeout(idle, body.frame())
-                .await
-                .map_err(|_| {
-                    ApiError::new(
-                        StatusCode::REQUEST_TIMEOUT,
-                        "request_timeout",
-                        format!("no body bytes for {idle:?} (api.header_read_timeout); send the body without pausing"),
-                    )
-                })?,
-        };
-        let frame = match next {
-            None => break,
-            Some(Ok(f)) => f,
-            Some(Err(e))
-                if e.downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some() =>
-            {
-                return Err(too_large(what()))
-            }
-            Some(Err(e)) => {
-                return Err(ApiError::bad_request(
-                    "bad_body",
-                    format!("cannot read the request body: {e}"),
-                ))
-            }
-        };
-        let Ok(data) = frame.into_data() else {
-            continue; // trailers
-        };
-        match (&first, &mut more) {
-            (None, _) => first = Some(data),
-            (Some(f), None) => {
-                let mut m = bytes::BytesMut::with_capacity(f.len() + data.len());
-                m.extend_from_slice(f);
-                m.extend_from_slice(&data);
-                more = Some(m);
-            }
-            (Some(_), Some(m)) => m.extend_from_slice(&data),
-        }
-    }
-    Ok(match (more, first) {
-        (Some(m), _) => m.freeze(),
-        (None, Some(f)) => f,
-        (None, None) => Bytes::new(),
-    })
 }
 
 /// Header names as NATS carries them: printable ASCII without ':' or
@@ -270,14 +182,6 @@ pub fn parse_entry(cfg: &Config, body: &Bytes, raw: &[u8]) -> Result<Entry, ApiE
         subject: parsed.subject.into_owned(),
         payload,
         headers: hdrs,
-    })
-}
-
-fn connected(app: &App) -> Result<Arc<Nats>, ApiError> {
-    app.connected_nats().ok_or_else(|| {
-        ApiError::unavailable(
-            "nats-server is not available right now (restarting or unreachable); retry shortly",
-        )
     })
 }
 
@@ -457,37 +361,99 @@ async fn send_core(timeout: Duration, nats: &Nats, e: Entry) -> Result<Outcome, 
     }
 }
 
-pub fn publish_error(stream: &str, e: PublishError) -> ApiError {
-    let text = e.to_string();
+/// What a failed JetStream publish was, as far as its answer goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// Larger than nats-server's max_payload: 413.
+    TooLarge,
+    /// No ack in time: 503.
+    TimedOut,
+    /// No stream took the request (no responders): 503 stream_unavailable.
+    NoStream,
+    /// No room for the message: a stream limit with `discard: new`, the
+    /// JetStream store's resources, or a stream's message or header size
+    /// limit: 507 stream_full.
+    StreamFull,
+    /// Anything else: 503.
+    Failed,
+}
+
+/// The errors of nats-server's store (server/store.go: ErrMaxMsgs,
+/// ErrMaxBytes, ErrMaxMsgsPerSubject) that a stream with `discard: new`
+/// answers a publish with, as error code 10077 (JSStreamStoreFailedF, whose
+/// description is the store's error). The same code also carries "message
+/// too large" and "store is closed", which are not a full stream.
+const STORE_LIMITS: [&str; 3] = [
+    "maximum messages exceeded",
+    "maximum bytes exceeded",
+    "maximum messages per subject exceeded",
+];
+
+/// Classifies by the error's kind and, for an error nats-server answered,
+/// by its JetStream error code (server/errors.json), not by its text.
+fn refusal(e: &PublishError) -> Refusal {
     match e.kind() {
-        PublishErrorKind::MaxPayloadExceeded => too_large(text),
-        PublishErrorKind::TimedOut => {
-            ApiError::unavailable(format!("no acknowledgement from stream {stream}: {text}"))
+        PublishErrorKind::MaxPayloadExceeded => Refusal::TooLarge,
+        PublishErrorKind::TimedOut => Refusal::TimedOut,
+        PublishErrorKind::StreamNotFound => Refusal::NoStream,
+        _ => {
+            match std::error::Error::source(e).and_then(|s| s.downcast_ref::<jetstream::Error>()) {
+                Some(j) if no_room(j) => Refusal::StreamFull,
+                _ => Refusal::Failed,
+            }
         }
-        PublishErrorKind::StreamNotFound => ApiError {
-            code: "stream_unavailable",
-            ..ApiError::unavailable(format!("stream {stream} does not answer: {text}"))
-        },
-        _ if text.contains("insufficient")
-            || text.contains("maximum")
-            || text.contains("storage") =>
-        {
-            ApiError::new(
-                StatusCode::INSUFFICIENT_STORAGE,
-                "stream_full",
-                format!("stream {stream} refused the message: {text}"),
-            )
-        }
-        _ => ApiError::unavailable(format!("publish to stream {stream} failed: {text}")),
     }
 }
 
-pub(super) fn not_json() -> ApiError {
-    ApiError::new(
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "unsupported_media_type",
-        "send the request as Content-Type: application/json",
-    )
+/// Whether nats-server refused the message for want of room.
+fn no_room(e: &jetstream::Error) -> bool {
+    match e.error_code() {
+        // 10023 "insufficient resources": the server's JetStream limits.
+        ErrorCode::INSUFFICIENT_RESOURCES
+        // 10047 "insufficient storage resources available"
+        | ErrorCode::STORAGE_RESOURCES_EXCEEDED
+        // 10028 "insufficient memory resources available"
+        | ErrorCode::MEMORY_RESOURCES_EXCEEDED
+        // 10054 "message size exceeds maximum allowed" (max_msg_size)
+        | ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM
+        // 10097 "header size exceeds maximum allowed of 64k"
+        | ErrorCode::STREAM_HEADER_EXCEEDS_MAXIMUM => true,
+        ErrorCode::STREAM_STORE_FAILED => {
+            description(e).is_some_and(|d| STORE_LIMITS.contains(&d.as_str()))
+        }
+        _ => false,
+    }
+}
+
+/// The `description` nats-server sent with a JetStream API error
+/// (async-nats keeps it private but serialises it as it came).
+fn description(e: &jetstream::Error) -> Option<String> {
+    match serde_json::to_value(e).ok()?.get_mut("description")?.take() {
+        serde_json::Value::String(d) => Some(d),
+        _ => None,
+    }
+}
+
+pub fn publish_error(stream: &str, e: PublishError) -> ApiError {
+    let text = e.to_string();
+    match refusal(&e) {
+        Refusal::TooLarge => too_large(text),
+        Refusal::TimedOut => {
+            ApiError::unavailable(format!("no acknowledgement from stream {stream}: {text}"))
+        }
+        Refusal::NoStream => ApiError {
+            code: "stream_unavailable",
+            ..ApiError::unavailable(format!("stream {stream} does not answer: {text}"))
+        },
+        Refusal::StreamFull => ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "stream_full",
+            format!("stream {stream} refused the message: {text}"),
+        ),
+        Refusal::Failed => {
+            ApiError::unavailable(format!("publish to stream {stream} failed: {text}"))
+        }
+    }
 }
 
 // ------------------------------------------------------------- single ----
@@ -761,6 +727,93 @@ async fn make_durable(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An error nats-server answered a publish with (as async-nats parses
+    /// the pub ack).
+    fn answered(kind: PublishErrorKind, err_code: u64, description: &str) -> PublishError {
+        let status = if err_code == 10077 { 503 } else { 400 };
+        let j: jetstream::Error = serde_json::from_value(serde_json::json!({
+            "code": status, "err_code": err_code, "description": description,
+        }))
+        .unwrap();
+        PublishError::with_source(kind, j)
+    }
+
+    #[test]
+    fn a_stream_or_store_without_room_is_507_stream_full() {
+        let full = [
+            (10077, "maximum messages exceeded"),
+            (10077, "maximum bytes exceeded"),
+            (10077, "maximum messages per subject exceeded"),
+            (10023, "insufficient resources"),
+            (10047, "insufficient storage resources available"),
+            (10028, "insufficient memory resources available"),
+            (10054, "message size exceeds maximum allowed"),
+            (10097, "header size exceeds maximum allowed of 64k"),
+        ];
+        for (code, description) in full {
+            let e = answered(PublishErrorKind::Other, code, description);
+            assert_eq!(refusal(&e), Refusal::StreamFull, "{e}");
+            let a = publish_error("S", e);
+            assert_eq!((a.status.as_u16(), a.code), (507, "stream_full"), "{a:?}");
+            assert!(a.message.contains(description), "{}", a.message);
+        }
+    }
+
+    #[test]
+    fn other_refusals_are_503_whatever_their_text_says() {
+        let failed = [
+            (PublishErrorKind::Other, 10077, "message too large"),
+            (PublishErrorKind::Other, 10077, "store is closed"),
+            (
+                PublishErrorKind::Other,
+                10002,
+                "resource limits exceeded for account",
+            ),
+            (
+                PublishErrorKind::Other,
+                10060,
+                "expected stream does not match",
+            ),
+            // The stream's last msg id is the client's own text.
+            (
+                PublishErrorKind::WrongLastMessageId,
+                10070,
+                "wrong last msg ID: maximum-storage",
+            ),
+        ];
+        for (kind, code, description) in failed {
+            let e = answered(kind, code, description);
+            assert_eq!(refusal(&e), Refusal::Failed, "{e}");
+            let a = publish_error("S", e);
+            assert_eq!(
+                (a.status.as_u16(), a.code),
+                (503, "nats_unavailable"),
+                "{a:?}"
+            );
+        }
+        // Not an answer from nats-server at all.
+        let local = PublishError::with_source(PublishErrorKind::Other, "insufficient storage");
+        assert_eq!(refusal(&local), Refusal::Failed);
+        assert_eq!(
+            refusal(&PublishError::new(PublishErrorKind::BrokenPipe)),
+            Refusal::Failed
+        );
+    }
+
+    #[test]
+    fn the_error_kind_decides_size_timeouts_and_missing_streams() {
+        let e = PublishError::with_source(PublishErrorKind::MaxPayloadExceeded, "maximum");
+        assert_eq!(refusal(&e), Refusal::TooLarge);
+        assert_eq!(publish_error("S", e).status.as_u16(), 413);
+        let e = PublishError::new(PublishErrorKind::TimedOut);
+        assert_eq!(refusal(&e), Refusal::TimedOut);
+        assert_eq!(publish_error("S", e).code, "nats_unavailable");
+        let e = PublishError::new(PublishErrorKind::StreamNotFound);
+        assert_eq!(refusal(&e), Refusal::NoStream);
+        let a = publish_error("S", e);
+        assert_eq!((a.status.as_u16(), a.code), (503, "stream_unavailable"));
+    }
 
     #[test]
     fn ndjson_entries_are_the_non_blank_lines() {

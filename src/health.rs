@@ -1,0 +1,665 @@
+//! Whether the daemon is healthy, decided from one set of [`Facts`]
+//! (pure): the problems /health lists and its status code, how
+//! /api/v1/status names nats-server's state, and systemd's STATUS= line.
+//!
+//! The I/O shell gathers the facts (`http::health::facts` and
+//! `http::health::probed_facts`); nothing here reads the world.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::cluster::StreamGroup;
+use crate::durability::{FailureKind, SyncError, FAILURE_SHOWN_FOR};
+use crate::supervisor::Phase;
+
+/// How long /health waits for JetStream's answer to `$JS.API.INFO`.
+pub const JETSTREAM_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the decisions read. A fact nobody gathered is its default (None,
+/// empty, false): /health gathers all of them; /api/v1/status and the
+/// STATUS= line only the cheap ones.
+#[derive(Debug, Clone, Default)]
+pub struct Facts {
+    /// nats-server is the daemon's child (else an external server it
+    /// connects to).
+    pub supervised: bool,
+    /// The child's state (a constant default in external mode).
+    pub child: Child,
+    /// The daemon's own client is connected now.
+    pub connected: bool,
+    /// Where the client connects.
+    pub nats_urls: Vec<String>,
+    /// Streams the last reconciliation found.
+    pub streams: usize,
+    /// Client connections nats-server reports (/varz), when asked.
+    pub connections: Option<u64>,
+    /// A sentence for STATUS= (a failed reload).
+    pub note: Option<String>,
+    /// Why the JetStream store's filesystem cannot take writes (asked only
+    /// of a supervised nats-server with JetStream).
+    pub store_space: Option<String>,
+    /// The last failed sync of the store, while /health lists it.
+    pub sync_failure: Option<SyncFailure>,
+    /// JetStream's answer to `$JS.API.INFO`; None when not asked
+    /// (JetStream off, or not connected).
+    pub jetstream: Option<JetStream>,
+    /// What the last reconciliation left undone; None when streams are not
+    /// auto-created (`auto_create_streams: false`).
+    pub reconciliation: Option<Reconciliation>,
+    /// Why JetStream cannot do cluster work now (no meta leader); only
+    /// ever set on a clustered JetStream node.
+    pub meta_problem: Option<String>,
+    /// The declared streams' RAFT groups, or why they could not be read;
+    /// None when not asked (not clustered, a meta problem, not connected).
+    pub stream_groups: Option<Result<Vec<StreamGroup>, String>>,
+}
+
+/// The nats-server child as the supervisor reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Child {
+    pub phase: Phase,
+    pub pid: Option<u32>,
+    /// Its last health probe succeeded.
+    pub healthy: bool,
+    pub restarts: u64,
+    /// Delay before the next restart, while waiting for it.
+    pub restart_in: Option<Duration>,
+    pub last_failure: Option<String>,
+}
+
+/// A failed sync of the JetStream store.
+#[derive(Debug, Clone)]
+pub struct SyncFailure {
+    /// How long ago it failed.
+    pub ago: Duration,
+    pub error: SyncError,
+}
+
+/// How JetStream answered `$JS.API.INFO`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JetStream {
+    /// A JSON reply: the account's figures, or an API error.
+    Answered(serde_json::Value),
+    /// A reply that is not JSON.
+    Unparsable(String),
+    /// The request failed.
+    Failed(String),
+    /// No reply within [`JETSTREAM_PROBE_TIMEOUT`].
+    TimedOut,
+    /// The connection dropped while waiting.
+    Dropped,
+}
+
+/// What the last stream reconciliation left undone.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reconciliation {
+    /// Streams were reconciled against the current nats-server.
+    pub synced: bool,
+    /// Declared streams that do not exist.
+    pub missing_streams: Vec<String>,
+    /// Declared consumers that do not exist, as `stream/consumer`.
+    pub missing_consumers: Vec<String>,
+    /// Its errors, each `STREAM: ...` or `STREAM: consumer NAME: ...`.
+    pub errors: Vec<String>,
+}
+
+/// One reason the daemon cannot take publishes as it should.
+#[derive(Debug, Clone)]
+pub enum Problem {
+    /// The supervised nats-server is not running.
+    ChildDown {
+        phase: Phase,
+        restart_in: Option<Duration>,
+        last_failure: Option<String>,
+    },
+    /// It runs but does not answer its health probe.
+    ChildNotAnswering,
+    /// The store's filesystem is full (the sentence says which).
+    StoreSpace(String),
+    SyncFailed {
+        ago: Duration,
+        error: SyncError,
+    },
+    NotConnected {
+        urls: Vec<String>,
+    },
+    JetStreamRefuses(String),
+    JetStreamNonsense(String),
+    JetStreamSilent(String),
+    JetStreamTimedOut,
+    ConnectionDropped,
+    StreamsNotReconciled,
+    MissingStream {
+        name: String,
+        why: Option<String>,
+    },
+    MissingConsumer {
+        stream: String,
+        consumer: String,
+        why: String,
+    },
+    /// No meta leader: streams cannot be created or changed.
+    MetaGroup(String),
+    /// A declared stream without a leader.
+    StreamGroup(String),
+    ClusterUnreadable(String),
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Problem::ChildDown {
+                phase,
+                restart_in,
+                last_failure,
+            } => {
+                write!(f, "nats-server is {}", phase.as_str())?;
+                if let Some(d) = restart_in {
+                    write!(f, " (next attempt in {} ms)", d.as_millis())?;
+                }
+                if let Some(why) = last_failure {
+                    write!(f, "; last failure: {why}")?;
+                }
+                Ok(())
+            }
+            Problem::ChildNotAnswering => {
+                f.write_str("nats-server is not answering its health probe")
+            }
+            Problem::StoreSpace(s) | Problem::MetaGroup(s) | Problem::StreamGroup(s) => {
+                f.write_str(s)
+            }
+            Problem::SyncFailed { ago, error } => write!(
+                f,
+                "syncing the JetStream store to disk failed {} s ago ({error}); the publishes waiting for it were answered {} (listed for {} s after a failure)",
+                ago.as_secs(),
+                match error.kind {
+                    FailureKind::NoSpace => "507",
+                    FailureKind::Io => "503",
+                },
+                FAILURE_SHOWN_FOR.as_secs()
+            ),
+            Problem::NotConnected { urls } => {
+                write!(f, "not connected to nats-server at {}", urls.join(", "))
+            }
+            Problem::JetStreamRefuses(why) => write!(f, "JetStream refuses requests: {why}"),
+            Problem::JetStreamNonsense(e) => write!(f, "JetStream answered nonsense: {e}"),
+            Problem::JetStreamSilent(e) => write!(f, "JetStream does not answer: {e}"),
+            Problem::JetStreamTimedOut => write!(
+                f,
+                "JetStream does not answer within {} s",
+                JETSTREAM_PROBE_TIMEOUT.as_secs()
+            ),
+            Problem::ConnectionDropped => f.write_str("the connection to nats-server dropped"),
+            Problem::StreamsNotReconciled => f.write_str("streams are not reconciled yet"),
+            Problem::MissingStream { name, why: Some(e) } => write!(
+                f,
+                "declared stream {name} does not exist ({e}); its subjects are not persisted"
+            ),
+            Problem::MissingStream { name, why: None } => write!(
+                f,
+                "declared stream {name} does not exist; its subjects are not persisted"
+            ),
+            Problem::MissingConsumer {
+                stream,
+                consumer,
+                why,
+            } => write!(
+                f,
+                "declared consumer {consumer} of stream {stream} does not exist ({why})"
+            ),
+            Problem::ClusterUnreadable(e) => {
+                write!(f, "cannot read the streams' cluster state: {e}")
+            }
+        }
+    }
+}
+
+/// Everything that keeps the daemon from being healthy, in the order
+/// /health lists them: nats-server itself, its store, the connection,
+/// JetStream, the declared streams, the cluster. Healthy when empty.
+pub fn problems(f: &Facts) -> Vec<Problem> {
+    let mut out = Vec::new();
+    if f.supervised {
+        if f.child.phase != Phase::Running {
+            out.push(Problem::ChildDown {
+                phase: f.child.phase,
+                restart_in: f.child.restart_in,
+                last_failure: f.child.last_failure.clone(),
+            });
+        } else if !f.child.healthy {
+            out.push(Problem::ChildNotAnswering);
+        }
+    }
+    if let Some(full) = &f.store_space {
+        out.push(Problem::StoreSpace(full.clone()));
+    }
+    if let Some(s) = &f.sync_failure {
+        out.push(Problem::SyncFailed {
+            ago: s.ago,
+            error: s.error.clone(),
+        });
+    }
+    if !f.connected {
+        out.push(Problem::NotConnected {
+            urls: f.nats_urls.clone(),
+        });
+    }
+    // Streams are judged only where JetStream was asked: it is on and the
+    // client is connected.
+    if let Some(js) = &f.jetstream {
+        match js {
+            JetStream::Answered(v) => {
+                if v.get("error").is_some() {
+                    out.push(Problem::JetStreamRefuses(
+                        v["error"]["description"]
+                            .as_str()
+                            .unwrap_or("unknown error")
+                            .to_string(),
+                    ));
+                }
+            }
+            JetStream::Unparsable(e) => out.push(Problem::JetStreamNonsense(e.clone())),
+            JetStream::Failed(e) => out.push(Problem::JetStreamSilent(e.clone())),
+            JetStream::TimedOut => out.push(Problem::JetStreamTimedOut),
+            JetStream::Dropped => out.push(Problem::ConnectionDropped),
+        }
+        if let Some(r) = &f.reconciliation {
+            out.extend(reconciliation_problems(r));
+        }
+    }
+    // A clustered node is only as useful as its cluster: without a meta
+    // leader no stream can be created or changed, and a stream without a
+    // leader takes no writes. Both are this node's problem too (a load
+    // balancer should send publishes elsewhere).
+    if let Some(p) = &f.meta_problem {
+        out.push(Problem::MetaGroup(p.clone()));
+    } else if let Some(groups) = &f.stream_groups {
+        match groups {
+            Ok(groups) => out.extend(
+                crate::cluster::stream_problems(groups)
+                    .into_iter()
+                    .map(Problem::StreamGroup),
+            ),
+            Err(e) => out.push(Problem::ClusterUnreadable(e.clone())),
+        }
+    }
+    out
+}
+
+fn reconciliation_problems(r: &Reconciliation) -> Vec<Problem> {
+    let mut out = Vec::new();
+    if !r.synced {
+        out.push(Problem::StreamsNotReconciled);
+    }
+    for name in &r.missing_streams {
+        let prefix = format!("{name}: ");
+        let why = r.errors.iter().find(|e| e.starts_with(&prefix)).cloned();
+        out.push(Problem::MissingStream {
+            name: name.clone(),
+            why,
+        });
+    }
+    for name in &r.missing_consumers {
+        let (stream, consumer) = name.split_once('/').unwrap_or((name, ""));
+        let prefix = format!("{stream}: consumer {consumer}: ");
+        let why = r
+            .errors
+            .iter()
+            .find_map(|e| e.strip_prefix(&prefix))
+            .unwrap_or("reason unknown");
+        out.push(Problem::MissingConsumer {
+            stream: stream.to_string(),
+            consumer: consumer.to_string(),
+            why: why.to_string(),
+        });
+    }
+    out
+}
+
+/// /health's status code: 200 without problems, else 503.
+pub fn status_code(problems: &[Problem]) -> u16 {
+    if problems.is_empty() {
+        200
+    } else {
+        503
+    }
+}
+
+/// JetStream's figures when it answered without an error.
+pub fn jetstream_info(f: &Facts) -> Option<&serde_json::Value> {
+    match &f.jetstream {
+        Some(JetStream::Answered(v)) if v.get("error").is_none() => Some(v),
+        _ => None,
+    }
+}
+
+/// nats-server's state in a word: the child's phase, or for an external
+/// server whether the client reaches it.
+pub fn nats_server(f: &Facts) -> &'static str {
+    if f.supervised {
+        f.child.phase.as_str()
+    } else if f.connected {
+        "running"
+    } else {
+        "unreachable"
+    }
+}
+
+/// systemd's STATUS= line: nats-server's state and the streams (with the
+/// connection count when known), then the note (a failed reload) and the
+/// cluster's meta problem, each after "; ".
+pub fn status_line(f: &Facts) -> String {
+    let streams = f.streams;
+    let conns = f
+        .connections
+        .map(|c| format!(", {c} connection{}", if c == 1 { "" } else { "s" }))
+        .unwrap_or_default();
+    let base = if f.supervised {
+        match (f.child.phase, f.child.pid) {
+            (Phase::Running, Some(pid)) => {
+                format!("nats-server pid {pid} healthy, {streams} streams{conns}")
+            }
+            (Phase::Restarting, _) => match (f.child.restart_in, &f.child.last_failure) {
+                (Some(d), Some(why)) => {
+                    format!("restarting nats-server in {} ms ({why})", d.as_millis())
+                }
+                _ => "restarting nats-server".into(),
+            },
+            (Phase::Failed, _) => format!(
+                "gave up on nats-server: {}",
+                f.child.last_failure.as_deref().unwrap_or_default()
+            ),
+            (phase, _) => format!("nats-server {}", phase.as_str()),
+        }
+    } else if f.connected {
+        format!(
+            "connected to {}, {streams} streams{conns}",
+            f.nats_urls.join(", ")
+        )
+    } else {
+        format!("waiting for NATS at {}", f.nats_urls.join(", "))
+    };
+    let line = match &f.note {
+        Some(note) => format!("{base}; {note}"),
+        None => base,
+    };
+    match &f.meta_problem {
+        Some(p) => format!("{line}; {p}"),
+        None => line,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn texts(f: &Facts) -> Vec<String> {
+        problems(f).iter().map(ToString::to_string).collect()
+    }
+
+    /// A supervised node where everything is in place.
+    fn fine() -> Facts {
+        Facts {
+            supervised: true,
+            child: Child {
+                phase: Phase::Running,
+                pid: Some(42),
+                healthy: true,
+                ..Child::default()
+            },
+            connected: true,
+            nats_urls: vec!["nats://127.0.0.1:4222".into()],
+            streams: 2,
+            jetstream: Some(JetStream::Answered(json!({"streams": 2, "consumers": 1}))),
+            reconciliation: Some(Reconciliation {
+                synced: true,
+                ..Reconciliation::default()
+            }),
+            ..Facts::default()
+        }
+    }
+
+    fn sync_error(kind: FailureKind) -> SyncError {
+        SyncError {
+            kind,
+            what: "fdatasync",
+            path: "/var/lib/mpb/jetstream/x".into(),
+            error: "No space left on device (os error 28)".into(),
+        }
+    }
+
+    #[test]
+    fn a_running_child_a_connected_client_and_reconciled_streams_are_healthy() {
+        let f = fine();
+        assert!(problems(&f).is_empty());
+        assert_eq!(status_code(&problems(&f)), 200);
+        assert_eq!(nats_server(&f), "running");
+        assert_eq!(
+            jetstream_info(&f),
+            Some(&json!({"streams": 2, "consumers": 1}))
+        );
+    }
+
+    #[test]
+    fn a_child_that_is_not_running_names_its_next_attempt_and_last_failure() {
+        let mut f = fine();
+        f.child.phase = Phase::Restarting;
+        f.child.restart_in = Some(Duration::from_millis(250));
+        f.child.last_failure = Some("exited with code 1".into());
+        assert_eq!(
+            texts(&f),
+            ["nats-server is restarting (next attempt in 250 ms); last failure: exited with code 1"]
+        );
+        assert_eq!(status_code(&problems(&f)), 503);
+        f.child.phase = Phase::Starting;
+        f.child.restart_in = None;
+        f.child.last_failure = None;
+        assert_eq!(texts(&f), ["nats-server is starting"]);
+    }
+
+    #[test]
+    fn a_running_child_that_misses_its_probe_is_unhealthy() {
+        let mut f = fine();
+        f.child.healthy = false;
+        assert_eq!(texts(&f), ["nats-server is not answering its health probe"]);
+    }
+
+    #[test]
+    fn an_external_server_is_judged_by_the_connection_alone() {
+        let mut f = fine();
+        f.supervised = false;
+        f.child = Child::default();
+        assert!(problems(&f).is_empty());
+        f.connected = false;
+        f.jetstream = None;
+        f.nats_urls = vec!["nats://a:4222".into(), "nats://b:4222".into()];
+        assert_eq!(
+            texts(&f),
+            ["not connected to nats-server at nats://a:4222, nats://b:4222"]
+        );
+        assert_eq!(nats_server(&f), "unreachable");
+    }
+
+    #[test]
+    fn a_recent_sync_failure_says_how_its_publishes_were_answered() {
+        let mut f = fine();
+        f.sync_failure = Some(SyncFailure {
+            ago: Duration::from_millis(3_900),
+            error: sync_error(FailureKind::NoSpace),
+        });
+        assert_eq!(
+            texts(&f),
+            ["syncing the JetStream store to disk failed 3 s ago (fdatasync /var/lib/mpb/jetstream/x: No space left on device (os error 28)); the publishes waiting for it were answered 507 (listed for 60 s after a failure)"]
+        );
+        f.sync_failure.as_mut().unwrap().error.kind = FailureKind::Io;
+        assert!(texts(&f)[0].contains("were answered 503"));
+    }
+
+    #[test]
+    fn a_full_store_comes_after_the_child_and_before_the_connection() {
+        let mut f = fine();
+        f.child.healthy = false;
+        f.store_space = Some("the JetStream store's filesystem is full".into());
+        f.connected = false;
+        f.jetstream = None;
+        let t = texts(&f);
+        assert_eq!(t.len(), 3);
+        assert_eq!(t[1], "the JetStream store's filesystem is full");
+        assert!(t[2].starts_with("not connected"), "{t:?}");
+    }
+
+    #[test]
+    fn jetstream_that_refuses_or_does_not_answer_is_a_problem_without_figures() {
+        let mut f = fine();
+        f.jetstream = Some(JetStream::Answered(
+            json!({"error": {"code": 503, "description": "JetStream not enabled"}}),
+        ));
+        assert_eq!(
+            texts(&f),
+            ["JetStream refuses requests: JetStream not enabled"]
+        );
+        assert_eq!(jetstream_info(&f), None);
+        f.jetstream = Some(JetStream::Answered(json!({"error": {}})));
+        assert_eq!(texts(&f), ["JetStream refuses requests: unknown error"]);
+        f.jetstream = Some(JetStream::Unparsable("expected value".into()));
+        assert_eq!(texts(&f), ["JetStream answered nonsense: expected value"]);
+        f.jetstream = Some(JetStream::Failed("no responders".into()));
+        assert_eq!(texts(&f), ["JetStream does not answer: no responders"]);
+        f.jetstream = Some(JetStream::TimedOut);
+        assert_eq!(texts(&f), ["JetStream does not answer within 2 s"]);
+        f.jetstream = Some(JetStream::Dropped);
+        assert_eq!(texts(&f), ["the connection to nats-server dropped"]);
+    }
+
+    #[test]
+    fn missing_streams_and_consumers_are_named_with_their_reconciliation_error() {
+        let mut f = fine();
+        f.reconciliation = Some(Reconciliation {
+            synced: false,
+            missing_streams: vec!["A".into(), "B".into()],
+            missing_consumers: vec!["C/worker".into(), "C/other".into()],
+            errors: vec![
+                "A: subjects overlap with stream X".into(),
+                "C: consumer worker: filter outside the stream".into(),
+            ],
+        });
+        assert_eq!(
+            texts(&f),
+            [
+                "streams are not reconciled yet",
+                "declared stream A does not exist (A: subjects overlap with stream X); its subjects are not persisted",
+                "declared stream B does not exist; its subjects are not persisted",
+                "declared consumer worker of stream C does not exist (filter outside the stream)",
+                "declared consumer other of stream C does not exist (reason unknown)",
+            ]
+        );
+    }
+
+    #[test]
+    fn streams_are_judged_only_when_jetstream_was_asked() {
+        let mut f = fine();
+        f.reconciliation.as_mut().unwrap().synced = false;
+        f.jetstream = None;
+        assert!(problems(&f).is_empty());
+    }
+
+    #[test]
+    fn a_cluster_without_meta_leader_is_named_before_its_streams_are_looked_at() {
+        let leaderless = StreamGroup {
+            name: "S".into(),
+            leader: None,
+            replicas: Vec::new(),
+            configured_replicas: 3,
+        };
+        let mut f = fine();
+        f.stream_groups = Some(Ok(vec![leaderless]));
+        assert_eq!(
+            texts(&f),
+            ["stream S has no leader (replicas: 3): its subjects cannot be written until one is elected"]
+        );
+        f.meta_problem = Some("JetStream has no meta leader".into());
+        assert_eq!(texts(&f), ["JetStream has no meta leader"]);
+        f.meta_problem = None;
+        f.stream_groups = Some(Err("JetStream did not list its streams within 5 s".into()));
+        assert_eq!(
+            texts(&f),
+            ["cannot read the streams' cluster state: JetStream did not list its streams within 5 s"]
+        );
+    }
+
+    #[test]
+    fn the_status_line_of_a_healthy_child_counts_streams_and_connections() {
+        let mut f = fine();
+        assert_eq!(status_line(&f), "nats-server pid 42 healthy, 2 streams");
+        f.connections = Some(1);
+        assert_eq!(
+            status_line(&f),
+            "nats-server pid 42 healthy, 2 streams, 1 connection"
+        );
+        f.connections = Some(7);
+        assert_eq!(
+            status_line(&f),
+            "nats-server pid 42 healthy, 2 streams, 7 connections"
+        );
+    }
+
+    #[test]
+    fn the_status_line_says_when_the_child_restarts_and_when_it_gave_up() {
+        let mut f = fine();
+        f.child.phase = Phase::Restarting;
+        f.child.pid = None;
+        assert_eq!(status_line(&f), "restarting nats-server");
+        f.child.restart_in = Some(Duration::from_millis(400));
+        assert_eq!(status_line(&f), "restarting nats-server");
+        f.child.last_failure = Some("killed by signal 9".into());
+        assert_eq!(
+            status_line(&f),
+            "restarting nats-server in 400 ms (killed by signal 9)"
+        );
+        f.child.phase = Phase::Failed;
+        assert_eq!(
+            status_line(&f),
+            "gave up on nats-server: killed by signal 9"
+        );
+        f.child.last_failure = None;
+        assert_eq!(status_line(&f), "gave up on nats-server: ");
+        f.child.phase = Phase::Stopping;
+        assert_eq!(status_line(&f), "nats-server stopping");
+        // Running without a pid yet reads like any other phase.
+        f.child.phase = Phase::Running;
+        assert_eq!(status_line(&f), "nats-server running");
+    }
+
+    #[test]
+    fn the_status_line_of_an_external_server_names_where_it_connects() {
+        let mut f = fine();
+        f.supervised = false;
+        f.nats_urls = vec!["nats://a:4222".into(), "nats://b:4222".into()];
+        f.connections = Some(3);
+        assert_eq!(
+            status_line(&f),
+            "connected to nats://a:4222, nats://b:4222, 2 streams, 3 connections"
+        );
+        f.connected = false;
+        assert_eq!(
+            status_line(&f),
+            "waiting for NATS at nats://a:4222, nats://b:4222"
+        );
+    }
+
+    #[test]
+    fn the_status_line_ends_with_the_note_then_the_meta_problem() {
+        let mut f = fine();
+        f.note = Some("reload failed: bad config".into());
+        assert_eq!(
+            status_line(&f),
+            "nats-server pid 42 healthy, 2 streams; reload failed: bad config"
+        );
+        f.meta_problem = Some("JetStream has no meta leader".into());
+        assert_eq!(
+            status_line(&f),
+            "nats-server pid 42 healthy, 2 streams; reload failed: bad config; JetStream has no meta leader"
+        );
+    }
+}
