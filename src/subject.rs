@@ -10,17 +10,34 @@ use std::fmt;
 /// nothing real comes close and a limit keeps hostile input cheap.
 pub const MAX_SUBJECT_LEN: usize = 1024;
 
+/// Why a subject or name is refused; the message quotes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SubjectError(pub String);
+pub struct SubjectError {
+    pub fault: Fault,
+    pub message: String,
+}
+
+/// What kind of wrong, for callers that answer the cases apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Not a valid subject or name at all.
+    Malformed,
+    /// A valid pattern, but a wildcard where a concrete subject is needed
+    /// (publishing).
+    Wildcard,
+}
 
 impl fmt::Display for SubjectError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.message)
     }
 }
 
 fn err<T>(msg: impl Into<String>) -> Result<T, SubjectError> {
-    Err(SubjectError(msg.into()))
+    Err(SubjectError {
+        fault: Fault::Malformed,
+        message: msg.into(),
+    })
 }
 
 /// Checks a subject; `wildcards` allows `*` and a final `>` (subscriptions,
@@ -54,9 +71,12 @@ pub fn check(subject: &str, wildcards: bool) -> Result<(), SubjectError> {
             ));
         }
         if wild && !wildcards {
-            return err(format!(
-                "subject {subject:?} contains the wildcard {tok:?}; publish to a concrete subject"
-            ));
+            return Err(SubjectError {
+                fault: Fault::Wildcard,
+                message: format!(
+                    "subject {subject:?} contains the wildcard {tok:?}; publish to a concrete subject"
+                ),
+            });
         }
         if tok == ">" && i + 1 != n {
             return err(format!("subject {subject:?}: `>` must be the last token"));
@@ -164,19 +184,45 @@ mod tests {
 
     #[test]
     fn invalid_subjects_say_why() {
-        assert!(check("", false).unwrap_err().0.contains("empty"));
-        assert!(check("a..b", false).unwrap_err().0.contains("empty token"));
-        assert!(check(".a", false).unwrap_err().0.contains("empty token"));
-        assert!(check("a.", false).unwrap_err().0.contains("empty token"));
-        assert!(check("a b", false).unwrap_err().0.contains("whitespace"));
+        assert!(check("", false).unwrap_err().message.contains("empty"));
+        assert!(check("a..b", false)
+            .unwrap_err()
+            .message
+            .contains("empty token"));
+        assert!(check(".a", false)
+            .unwrap_err()
+            .message
+            .contains("empty token"));
+        assert!(check("a.", false)
+            .unwrap_err()
+            .message
+            .contains("empty token"));
+        assert!(check("a b", false)
+            .unwrap_err()
+            .message
+            .contains("whitespace"));
         assert!(check("a\u{0}b", false).is_err());
-        assert!(check("market.>", false).unwrap_err().0.contains("wildcard"));
+        assert!(check("market.>", false)
+            .unwrap_err()
+            .message
+            .contains("wildcard"));
+        assert_eq!(
+            check("market.*.x", false).unwrap_err().fault,
+            Fault::Wildcard
+        );
+        assert_eq!(check("a.b*", false).unwrap_err().fault, Fault::Malformed);
         assert!(check("market.*.x", false)
             .unwrap_err()
-            .0
+            .message
             .contains("wildcard"));
-        assert!(check("a.>.b", true).unwrap_err().0.contains("last token"));
-        assert!(check("a.b*", true).unwrap_err().0.contains("whole tokens"));
+        assert!(check("a.>.b", true)
+            .unwrap_err()
+            .message
+            .contains("last token"));
+        assert!(check("a.b*", true)
+            .unwrap_err()
+            .message
+            .contains("whole tokens"));
         assert!(check(&"a".repeat(MAX_SUBJECT_LEN + 1), false).is_err());
     }
 
@@ -226,14 +272,17 @@ mod tests {
     fn stream_names() {
         check_stream_name("MARKET_DATA").unwrap();
         check_stream_name("custom-1").unwrap();
-        assert!(check_stream_name("A.B").unwrap_err().0.contains("'.'"));
+        assert!(check_stream_name("A.B")
+            .unwrap_err()
+            .message
+            .contains("'.'"));
         assert!(check_stream_name("A B").is_err());
         assert!(check_stream_name("A/B").is_err());
         assert!(check_stream_name("").is_err());
         check_consumer_name("market-consumer").unwrap();
         assert!(check_consumer_name("a.b")
             .unwrap_err()
-            .0
+            .message
             .contains("invalid consumer name"));
     }
 }

@@ -275,7 +275,7 @@ pub fn validate(c: &Config) -> Result<Vec<String>, Violation> {
                 let Some(list) = list else { continue };
                 for s in list.allow.iter().chain(&list.deny) {
                     if let Err(e) = subject::check(s, true) {
-                        return fail(&["nats", "users", &idx, "permissions", dir], e.0);
+                        return fail(&["nats", "users", &idx, "permissions", dir], e.message);
                     }
                 }
             }
@@ -456,12 +456,12 @@ fn validate_streams(c: &Config, streams: &BTreeMap<String, StreamConfig>) -> Res
             }
             p
         };
-        subject::check_stream_name(name).or_else(|e| fail(&at(""), e.0))?;
+        subject::check_stream_name(name).or_else(|e| fail(&at(""), e.message))?;
         if s.subjects.is_empty() {
             return fail(&at("subjects"), "a stream needs at least one subject");
         }
         for subj in &s.subjects {
-            subject::check(subj, true).or_else(|e| fail(&at("subjects"), e.0))?;
+            subject::check(subj, true).or_else(|e| fail(&at("subjects"), e.message))?;
             if subj.starts_with('$') {
                 return fail(
                     &at("subjects"),
@@ -536,7 +536,7 @@ fn validate_consumers(stream: &str, s: &StreamConfig, nodes: usize) -> Result<()
             }
             p
         };
-        subject::check_consumer_name(name).or_else(|e| fail(&at(""), e.0))?;
+        subject::check_consumer_name(name).or_else(|e| fail(&at(""), e.message))?;
         if k.replicas > 5 {
             return fail(
                 &at("replicas"),
@@ -565,7 +565,7 @@ fn validate_consumers(stream: &str, s: &StreamConfig, nodes: usize) -> Result<()
         };
         let filters = k.filters();
         for (i, f) in filters.iter().enumerate() {
-            subject::check(f, true).or_else(|e| fail(&at(key), e.0))?;
+            subject::check(f, true).or_else(|e| fail(&at(key), e.message))?;
             if !s.subjects.iter().any(|p| subject::within(f, p)) {
                 return fail(
                     &at(key),

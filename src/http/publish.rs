@@ -119,13 +119,20 @@ fn headers(map: BTreeMap<String, HeaderValues>) -> Result<async_nats::HeaderMap,
     Ok(out)
 }
 
+/// Whether `raw` is a JSON object without a `subject` key (asked only
+/// once parsing the request failed, to name that case).
+fn lacks_subject(raw: &[u8]) -> bool {
+    serde_json::from_slice::<BTreeMap<Cow<'_, str>, serde::de::IgnoredAny>>(raw)
+        .is_ok_and(|keys| !keys.contains_key("subject"))
+}
+
 /// Parses and checks one publish object; `raw` is a slice of `body`, so a
 /// JSON message goes to NATS as the very bytes that came (no copy, no
 /// re-serialisation). (`pub` for tests/fuzz.rs only.)
 #[doc(hidden)]
 pub fn parse_entry(cfg: &Config, body: &Bytes, raw: &[u8]) -> Result<Entry, ApiError> {
     let parsed: PublishRequest = serde_json::from_slice(raw).map_err(|e| {
-        let code = if e.to_string().starts_with("missing field `subject`") {
+        let code = if lacks_subject(raw) {
             "missing_subject"
         } else {
             "invalid_json"
@@ -139,12 +146,11 @@ pub fn parse_entry(cfg: &Config, body: &Bytes, raw: &[u8]) -> Result<Entry, ApiE
     })?;
     let subj: &str = &parsed.subject;
     if let Err(e) = subject::check(subj, false) {
-        let code = if e.0.contains("wildcard") {
-            "wildcard_subject"
-        } else {
-            "invalid_subject"
+        let code = match e.fault {
+            subject::Fault::Wildcard => "wildcard_subject",
+            subject::Fault::Malformed => "invalid_subject",
         };
-        return Err(ApiError::bad_request(code, e.0));
+        return Err(ApiError::bad_request(code, e.message));
     }
     if subj.starts_with('$') {
         return Err(ApiError::bad_request(
@@ -737,6 +743,36 @@ mod tests {
         }))
         .unwrap();
         PublishError::with_source(kind, j)
+    }
+
+    #[test]
+    fn a_bad_publish_object_is_named_by_what_is_wrong_with_it() {
+        let cfg = Config::default();
+        let code = |raw: &str| {
+            let body = Bytes::copy_from_slice(raw.as_bytes());
+            parse_entry(&cfg, &body, &body).err().map(|e| e.code)
+        };
+        assert_eq!(code(r#"{"subject": "a.b", "message": 1}"#), None);
+        assert_eq!(code(r#"{"message": 1}"#), Some("missing_subject"));
+        assert_eq!(code(r#"{}"#), Some("missing_subject"));
+        assert_eq!(
+            code(r#"{"subject": null, "message": 1}"#),
+            Some("invalid_json")
+        );
+        assert_eq!(code(r#"{"subject": "a.b"}"#), Some("invalid_json"));
+        assert_eq!(code(r#"[1, 2]"#), Some("invalid_json"));
+        assert_eq!(
+            code(r#"{"subject": "a.*", "message": 1}"#),
+            Some("wildcard_subject")
+        );
+        assert_eq!(
+            code(r#"{"subject": "a..b", "message": 1}"#),
+            Some("invalid_subject")
+        );
+        assert_eq!(
+            code(r#"{"subject": "a*.b", "message": 1}"#),
+            Some("invalid_subject")
+        );
     }
 
     #[test]

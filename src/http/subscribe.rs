@@ -127,7 +127,7 @@ pub async fn handle(
                 format!("subject {raw:?} is not UTF-8 once percent-decoded"),
             )
         })?;
-    subject::check(&subj, true).map_err(|e| ApiError::bad_request("invalid_subject", e.0))?;
+    subject::check(&subj, true).map_err(|e| ApiError::bad_request("invalid_subject", e.message))?;
     if subj.starts_with('$') || subj == ">" {
         return Err(ApiError::bad_request(
             "reserved_subject",
