@@ -224,46 +224,6 @@ pub fn status(
     })
 }
 
-/// What a failed JetStream API call during reconciliation calls for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Retry {
-    /// Another node created or changed the stream at the same moment
-    /// (err_code 10058 "stream name already in use", or a consumer's
-    /// counterpart): read the streams again and plan again.
-    Replan,
-    /// No meta leader yet (an election, a timeout, 10008 "JetStream system
-    /// temporarily unavailable"): wait a little and try again.
-    Backoff,
-    /// A real refusal (a bad config): report it.
-    Fail,
-}
-
-/// Classifies a JetStream error message (async-nats renders the server's
-/// `err_code` and description into it, "... (code 400, error code 10058)";
-/// a timeout or "no responders" has no code).
-pub fn classify(error: &str) -> Retry {
-    let e = error.to_ascii_lowercase();
-    if e.contains("10058")
-        || e.contains("already in use")
-        || e.contains("10148")
-        || e.contains("consumer already exists")
-    {
-        Retry::Replan
-    } else if e.contains("10008")
-        || e.contains("unavailable")
-        || e.contains("timed out")
-        || e.contains("timeout")
-        || e.contains("no responders")
-        // Not enough peers up to place the replicas (a node still starting).
-        || e.contains("10023")
-        || e.contains("insufficient resources")
-    {
-        Retry::Backoff
-    } else {
-        Retry::Fail
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -414,33 +374,5 @@ mod tests {
         // Without JetStream, no meta group is expected.
         let v = status(Some("mp"), Some("n1"), Some(&routez), None, false, &[]);
         assert_eq!(v["problems"], json!([]));
-    }
-
-    #[test]
-    fn concurrent_creates_replan_elections_back_off_real_refusals_fail() {
-        assert_eq!(
-            classify("JetStream error: stream name already in use with a different configuration (error code 10058)"),
-            Retry::Replan
-        );
-        assert_eq!(
-            classify("JetStream error: jetstream system temporarily unavailable (code 503, error code 10008)"),
-            Retry::Backoff
-        );
-        assert_eq!(
-            classify("timed out: didn't receive any message"),
-            Retry::Backoff
-        );
-        assert_eq!(classify("request failed: no responders"), Retry::Backoff);
-        assert_eq!(classify("jetstream unavailable"), Retry::Backoff);
-        assert_eq!(
-            classify("jetstream error: insufficient resources (code 503, error code 10023)"),
-            Retry::Backoff
-        );
-        assert_eq!(
-            classify(
-                "JetStream error: subjects overlap with an existing stream (error code 10065)"
-            ),
-            Retry::Fail
-        );
     }
 }

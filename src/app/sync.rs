@@ -47,7 +47,7 @@ impl App {
         // A request in flight when the child dies would wait out its whole
         // timeout and hold up the reconciliation the new child needs.
         let result = match self.while_connected(Duration::from_secs(60), work).await {
-            Ok(r) => r,
+            Ok(r) => r.map_err(|e| e.to_string()),
             Err(Lost::Disconnected) => Err(
                 "the connection to nats-server dropped during stream reconciliation".to_string(),
             ),

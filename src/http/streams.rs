@@ -30,7 +30,7 @@ pub(super) async fn list_streams(app: &App) -> Result<Vec<stream::Info>, ApiErro
             v.sort_by(|a, b| a.config.name.cmp(&b.config.name));
             Ok(v)
         }
-        Ok(Err(e)) => Err(ApiError::unavailable(e)),
+        Ok(Err(e)) => Err(ApiError::unavailable(e.to_string())),
         Err(_) => Err(ApiError::unavailable(
             "JetStream did not list its streams within 5 s",
         )),

@@ -13,7 +13,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer};
 use futures::TryStreamExt;
 
-use super::{norm_limit, plan_named, Diffs, FieldDiff, Report, Step};
+use super::{norm_limit, plan_named, Diffs, FieldDiff, JsError, Report, Retry, Step};
 use crate::config::{AckPolicy, ConsumerConfig, DeliverPolicy};
 
 /// The fields of an existing consumer that the config manages, as text
@@ -267,23 +267,26 @@ fn apply_consumer_mutable(
 
 /// Brings one stream's declared consumers in line; outcomes go into
 /// `report` as `STREAM/CONSUMER` (created, updated) and
-/// `STREAM: consumer CONSUMER: ...` (drift, errors).
+/// `STREAM: consumer CONSUMER: ...` (drift, errors), and what every failed
+/// create or update calls for to `note`.
 pub(super) async fn reconcile_consumers(
     js: &jetstream::Context,
     stream: &str,
     desired: &BTreeMap<String, ConsumerConfig>,
     server_version: &str,
     report: &mut Report,
-) -> Result<(), String> {
+    note: &mut impl FnMut(Retry),
+) -> Result<(), JsError> {
     let handle = js
         .get_stream_no_info(stream)
         .await
-        .map_err(|e| format!("stream {stream}: {e}"))?;
-    let infos: Vec<consumer::Info> = handle
-        .consumers()
-        .try_collect()
-        .await
-        .map_err(|e| format!("cannot list the consumers of stream {stream}: {e}"))?;
+        .map_err(|e| JsError::new(&e, format!("stream {stream}: {e}")))?;
+    let infos: Vec<consumer::Info> = handle.consumers().try_collect().await.map_err(|e| {
+        JsError::new(
+            &e,
+            format!("cannot list the consumers of stream {stream}: {e}"),
+        )
+    })?;
     let existing: BTreeMap<String, consumer::Config> =
         infos.into_iter().map(|i| (i.name, i.config)).collect();
     let actual: BTreeMap<String, ActualConsumer> = existing
@@ -298,8 +301,8 @@ pub(super) async fn reconcile_consumers(
                         .create_consumer_on_stream(cfg, stream)
                         .await
                         .map(|_| ())
-                        .map_err(|e| e.to_string()),
-                    Err(e) => Err(e),
+                        .map_err(|e| JsError::new(&e, e.to_string())),
+                    Err(e) => Err(JsError::fail(e)),
                 };
                 match made {
                     Ok(()) => {
@@ -308,6 +311,7 @@ pub(super) async fn reconcile_consumers(
                     }
                     Err(e) => {
                         tracing::error!(stream = %stream, consumer = %consumer, error = %e, "cannot create consumer {consumer} on stream {stream}: {e}");
+                        note(e.retry);
                         report
                             .errors
                             .push(format!("{stream}: consumer {consumer}: cannot create: {e}"));
@@ -332,8 +336,8 @@ pub(super) async fn reconcile_consumers(
                         .create_consumer_on_stream(cfg, stream)
                         .await
                         .map(|_| ())
-                        .map_err(|e| e.to_string()),
-                    Err(e) => Err(e),
+                        .map_err(|e| JsError::new(&e, e.to_string())),
+                    Err(e) => Err(JsError::fail(e)),
                 };
                 match done {
                     Ok(()) => {
@@ -342,6 +346,7 @@ pub(super) async fn reconcile_consumers(
                     }
                     Err(e) => {
                         tracing::error!(stream = %stream, consumer = %consumer, changes = %what, error = %e, "cannot update consumer {consumer} on stream {stream} ({what}): {e}");
+                        note(e.retry);
                         report.errors.push(format!(
                             "{stream}: consumer {consumer}: cannot update {what}: {e}"
                         ));

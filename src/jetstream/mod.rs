@@ -14,12 +14,14 @@ use async_nats::jetstream;
 use crate::config::StreamConfig;
 
 mod consumers;
+mod error;
 mod streams;
 
 pub use consumers::{
     actual_consumer_from, consumer_to_nats, plan_consumers, supports_filter_subjects,
     ActualConsumer, ConsumerChange,
 };
+pub use error::{JsError, Retry};
 pub use streams::{actual_from, list, plan, to_nats, ActualStream, Change};
 
 /// One field that differs: name, wanted, found.
@@ -128,8 +130,7 @@ pub const MAX_ROUNDS: u32 = 10;
 /// the rounds are used up. A concurrent create (Replan) is settled at once:
 /// the other node's stream is there to be read; an election (Backoff) needs
 /// time.
-pub fn next_round(round: u32, why: crate::cluster::Retry) -> Option<Duration> {
-    use crate::cluster::Retry;
+pub fn next_round(round: u32, why: Retry) -> Option<Duration> {
     if round >= MAX_ROUNDS {
         return None;
     }
@@ -152,14 +153,14 @@ pub fn next_round(round: u32, why: crate::cluster::Retry) -> Option<Duration> {
 pub async fn reconcile(
     js: &jetstream::Context,
     desired: &BTreeMap<String, StreamConfig>,
-) -> Result<Report, String> {
+) -> Result<Report, JsError> {
     let mut round = 1;
     loop {
         let (result, why) = match reconcile_round(js, desired).await {
             Ok((report, None)) => return Ok(report),
             Ok((report, Some(why))) => (Ok(report), why),
             Err(e) => {
-                let why = crate::cluster::classify(&e);
+                let why = e.retry;
                 (Err(e), why)
             }
         };
@@ -168,7 +169,7 @@ pub async fn reconcile(
         };
         let what = match &result {
             Ok(r) => r.errors.join("; "),
-            Err(e) => e.clone(),
+            Err(e) => e.to_string(),
         };
         tracing::info!(round, retry = ?why, "stream reconciliation round {round} did not settle ({what}); reading the streams again in {} ms", pause.as_millis());
         tokio::time::sleep(pause).await;
@@ -181,11 +182,9 @@ pub async fn reconcile(
 async fn reconcile_round(
     js: &jetstream::Context,
     desired: &BTreeMap<String, StreamConfig>,
-) -> Result<(Report, Option<crate::cluster::Retry>), String> {
-    use crate::cluster::{classify, Retry};
+) -> Result<(Report, Option<Retry>), JsError> {
     let mut retry: Option<Retry> = None;
-    let mut note = |e: &str| {
-        let kind = classify(e);
+    let mut note = |kind: Retry| {
         if kind != Retry::Fail && retry.is_none() {
             retry = Some(kind);
         }
@@ -200,16 +199,19 @@ async fn reconcile_round(
     let version = js.client().server_info().version;
     for (stream, s) in desired {
         if !s.consumers.is_empty() && report.streams.contains_key(stream) {
-            let before = report.errors.len();
-            if let Err(e) =
-                consumers::reconcile_consumers(js, stream, &s.consumers, &version, &mut report)
-                    .await
+            if let Err(e) = consumers::reconcile_consumers(
+                js,
+                stream,
+                &s.consumers,
+                &version,
+                &mut report,
+                &mut note,
+            )
+            .await
             {
                 tracing::error!(stream = %stream, error = %e, "{e}");
+                note(e.retry);
                 report.errors.push(format!("{stream}: {e}"));
-            }
-            for e in &report.errors[before..] {
-                note(e);
             }
         }
     }
@@ -227,7 +229,6 @@ mod tests {
 
     #[test]
     fn rounds_retry_races_at_once_elections_with_growing_pauses_and_end() {
-        use crate::cluster::Retry;
         assert_eq!(
             next_round(1, Retry::Replan),
             Some(Duration::from_millis(50))

@@ -12,7 +12,8 @@ use std::time::Duration;
 use async_nats::jetstream::{self, stream};
 use futures::TryStreamExt;
 
-use super::{norm_limit, plan_named, Diffs, FieldDiff, Report, Step};
+use super::error::Classify;
+use super::{norm_limit, plan_named, Diffs, FieldDiff, JsError, Report, Retry, Step};
 use crate::config::{Discard, Retention, Storage, StreamConfig};
 
 /// The fields of an existing stream that the config manages.
@@ -206,11 +207,11 @@ pub fn actual_from(c: &stream::Config) -> ActualStream {
 }
 
 /// Lists every stream's info.
-pub async fn list(js: &jetstream::Context) -> Result<Vec<stream::Info>, String> {
+pub async fn list(js: &jetstream::Context) -> Result<Vec<stream::Info>, JsError> {
     js.streams()
         .try_collect::<Vec<_>>()
         .await
-        .map_err(|e| format!("cannot list streams: {e}"))
+        .map_err(|e| JsError::new(&e, format!("cannot list streams: {e}")))
 }
 
 /// What $JS.API.STREAM.CREATE answers, as far as the reconciler cares.
@@ -231,26 +232,27 @@ struct Created {
 async fn create_stream(
     js: &jetstream::Context,
     cfg: stream::Config,
-) -> Result<(bool, Vec<String>), String> {
+) -> Result<(bool, Vec<String>), JsError> {
     use jetstream::response::Response;
     let subject = format!("STREAM.CREATE.{}", cfg.name);
     match js.request::<_, _, Response<Created>>(subject, &cfg).await {
         Ok(Response::Ok(c)) => Ok((c.did_create, c.config.subjects)),
-        Ok(Response::Err { error }) => Err(format!("jetstream error: {error}")),
-        Err(e) => Err(format!("jetstream request: {e}")),
+        Ok(Response::Err { error }) => {
+            Err(JsError::new(&error, format!("jetstream error: {error}")))
+        }
+        Err(e) => Err(JsError::new(&e, format!("jetstream request: {e}"))),
     }
 }
 
 /// Reads the streams, plans against `desired` and applies the plan; what
-/// happened goes into `report`, and every failure's message to `note` (so
-/// the caller can tell whether another round may settle it).
+/// happened goes into `report`, and what every failure calls for to `note`
+/// (so the caller can tell whether another round may settle it).
 pub(super) async fn reconcile_streams(
     js: &jetstream::Context,
     desired: &BTreeMap<String, StreamConfig>,
     report: &mut Report,
-    note: &mut impl FnMut(&str),
-) -> Result<(), String> {
-    use crate::cluster::{classify, Retry};
+    note: &mut impl FnMut(Retry),
+) -> Result<(), JsError> {
     let infos = list(js).await?;
     let existing: BTreeMap<String, stream::Config> = infos
         .into_iter()
@@ -273,12 +275,12 @@ pub(super) async fn reconcile_streams(
                         tracing::info!(stream = %stream, "stream {stream} was created by another node at the same moment, with the same config; nothing to do");
                     }
                     Err(e) => {
-                        if classify(&e.to_string()) == Retry::Fail {
+                        if e.retry == Retry::Fail {
                             tracing::error!(stream = %stream, error = %e, "cannot create stream {stream}: {e}");
                         } else {
                             tracing::info!(stream = %stream, error = %e, "creating stream {stream} raced another node or found no meta leader ({e}); reading the streams again");
                         }
-                        note(&e.to_string());
+                        note(e.retry);
                         report.errors.push(format!("{stream}: cannot create: {e}"));
                     }
                 }
@@ -296,7 +298,7 @@ pub(super) async fn reconcile_streams(
                     }
                     Err(e) => {
                         tracing::error!(stream = %stream, changes = %what.join(", "), error = %e, "cannot update stream {stream} ({}): {e}", what.join(", "));
-                        note(&e.to_string());
+                        note(e.retry());
                         report
                             .errors
                             .push(format!("{stream}: cannot update {}: {e}", what.join(", ")));
@@ -351,10 +353,6 @@ mod tests {
         let mut actual = BTreeMap::new();
         actual.insert("CLUSTERED".to_string(), actual_of(&s));
         assert!(plan(&desired, &actual).is_empty());
-        assert_eq!(
-            crate::cluster::classify("stream name already in use (code 400, error code 10058)"),
-            crate::cluster::Retry::Replan
-        );
     }
 
     #[test]
