@@ -1,0 +1,151 @@
+//! Handing an entry to NATS: a JetStream publish awaited on its own, or
+//! sent with its ack kept in flight (a batch), or a core publish; a lost
+//! connection or a full store named as such.
+
+use std::future::IntoFuture;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::context::PublishAckFuture;
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::publish::PublishAck;
+use hyper::StatusCode;
+
+use super::entry::{Entry, Outcome};
+use super::refusal::publish_error;
+use crate::app::{App, Lost, Nats};
+use crate::http::error::ApiError;
+
+pub(super) fn lost(stream: &str, l: Lost, timeout: Duration) -> ApiError {
+    match l {
+        Lost::TimedOut => ApiError::unavailable(format!(
+            "no acknowledgement from stream {stream} within {timeout:?}"
+        )),
+        // Not acknowledged, so not promised: the client retries.
+        Lost::Disconnected => ApiError::unavailable(format!(
+            "the connection to nats-server dropped before stream {stream} acknowledged the message; it may not be stored"
+        )),
+    }
+}
+
+/// A JetStream publish that failed while the store's filesystem is full
+/// failed because of it (nats-server itself may only time out or drop the
+/// connection): 507 naming the cause instead of a bare 503.
+fn store_full(app: &App, e: ApiError) -> ApiError {
+    if e.status != StatusCode::SERVICE_UNAVAILABLE || !app.supervised {
+        return e;
+    }
+    match crate::probe::store_space_problem(&app.config().data_dir()) {
+        Some(full) => ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "insufficient_storage",
+            format!("{}: {full}", e.message),
+        ),
+        None => e,
+    }
+}
+
+/// Hands a JetStream publish to the connection; the returned future is the
+/// ack.
+fn js_message(e: Entry) -> (String, PublishMessage) {
+    let msg = PublishMessage::build().payload(e.payload);
+    let msg = match e.headers {
+        Some(h) => msg.headers(h),
+        None => msg,
+    };
+    (e.subject, msg)
+}
+
+pub(super) fn acked(a: PublishAck) -> Outcome {
+    Outcome {
+        success: true,
+        persisted: true,
+        durable: false,
+        stream: Some(a.stream),
+        seq: Some(a.sequence),
+        duplicate: Some(a.duplicate),
+    }
+}
+
+/// One JetStream publish, awaited: a single watch on the connection and a
+/// single timer cover both the hand-over and the ack.
+pub(super) async fn publish_js(
+    app: &App,
+    timeout: Duration,
+    nats: &Nats,
+    stream: &str,
+    e: Entry,
+) -> Result<Outcome, ApiError> {
+    let (subject, msg) = js_message(e);
+    let sent = Instant::now();
+    let publish = nats.coalescer.publish(subject, msg);
+    match app.while_connected(timeout, publish).await {
+        Ok(Ok(a)) => {
+            app.stats.ack_latency.observe_duration(sent.elapsed());
+            Ok(acked(a))
+        }
+        Ok(Err(err)) => Err(store_full(app, publish_error(stream, err))),
+        Err(l) => Err(store_full(app, lost(stream, l, timeout))),
+    }
+}
+
+/// Hands a JetStream publish to the connection; the returned future is the
+/// ack (a batch keeps many in flight).
+pub(super) async fn send_js(
+    app: &App,
+    timeout: Duration,
+    nats: &Nats,
+    stream: &str,
+    e: Entry,
+) -> Result<PublishAckFuture, ApiError> {
+    let (subject, msg) = js_message(e);
+    match app
+        .while_connected(timeout, nats.js.send_publish(subject, msg))
+        .await
+    {
+        Ok(Ok(ack)) => Ok(ack),
+        Ok(Err(err)) => Err(store_full(app, publish_error(stream, err))),
+        Err(l) => Err(store_full(app, lost(stream, l, timeout))),
+    }
+}
+
+/// Awaits a batch entry's ack; `sent` is when it was handed over.
+pub(super) async fn await_ack(
+    app: &App,
+    timeout: Duration,
+    stream: &str,
+    ack: PublishAckFuture,
+    sent: Instant,
+) -> Result<Outcome, ApiError> {
+    match app.while_connected(timeout, ack.into_future()).await {
+        Ok(Ok(a)) => {
+            app.stats.ack_latency.observe_duration(sent.elapsed());
+            Ok(acked(a))
+        }
+        Ok(Err(err)) => Err(store_full(app, publish_error(stream, err))),
+        Err(l) => Err(store_full(app, lost(stream, l, timeout))),
+    }
+}
+
+pub(super) async fn send_core(
+    timeout: Duration,
+    nats: &Nats,
+    e: Entry,
+) -> Result<Outcome, ApiError> {
+    let fut = async {
+        match e.headers {
+            Some(h) => {
+                nats.client
+                    .publish_with_headers(e.subject, h, e.payload)
+                    .await
+            }
+            None => nats.client.publish(e.subject, e.payload).await,
+        }
+    };
+    match tokio::time::timeout(timeout, fut).await {
+        Err(_) => Err(ApiError::unavailable(format!(
+            "publish not accepted within {timeout:?}"
+        ))),
+        Ok(Err(err)) => Err(ApiError::unavailable(format!("publish failed: {err}"))),
+        Ok(Ok(())) => Ok(Outcome::core()),
+    }
+}
