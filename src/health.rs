@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use crate::cluster::StreamGroup;
 use crate::durability::{FailureKind, SyncError, FAILURE_SHOWN_FOR};
+use crate::jetstream::Failure;
 use crate::supervisor::Phase;
 
 /// How long /health waits for JetStream's answer to `$JS.API.INFO`.
@@ -99,8 +100,8 @@ pub struct Reconciliation {
     pub missing_streams: Vec<String>,
     /// Declared consumers that do not exist, as `stream/consumer`.
     pub missing_consumers: Vec<String>,
-    /// Its errors, each `STREAM: ...` or `STREAM: consumer NAME: ...`.
-    pub errors: Vec<String>,
+    /// What it could not create or update.
+    pub errors: Vec<Failure>,
 }
 
 /// One reason the daemon cannot take publishes as it should.
@@ -292,8 +293,11 @@ fn reconciliation_problems(r: &Reconciliation) -> Vec<Problem> {
         out.push(Problem::StreamsNotReconciled);
     }
     for name in &r.missing_streams {
-        let prefix = format!("{name}: ");
-        let why = r.errors.iter().find(|e| e.starts_with(&prefix)).cloned();
+        let why = r
+            .errors
+            .iter()
+            .find(|e| e.stream == *name)
+            .map(ToString::to_string);
         out.push(Problem::MissingStream {
             name: name.clone(),
             why,
@@ -301,12 +305,11 @@ fn reconciliation_problems(r: &Reconciliation) -> Vec<Problem> {
     }
     for name in &r.missing_consumers {
         let (stream, consumer) = name.split_once('/').unwrap_or((name, ""));
-        let prefix = format!("{stream}: consumer {consumer}: ");
         let why = r
             .errors
             .iter()
-            .find_map(|e| e.strip_prefix(&prefix))
-            .unwrap_or("reason unknown");
+            .find(|e| e.stream == stream && e.consumer.as_deref() == Some(consumer))
+            .map_or("reason unknown", |e| e.what.as_str());
         out.push(Problem::MissingConsumer {
             stream: stream.to_string(),
             consumer: consumer.to_string(),
@@ -540,8 +543,16 @@ mod tests {
             missing_streams: vec!["A".into(), "B".into()],
             missing_consumers: vec!["C/worker".into(), "C/other".into()],
             errors: vec![
-                "A: subjects overlap with stream X".into(),
-                "C: consumer worker: filter outside the stream".into(),
+                Failure {
+                    stream: "A".into(),
+                    consumer: None,
+                    what: "subjects overlap with stream X".into(),
+                },
+                Failure {
+                    stream: "C".into(),
+                    consumer: Some("worker".into()),
+                    what: "filter outside the stream".into(),
+                },
             ],
         });
         assert_eq!(

@@ -13,7 +13,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer};
 use futures::TryStreamExt;
 
-use super::{norm_limit, plan_named, Diffs, FieldDiff, JsError, Report, Retry, Step};
+use super::{norm_limit, plan_named, Diffs, Failure, FieldDiff, JsError, Report, Retry, Step};
 use crate::config::{AckPolicy, ConsumerConfig, DeliverPolicy};
 
 /// The fields of an existing consumer that the config manages, as text
@@ -312,9 +312,11 @@ pub(super) async fn reconcile_consumers(
                     Err(e) => {
                         tracing::error!(stream = %stream, consumer = %consumer, error = %e, "cannot create consumer {consumer} on stream {stream}: {e}");
                         note(e.retry);
-                        report
-                            .errors
-                            .push(format!("{stream}: consumer {consumer}: cannot create: {e}"));
+                        report.errors.push(Failure {
+                            stream: stream.to_string(),
+                            consumer: Some(consumer.clone()),
+                            what: format!("cannot create: {e}"),
+                        });
                         report
                             .missing_consumers
                             .push(format!("{stream}/{consumer}"));
@@ -347,9 +349,11 @@ pub(super) async fn reconcile_consumers(
                     Err(e) => {
                         tracing::error!(stream = %stream, consumer = %consumer, changes = %what, error = %e, "cannot update consumer {consumer} on stream {stream} ({what}): {e}");
                         note(e.retry);
-                        report.errors.push(format!(
-                            "{stream}: consumer {consumer}: cannot update {what}: {e}"
-                        ));
+                        report.errors.push(Failure {
+                            stream: stream.to_string(),
+                            consumer: Some(consumer.clone()),
+                            what: format!("cannot update {what}: {e}"),
+                        });
                     }
                 }
             }

@@ -103,6 +103,32 @@ fn norm_limit(v: i64) -> i64 {
     }
 }
 
+/// A declared stream or consumer that reconciliation could not create or
+/// update, and why. Shown as `STREAM: why` or `STREAM: consumer NAME: why`
+/// (also in /api/v1/status's JSON).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub stream: String,
+    pub consumer: Option<String>,
+    /// What failed, with nats-server's reason.
+    pub what: String,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.consumer {
+            None => write!(f, "{}: {}", self.stream, self.what),
+            Some(c) => write!(f, "{}: consumer {c}: {}", self.stream, self.what),
+        }
+    }
+}
+
+impl serde::Serialize for Failure {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 /// What a reconciliation did.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Report {
@@ -111,7 +137,7 @@ pub struct Report {
     /// "STREAM: field wanted X, has Y" for every immutable difference.
     pub drift: Vec<String>,
     /// Failures to create or update, with nats-server's reason.
-    pub errors: Vec<String>,
+    pub errors: Vec<Failure>,
     /// Every stream nats-server has after reconciling, with subjects.
     pub streams: BTreeMap<String, Vec<String>>,
     /// Declared streams that still do not exist: their subjects are not
@@ -168,7 +194,12 @@ pub async fn reconcile(
             return result;
         };
         let what = match &result {
-            Ok(r) => r.errors.join("; "),
+            Ok(r) => r
+                .errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
             Err(e) => e.to_string(),
         };
         tracing::info!(round, retry = ?why, "stream reconciliation round {round} did not settle ({what}); reading the streams again in {} ms", pause.as_millis());
@@ -211,7 +242,11 @@ async fn reconcile_round(
             {
                 tracing::error!(stream = %stream, error = %e, "{e}");
                 note(e.retry);
-                report.errors.push(format!("{stream}: {e}"));
+                report.errors.push(Failure {
+                    stream: stream.clone(),
+                    consumer: None,
+                    what: e.to_string(),
+                });
             }
         }
     }

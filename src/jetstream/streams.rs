@@ -13,7 +13,7 @@ use async_nats::jetstream::{self, stream};
 use futures::TryStreamExt;
 
 use super::error::Classify;
-use super::{norm_limit, plan_named, Diffs, FieldDiff, JsError, Report, Retry, Step};
+use super::{norm_limit, plan_named, Diffs, Failure, FieldDiff, JsError, Report, Retry, Step};
 use crate::config::{Discard, Retention, Storage, StreamConfig};
 
 /// The fields of an existing stream that the config manages.
@@ -281,7 +281,11 @@ pub(super) async fn reconcile_streams(
                             tracing::info!(stream = %stream, error = %e, "creating stream {stream} raced another node or found no meta leader ({e}); reading the streams again");
                         }
                         note(e.retry);
-                        report.errors.push(format!("{stream}: cannot create: {e}"));
+                        report.errors.push(Failure {
+                            stream: stream.clone(),
+                            consumer: None,
+                            what: format!("cannot create: {e}"),
+                        });
                     }
                 }
             }
@@ -299,9 +303,11 @@ pub(super) async fn reconcile_streams(
                     Err(e) => {
                         tracing::error!(stream = %stream, changes = %what.join(", "), error = %e, "cannot update stream {stream} ({}): {e}", what.join(", "));
                         note(e.retry());
-                        report
-                            .errors
-                            .push(format!("{stream}: cannot update {}: {e}", what.join(", ")));
+                        report.errors.push(Failure {
+                            stream: stream.clone(),
+                            consumer: None,
+                            what: format!("cannot update {}: {e}", what.join(", ")),
+                        });
                     }
                 }
             }
