@@ -1,0 +1,191 @@
+//! POST .../consumers/{name}/fetch: one pull from a pull consumer, each
+//! message handed out with its ack token.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{pull, Consumer, FromConsumer};
+use futures::stream::StreamExt;
+use hyper::body::Incoming;
+use hyper::{Request, StatusCode};
+use serde::{Deserialize, Serialize};
+
+use super::info::consumer_info;
+use super::{rfc3339_nanos, AckSubject, Resp, FETCH_BODY_LIMIT};
+use crate::app::App;
+use crate::http::body::{connected, json_body};
+use crate::http::error::{json_bytes, ApiError};
+use crate::http::message;
+
+/// What a fetch request without `batch` / `expires_ms` gets.
+const DEFAULT_BATCH: u32 = 10;
+const DEFAULT_EXPIRES_MS: u64 = 1000;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FetchRequest {
+    #[serde(default)]
+    batch: Option<u32>,
+    #[serde(default)]
+    expires_ms: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct OutMessage<'a> {
+    #[serde(flatten)]
+    message: message::Out<'a>,
+    stream_seq: u64,
+    consumer_seq: u64,
+    timestamp: String,
+    num_delivered: u64,
+    num_pending: u64,
+    ack_token: Option<&'a str>,
+}
+
+/// POST .../consumers/{name}/fetch: waits up to `expires_ms` for the first
+/// message, then answers with what is there (at most `batch`).
+pub(super) async fn fetch(
+    app: &App,
+    req: Request<Incoming>,
+    stream: &str,
+    name: &str,
+) -> Result<Resp, ApiError> {
+    let expected = r#"{"batch": N, "expires_ms": M}"#;
+    let r: FetchRequest = json_body(
+        app,
+        req,
+        FETCH_BODY_LIMIT,
+        Some(FetchRequest {
+            batch: None,
+            expires_ms: None,
+        }),
+        expected,
+    )
+    .await?;
+    let api = app.config().api.clone();
+    let batch = r.batch.unwrap_or(DEFAULT_BATCH.min(api.fetch_max_batch));
+    if batch == 0 || batch > api.fetch_max_batch {
+        return Err(ApiError::bad_request(
+            "invalid_batch",
+            format!(
+                "batch must be between 1 and {} (api.fetch_max_batch), got {batch}",
+                api.fetch_max_batch
+            ),
+        ));
+    }
+    let expires = Duration::from_millis(r.expires_ms.unwrap_or(DEFAULT_EXPIRES_MS))
+        .min(api.fetch_max_wait.get());
+
+    let nats = connected(app)?;
+    let info = consumer_info(app, &nats, stream, name).await?;
+    if let Some(ds) = &info.config.deliver_subject {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_a_pull_consumer",
+            format!("consumer {name} of {stream} is a push consumer (it delivers to {ds}); only pull consumers can be fetched from"),
+        ));
+    }
+    let cfg = pull::Config::try_from_consumer_config(info.config.clone()).map_err(|e| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "not_a_pull_consumer",
+            format!("consumer {name} of {stream}: {e}"),
+        )
+    })?;
+    let handle: Consumer<pull::Config> = Consumer::new(cfg, info, nats.js.clone());
+
+    let messages = collect(app, &handle, batch as usize, expires).await?;
+    app.stats
+        .consumed
+        .fetch_add(messages.len() as u64, Ordering::Relaxed);
+    let out: Vec<OutMessage> = messages.iter().map(out_message).collect();
+    let body = serde_json::to_vec(&FetchResponse {
+        messages: &out,
+        count: out.len(),
+    })
+    .unwrap_or_default();
+    Ok(json_bytes(StatusCode::OK, body))
+}
+
+#[derive(Serialize)]
+struct FetchResponse<'a> {
+    messages: &'a [OutMessage<'a>],
+    count: usize,
+}
+
+/// Pulls up to `batch` messages: the server answers at once with what it
+/// has, or waits up to `expires` for the first message and then answers.
+async fn collect(
+    app: &App,
+    handle: &Consumer<pull::Config>,
+    batch: usize,
+    expires: Duration,
+) -> Result<Vec<async_nats::jetstream::Message>, ApiError> {
+    let lost = app.connection_lost.notified();
+    tokio::pin!(lost);
+    lost.as_mut().enable();
+    if !app.is_connected() {
+        return Err(ApiError::unavailable("not connected to nats-server"));
+    }
+    let mut stream = handle
+        .fetch()
+        .max_messages(batch)
+        .expires(expires)
+        .messages()
+        .await
+        .map_err(|e| ApiError::unavailable(format!("cannot send the pull request: {e}")))?;
+    // The server ends the pull itself after `expires`; this only guards
+    // against its answer getting lost.
+    let deadline = tokio::time::Instant::now() + expires + Duration::from_secs(2);
+    let mut out = Vec::new();
+    loop {
+        tokio::select! {
+            m = stream.next() => match m {
+                None => break,
+                Some(Ok(m)) => out.push(m),
+                Some(Err(e)) if out.is_empty() => return Err(pull_error(&e.to_string())),
+                // What came is delivered; the rest waits for the next fetch.
+                Some(Err(_)) => break,
+            },
+            _ = tokio::time::sleep_until(deadline) => break,
+            _ = &mut lost => {
+                if out.is_empty() {
+                    return Err(ApiError::unavailable(
+                        "the connection to nats-server dropped during the fetch",
+                    ));
+                }
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A pull the server refused (status 409 and friends: max_ack_pending
+/// reached, consumer deleted meanwhile...). By its text: async-nats hands
+/// the pull's status over only inside an io::Error's message.
+fn pull_error(text: &str) -> ApiError {
+    if text.contains("409") {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "pull_refused",
+            format!("JetStream refused the pull: {text}"),
+        )
+    } else {
+        ApiError::unavailable(format!("the pull failed: {text}"))
+    }
+}
+
+fn out_message(m: &async_nats::jetstream::Message) -> OutMessage<'_> {
+    let reply = m.message.reply.as_ref().map(|r| r.as_str());
+    let ack = reply.and_then(AckSubject::parse);
+    OutMessage {
+        message: message::Out::of(&m.message),
+        stream_seq: ack.as_ref().map_or(0, |a| a.stream_seq),
+        consumer_seq: ack.as_ref().map_or(0, |a| a.consumer_seq),
+        timestamp: rfc3339_nanos(ack.as_ref().map_or(0, |a| a.timestamp_ns as i128)),
+        num_delivered: ack.as_ref().map_or(1, |a| a.delivered),
+        num_pending: ack.as_ref().map_or(0, |a| a.pending),
+        ack_token: reply,
+    }
+}

@@ -1,0 +1,84 @@
+//! Consuming over HTTP: durable consumers' state, and pull/ack through the
+//! daemon for clients that speak only HTTP.
+//!
+//! - `GET  /api/v1/streams/{stream}/consumers` and `.../consumers/{name}`
+//! - `POST .../consumers/{name}/fetch` `{"batch", "expires_ms"}`
+//! - `POST .../consumers/{name}/ack|nak|term` `{"tokens": [...]}`
+//!
+//! A fetched message's `ack_token` is its JetStream ack subject
+//! (`$JS.ACK.<stream>.<consumer>.<delivered>.<stream_seq>.<consumer_seq>.<ns>.<pending>`,
+//! or the longer form with domain and account hash): nothing is kept in the
+//! daemon, so a token can be acked by any later request, even after a
+//! daemon restart, and a message the client never acks is redelivered by
+//! JetStream after the consumer's `ack_wait`. A token is checked to be an
+//! ack subject of *this* stream and consumer before anything is sent, so
+//! the endpoint cannot be used to publish to arbitrary subjects.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response};
+
+use super::error::ApiError;
+use crate::app::App;
+
+mod ack;
+mod fetch;
+mod info;
+
+pub use ack::AckSubject;
+
+use ack::{acknowledge, Kind};
+use fetch::fetch;
+use info::{detail, list};
+
+type Resp = Response<http_body_util::Full<Bytes>>;
+
+/// Bodies of fetch and ack requests are tiny; anything bigger is a mistake.
+const FETCH_BODY_LIMIT: usize = 64 << 10;
+
+/// Routes `{stream}/consumers...` (the part after `/api/v1/streams/`).
+pub async fn route(app: &App, req: Request<Incoming>, rest: &str) -> Result<Resp, ApiError> {
+    let parts: Vec<&str> = rest.split('/').collect();
+    let get = matches!(*req.method(), Method::GET | Method::HEAD);
+    let post = req.method() == Method::POST;
+    match parts[..] {
+        [stream, "consumers"] if get => list(app, stream).await,
+        [stream, "consumers", name] if get && !name.is_empty() => detail(app, stream, name).await,
+        [stream, "consumers", name, "fetch"] if post => fetch(app, req, stream, name).await,
+        [stream, "consumers", name, verb @ ("ack" | "nak" | "term")] if post => {
+            let kind = match verb {
+                "ack" => Kind::Ack,
+                "nak" => Kind::Nak,
+                _ => Kind::Term,
+            };
+            acknowledge(app, req, stream, name, kind).await
+        }
+        [_, "consumers"] => Err(ApiError::method_not_allowed("GET, HEAD")),
+        [_, "consumers", name] if !name.is_empty() => {
+            Err(ApiError::method_not_allowed("GET, HEAD"))
+        }
+        [_, "consumers", _, "fetch" | "ack" | "nak" | "term"] => {
+            Err(ApiError::method_not_allowed("POST"))
+        }
+        _ => Err(ApiError::not_found(format!(
+            "no such endpoint: {} /api/v1/streams/{rest}",
+            req.method()
+        ))),
+    }
+}
+
+/// Deadline for the JetStream API requests of one HTTP request.
+fn api_timeout(app: &App) -> Duration {
+    app.config().api.publish_timeout.get()
+}
+
+fn rfc3339_nanos(nanos: i128) -> String {
+    let t = if nanos >= 0 {
+        UNIX_EPOCH + Duration::from_nanos(nanos.min(u64::MAX as i128) as u64)
+    } else {
+        UNIX_EPOCH
+    };
+    humantime::format_rfc3339_nanos(t).to_string()
+}
