@@ -739,3 +739,67 @@ async fn start_sequence_and_several_filters_as_each_nats_server_allows() {
         assert_eq!(d.get(MC).await.0, 200);
     }
 }
+
+/// A pull nats-server ends with status 409 (here: the consumer was deleted
+/// while the fetch waited) is answered 409 pull_refused with the server's
+/// reason, not 503: the client has to change something before retrying.
+async fn a_pull_the_server_terminates_is_refused_with_409(bin: PathBuf) {
+    let d = Daemon::builder()
+        .bin(bin)
+        .nats(
+            r#"  streams:
+    MARKET_DATA:
+      subjects: ["market.>"]
+      consumers:
+        doomed:
+          filter_subject: "market.doomed.>"
+"#,
+        )
+        .start();
+    d.wait_healthy(Duration::from_secs(20)).await;
+    let c = "/api/v1/streams/MARKET_DATA/consumers/doomed";
+    let waiting = {
+        let port = d.http;
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let r = request(
+                port,
+                "POST",
+                &format!("{c}/fetch"),
+                &[("content-type", "application/json")],
+                br#"{"batch": 1, "expires_ms": 5000}"#.to_vec(),
+            )
+            .await
+            .unwrap();
+            (r, started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let js = async_nats::jetstream::new(d.client().await);
+    js.delete_consumer_from_stream("doomed", "MARKET_DATA")
+        .await
+        .unwrap();
+    let ((status, _, body), took) = waiting.await.unwrap();
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (409, Some("pull_refused")),
+        "{v}"
+    );
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(message.contains("409"), "{message}");
+    assert!(
+        took < Duration::from_secs(4),
+        "answered only after {took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pull_the_server_terminates_is_refused_with_409_on_debians_nats_server() {
+    a_pull_the_server_terminates_is_refused_with_409(nats_server()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pull_the_server_terminates_is_refused_with_409_on_a_current_nats_server() {
+    a_pull_the_server_terminates_is_refused_with_409(nats_server_current()).await;
+}

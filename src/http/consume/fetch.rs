@@ -4,10 +4,12 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use async_nats::jetstream::consumer::pull::BatchConfig;
 use async_nats::jetstream::consumer::{pull, Consumer, FromConsumer};
+use async_nats::{StatusCode, Subject};
 use futures::stream::StreamExt;
 use hyper::body::Incoming;
-use hyper::{Request, StatusCode};
+use hyper::Request;
 use serde::{Deserialize, Serialize};
 
 use super::info::consumer_info;
@@ -80,21 +82,21 @@ pub(super) async fn fetch(
     let info = consumer_info(app, &nats, stream, name).await?;
     if let Some(ds) = &info.config.deliver_subject {
         return Err(ApiError::new(
-            StatusCode::CONFLICT,
+            hyper::StatusCode::CONFLICT,
             "not_a_pull_consumer",
             format!("consumer {name} of {stream} is a push consumer (it delivers to {ds}); only pull consumers can be fetched from"),
         ));
     }
     let cfg = pull::Config::try_from_consumer_config(info.config.clone()).map_err(|e| {
         ApiError::new(
-            StatusCode::CONFLICT,
+            hyper::StatusCode::CONFLICT,
             "not_a_pull_consumer",
             format!("consumer {name} of {stream}: {e}"),
         )
     })?;
     let handle: Consumer<pull::Config> = Consumer::new(cfg, info, nats.js.clone());
 
-    let messages = collect(app, &handle, batch as usize, expires).await?;
+    let messages = collect(app, &nats.js, &handle, batch as usize, expires).await?;
     app.stats
         .consumed
         .fetch_add(messages.len() as u64, Ordering::Relaxed);
@@ -104,7 +106,7 @@ pub(super) async fn fetch(
         count: out.len(),
     })
     .unwrap_or_default();
-    Ok(json_bytes(StatusCode::OK, body))
+    Ok(json_bytes(hyper::StatusCode::OK, body))
 }
 
 #[derive(Serialize)]
@@ -117,6 +119,7 @@ struct FetchResponse<'a> {
 /// has, or waits up to `expires` for the first message and then answers.
 async fn collect(
     app: &App,
+    js: &async_nats::jetstream::Context,
     handle: &Consumer<pull::Config>,
     batch: usize,
     expires: Duration,
@@ -127,25 +130,48 @@ async fn collect(
     if !app.is_connected() {
         return Err(ApiError::unavailable("not connected to nats-server"));
     }
-    let mut stream = handle
-        .fetch()
-        .max_messages(batch)
-        .expires(expires)
-        .messages()
+    // The pull async-nats' fetch() sends (no_wait: the server answers at
+    // once with what it has, 404 when nothing), read here so that the
+    // server's status comes as a StatusCode: async-nats' own stream hands
+    // a refusal over only as an io::Error's text.
+    let client = js.client();
+    let inbox = Subject::from(client.new_inbox());
+    let mut replies = client
+        .subscribe(inbox.clone())
+        .await
+        .map_err(|e| ApiError::unavailable(format!("cannot send the pull request: {e}")))?;
+    let request = BatchConfig {
+        batch,
+        expires: Some(expires),
+        no_wait: true,
+        ..BatchConfig::default()
+    };
+    handle
+        .request_batch(request, inbox)
         .await
         .map_err(|e| ApiError::unavailable(format!("cannot send the pull request: {e}")))?;
     // The server ends the pull itself after `expires`; this only guards
     // against its answer getting lost.
     let deadline = tokio::time::Instant::now() + expires + Duration::from_secs(2);
     let mut out = Vec::new();
-    loop {
+    while out.len() < batch {
         tokio::select! {
-            m = stream.next() => match m {
+            m = replies.next() => match m {
                 None => break,
-                Some(Ok(m)) => out.push(m),
-                Some(Err(e)) if out.is_empty() => return Err(pull_error(&e.to_string())),
-                // What came is delivered; the rest waits for the next fetch.
-                Some(Err(_)) => break,
+                Some(m) => match m.status.unwrap_or(StatusCode::OK) {
+                    StatusCode::OK => out.push(async_nats::jetstream::Message {
+                        message: m,
+                        context: js.clone(),
+                    }),
+                    StatusCode::IDLE_HEARTBEAT => {}
+                    // Nothing (more) to deliver now, or the pull expired.
+                    StatusCode::NOT_FOUND | StatusCode::TIMEOUT => break,
+                    status if out.is_empty() => {
+                        return Err(pull_error(status, m.description.as_deref()))
+                    }
+                    // What came is delivered; the rest waits for the next fetch.
+                    _ => break,
+                },
             },
             _ = tokio::time::sleep_until(deadline) => break,
             _ = &mut lost => {
@@ -161,13 +187,15 @@ async fn collect(
     Ok(out)
 }
 
-/// A pull the server refused (status 409 and friends: max_ack_pending
-/// reached, consumer deleted meanwhile...). By its text: async-nats hands
-/// the pull's status over only inside an io::Error's message.
-fn pull_error(text: &str) -> ApiError {
-    if text.contains("409") {
+/// A pull the server refused: 409 (max_ack_pending reached, consumer
+/// deleted meanwhile, leadership change...) is the client's to resolve;
+/// anything else (503 no responders...) is ours.
+fn pull_error(status: StatusCode, description: Option<&str>) -> ApiError {
+    let text =
+        format!("error while processing messages from the stream: {status}, {description:?}");
+    if status == StatusCode::REQUEST_TERMINATED {
         ApiError::new(
-            StatusCode::CONFLICT,
+            hyper::StatusCode::CONFLICT,
             "pull_refused",
             format!("JetStream refused the pull: {text}"),
         )
