@@ -112,13 +112,7 @@ pub fn decide(tokens: &Tokens, need: Need, authorization: Option<&[u8]>) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const W: &str = "wwwwwwwwwwwwwwwwwwww";
-    const R: &str = "rrrrrrrrrrrrrrrrrrrr";
-
-    fn tokens() -> Tokens {
-        Tokens::parse(&format!("# ops\n\n{W}\n  {R} read  \n")).unwrap()
-    }
+    use crate::security::tokens::fixture::{tokens, R, W};
 
     #[test]
     fn gets_read_everything_else_writes_and_health_is_always_open() {

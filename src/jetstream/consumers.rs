@@ -265,6 +265,23 @@ fn apply_consumer_mutable(
     Ok(cfg)
 }
 
+/// Creates or updates a consumer (one JetStream call does both), given
+/// the config built for it or why none could be built.
+async fn put_consumer(
+    js: &jetstream::Context,
+    stream: &str,
+    cfg: Result<consumer::Config, String>,
+) -> Result<(), JsError> {
+    match cfg {
+        Ok(cfg) => js
+            .create_consumer_on_stream(cfg, stream)
+            .await
+            .map(|_| ())
+            .map_err(|e| JsError::new(&e, e.to_string())),
+        Err(e) => Err(JsError::fail(e)),
+    }
+}
+
 /// Brings one stream's declared consumers in line; outcomes go into
 /// `report` as `STREAM/CONSUMER` (created, updated) and
 /// `STREAM: consumer CONSUMER: ...` (drift, errors), and what every failed
@@ -296,15 +313,8 @@ pub(super) async fn reconcile_consumers(
     for change in plan_consumers(desired, &actual) {
         match change {
             ConsumerChange::Create { consumer } => {
-                let made = match consumer_to_nats(&consumer, &desired[&consumer], server_version) {
-                    Ok(cfg) => js
-                        .create_consumer_on_stream(cfg, stream)
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| JsError::new(&e, e.to_string())),
-                    Err(e) => Err(JsError::fail(e)),
-                };
-                match made {
+                let made = consumer_to_nats(&consumer, &desired[&consumer], server_version);
+                match put_consumer(js, stream, made).await {
                     Ok(()) => {
                         tracing::info!(stream = %stream, consumer = %consumer, "created consumer {consumer} on stream {stream}");
                         report.created.push(format!("{stream}/{consumer}"));
@@ -329,19 +339,12 @@ pub(super) async fn reconcile_consumers(
                     .map(|d| format!("{} {} -> {}", d.field, d.actual, d.desired))
                     .collect();
                 let what = what.join(", ");
-                let done = match apply_consumer_mutable(
+                let changed = apply_consumer_mutable(
                     &existing[&consumer],
                     &desired[&consumer],
                     server_version,
-                ) {
-                    Ok(cfg) => js
-                        .create_consumer_on_stream(cfg, stream)
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| JsError::new(&e, e.to_string())),
-                    Err(e) => Err(JsError::fail(e)),
-                };
-                match done {
+                );
+                match put_consumer(js, stream, changed).await {
                     Ok(()) => {
                         tracing::info!(stream = %stream, consumer = %consumer, changes = %what, "updated consumer {consumer} on stream {stream}: {what}");
                         report.updated.push(format!("{stream}/{consumer}"));

@@ -138,16 +138,23 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     std::hint::black_box(diff) == 0
 }
 
+/// A tokens file's worth of tokens for unit tests: `W` writes, `R` reads.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod fixture {
+    use super::Tokens;
 
-    const W: &str = "wwwwwwwwwwwwwwwwwwww";
-    const R: &str = "rrrrrrrrrrrrrrrrrrrr";
+    pub const W: &str = "wwwwwwwwwwwwwwwwwwww";
+    pub const R: &str = "rrrrrrrrrrrrrrrrrrrr";
 
-    fn tokens() -> Tokens {
+    pub fn tokens() -> Tokens {
         Tokens::parse(&format!("# ops\n\n{W}\n  {R} read  \n")).unwrap()
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixture::{tokens, R, W};
+    use super::*;
 
     #[test]
     fn the_file_format_takes_comments_blank_lines_and_an_access_word() {
