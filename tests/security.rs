@@ -220,15 +220,20 @@ async fn users_on(bin: &Path) {
     let (auditor, aerrs) = login(port, "auditor", AUDITOR_PASS).await.unwrap();
     let mut sys_sub = auditor.subscribe("system.>").await.unwrap();
     auditor.flush().await.unwrap();
-    let (code, _) = d.publish("system.health", json!({"ok": true})).await;
-    assert_eq!(code, 200);
-    let m = tokio::time::timeout(
-        Duration::from_secs(5),
-        futures::StreamExt::next(&mut sys_sub),
-    )
-    .await
-    .expect("the auditor gets system.>")
-    .unwrap();
+    // flush() only writes the SUB out: a publish from another connection
+    // can overtake it (and the auditor may not publish to sync on its own
+    // inbox). Publish until one arrives.
+    let mut got = None;
+    for _ in 0..10 {
+        let (code, _) = d.publish("system.health", json!({"ok": true})).await;
+        assert_eq!(code, 200);
+        let next = futures::StreamExt::next(&mut sys_sub);
+        if let Ok(m) = tokio::time::timeout(Duration::from_millis(500), next).await {
+            got = m;
+            break;
+        }
+    }
+    let m = got.expect("the auditor gets system.>");
     assert_eq!(m.subject.as_str(), "system.health");
     let _ = auditor.subscribe("market.>").await.unwrap();
     auditor.flush().await.unwrap();
