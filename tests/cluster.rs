@@ -1,5 +1,6 @@
 //! Issue 6, cluster: three daemons on 127.0.0.1, each supervising its own
-//! nats-server, form one JetStream cluster with an R3 stream. While a
+//! nats-server, form one JetStream cluster with an R3 stream (every node
+//! lists the same three routes, its own included). While a
 //! producer publishes through one daemon's HTTP API and another through
 //! async-nats (connected to all three nodes, with message ids), the test
 //! kill -9s one node's nats-server, stops a whole daemon (the one whose node
@@ -42,11 +43,12 @@ fn start_node(i: usize, nodes: &[Node], bin: &Path, state: &Path) -> Daemon {
 
 fn node(i: usize, nodes: &[Node], bin: &Path, state: &Path) -> DaemonBuilder {
     let me = nodes[i];
+    // The same route list on every node, itself included, as one config
+    // pushed to every machine has it: nats-server ignores the route to
+    // itself.
     let routes: String = nodes
         .iter()
-        .enumerate()
-        .filter(|(j, _)| *j != i)
-        .map(|(_, n)| format!("    - \"nats-route://127.0.0.1:{}\"\n", n.cluster))
+        .map(|n| format!("    - \"nats-route://127.0.0.1:{}\"\n", n.cluster))
         .collect();
     let client_urls: String = nodes
         .iter()

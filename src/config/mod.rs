@@ -395,6 +395,53 @@ impl Config {
         !self.nats.cluster_routes.is_empty()
     }
 
+    /// Whether the route URL `u` leads back to this node: its cluster
+    /// listen address, or, when it listens on every address, the cluster
+    /// port at a loopback address, an address of this machine or its host
+    /// name. Names are not looked up: a route to this node under another
+    /// name counts as a peer. nats-server itself ignores any route to
+    /// itself (it recognises its own server id), so routes are rendered as
+    /// given and one route list fits every node; this only counts nodes.
+    pub fn is_own_route(&self, u: &str) -> bool {
+        let Some((host, port)) = self.cluster_listen() else {
+            return false;
+        };
+        let Some((h, p)) = validate::route_host_port(u) else {
+            return false;
+        };
+        if p != port {
+            return false;
+        }
+        if h.eq_ignore_ascii_case(&host) {
+            return true;
+        }
+        if !validate::is_unspecified(&host) {
+            return false;
+        }
+        match h.parse::<std::net::IpAddr>() {
+            // An address is this machine's when a socket can bind to it.
+            Ok(ip) => ip.is_loopback() || std::net::UdpSocket::bind((ip, 0)).is_ok(),
+            Err(_) => {
+                h.eq_ignore_ascii_case("localhost")
+                    || nix::unistd::gethostname()
+                        .ok()
+                        .and_then(|n| n.into_string().ok())
+                        .is_some_and(|n| h.eq_ignore_ascii_case(&n))
+            }
+        }
+    }
+
+    /// The nodes of the cluster as the config knows them: this one and
+    /// every route that is not a route to itself.
+    pub fn cluster_nodes(&self) -> usize {
+        1 + self
+            .nats
+            .cluster_routes
+            .iter()
+            .filter(|u| !self.is_own_route(u))
+            .count()
+    }
+
     /// The cluster listen address, when clustering is on.
     pub fn cluster_listen(&self) -> Option<(String, u16)> {
         if !self.cluster_enabled() {

@@ -646,16 +646,32 @@ fn consumer_replicas_are_validated_like_the_streams() {
 }
 
 #[test]
-fn a_route_to_the_nodes_own_cluster_address_is_refused() {
-    let e = yaml_err("nats:\n  cluster_listen: \"127.0.0.1:6222\"\n  cluster_routes:\n    - \"nats-route://127.0.0.1:6223\"\n    - \"nats-route://127.0.0.1:6222\"\n");
-    assert_eq!(e.key, "nats.cluster_routes.1");
-    assert!(e.line.is_some(), "{e}");
-    assert!(e.message.contains("own cluster listen address"), "{e}");
-    // Listening everywhere: a loopback route on the same port is this node.
-    let e = yaml_err("nats:\n  cluster_listen: \"0.0.0.0:6222\"\n  cluster_routes: [\"nats-route://localhost:6222\", \"nats-route://node2:6222\"]\n");
-    assert_eq!(e.key, "nats.cluster_routes.0");
-    // Another node on the same port is fine (the seed's own example).
-    yaml("nats:\n  cluster_listen: \"0.0.0.0:6222\"\n  cluster_routes: [\"nats-route://node2:6222\"]\n").unwrap();
+fn one_route_list_fits_every_node_and_a_route_to_itself_is_not_a_peer() {
+    // Every node lists all three; this one is 127.0.0.1:6222.
+    let all = "nats:\n  server_name: n1\n  cluster_listen: \"127.0.0.1:6222\"\n  cluster_routes:\n    - \"nats-route://127.0.0.1:6222\"\n    - \"nats-route://127.0.0.1:6223\"\n    - \"nats-route://127.0.0.1:6224\"\n";
+    let c = yaml(&format!(
+        "{all}  streams:\n    X:\n      subjects: [x]\n      replicas: 3\n"
+    ))
+    .unwrap();
+    assert_eq!(c.cluster_nodes(), 3);
+    assert!(c.is_own_route("nats-route://127.0.0.1:6222"));
+    assert!(!c.is_own_route("nats-route://127.0.0.1:6223"));
+    // Rendered as given: nats-server ignores the route to itself.
+    assert!(crate::natsconf::render(&c, &Default::default())
+        .contains("routes: [\"nats-route://127.0.0.1:6222\", \"nats-route://127.0.0.1:6223\""));
+    // Listening everywhere: loopback, this host's name and its own
+    // addresses on the cluster port are this node; other hosts are peers.
+    let host = nix::unistd::gethostname().unwrap().into_string().unwrap();
+    let every = format!("nats:\n  server_name: n1\n  cluster_listen: \"0.0.0.0:6222\"\n  cluster_routes: [\"nats-route://localhost:6222\", \"nats-route://{host}:6222\", \"nats-route://127.0.0.2:6222\", \"nats-route://node2:6222\", \"nats-route://192.0.2.1:6222\", \"nats-route://localhost:7222\"]\n");
+    let c = yaml(&every).unwrap();
+    // node2, 192.0.2.1 (not this machine's) and another port are peers.
+    assert_eq!(c.cluster_nodes(), 4);
+    // The count is what replicas are checked against: a route to itself
+    // does not make a two-node cluster hold 3 copies.
+    let two = "nats:\n  server_name: n1\n  cluster_listen: \"127.0.0.1:6222\"\n  cluster_routes: [\"nats-route://127.0.0.1:6222\", \"nats-route://127.0.0.1:6223\"]\n  streams:\n    X:\n      subjects: [x]\n      replicas: 3\n";
+    let e = yaml_err(two);
+    assert_eq!(e.key, "nats.streams.X.replicas");
+    assert!(e.message.contains("lists 1 other node(s)"), "{e}");
     yaml(CLUSTER).unwrap();
 }
 

@@ -125,26 +125,9 @@ pub fn validate(c: &Config) -> Result<Vec<String>, Violation> {
             &["nats", "cluster_routes", &i.to_string()],
         )?;
     }
-    if let Some((host, port)) = c.cluster_listen() {
-        // A route to the node's own listen address makes it count itself
-        // as a peer: `replicas` would be validated against a node that is
-        // not there. Caught when cheap: the same host and port, or a
-        // loopback route to a node listening on every address.
-        let own = |u: &str| {
-            route_host_port(u).is_some_and(|(h, p)| {
-                p == port
-                    && (h == host
-                        || (is_unspecified(&host)
-                            && (h == "localhost"
-                                || h.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback()))))
-            })
-        };
-        if let Some(i) = n.cluster_routes.iter().position(|u| own(u)) {
-            return fail(
-                &["nats", "cluster_routes", &i.to_string()],
-                format!("{:?} is this node's own cluster listen address ({host}:{port}); routes name the other nodes", n.cluster_routes[i]),
-            );
-        }
+    if c.cluster_listen().is_some() {
+        // A route to the node itself is fine (one route list for every
+        // node): nats-server recognises its own server id and ignores it.
         // One copy in a cluster: the stream is down whenever its node is,
         // and /health says so on every node. Worth knowing, not an error
         // (the seed's defaults are R1).
@@ -436,7 +419,7 @@ fn validate_streams(c: &Config, streams: &BTreeMap<String, StreamConfig>) -> Res
             ),
         );
     }
-    let nodes = c.nats.cluster_routes.len() + 1;
+    let nodes = c.cluster_nodes();
     let mut claimed: Vec<(&str, &str)> = Vec::new();
     // Built-in streams first, so a conflict is reported on the stream the
     // user wrote (which has a line), not on the default it collides with.
@@ -681,13 +664,13 @@ pub fn check_executable(path: &std::path::Path) -> Result<(), String> {
 }
 
 /// Host and port of a route URL (`nats-route://[user:pass@]host:port`).
-fn route_host_port(url: &str) -> Option<(String, u16)> {
+pub(super) fn route_host_port(url: &str) -> Option<(String, u16)> {
     let rest = url.split_once("://")?.1;
     let hostport = rest.rsplit('@').next()?.trim_end_matches('/');
     let (h, p) = hostport.rsplit_once(':')?;
     Some((h.trim_matches(['[', ']']).to_string(), p.parse().ok()?))
 }
 
-fn is_unspecified(host: &str) -> bool {
+pub(super) fn is_unspecified(host: &str) -> bool {
     host.parse::<IpAddr>().is_ok_and(|ip| ip.is_unspecified())
 }
