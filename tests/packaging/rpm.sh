@@ -58,6 +58,18 @@ check "rpm -qpi: Version is $version (Cargo.toml)" grep -Eq "^Version +: $versio
 check "rpm -qpi: Release is 1" grep -Eq '^Release +: 1([.].*)?$' <<<"$info"
 check "rpm -qpi: License is Apache-2.0" grep -Eq '^License +: Apache-2\.0$' <<<"$info"
 check "rpm -qpi: has a Summary" grep -Eq '^Summary +: .{10,}' <<<"$info"
+# ---- the binary: stripped (no debug sections, no symbol table)
+if command -v rpm2archive >/dev/null && command -v readelf >/dev/null; then
+    (cd "$tmp" && rpm2archive - <"$pkg" | tar -xzf - ./usr/bin/$name)
+    sections=$(readelf -S --wide "$tmp/usr/bin/$name" 2>/dev/null)
+    check "the binary is an ELF file" grep -q '\.text' <<<"$sections"
+    # (.debug_gdb_scripts is loaded with the program: strip keeps it.)
+    check "the binary is stripped (no .debug_info or .debug_line)" bash -c '! grep -Eq "\.debug_(info|line)" <<<"$1"' _ "$sections"
+    check "the binary is stripped (no .symtab)" bash -c '! grep -q "\.symtab" <<<"$1"' _ "$sections"
+else
+    fail "rpm2archive and readelf are needed to look at the binary"
+fi
+
 url=$(q --qf '%{URL}')
 check "no URL tag (no host names)" test "$url" = "(none)"
 
