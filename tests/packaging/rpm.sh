@@ -60,7 +60,7 @@ check "rpm -qpi: License is Apache-2.0" grep -Eq '^License +: Apache-2\.0$' <<<"
 check "rpm -qpi: has a Summary" grep -Eq '^Summary +: .{10,}' <<<"$info"
 # ---- the binary: stripped (no debug sections, no symbol table)
 if command -v rpm2archive >/dev/null && command -v readelf >/dev/null; then
-    (cd "$tmp" && rpm2archive - <"$pkg" | tar -xzf - ./usr/bin/$name)
+    rpm2archive - <"$pkg" | tar -xzf - -C "$tmp" ./usr/bin/$name
     sections=$(readelf -S --wide "$tmp/usr/bin/$name" 2>/dev/null)
     check "the binary is an ELF file" grep -q '\.text' <<<"$sections"
     # (.debug_gdb_scripts is loaded with the program: strip keeps it.)
