@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # End-to-end test of marketprism-broker under a real systemd.
 #
-# Boots a minimal Debian bookworm in systemd-nspawn (systemd as PID 1 in the
-# container, its own network namespace) and tests the service there, in one
-# of two modes:
+# Boots a minimal Debian bookworm (or, with E2E_SUITE=trixie, Debian 13) in
+# systemd-nspawn (systemd as PID 1 in the container, its own network
+# namespace) and tests the service there, in one of two modes:
 #
 # Binary mode (E2E_DEB unset): installs the daemon binary, the tree's unit,
 # sysusers entry, config/broker.yaml and man page by hand, the way a package
@@ -43,6 +43,8 @@
 #   E2E_DEB=../marketprism-broker_0.1.0_amd64.deb tests/e2e/systemd-nspawn.sh
 # Environment:
 #   E2E_DEB          the package to test (package mode); unset: binary mode
+#   E2E_SUITE        the container's Debian release, with its own
+#                    nats-server: bookworm (default, 2.9.10) or trixie (2.10.27)
 #   MPB_BINARY       binary mode: daemon binary
 #                    (default: <repo>/target/release/marketprism-broker)
 #   E2E_CACHE        where the pristine rootfs is kept between runs
@@ -76,7 +78,8 @@ E2E_KEEP_GOING=${E2E_KEEP_GOING:-0}
 E2E_MIRROR=${E2E_MIRROR:-}
 E2E_TMPFS=${E2E_TMPFS:-1}
 
-readonly SUITE=bookworm
+# The Debian release of the container: bookworm (12) or trixie (13).
+readonly SUITE=${E2E_SUITE:-bookworm}
 readonly INCLUDE=systemd,systemd-sysv,dbus,procps,man-db
 # Downloaded into the rootfs's /var/cache/apt/archives, not installed
 # (space-separated).
