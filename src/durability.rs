@@ -640,6 +640,17 @@ mod tests {
         assert_eq!(f.streams["S"].floor, Some(3));
     }
 
+    /// Gives `path` an mtime 5 s ahead, as a rewrite would.
+    fn touch_later(path: &Path) {
+        let later = SystemTime::now() + Duration::from_secs(5);
+        File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+    }
+
     #[test]
     fn a_changed_meta_file_is_read_again() {
         let t = tempfile::tempdir().unwrap();
@@ -649,13 +660,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(20));
         stream(t.path(), "S", 3, &[]);
         let meta = t.path().join("S/meta.inf");
-        let later = SystemTime::now() + Duration::from_secs(5);
-        File::options()
-            .write(true)
-            .open(&meta)
-            .unwrap()
-            .set_modified(later)
-            .unwrap();
+        touch_later(&meta);
         assert_eq!(f.sync(&["S".into()]).unwrap()["S"], Coverage::Replicated);
     }
 
@@ -675,13 +680,7 @@ mod tests {
         // Unchanged: nothing to do; a changed meta.inf alone is synced.
         assert_eq!(sync_metadata(&root, &mut synced).unwrap(), 0);
         let meta = root.join("B/meta.inf");
-        let later = SystemTime::now() + Duration::from_secs(5);
-        File::options()
-            .write(true)
-            .open(&meta)
-            .unwrap()
-            .set_modified(later)
-            .unwrap();
+        touch_later(&meta);
         assert_eq!(sync_metadata(&root, &mut synced).unwrap(), 1);
         let missing = t.path().join("missing");
         assert_eq!(sync_metadata(&missing, &mut synced).unwrap(), 0);

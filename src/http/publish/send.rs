@@ -5,7 +5,7 @@
 use std::future::IntoFuture;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::context::PublishAckFuture;
+use async_nats::jetstream::context::{PublishAckFuture, PublishError};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::publish::PublishAck;
 use hyper::StatusCode;
@@ -78,14 +78,14 @@ pub(super) async fn publish_js(
     let (subject, msg) = js_message(e);
     let sent = Instant::now();
     let publish = nats.coalescer.publish(subject, msg);
-    match app.while_connected(timeout, publish).await {
-        Ok(Ok(a)) => {
-            app.stats.ack_latency.observe_duration(sent.elapsed());
-            Ok(acked(a))
-        }
-        Ok(Err(err)) => Err(store_full(app, publish_error(stream, err))),
-        Err(l) => Err(store_full(app, lost(stream, l, timeout))),
-    }
+    let a = answer(
+        app,
+        stream,
+        timeout,
+        app.while_connected(timeout, publish).await,
+    )?;
+    app.stats.ack_latency.observe_duration(sent.elapsed());
+    Ok(acked(a))
 }
 
 /// Hands a JetStream publish to the connection; the returned future is the
@@ -98,14 +98,10 @@ pub(super) async fn send_js(
     e: Entry,
 ) -> Result<PublishAckFuture, ApiError> {
     let (subject, msg) = js_message(e);
-    match app
+    let sent = app
         .while_connected(timeout, nats.js.send_publish(subject, msg))
-        .await
-    {
-        Ok(Ok(ack)) => Ok(ack),
-        Ok(Err(err)) => Err(store_full(app, publish_error(stream, err))),
-        Err(l) => Err(store_full(app, lost(stream, l, timeout))),
-    }
+        .await;
+    answer(app, stream, timeout, sent)
 }
 
 /// Awaits a batch entry's ack; `sent` is when it was handed over.
@@ -116,11 +112,23 @@ pub(super) async fn await_ack(
     ack: PublishAckFuture,
     sent: Instant,
 ) -> Result<Outcome, ApiError> {
-    match app.while_connected(timeout, ack.into_future()).await {
-        Ok(Ok(a)) => {
-            app.stats.ack_latency.observe_duration(sent.elapsed());
-            Ok(acked(a))
-        }
+    let acked_at = app.while_connected(timeout, ack.into_future()).await;
+    let a = answer(app, stream, timeout, acked_at)?;
+    app.stats.ack_latency.observe_duration(sent.elapsed());
+    Ok(acked(a))
+}
+
+/// What a JetStream round trip to `stream` answers: its value, or the
+/// refusal or the lost connection as the client's error (507 when the
+/// store's disk is full).
+fn answer<T>(
+    app: &App,
+    stream: &str,
+    timeout: Duration,
+    r: Result<Result<T, PublishError>, Lost>,
+) -> Result<T, ApiError> {
+    match r {
+        Ok(Ok(v)) => Ok(v),
         Ok(Err(err)) => Err(store_full(app, publish_error(stream, err))),
         Err(l) => Err(store_full(app, lost(stream, l, timeout))),
     }
