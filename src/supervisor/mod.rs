@@ -23,8 +23,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
+use tokio::io::AsyncRead;
 use tokio::process::Child;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use crate::config::Config;
 use crate::natsconf::{self, RenderOptions};
@@ -127,6 +128,8 @@ pub struct Supervisor {
     spawner: Spawner,
     status: watch::Sender<ChildStatus>,
     tail: Arc<Mutex<Tail>>,
+    /// Notified by the relays when the child says a store write failed.
+    store_failed: Arc<Notify>,
     monitor: SocketAddr,
     client: SocketAddr,
 }
@@ -136,6 +139,8 @@ struct Running {
     child: Child,
     pid: u32,
     relays: Vec<tokio::task::JoinHandle<()>>,
+    /// The tail's count of failed store writes when it was spawned.
+    store_failures_before: u64,
 }
 
 impl Supervisor {
@@ -158,6 +163,7 @@ impl Supervisor {
             spawner,
             status,
             tail: Arc::new(Mutex::new(Tail::default())),
+            store_failed: Arc::new(Notify::new()),
         })
     }
 
@@ -273,6 +279,7 @@ impl Supervisor {
                     }
                 }
             }
+            self.note_store_failure(&running);
             self.publish_status(&m);
 
             if let (Some(_), State::Backoff { reason, .. }) = (&restart_reply, &m.state) {
@@ -287,6 +294,10 @@ impl Supervisor {
             let event = tokio::select! {
                 _ = watchdog.due() => {
                     crate::systemd::watchdog();
+                    continue;
+                }
+                _ = self.store_failed.notified() => {
+                    self.note_store_failure(&running);
                     continue;
                 }
                 cmd = commands.recv(), if commands_open => {
@@ -349,6 +360,13 @@ impl Supervisor {
                 m.store_full = self.config.nats.jetstream_enabled
                     && probe::store_space_problem(&self.config.data_dir()).is_some();
             }
+            let event = match event {
+                Event::Healthy if self.needs_store_restart(&running) => {
+                    tracing::warn!("nats-server failed to write its JetStream store while the disk was full, and there is room again: restarting it, so that it reads its store back from disk (nats-server 2.10 otherwise goes on with a wrong last sequence: it acknowledges new messages under sequences that are taken and cannot read earlier ones); publishes are refused with 503 until it is back");
+                    Event::RestartRequested
+                }
+                other => other,
+            };
             pending.extend(step(&mut m, event));
         }
     }
@@ -480,6 +498,34 @@ impl Supervisor {
         Err(format!(
             "config_load_time unchanged {HOT_RELOAD_CONFIRM:?} after SIGHUP"
         ))
+    }
+
+    /// Whether the running child failed a store write since it started;
+    /// says so in the status (publishes are refused while it is true).
+    fn note_store_failure(&self, running: &Option<Running>) -> bool {
+        let failures = self
+            .tail
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .store_write_failures();
+        let failed = running
+            .as_ref()
+            .is_some_and(|r| failures > r.store_failures_before);
+        self.status.send_if_modified(|st| {
+            let changed = st.store_write_failed != failed;
+            st.store_write_failed = failed;
+            changed
+        });
+        failed
+    }
+
+    /// A child that failed a store write is restarted once its store's
+    /// filesystem has room again: nats-server rebuilds its view of the
+    /// store from disk at start. While the disk is still full a restart
+    /// would not help (and 2.9 wedges and is killed anyway).
+    fn needs_store_restart(&self, running: &Option<Running>) -> bool {
+        self.note_store_failure(running)
+            && probe::store_space_problem(&self.config.data_dir()).is_none()
     }
 
     async fn varz(&self) -> Option<serde_json::Value> {
@@ -632,14 +678,34 @@ impl Supervisor {
         } else {
             &[]
         };
+        let store_failures_before = self
+            .tail
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .store_write_failures();
         let mut relays = Vec::new();
-        if let Some(out) = child.stdout.take() {
-            relays.push(tokio::spawn(relay(out, pid, self.tail.clone(), benign)));
+        for out in [
+            child
+                .stdout
+                .take()
+                .map(|o| Box::new(o) as Box<dyn AsyncRead + Send + Unpin>),
+            child
+                .stderr
+                .take()
+                .map(|e| Box::new(e) as Box<dyn AsyncRead + Send + Unpin>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let (tail, failed) = (self.tail.clone(), self.store_failed.clone());
+            relays.push(tokio::spawn(relay(out, pid, tail, benign, failed)));
         }
-        if let Some(err) = child.stderr.take() {
-            relays.push(tokio::spawn(relay(err, pid, self.tail.clone(), benign)));
-        }
-        Ok(Running { child, pid, relays })
+        Ok(Running {
+            child,
+            pid,
+            relays,
+            store_failures_before,
+        })
     }
 }
 
