@@ -6,7 +6,10 @@
 //!         reconcile streams -> READY.
 //! reload: see `reload.rs`.
 //! stop:   STOPPING -> stop HTTP (drain) -> SIGTERM nats-server (SIGKILL
-//!         after stop_timeout) -> exit 0, no orphan.
+//!         after stop_timeout) -> exit 0, no orphan. A clustered node:
+//!         STOPPING -> lame duck (SIGUSR2; HTTP answers 503 "draining")
+//!         -> nats-server exits by itself (else SIGINT, then SIGKILL)
+//!         -> stop HTTP -> exit 0.
 //!
 //! The background tasks that run meanwhile are in `tasks.rs`.
 
@@ -251,10 +254,20 @@ pub async fn run(loaded: Loaded, explicit: Option<PathBuf>) -> i32 {
 
     // Stop: HTTP first, so no request meets a stopping nats-server; event
     // streams end themselves (they would otherwise hold the drain open).
+    // A clustered node drains instead (lame duck, see
+    // supervisor::lame_duck_wait): HTTP stays open meanwhile, so clients
+    // and load balancers get 503 + Retry-After "draining" (publishes,
+    // /health) rather than a refused connection, and it stops after
+    // nats-server.
     systemd::stopping();
     let _ = ctx.app.closing.send(true);
-    if let Some(h) = ctx.http.take() {
-        h.stop().await;
+    let drains = ctx.supervisor.is_some()
+        && supervisor::lame_duck_wait(&ctx.app.config()).is_some()
+        && ctx.app.child.borrow().phase == supervisor::Phase::Running;
+    if !drains {
+        if let Some(h) = ctx.http.take() {
+            h.stop().await;
+        }
     }
     // Whatever our client still buffers goes out while the server lives.
     if let Some(n) = ctx.app.connected_nats() {
@@ -271,6 +284,9 @@ pub async fn run(loaded: Loaded, explicit: Option<PathBuf>) -> i32 {
                 exit::SOFTWARE
             }
         };
+    }
+    if let Some(h) = ctx.http.take() {
+        h.stop().await;
     }
     runfiles::remove_pid(&ctx.runtime_dir);
     tracing::info!(code, "marketprism-broker stopped");
