@@ -368,6 +368,7 @@ pub fn status_line(f: &Facts) -> String {
                 }
                 _ => "restarting nats-server".into(),
             },
+            (Phase::Draining, _) => crate::supervisor::DRAINING.into(),
             (Phase::Failed, _) => format!(
                 "gave up on nats-server: {}",
                 f.child.last_failure.as_deref().unwrap_or_default()
@@ -430,6 +431,22 @@ mod tests {
             path: "/var/lib/mpb/jetstream/x".into(),
             error: "No space left on device (os error 28)".into(),
         }
+    }
+
+    #[test]
+    fn draining_says_so_in_the_status_line_and_is_unhealthy() {
+        let mut f = Facts {
+            supervised: true,
+            ..Facts::default()
+        };
+        f.child.phase = Phase::Draining;
+        f.child.pid = Some(7);
+        assert_eq!(
+            status_line(&f),
+            "draining: nats-server in lame-duck mode, clients moving to other nodes"
+        );
+        assert_eq!(nats_server(&f), "draining");
+        assert_eq!(texts(&f)[0], "nats-server is draining");
     }
 
     #[test]

@@ -94,7 +94,14 @@ pub async fn health(app: &App) -> Result<Resp, ApiError> {
         pick(v, &["streams", "consumers", "memory", "storage"])
     });
     let body = json!({
-        "status": if healthy { "healthy" } else { "unhealthy" },
+        "status": if healthy {
+            "healthy"
+        } else if f.child.phase == crate::supervisor::Phase::Draining {
+            // Lame duck before a stop or restart: load balancers move away.
+            "draining"
+        } else {
+            "unhealthy"
+        },
         "service": SERVICE,
         "timestamp": rfc3339(SystemTime::now()),
         "uptime_seconds": app.started.elapsed().as_secs(),

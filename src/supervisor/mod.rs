@@ -82,8 +82,33 @@ fn policy(c: &Config) -> Policy {
         stable_after: s.stable_after.get(),
         max_failures: s.max_failures,
         failure_window: s.failure_window.get(),
+        lame_duck: lame_duck_wait(c),
     }
 }
+
+/// How long a child in lame-duck mode may take to exit by itself; None
+/// when the node is not clustered.
+///
+/// Why only a cluster: lame-duck mode (nats-server's lameDuckMode(),
+/// 2.9.10 to 2.14) closes the client port, hands raft leaderships over
+/// (then waits 1 s), tells clients `ldm` so they reconnect elsewhere,
+/// waits `lame_duck_grace_period`, then closes its clients spread over
+/// the rest of `lame_duck_duration` (at most 1 s apart) and exits 0. A
+/// single node has nowhere to send clients nor leaders to hand over: the
+/// drain would only delay the stop, so it gets a plain SIGTERM (its
+/// store is flushed on shutdown either way).
+///
+/// Why duration + stop_timeout: nats-server exits within about
+/// `lame_duck_duration` (the grace period is part of it), plus the 1 s
+/// leader hand-over and, from 2.10, JetStream's shutdown, which is what
+/// `supervisor.stop_timeout` budgets for a SIGTERM too.
+pub fn lame_duck_wait(c: &Config) -> Option<Duration> {
+    c.cluster_enabled()
+        .then(|| c.nats.lame_duck_duration.get() + c.supervisor.stop_timeout.get())
+}
+
+/// STATUS= and the log while the child drains.
+pub const DRAINING: &str = "draining: nats-server in lame-duck mode, clients moving to other nodes";
 
 /// The (host, port, what) nats-server listens on under `c`.
 fn listen_ports(c: &Config) -> Vec<(String, u16, &'static str)> {
@@ -231,6 +256,26 @@ impl Supervisor {
                         tracing::info!(pid, "stopping nats-server (SIGTERM to pid {pid})");
                         let _ = signal::kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
                     }
+                    Action::LameDuck { pid } => {
+                        let n = &self.config.nats;
+                        tracing::info!(
+                            pid,
+                            grace_period = %n.lame_duck_grace_period,
+                            duration = %n.lame_duck_duration,
+                            "{DRAINING} (SIGUSR2 to pid {pid}; grace period {}, duration {})",
+                            n.lame_duck_grace_period,
+                            n.lame_duck_duration
+                        );
+                        crate::systemd::status(DRAINING);
+                        let _ = signal::kill(Pid::from_raw(pid as i32), Signal::SIGUSR2);
+                    }
+                    Action::Interrupt { pid } => {
+                        tracing::warn!(
+                            pid,
+                            "nats-server is still draining; stopping it now (SIGINT to pid {pid})"
+                        );
+                        let _ = signal::kill(Pid::from_raw(pid as i32), Signal::SIGINT);
+                    }
                     Action::Kill { pid } => {
                         tracing::warn!(pid, "killing nats-server (SIGKILL to pid {pid})");
                         let _ = signal::killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
@@ -322,7 +367,9 @@ impl Supervisor {
                     let exit = status.as_ref().ok().and_then(Exit::of);
                     self.status.send_modify(|st| st.last_exit = exit);
                     let status = describe_exit(status);
-                    if !matches!(m.state, State::Stopping { .. }) {
+                    if matches!(m.state, State::Draining { .. }) {
+                        tracing::info!(pid = r.pid, %status, "nats-server (pid {}) finished draining: {status}", r.pid);
+                    } else if !matches!(m.state, State::Stopping { .. }) {
                         tracing::warn!(pid = r.pid, %status, "nats-server (pid {}) exited: {status}", r.pid);
                     }
                     Event::Exited { status }
@@ -548,6 +595,7 @@ impl Supervisor {
             ),
             State::Running { probe_failures, .. } => (Phase::Running, *probe_failures == 0, None),
             State::Stopping { .. } => (Phase::Stopping, false, None),
+            State::Draining { .. } => (Phase::Draining, false, None),
             State::Stopped => (Phase::Stopped, false, None),
             State::Failed { .. } => (Phase::Failed, false, None),
         };

@@ -55,6 +55,8 @@ pub enum Phase {
     Starting,
     Running,
     Restarting,
+    /// In lame-duck mode before a stop or restart (a clustered node).
+    Draining,
     Stopping,
     Stopped,
     Failed,
@@ -66,6 +68,7 @@ impl Phase {
             Phase::Starting => "starting",
             Phase::Running => "running",
             Phase::Restarting => "restarting",
+            Phase::Draining => "draining",
             Phase::Stopping => "stopping",
             Phase::Stopped => "stopped",
             Phase::Failed => "failed",
