@@ -193,6 +193,166 @@ pub fn stream_problems(groups: &[StreamGroup]) -> Vec<String> {
         .collect()
 }
 
+/// What this node's nats-server says of itself on its full /healthz
+/// (`details=true`, which 2.10+ honour and 2.9 ignores): whether every
+/// JetStream asset it serves is current here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LocalHealth {
+    Ok,
+    /// Its error sentences: 2.10+ list all of them (`errors`), 2.9 only
+    /// the first (`error`).
+    Errors(Vec<String>),
+}
+
+/// nats-server's /healthz answer as [`LocalHealth`].
+pub fn local_health(status: u16, body: &Value) -> LocalHealth {
+    let mut errors: Vec<String> = body["errors"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["error"].as_str().map(String::from))
+        .collect();
+    if let Some(e) = body["error"].as_str().filter(|e| !e.is_empty()) {
+        errors.push(e.to_string());
+    }
+    if status == 200 && errors.is_empty() {
+        LocalHealth::Ok
+    } else {
+        if errors.is_empty() {
+            errors.push(format!("/healthz answered {status}"));
+        }
+        LocalHealth::Errors(errors)
+    }
+}
+
+/// One JetStream asset that is not current on this node yet: the meta
+/// group (`stream` None), a stream's replica, or a consumer's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Lagging {
+    pub stream: Option<String>,
+    pub consumer: Option<String>,
+    /// Entries behind the stream leader, as the leader reports this
+    /// node's replica; None when not known (consumers, the meta group, a
+    /// replica the leader does not list).
+    pub lag: Option<u64>,
+    /// A sentence for people: what, and how far behind where known.
+    pub description: String,
+}
+
+/// What this node's catching up amounts to: what is not current yet,
+/// and what nats-server reports that is not catching up at all.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CatchUp {
+    pub lagging: Vec<Lagging>,
+    /// nats-server's other complaints (a stream that could not be
+    /// recovered, ...): broken, not catching up.
+    pub other: Vec<String>,
+}
+
+/// One of nats-server's /healthz sentences, read: the meta group, a
+/// stream or a consumer that is not current (with nats-server's reason),
+/// or None for anything else.
+fn not_current(e: &str) -> Option<(Option<String>, Option<String>, Option<String>)> {
+    if e.contains("not current with the meta leader") || e.contains("still recovering meta layer") {
+        return Some((None, None, None));
+    }
+    // "JetStream stream 'ACC > NAME' is not current[: why]" and
+    // "JetStream consumer 'ACC > STREAM > NAME' is not current[: why]".
+    let (kind, rest) = e.strip_prefix("JetStream ")?.split_once(" '")?;
+    let (path, tail) = rest.split_once('\'')?;
+    let why = tail
+        .strip_prefix(" is not current")?
+        .strip_prefix(": ")
+        .map(String::from);
+    let parts: Vec<&str> = path.split(" > ").collect();
+    match (kind, parts.as_slice()) {
+        ("stream", [_, stream]) => Some((Some(stream.to_string()), None, why)),
+        ("consumer", [_, stream, consumer]) => {
+            Some((Some(stream.to_string()), Some(consumer.to_string()), why))
+        }
+        _ => None,
+    }
+}
+
+/// The decision: from this node's own /healthz and the leaders' view of
+/// the streams' groups (`groups`, found by this node's name `me`), what is
+/// catching up here and how far behind.
+///
+/// nats-server's /healthz is the authority for "current" (it asks the
+/// RAFT node and whether a snapshot is being applied, and does not flap
+/// under load the way a leader's per-peer `current` does); the leader's
+/// `lag` says how far behind. A stream without a leader is not catching
+/// up but broken ([`stream_problems`] names it), so it is left out; the
+/// meta group without a leader likewise ([`meta_problem`]).
+pub fn catch_up(health: &LocalHealth, groups: &[StreamGroup], me: Option<&str>) -> CatchUp {
+    let LocalHealth::Errors(errors) = health else {
+        return CatchUp::default();
+    };
+    let leaderless = |s: &str| groups.iter().any(|g| g.name == s && g.leader.is_none());
+    let mine = |s: &str| -> Option<&Peer> {
+        let g = groups.iter().find(|g| g.name == s)?;
+        g.replicas.iter().find(|p| Some(p.name.as_str()) == me)
+    };
+    let mut out = CatchUp::default();
+    for e in errors {
+        if e.contains("not established contact with a meta leader") {
+            continue; // no meta leader: meta_problem's
+        }
+        let Some((stream, consumer, why)) = not_current(e) else {
+            out.other.push(e.clone());
+            continue;
+        };
+        if stream.as_deref().is_some_and(leaderless) {
+            continue;
+        }
+        let lag = match (&stream, &consumer) {
+            (Some(s), None) => mine(s).map(|p| p.lag),
+            _ => None,
+        };
+        out.lagging.push(lagging(stream, consumer, lag, why));
+    }
+    // nats-server 2.9 names only the first asset that is not current:
+    // the leaders name the other streams whose replica here is behind.
+    for g in groups.iter().filter(|g| g.leader.is_some()) {
+        let listed = out
+            .lagging
+            .iter()
+            .any(|l| l.stream.as_deref() == Some(g.name.as_str()) && l.consumer.is_none());
+        match mine(&g.name) {
+            Some(p) if !listed && (!p.current || p.lag > 0) => {
+                out.lagging
+                    .push(lagging(Some(g.name.clone()), None, Some(p.lag), None))
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+fn lagging(
+    stream: Option<String>,
+    consumer: Option<String>,
+    lag: Option<u64>,
+    why: Option<String>,
+) -> Lagging {
+    let what = match (&stream, &consumer) {
+        (Some(s), Some(c)) => format!("consumer {c} of stream {s}"),
+        (Some(s), None) => format!("stream {s}"),
+        _ => "the JetStream meta group".to_string(),
+    };
+    let how = match (lag, why) {
+        (Some(n), _) if n > 0 => format!("{n} entries behind the leader"),
+        (_, Some(why)) => format!("not current yet ({why})"),
+        _ => "not current yet".to_string(),
+    };
+    Lagging {
+        stream,
+        consumer,
+        lag,
+        description: format!("{what}: {how}"),
+    }
+}
+
 /// The status' `cluster` object from what nats-server reported: /routez
 /// and /jsz (None when the monitor did not answer), and the declared
 /// streams' groups. `jetstream`: whether JetStream runs (without it there
@@ -374,5 +534,121 @@ mod tests {
         // Without JetStream, no meta group is expected.
         let v = status(Some("mp"), Some("n1"), Some(&routez), None, false, &[]);
         assert_eq!(v["problems"], json!([]));
+    }
+
+    fn group(name: &str, leader: Option<&str>, me: Option<(bool, u64)>) -> StreamGroup {
+        StreamGroup {
+            name: name.into(),
+            leader: leader.map(String::from),
+            replicas: me
+                .map(|(current, lag)| Peer {
+                    name: "n3".into(),
+                    current,
+                    active_ms: 0,
+                    lag,
+                    offline: false,
+                })
+                .into_iter()
+                .collect(),
+            configured_replicas: 3,
+        }
+    }
+
+    #[test]
+    fn healthz_answers_of_2_9_and_2_10_are_read_alike() {
+        assert_eq!(local_health(200, &json!({"status": "ok"})), LocalHealth::Ok);
+        // 2.9.10: the first error only.
+        let v =
+            json!({"status": "unavailable", "error": "JetStream stream '$G > MD' is not current"});
+        assert_eq!(
+            local_health(503, &v),
+            LocalHealth::Errors(vec!["JetStream stream '$G > MD' is not current".into()])
+        );
+        // 2.10+ with details=true: every error.
+        let v = json!({"status": "error", "status_code": 503, "errors": [
+            {"type": "STREAM", "stream": "MD", "error": "JetStream stream '$G > MD' is not current: stream catching up"},
+            {"type": "CONSUMER", "error": "JetStream consumer '$G > MD > c1' is not current: consumer not current"}]});
+        let LocalHealth::Errors(e) = local_health(503, &v) else {
+            panic!()
+        };
+        assert_eq!(e.len(), 2);
+        // A 503 without a word is still not Ok.
+        assert_eq!(
+            local_health(503, &json!({})),
+            LocalHealth::Errors(vec!["/healthz answered 503".into()])
+        );
+    }
+
+    #[test]
+    fn a_lagging_replica_is_catching_up_with_its_lag_a_leaderless_one_is_not() {
+        let health = LocalHealth::Errors(vec![
+            "JetStream stream '$G > MD' is not current: stream catching up".into(),
+            "JetStream consumer '$G > MD > c1' is not current: consumer not current".into(),
+            "JetStream stream '$G > ORPHAN' is not current: group node unhealthy".into(),
+        ]);
+        let groups = [
+            group("MD", Some("n1"), Some((false, 52000))),
+            group("ORPHAN", None, None),
+        ];
+        let c = catch_up(&health, &groups, Some("n3"));
+        assert_eq!(c.other, Vec::<String>::new());
+        assert_eq!(c.lagging.len(), 2, "{c:?}");
+        assert_eq!(c.lagging[0].stream.as_deref(), Some("MD"));
+        assert_eq!(c.lagging[0].lag, Some(52000));
+        assert_eq!(
+            c.lagging[0].description,
+            "stream MD: 52000 entries behind the leader"
+        );
+        assert_eq!(c.lagging[1].consumer.as_deref(), Some("c1"));
+        assert_eq!(
+            c.lagging[1].description,
+            "consumer c1 of stream MD: not current yet (consumer not current)"
+        );
+        // The same node once nats-server says it is current: nothing,
+        // whatever a leader's momentary `current` flag says.
+        let c = catch_up(&LocalHealth::Ok, &groups, Some("n3"));
+        assert_eq!(c, CatchUp::default());
+    }
+
+    #[test]
+    fn nats_server_2_9_names_one_stream_the_leaders_name_the_others() {
+        let health = LocalHealth::Errors(vec!["JetStream stream '$G > A' is not current".into()]);
+        let groups = [
+            group("A", Some("n1"), Some((false, 10))),
+            group("B", Some("n2"), Some((false, 7))),
+            group("C", Some("n2"), Some((true, 0))),
+        ];
+        let c = catch_up(&health, &groups, Some("n3"));
+        let names: Vec<_> = c
+            .lagging
+            .iter()
+            .map(|l| (l.stream.clone().unwrap(), l.lag))
+            .collect();
+        assert_eq!(names, vec![("A".into(), Some(10)), ("B".into(), Some(7))]);
+        // This node leads A: the leader lists no entry for itself.
+        let c = catch_up(&health, &groups, Some("n1"));
+        assert_eq!(c.lagging[0].lag, None);
+        assert_eq!(c.lagging[0].description, "stream A: not current yet");
+    }
+
+    #[test]
+    fn the_meta_group_catching_up_and_other_complaints_are_told_apart() {
+        let health =
+            LocalHealth::Errors(vec!["JetStream is not current with the meta leader".into()]);
+        let c = catch_up(&health, &[], None);
+        assert_eq!(
+            c.lagging[0].description,
+            "the JetStream meta group: not current yet"
+        );
+        let health = LocalHealth::Errors(vec![
+            "JetStream has not established contact with a meta leader".into(),
+            "JetStream stream '$G > X' could not be recovered".into(),
+        ]);
+        let c = catch_up(&health, &[], None);
+        assert!(c.lagging.is_empty());
+        assert_eq!(
+            c.other,
+            vec!["JetStream stream '$G > X' could not be recovered".to_string()]
+        );
     }
 }
