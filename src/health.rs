@@ -59,6 +59,9 @@ pub struct Facts {
     pub local_health: Option<Result<LocalHealth, String>>,
     /// This node's server_name: which replica in a stream group is ours.
     pub server_name: Option<String>,
+    /// Last sequence of each stream replica this node holds, read after
+    /// `stream_groups` (None: not asked or not answered).
+    pub local_last_seqs: Option<std::collections::BTreeMap<String, u64>>,
 }
 
 /// The nats-server child as the supervisor reports it.
@@ -320,7 +323,12 @@ fn catch_up(f: &Facts) -> crate::cluster::CatchUp {
         Some(Ok(g)) => g.as_slice(),
         _ => &[],
     };
-    crate::cluster::catch_up(health, groups, f.server_name.as_deref())
+    crate::cluster::catch_up(
+        health,
+        groups,
+        f.server_name.as_deref(),
+        f.local_last_seqs.as_ref(),
+    )
 }
 
 /// What is not current on this node yet (a clustered node's streams,
@@ -673,6 +681,7 @@ mod tests {
             leader: None,
             replicas: Vec::new(),
             configured_replicas: 3,
+            last_seq: 0,
         };
         let mut f = fine();
         f.stream_groups = Some(Ok(vec![leaderless]));
@@ -781,6 +790,7 @@ mod tests {
                 offline: false,
             }],
             configured_replicas: 3,
+            last_seq: 0,
         }]));
         f.local_health = Some(Ok(LocalHealth::Errors(vec![
             "JetStream stream '$G > MD' is not current: stream catching up".into(),
@@ -794,8 +804,13 @@ mod tests {
             status_line(&f),
             "nats-server pid 42 healthy, 2 streams; catching up: stream MD: 4096 entries behind the leader"
         );
-        // Current again: healthy, and the line says nothing more.
+        // Current again, on nats-server's and the leader's word: healthy,
+        // and the line says nothing more.
         f.local_health = Some(Ok(LocalHealth::Ok));
+        if let Some(Ok(g)) = &mut f.stream_groups {
+            g[0].replicas[0].current = true;
+            g[0].replicas[0].lag = 0;
+        }
         assert_eq!(verdict(&problems(&f), &catching_up(&f)), Verdict::Healthy);
         assert_eq!(status_line(&f), "nats-server pid 42 healthy, 2 streams");
         // Broken beats catching up; a silent /healthz is a problem.

@@ -81,6 +81,7 @@ impl App {
                 crate::cluster::stream_group(
                     &i.config.name,
                     i.config.num_replicas,
+                    i.state.last_sequence,
                     i.cluster.as_ref(),
                 )
             })
@@ -88,25 +89,34 @@ impl App {
     }
 
     /// The facts [`crate::health::catching_up`] reads, for STATUS=:
-    /// nats-server's own /healthz and, only when it says something is not
-    /// current, the streams' groups (for how far behind) and this node's
-    /// name. Nothing when not clustered.
+    /// nats-server's own /healthz, the declared streams' groups (the
+    /// leaders' view of our replicas) and this node's name. Nothing when
+    /// not clustered.
     pub async fn catch_up_facts(&self) -> crate::health::Facts {
         let mut f = crate::health::Facts {
             local_health: self.local_health().await,
             server_name: self.config().nats.server_name.clone(),
             ..crate::health::Facts::default()
         };
-        if !matches!(f.local_health, Some(Ok(LocalHealth::Errors(_)))) {
+        if f.local_health.is_none() {
             return f;
         }
         if let Some(nats) = self.connected_nats() {
             let list = crate::jetstream::list(&nats.js);
             if let Ok(Ok(infos)) = tokio::time::timeout(LOCAL_HEALTH_TIMEOUT, list).await {
                 f.stream_groups = Some(Ok(self.declared_groups(&infos)));
+                f.local_last_seqs = self.local_last_seqs().await;
             }
         }
         f
+    }
+
+    /// Last sequence of each stream replica this node's nats-server holds
+    /// (its monitor's /jsz?streams=true). Ask it after the stream infos:
+    /// a replica that is current is then at or past the leader's figure.
+    pub async fn local_last_seqs(&self) -> Option<std::collections::BTreeMap<String, u64>> {
+        let jsz = self.monitor_json("/jsz?streams=true").await?;
+        Some(crate::cluster::local_last_seqs(&jsz))
     }
 }
 

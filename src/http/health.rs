@@ -47,6 +47,7 @@ pub async fn probed_facts(app: &App) -> Facts {
                     .map(|infos| declared_groups(app, &infos))
                     .map_err(|e| e.message),
             );
+            f.local_last_seqs = app.local_last_seqs().await;
         }
     }
     f

@@ -52,6 +52,7 @@ async fn cluster_status(app: &App, infos: &[stream::Info]) -> Value {
         local_health: app.local_health().await,
         server_name: c.nats.server_name.clone(),
         stream_groups: Some(Ok(groups)),
+        local_last_seqs: app.local_last_seqs().await,
         ..health::Facts::default()
     };
     v["catching_up"] = serde_json::to_value(health::catching_up(&f)).unwrap_or(Value::Null);

@@ -572,7 +572,7 @@ impl Supervisor {
             .ok()?;
         let v = serde_json::from_slice(&body).ok()?;
         let health = crate::cluster::local_health(status, &v);
-        let c = crate::cluster::catch_up(&health, &[], None);
+        let c = crate::cluster::catch_up(&health, &[], None, None);
         (c.other.is_empty() && !c.lagging.is_empty()).then(|| {
             c.lagging
                 .iter()
