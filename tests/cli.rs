@@ -273,3 +273,51 @@ fn sync_interval_is_checked_against_the_nats_server_version() {
     );
     assert!(warned.contains("native clients"), "{warned}");
 }
+
+#[test]
+fn wait_ready_refuses_a_bad_timeout_with_64() {
+    for (arg, says) in [
+        ("soon", "invalid duration \"soon\""),
+        ("-5s", "invalid duration \"-5s\""),
+        ("0", "must be longer than zero"),
+    ] {
+        let o = run(&["wait-ready", &format!("--timeout={arg}")], &[]);
+        o.expect_code_for(64, arg);
+        let err = text(&o.stderr);
+        assert!(
+            err.contains(&format!("--timeout: {says}")) || err.contains(says),
+            "{arg}: {err}"
+        );
+        assert!(
+            err.contains("wait-ready [--timeout DURATION]"),
+            "usage: {err}"
+        );
+    }
+    let o = run(&["wait-ready", "--timeout"], &[]);
+    o.expect_code(64);
+    assert!(text(&o.stderr).contains("--timeout needs a value"));
+}
+
+#[test]
+fn wait_ready_without_a_daemon_exits_69_at_once() {
+    let d = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let p = write(
+        d.path(),
+        "b.yaml",
+        &format!(
+            "port: {port}\nnats:\n  data_dir: {:?}\n",
+            d.path().display().to_string()
+        ),
+    );
+    let t = std::time::Instant::now();
+    let o = run(&["wait-ready", "--timeout", "30s", "--config", &p], &[]);
+    o.expect_code(69);
+    assert!(t.elapsed() < std::time::Duration::from_secs(10));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains(&format!("nothing listens on 127.0.0.1:{port}"))
+            && err.contains("no daemon to wait for"),
+        "{err}"
+    );
+}

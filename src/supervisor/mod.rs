@@ -625,10 +625,21 @@ impl Supervisor {
             // A little more room than /healthz: /jsz takes JetStream's
             // lock, which a busy server holds a moment longer.
             if let Err(e) = probe::jsz(self.monitor, timeout.max(Duration::from_secs(1))).await {
-                return Err(match probe::store_space_problem(&self.config.data_dir()) {
-                    Some(full) => format!("{e} ({full})"),
-                    None => e,
-                });
+                if let Some(full) = probe::store_space_problem(&self.config.data_dir()) {
+                    return Err(format!("{e} ({full})"));
+                }
+                // A node catching up (a big snapshot or backlog from its
+                // peers) may answer /jsz late; killing it would only start
+                // the catch-up over (nats-server issues 6964, 5976). When
+                // its own /healthz says it is catching up, it is alive.
+                match self.catching_up(timeout).await {
+                    Some(what) => {
+                        tracing::info!(
+                            "nats-server is slow to answer /jsz ({e}) while catching up ({what}); not counted as a failed probe"
+                        );
+                    }
+                    None => return Err(e),
+                }
             }
         }
         if starting && self.config.nats.tls.is_none() {
@@ -641,6 +652,28 @@ impl Supervisor {
             .await?;
         }
         Ok(())
+    }
+
+    /// What is catching up, when nats-server's own full /healthz answers
+    /// within `timeout` that this node is catching up and nothing else is
+    /// wrong; None otherwise.
+    async fn catching_up(&self, timeout: Duration) -> Option<String> {
+        if !self.config.cluster_enabled() {
+            return None;
+        }
+        let (status, body) = probe::http_get(self.monitor, "/healthz?details=true", timeout)
+            .await
+            .ok()?;
+        let v = serde_json::from_slice(&body).ok()?;
+        let health = crate::cluster::local_health(status, &v);
+        let c = crate::cluster::catch_up(&health, &[], None, None);
+        (c.other.is_empty() && !c.lagging.is_empty()).then(|| {
+            c.lagging
+                .iter()
+                .map(|l| l.description.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
     }
 
     async fn read_ports(&self) -> Option<Ports> {
