@@ -234,6 +234,29 @@ fn sync_interval_is_checked_against_the_nats_server_version() {
             bin.display().to_string()
         )
     };
+    // MPB_NATS_SERVER may be a 2.10 (scripts/test's second run, with
+    // Debian 13's): then the old server is just another that has it.
+    let version = Command::new(nats_server())
+        .arg("--version")
+        .output()
+        .unwrap();
+    if !text(&version.stdout).contains("v2.9.") {
+        let o = run(
+            &[
+                "check-config",
+                "--config",
+                &write(d.path(), "old.yaml", &yaml(&nats_server())),
+            ],
+            &[],
+        );
+        o.expect_code(0);
+        assert!(
+            !text(&o.stderr).contains("sync_interval"),
+            "{}",
+            text(&o.stderr)
+        );
+        return;
+    }
     let old = write(d.path(), "old.yaml", &yaml(&nats_server()));
     let o = run(&["check-config", "--config", &old], &[]);
     o.expect_code(78);
