@@ -176,32 +176,45 @@ async fn drains(bin: &Path) {
     let mut draining_503 = None;
     let mut health_draining = None;
     let mut other = Vec::new();
-    while !a.has_exited() && t.elapsed() < Duration::from_secs(60) {
+    // A request every 50 ms, each on its own: one that was taken just
+    // before the drain may wait for its ack (2.10+ shuts JetStream down
+    // in lame duck) and must not hide the answers that come after it.
+    let mut inflight = futures::stream::FuturesUnordered::new();
+    let publish = || async {
         let body = json!({"subject": "ld.http", "message": {"n": 1}}).to_string();
-        if let Ok((code, headers, body)) = a
-            .request(
-                None,
-                "POST",
-                "/api/v1/publish",
-                &[("content-type", "application/json")],
-                body.into_bytes(),
-            )
-            .await
-        {
-            let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-            if code == 503 && v["error"]["code"] == "draining" {
-                draining_503.get_or_insert((headers.get("retry-after").cloned(), v));
-            } else if code != 200 {
-                other.push((code, v));
+        a.request(
+            None,
+            "POST",
+            "/api/v1/publish",
+            &[("content-type", "application/json")],
+            body.into_bytes(),
+        )
+        .await
+    };
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    while !a.has_exited() && t.elapsed() < Duration::from_secs(60) {
+        tokio::select! {
+            _ = tick.tick() => {
+                inflight.push(publish());
+                if let Ok((503, h)) = get_json(a.http, "/health").await {
+                    if h["status"] == "draining" {
+                        health_draining.get_or_insert(h);
+                    }
+                }
+            }
+            Some(r) = futures::StreamExt::next(&mut inflight) => {
+                if let Ok((code, headers, body)) = r {
+                    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                    if code == 503 && v["error"]["code"] == "draining" {
+                        draining_503.get_or_insert((headers.get("retry-after").cloned(), v));
+                    } else if code != 200 {
+                        other.push((code, v));
+                    }
+                }
             }
         }
-        if let Ok((503, h)) = get_json(a.http, "/health").await {
-            if h["status"] == "draining" {
-                health_draining.get_or_insert(h);
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    drop(inflight);
     let mut a = a;
     let status = a.wait_exit(Duration::from_secs(5));
     let took = t.elapsed();

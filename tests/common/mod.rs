@@ -37,6 +37,31 @@ pub fn nats_server_current() -> PathBuf {
     p
 }
 
+/// A nats-server binary's version as (major, minor, patch), from
+/// `--version` ("nats-server: v2.10.27").
+pub fn nats_server_version(bin: &Path) -> (u64, u64, u64) {
+    let out = std::process::Command::new(bin)
+        .arg("--version")
+        .output()
+        .unwrap_or_else(|e| panic!("{} --version: {e}", bin.display()));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v = text
+        .trim()
+        .rsplit('v')
+        .next()
+        .unwrap_or_default()
+        .split('-')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let mut n = v.split('.').map(|p| p.parse::<u64>().unwrap_or(0));
+    (
+        n.next().unwrap_or(0),
+        n.next().unwrap_or(0),
+        n.next().unwrap_or(0),
+    )
+}
+
 /// Both nats-server versions every shipped config must work with.
 pub fn nats_servers() -> Vec<PathBuf> {
     vec![nats_server(), nats_server_current()]
