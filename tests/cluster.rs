@@ -786,6 +786,16 @@ async fn a_node_without_quorum_is_degraded_not_restarted_and_ready_waits_for_a_l
     let (_, st) = first.get("/api/v1/status").await;
     assert_eq!(st["nats_server"]["restarts"], 0, "{st}");
     assert_eq!(st["cluster"]["meta"]["leader"], Value::Null, "{st}");
+    // Connected, but no stream is known yet: a publish is refused, not
+    // sent as a core message and answered "persisted": false.
+    let body = json!({"subject": "clustered.http", "message": {"id": "early"}});
+    let (code, headers, v) = first.publish_raw(body.to_string().into_bytes()).await;
+    assert_eq!(code, 503, "{v}");
+    assert!(headers.get("retry-after").is_some(), "{v}");
+    assert!(
+        v["error"]["message"].to_string().contains("not known yet"),
+        "{v}"
+    );
     assert!(
         st["cluster"]["problems"]
             .to_string()

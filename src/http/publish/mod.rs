@@ -89,7 +89,7 @@ async fn single_inner(app: &App, req: Request<Incoming>) -> Result<Outcome, ApiE
             }
             Ok(o)
         }
-        None => send_core(timeout, &nats, entry).await,
+        None => send_core(app, timeout, &nats, entry).await,
     }
 }
 
@@ -207,7 +207,7 @@ pub async fn batch(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> 
                 }
                 Err(e) => results[i] = Some(Err(e)),
             },
-            None => results[i] = Some(send_core(timeout, &nats, entry).await),
+            None => results[i] = Some(send_core(app, timeout, &nats, entry).await),
         }
         while acks.len() >= BATCH_WINDOW {
             if let Some((j, r)) = acks.next().await {

@@ -161,11 +161,22 @@ fn answer<T>(
     }
 }
 
+/// A core publish (no stream captures the subject). Until the first stream
+/// sync the daemon does not know which subjects streams capture (right
+/// after a restart, with the HTTP socket kept by systemd, requests come in
+/// before it): a stream's message would be answered "persisted": false
+/// while JetStream stores it, so it is refused with 503 + Retry-After.
 pub(super) async fn send_core(
+    app: &App,
     timeout: Duration,
     nats: &Nats,
     e: Entry,
 ) -> Result<Outcome, ApiError> {
+    if app.syncs.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        return Err(ApiError::unavailable(
+            "the streams are not known yet (the daemon is starting); retry shortly",
+        ));
+    }
     let fut = async {
         match e.headers {
             Some(h) => {
