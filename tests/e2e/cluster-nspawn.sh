@@ -41,6 +41,8 @@
 #                refused when the host has an address or route in it
 #   MPB_PYTHON   a Python with nats-py (default: <repo>/.venv/bin/python)
 #   E2E_RATE     producer's publishes a second at most (default 40)
+#   E2E_ARTIFACTS where a failed run leaves the nodes' journals and the load's
+#                records (default: E2E_CACHE/cluster-failed-SUITE)
 #   E2E_BREAK    break the cluster on purpose, to show that the checks fail:
 #                "r1": MARKET_DATA with one copy (not on every node);
 #                "r1-lazy-poweroff": that, with `durability: lazy`, and the
@@ -57,6 +59,7 @@ E2E_NET=${E2E_NET:-10.231.0}
 MPB_PYTHON=${MPB_PYTHON:-$REPO_ROOT/.venv/bin/python}
 E2E_RATE=${E2E_RATE:-40}
 E2E_BREAK=${E2E_BREAK:-}
+E2E_ARTIFACTS=${E2E_ARTIFACTS:-}
 
 T0=${EPOCHREALTIME/./}
 # shellcheck source=tests/e2e/lib.sh
@@ -66,6 +69,7 @@ readonly CONF=/etc/marketprism-broker/broker.yaml
 readonly HTTP_PORT=8085
 readonly MONITOR_PORT=8222
 readonly NODES=(node1 node2 node3)
+E2E_ARTIFACTS=${E2E_ARTIFACTS:-$E2E_CACHE/cluster-failed-$SUITE}
 readonly WAIT_READY_TIMEOUT=120s
 # Names of what this run creates: the pid keeps two runs apart and lets a
 # later run remove what a killed one left (reap_killed_networks).
@@ -98,26 +102,16 @@ in_node() {
     CT_PID=${CT_OF[$i]} in_ct "$@"
 }
 
-# api_get I PATH: GET PATH from node I's API, from the host, over the bridge.
-api_get() {
-    "$MPB_PYTHON" - "$(addr_of "$1")" "$HTTP_PORT" "$2" <<'EOF'
-import http.client, sys
-c = http.client.HTTPConnection(sys.argv[1], int(sys.argv[2]), timeout=5)
-c.request("GET", sys.argv[3])
-r = c.getresponse()
-print(r.status, r.read().decode())
-EOF
+# node_ips: the nodes' addresses, comma-separated.
+node_ips() {
+    local i out=""
+    for i in "${!NODES[@]}"; do out+=${out:+,}$(addr_of "$i"); done
+    echo "$out"
 }
 
-# stream_leader: the server name leading MARKET_DATA, as the first node
-# that answers sees it.
+# stream_leader: the server name leading MARKET_DATA.
 stream_leader() {
-    local out="" i
-    for i in "${!NODES[@]}"; do
-        out=$(api_get "$i" /api/v1/streams/MARKET_DATA 2>/dev/null) && break
-    done
-    [[ -n $out ]] || return 1
-    "$MPB_PYTHON" -c 'import json,sys; s=sys.stdin.read().split(" ",1)[1]; print(((json.loads(s).get("cluster") or {}).get("leader")) or "")' <<<"$out"
+    "$MPB_PYTHON" "$SCRIPT_DIR/cluster_load.py" leader --nodes "$(node_ips)" --monitor-port "$MONITOR_PORT"
 }
 
 index_of() {
@@ -312,11 +306,15 @@ boot_all() {
 # kill_node I: its power cut: SIGKILL of nspawn and of everything in its
 # cgroups at once, no shutdown.
 kill_node() {
-    local i=$1 cgs
-    kill -KILL "${NSPAWN_OF[$i]}" 2>/dev/null || true
+    local i=$1 cgs pid
+    pid=${NSPAWN_OF[$i]}
+    if [[ -n $pid ]]; then
+        # Out of the job table: no "Killed" notice from bash.
+        disown "$pid" 2>/dev/null || true
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
     read -ra cgs <<<"${CGROUPS_OF[$i]}"
     remove_cgroups "${cgs[@]}"
-    wait "${NSPAWN_OF[$i]}" 2>/dev/null || true
     NSPAWN_OF[i]=""
     CT_OF[i]=""
     CGROUPS_OF[i]=""
@@ -348,13 +346,8 @@ install_all() {
 
 start_load() {
     set_event start
-    local urls=() i
-    for i in "${!NODES[@]}"; do urls+=("$(addr_of "$i")"); done
     local nodes
-    nodes=$(
-        IFS=,
-        echo "${urls[*]}"
-    )
+    nodes=$(node_ips)
     "$MPB_PYTHON" "$SCRIPT_DIR/cluster_load.py" consume --nodes "$nodes" --dir "$RUN_DIR" \
         >"$RUN_DIR/logs/consumer.log" 2>&1 &
     LOAD_PIDS+=($!)
@@ -489,8 +482,24 @@ finish() {
 
 # --- teardown and summary (on_exit, in lib.sh, calls both) -------------------
 
+# save_artifacts: what a failed run leaves for a look: the nodes'
+# journals, the load's records and logs, the config.
+save_artifacts() {
+    [[ -n $RUN_DIR && -d $RUN_DIR ]] || return 0
+    rm -rf "$E2E_ARTIFACTS"
+    mkdir -p "$E2E_ARTIFACTS"
+    local i
+    for i in "${!NODES[@]}"; do
+        [[ -n ${CT_OF[$i]:-} ]] || continue
+        in_node "$i" journalctl --no-pager -o short-precise >"$E2E_ARTIFACTS/journal-${NODES[$i]}.log" 2>&1 || true
+    done
+    cp -a "$RUN_DIR/logs" "$RUN_DIR"/*.jsonl "$RUN_DIR/broker.yaml" "$E2E_ARTIFACTS/" 2>/dev/null || true
+    log "kept for a look: $E2E_ARTIFACTS (journals, produced.jsonl, consumed.jsonl, logs)"
+}
+
 teardown() {
     local p i
+    ((PASSED > 0)) || save_artifacts
     for p in "${LOAD_PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
     for p in "${LOAD_PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
     for i in "${!NODES[@]}"; do

@@ -3,6 +3,7 @@
     cluster_load.py produce --nodes IP,IP,IP --port 8085 --rate N --dir RUN
     cluster_load.py consume --nodes IP,IP,IP --dir RUN
     cluster_load.py check --nodes NAME=IP,... --monitor-port 8222 --dir RUN
+    cluster_load.py leader --nodes IP,IP,IP --monitor-port 8222
 
 produce: publishes numbered messages through POST /api/v1/publish with
 message ids (a retry cannot store one twice), to the nodes in turn, one
@@ -19,9 +20,12 @@ came for IDLE_S.
 check: waits until the nodes' own stream states (/jsz) agree, reads the
 stream from each node in turn (the node hosting the reading consumer is
 checked), prints the counts per event as a table, and exits 1 when an
-acknowledged publish is missing from a node or from what the consumer
+acknowledged publish is missing from a node (or not at its acknowledged
+seq) or from what the consumer
 got, when a publish was given up, or when a publish during the upgrade
 failed otherwise than with 503 and Retry-After.
+
+leader: prints the stream's leader, from the nodes' monitor (/jsz).
 """
 
 import argparse
@@ -250,9 +254,8 @@ async def consume_async(args):
 # --- check -------------------------------------------------------------------
 
 
-def jsz_state(ip, port):
-    """This node's own state of STREAM: (messages, first_seq, last_seq), or
-    None when it holds no replica."""
+def jsz_stream(ip, port):
+    """STREAM's detail in this node's own /jsz (its replica), or None."""
     conn = http.client.HTTPConnection(ip, port, timeout=5)
     conn.request("GET", "/jsz?accounts=true&streams=true")
     v = json.loads(conn.getresponse().read())
@@ -260,9 +263,32 @@ def jsz_state(ip, port):
     for acc in v.get("account_details") or []:
         for s in acc.get("stream_detail") or []:
             if s.get("name") == STREAM:
-                st = s["state"]
-                return (st.get("messages", 0), st.get("first_seq", 0), st.get("last_seq", 0))
+                return s
     return None
+
+
+def jsz_state(ip, port):
+    """This node's own state of STREAM: (messages, first_seq, last_seq), or
+    None when it holds no replica."""
+    s = jsz_stream(ip, port)
+    if s is None:
+        return None
+    st = s["state"]
+    return (st.get("messages", 0), st.get("first_seq", 0), st.get("last_seq", 0))
+
+
+def leader(args):
+    """Prints STREAM's leader as the first node that knows one says."""
+    for ip in args.nodes.split(","):
+        try:
+            s = jsz_stream(ip, args.monitor_port)
+        except Exception:  # noqa: BLE001 - the next node then
+            continue
+        name = ((s or {}).get("cluster") or {}).get("leader")
+        if name:
+            print(name)
+            return 0
+    return 1
 
 
 async def read_from_each(nodes):
@@ -404,11 +430,16 @@ def check(args):
             on_node[name] = set()
             continue
         ok = {n for n, seq in acked_seq.items() if got.get(seq) == n}
-        missing = sorted(set(acked_seq) - ok)
+        missing = sorted(set(acked_seq) - ok, key=lambda n: acked_seq[n])
         if missing:
+            first = missing[0]
+            seq = acked_seq[first]
+            where = {m: s for s, m in got.items()}
             bad.append(
                 f"{name}: {len(missing)} acknowledged messages missing or not at their"
-                f" acknowledged seq, e.g. {[(n, acked_seq[n]) for n in missing[:5]]}"
+                f" acknowledged seq; the first: message {first} acknowledged at seq {seq},"
+                f" where {name} has message {got.get(seq)}; {name} has message {first}"
+                f" at seq {where.get(first)}"
             )
         say(f"{name}: read {len(got)} messages through a consumer hosted on {via}")
         on_node[name] = ok
@@ -488,6 +519,9 @@ def main():
     a = sub.add_parser("consume")
     a.add_argument("--nodes", required=True)
     a.add_argument("--dir", required=True)
+    a = sub.add_parser("leader")
+    a.add_argument("--nodes", required=True)
+    a.add_argument("--monitor-port", type=int, default=8222)
     a = sub.add_parser("check")
     a.add_argument("--nodes", required=True)
     a.add_argument("--monitor-port", type=int, default=8222)
@@ -497,6 +531,8 @@ def main():
         produce(args)
     elif args.cmd == "consume":
         asyncio.run(consume_async(args))
+    elif args.cmd == "leader":
+        sys.exit(leader(args))
     else:
         sys.exit(check(args))
 
