@@ -379,6 +379,7 @@ def check(args):
     failed_msgs = set()
     gave_up = set()
     bad = []
+    strict = collections.defaultdict(list)  # kind -> failed attempts
     for r in produced:
         n = r["n"]
         event_of.setdefault(n, r["event"])
@@ -392,15 +393,19 @@ def check(args):
             failures[event_of[n]][r["kind"]] += 1
             failed_msgs.add(n)
             if event_of[n] == STRICT_EVENT and r["kind"] != "503+retry-after":
-                bad.append(
-                    f"{STRICT_EVENT}: message {n} to {r['node']} failed with {r['kind']}"
-                    f" ({r.get('detail', '')[:120]})"
-                )
+                strict[r["kind"]].append(r)
+    for kind, rs in sorted(strict.items()):
+        r = rs[0]
+        bad.append(
+            f"{STRICT_EVENT}: {len(rs)} attempts failed with {kind}; the first: message"
+            f" {r['n']} to {r['node']} ({r.get('detail', '')[:120]})"
+        )
     max_seq = max(acked_seq.values(), default=0)
-    seqs = collections.Counter(acked_seq.values())
-    for seq, c in seqs.items():
-        if c > 1:
-            bad.append(f"seq {seq} acknowledged for {c} different messages")
+    shared = sorted(seq for seq, c in collections.Counter(acked_seq.values()).items() if c > 1)
+    if shared:
+        bad.append(
+            f"{len(shared)} seqs acknowledged for more than one message, e.g. {shared[:10]}"
+        )
 
     # The nodes' own stream states agree, and reach the last acked seq.
     deadline = time.monotonic() + 60
