@@ -205,13 +205,29 @@ async def consume_async(args):
     sub = None
     got = 0
     idle_since = time.monotonic()
+    last_look = 0.0
+    drained = False  # the consumer said nothing is pending, while idle
     stop_seen = None
     while True:
         now = time.monotonic()
         if os.path.exists(stop):
             stop_seen = stop_seen or now
-            if now - idle_since >= IDLE_S or now - stop_seen > DRAIN_MAX_S:
+            if drained or now - stop_seen > DRAIN_MAX_S:
                 break
+        # Nothing for a while: if the consumer says messages are waiting,
+        # the pull subscription lost its way (its node went away): bind
+        # again, as a long-running client would.
+        if sub is not None and now - idle_since >= IDLE_S and now - last_look >= IDLE_S:
+            last_look = now
+            try:
+                ci = await sub.consumer_info()
+                drained = not ci.num_pending and not ci.num_ack_pending
+                if not drained:
+                    say(f"idle with {ci.num_pending} pending, {ci.num_ack_pending} unacked: binding again")
+                    await sub.unsubscribe()
+                    sub = None
+            except Exception as e:  # noqa: BLE001
+                say(f"consumer info: {type(e).__name__}: {e}")
         try:
             if sub is None:
                 sub = await js.pull_subscribe(FILTER, durable=DURABLE, stream=STREAM, config=config)
@@ -247,6 +263,7 @@ async def consume_async(args):
                 say(f"ack: {type(e).__name__}: {e}")
         if msgs:
             idle_since = time.monotonic()
+            drained = False
     say(f"stopped: {got} messages received")
     await nc.close()
 
@@ -309,34 +326,46 @@ async def read_from_each(nodes):
             result[name] = (None, "no replica")
             continue
         reader = None
-        for _ in range(15):
-            info = await js.stream_info(STREAM)
-            leader = info.cluster.leader if info.cluster else None
-            if leader == name:
-                sub = await js.pull_subscribe(
-                    FILTER,
-                    stream=STREAM,
-                    config=ConsumerConfig(
-                        ack_policy=AckPolicy.NONE,
-                        deliver_policy=DeliverPolicy.ALL,
-                        mem_storage=True,
-                        num_replicas=1,
-                        inactive_threshold=30,
-                    ),
-                )
-                ci = await sub.consumer_info()
-                host = ci.cluster.leader if ci.cluster else None
-                if host == name:
-                    reader = sub
-                    break
-                await sub.unsubscribe()
+        tries = []
+        for attempt in range(30):
+            try:
+                info = await js.stream_info(STREAM)
+                leader = info.cluster.leader if info.cluster else None
+            except Exception:  # noqa: BLE001 - no leader right now
+                leader = None
+            host = None
             if leader is not None:
+                try:
+                    sub = await js.pull_subscribe(
+                        FILTER,
+                        stream=STREAM,
+                        config=ConsumerConfig(
+                            ack_policy=AckPolicy.NONE,
+                            deliver_policy=DeliverPolicy.ALL,
+                            mem_storage=True,
+                            num_replicas=1,
+                            inactive_threshold=30,
+                        ),
+                    )
+                    ci = await sub.consumer_info()
+                    host = ci.cluster.leader if ci.cluster else None
+                    if host == name:
+                        reader = sub
+                        break
+                    await sub.unsubscribe()
+                except Exception as e:  # noqa: BLE001 - a leader election, try again
+                    host = type(e).__name__
+            tries.append(f"{leader}/{host}")
+            # A reader lands where the stream leader is: move the leader
+            # on (to a random other replica) until it is this node.
+            if leader is not None and leader != name and attempt % 2 == 1:
                 try:
                     await nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{STREAM}", b"", timeout=5)
                 except Exception as e:  # noqa: BLE001
                     say(f"stepdown: {type(e).__name__}: {e}")
-            await asyncio.sleep(1.5)
+            await asyncio.sleep(1)
         if reader is None:
+            say(f"{name}: (stream leader/reader's host) seen: {' '.join(tries)}")
             result[name] = (None, "could not read from it")
             continue
         got = {}
