@@ -30,6 +30,50 @@ ensure_nats_server() {
   fi
 }
 
+# Debian 13 (trixie)'s nats-server, 2.10.x, for a second run of the
+# integration tests: downloaded with apt from the archive this machine's
+# own sources name (suite swapped for trixie; private lists and cache, the
+# machine's apt state is not touched) and unpacked into .venv, not
+# installed. Prints the binary's path.
+ensure_nats_server_trixie() {
+  local bin="$PWD/.venv/debian13/usr/sbin/nats-server"
+  if [ ! -x "$bin" ]; then
+    echo "fetching Debian 13's nats-server package (unpacked into .venv/debian13)" >&2
+    local uri tmp
+    uri=$(debian_archive_uri)
+    [ -n "$uri" ] || { echo "no Debian archive in this machine's apt sources" >&2; return 1; }
+    tmp=$(mktemp -d)
+    mkdir -p "$tmp/lists/partial" "$tmp/cache/archives/partial" "$tmp/sources"
+    echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $uri trixie main" >"$tmp/sources/trixie.list"
+    local opts=(-o "Dir::Etc::SourceList=$tmp/sources/trixie.list" -o Dir::Etc::SourceParts=/dev/null
+      -o "Dir::State::Lists=$tmp/lists" -o "Dir::Cache=$tmp/cache" -o APT::Sandbox::User=root)
+    apt-get "${opts[@]}" update -qq >&2 &&
+      (cd "$tmp" && apt-get "${opts[@]}" download -qq nats-server >&2) &&
+      mkdir -p .venv/debian13 &&
+      dpkg-deb -x "$tmp"/nats-server_*.deb .venv/debian13
+    local rc=$?
+    rm -rf "$tmp"
+    [ $rc -eq 0 ] || { echo "cannot fetch Debian 13's nats-server" >&2; return 1; }
+  fi
+  echo "$bin"
+}
+
+# The Debian archive's URI in this machine's apt sources (deb822 or
+# one-line format), the one that serves the release itself (not security).
+debian_archive_uri() {
+  local f
+  for f in /etc/apt/sources.list.d/*.sources; do
+    [ -f "$f" ] || continue
+    awk 'BEGIN { RS = ""; FS = "\n" }
+      /\nSuites:[^\n]*bookworm/ && !/-security/ {
+        for (i = 1; i <= NF; i++) if ($i ~ /^URIs:/) { split($i, u, " "); print u[2]; exit }
+      }' "$f"
+  done | head -n1 | grep . && return 0
+  cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null |
+    awk '$1 == "deb" && $0 !~ /security/ { for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) { print $i; exit } }' |
+    head -n1
+}
+
 # wrk, the benchmark's HTTP load generator (it falls back to a hyper client
 # in its own process without it, which takes more of a 2-core machine).
 ensure_wrk() {

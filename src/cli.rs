@@ -1,5 +1,6 @@
 //! Command line: `marketprism-broker [run] [--config FILE] [--log OUTPUT]`,
-//! `check-config`, `render-nats-config`, `reload`, `--version`, `--help`.
+//! `check-config`, `render-nats-config`, `reload`, `wait-ready`, `--version`,
+//! `--help`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -13,6 +14,8 @@ pub enum Command {
     RenderNatsConfig,
     /// SIGHUP a running daemon and wait for its verdict.
     Reload,
+    /// Wait until the running daemon's node is healthy and current.
+    WaitReady,
     Version,
     Help,
 }
@@ -24,15 +27,17 @@ pub struct Cli {
     pub log: Output,
     /// `reload`: the daemon's pid (default: from its pid file).
     pub pid: Option<u32>,
-    /// `reload`: how long to wait for the verdict.
-    pub timeout: Duration,
+    /// `reload`: how long to wait for the verdict; `wait-ready`: for the
+    /// node to be current. None: the command's default.
+    pub timeout: Option<Duration>,
 }
 
 pub const USAGE: &str = "\
 usage: marketprism-broker [run] [--config FILE] [--log auto|journald|stderr]
        marketprism-broker check-config [--config FILE]
        marketprism-broker render-nats-config [--config FILE]
-       marketprism-broker reload [--pid PID] [--timeout SECONDS] [--config FILE]
+       marketprism-broker reload [--pid PID] [--timeout DURATION] [--config FILE]
+       marketprism-broker wait-ready [--timeout DURATION] [--config FILE]
        marketprism-broker --version
 
 Runs nats-server with JetStream as a supervised service with an HTTP API.
@@ -42,17 +47,22 @@ Runs nats-server with JetStream as a supervised service with an HTTP API.
   render-nats-config   print the generated nats-server.conf (passwords masked)
   reload               send SIGHUP to the running daemon and wait until it has applied
                        (exit 0) or refused (exit 1) the config; systemd's ExecReload
+  wait-ready           wait until the running daemon is healthy and every stream and consumer
+                       is current on this node (exit 0); 75 on timeout, 69 when no daemon
+                       runs. Run it before touching the next node of a cluster
   -c, --config FILE    config file (.yaml, .yml or .toml); default: $MARKETPRISM_BROKER_CONFIG,
                        else /etc/marketprism-broker/broker.yaml, else built-in defaults
   --log OUTPUT         auto (journald when stderr is the journal, the default), journald, stderr
   --pid PID            the daemon to reload (default: from marketprism-broker.pid)
-  --timeout SECONDS    how long `reload` waits (default 90)
+  --timeout DURATION   how long `reload` waits (default 90s) or `wait-ready` waits
+                       (default 10m); e.g. 30, 90s, 5m
   -V, --version        print the version
   -h, --help           print this help
 
 Signals: SIGTERM/SIGINT stop (exit 0), SIGHUP reloads the config.
-Exit codes: 0 ok, 1 reload refused, 64 usage, 69 nats-server unavailable or port taken,
-70 internal error, 73 state directory not writable, 78 invalid config.";
+Exit codes: 0 ok, 1 reload refused, 64 usage, 69 nats-server unavailable or port taken
+(wait-ready: no daemon running), 70 internal error, 73 state directory not writable,
+75 wait-ready timed out, 78 invalid config.";
 
 pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Cli, String> {
     let mut cli = Cli {
@@ -60,7 +70,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Cli, String> {
         config: None,
         log: Output::Auto,
         pid: None,
-        timeout: Duration::from_secs(90),
+        timeout: None,
     };
     let mut command = None;
     let mut it = args.into_iter();
@@ -99,16 +109,20 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Cli, String> {
             }
             "--timeout" => {
                 let v = value(&flag)?;
-                let secs: u64 = v
-                    .parse()
-                    .map_err(|_| format!("--timeout {v:?} is not a number of seconds"))?;
-                cli.timeout = Duration::from_secs(secs);
+                let d = crate::config::Dur::parse(&v).map_err(|e| format!("--timeout: {e}"))?;
+                if d.get().is_zero() {
+                    return Err(format!("--timeout {v:?}: must be longer than zero"));
+                }
+                cli.timeout = Some(d.get());
             }
-            "run" | "check-config" | "render-nats-config" | "reload" if command.is_none() => {
+            "run" | "check-config" | "render-nats-config" | "reload" | "wait-ready"
+                if command.is_none() =>
+            {
                 command = Some(match flag.as_str() {
                     "run" => Command::Run,
                     "check-config" => Command::CheckConfig,
                     "reload" => Command::Reload,
+                    "wait-ready" => Command::WaitReady,
                     _ => Command::RenderNatsConfig,
                 })
             }
@@ -153,8 +167,18 @@ mod tests {
         let c = p(&["reload", "--pid", "42", "--timeout=5"]).unwrap();
         assert_eq!(
             (c.command, c.pid, c.timeout),
-            (Command::Reload, Some(42), Duration::from_secs(5))
+            (Command::Reload, Some(42), Some(Duration::from_secs(5)))
         );
+        let c = p(&["wait-ready", "--timeout", "1m30s", "-c", "b.yaml"]).unwrap();
+        assert_eq!(
+            (c.command, c.timeout, c.config),
+            (
+                Command::WaitReady,
+                Some(Duration::from_secs(90)),
+                Some("b.yaml".into())
+            )
+        );
+        assert_eq!(p(&["wait-ready"]).unwrap().timeout, None);
     }
 
     #[test]
@@ -172,5 +196,11 @@ mod tests {
         assert!(p(&["reload", "--pid", "me"])
             .unwrap_err()
             .contains("not a process id"));
+        assert!(p(&["wait-ready", "--timeout", "soon"])
+            .unwrap_err()
+            .contains("invalid duration \"soon\""));
+        assert!(p(&["wait-ready", "--timeout=0s"])
+            .unwrap_err()
+            .contains("longer than zero"));
     }
 }

@@ -12,6 +12,8 @@
 //!   2.9 lists `replicas` (the other peers) on the meta leader only, 2.10+
 //!   on every node.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 use serde_json::Value;
 
@@ -65,6 +67,9 @@ pub struct StreamGroup {
     pub replicas: Vec<Peer>,
     /// Replicas configured (num_replicas).
     pub configured_replicas: usize,
+    /// The stream's last sequence as the stream info (from its leader)
+    /// reports it.
+    pub last_seq: u64,
 }
 
 /// Remote servers this node has routes to, once each, sorted by name.
@@ -134,9 +139,11 @@ pub fn meta_from_jsz(jsz: &Value) -> Option<Meta> {
 pub fn stream_group(
     name: &str,
     configured_replicas: usize,
+    last_seq: u64,
     cluster: Option<&async_nats::jetstream::stream::ClusterInfo>,
 ) -> StreamGroup {
     StreamGroup {
+        last_seq,
         name: name.to_string(),
         leader: cluster
             .and_then(|c| c.leader.clone())
@@ -191,6 +198,206 @@ pub fn stream_problems(groups: &[StreamGroup]) -> Vec<String> {
             )
         })
         .collect()
+}
+
+/// What this node's nats-server says of itself on its full /healthz
+/// (`details=true`, which 2.10+ honour and 2.9 ignores): whether every
+/// JetStream asset it serves is current here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LocalHealth {
+    Ok,
+    /// Its error sentences: 2.10+ list all of them (`errors`), 2.9 only
+    /// the first (`error`).
+    Errors(Vec<String>),
+}
+
+/// nats-server's /healthz answer as [`LocalHealth`].
+pub fn local_health(status: u16, body: &Value) -> LocalHealth {
+    let mut errors: Vec<String> = body["errors"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["error"].as_str().map(String::from))
+        .collect();
+    if let Some(e) = body["error"].as_str().filter(|e| !e.is_empty()) {
+        errors.push(e.to_string());
+    }
+    if status == 200 && errors.is_empty() {
+        LocalHealth::Ok
+    } else {
+        if errors.is_empty() {
+            errors.push(format!("/healthz answered {status}"));
+        }
+        LocalHealth::Errors(errors)
+    }
+}
+
+/// Last sequence of each stream replica this node holds, from its own
+/// monitor's `/jsz?streams=true`.
+pub fn local_last_seqs(jsz: &Value) -> BTreeMap<String, u64> {
+    jsz["account_details"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|a| a["stream_detail"].as_array().into_iter().flatten())
+        .filter_map(|s| {
+            Some((
+                s["name"].as_str()?.to_string(),
+                s["state"]["last_seq"].as_u64()?,
+            ))
+        })
+        .collect()
+}
+
+/// One JetStream asset that is not current on this node yet: the meta
+/// group (`stream` None), a stream's replica, or a consumer's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Lagging {
+    pub stream: Option<String>,
+    pub consumer: Option<String>,
+    /// Entries behind the stream leader, as the leader reports this
+    /// node's replica; None when not known (consumers, the meta group, a
+    /// replica the leader does not list).
+    pub lag: Option<u64>,
+    /// A sentence for people: what, and how far behind where known.
+    pub description: String,
+}
+
+/// What this node's catching up amounts to: what is not current yet,
+/// and what nats-server reports that is not catching up at all.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CatchUp {
+    pub lagging: Vec<Lagging>,
+    /// nats-server's other complaints (a stream that could not be
+    /// recovered, ...): broken, not catching up.
+    pub other: Vec<String>,
+}
+
+/// One of nats-server's /healthz sentences, read: the meta group, a
+/// stream or a consumer that is not current (with nats-server's reason),
+/// or None for anything else.
+fn not_current(e: &str) -> Option<(Option<String>, Option<String>, Option<String>)> {
+    if e.contains("not current with the meta leader") || e.contains("still recovering meta layer") {
+        return Some((None, None, None));
+    }
+    // "JetStream stream 'ACC > NAME' is not current[: why]" and
+    // "JetStream consumer 'ACC > STREAM > NAME' is not current[: why]".
+    let (kind, rest) = e.strip_prefix("JetStream ")?.split_once(" '")?;
+    let (path, tail) = rest.split_once('\'')?;
+    let why = tail
+        .strip_prefix(" is not current")?
+        .strip_prefix(": ")
+        .map(String::from);
+    let parts: Vec<&str> = path.split(" > ").collect();
+    match (kind, parts.as_slice()) {
+        ("stream", [_, stream]) => Some((Some(stream.to_string()), None, why)),
+        ("consumer", [_, stream, consumer]) => {
+            Some((Some(stream.to_string()), Some(consumer.to_string()), why))
+        }
+        _ => None,
+    }
+}
+
+/// The decision: from this node's own /healthz and the leaders' view of
+/// the streams' groups (`groups`, found by this node's name `me`), what is
+/// catching up here and how far behind.
+///
+/// Not current when either says so: nats-server's /healthz (it asks the
+/// RAFT node and whether a snapshot is being applied) or the stream
+/// leader (our replica has not acknowledged what the leader applied; its
+/// `lag` says how far behind). A stream without a leader is not catching
+/// up but broken ([`stream_problems`] names it), so it is left out; the
+/// meta group without a leader likewise ([`meta_problem`]).
+pub fn catch_up(
+    health: &LocalHealth,
+    groups: &[StreamGroup],
+    me: Option<&str>,
+    local: Option<&BTreeMap<String, u64>>,
+) -> CatchUp {
+    let errors: &[String] = match health {
+        LocalHealth::Ok => &[],
+        LocalHealth::Errors(e) => e,
+    };
+    let leaderless = |s: &str| groups.iter().any(|g| g.name == s && g.leader.is_none());
+    let mine = |s: &str| -> Option<&Peer> {
+        let g = groups.iter().find(|g| g.name == s)?;
+        g.replicas.iter().find(|p| Some(p.name.as_str()) == me)
+    };
+    let mut out = CatchUp::default();
+    for e in errors {
+        if e.contains("not established contact with a meta leader") {
+            continue; // no meta leader: meta_problem's
+        }
+        let Some((stream, consumer, why)) = not_current(e) else {
+            out.other.push(e.clone());
+            continue;
+        };
+        if stream.as_deref().is_some_and(leaderless) {
+            continue;
+        }
+        let lag = match (&stream, &consumer) {
+            (Some(s), None) => mine(s).map(|p| p.lag),
+            _ => None,
+        };
+        out.lagging.push(lagging(stream, consumer, lag, why));
+    }
+    // The leaders' word too: nats-server 2.9 names only the first asset
+    // that is not current, and its /healthz says "current" while the
+    // replica still misses the tail of a catch-up (seen: 88 of 10000
+    // messages) because this node does not know yet what the leader has
+    // committed. The leader does: `current` is false until our replica
+    // has acknowledged what the leader applied. A replica that is
+    // current with a small lag is normal under load and not listed.
+    for g in groups.iter().filter(|g| g.leader.is_some()) {
+        let listed = out
+            .lagging
+            .iter()
+            .any(|l| l.stream.as_deref() == Some(g.name.as_str()) && l.consumer.is_none());
+        let Some(p) = mine(&g.name).filter(|_| !listed) else {
+            continue;
+        };
+        // Both of them say "current, lag 0" for a moment while the
+        // replica here still applies the tail (nats-server 2.9.10: 18 of
+        // 10000 messages missing for 600 ms): the replica's own last
+        // sequence, read after the leader's, tells.
+        let missing = local.map(|l| {
+            g.last_seq
+                .saturating_sub(l.get(&g.name).copied().unwrap_or(0))
+        });
+        if !p.current || p.offline {
+            out.lagging
+                .push(lagging(Some(g.name.clone()), None, Some(p.lag), None));
+        } else if let Some(n) = missing.filter(|n| *n > 0) {
+            let mut l = lagging(Some(g.name.clone()), None, None, None);
+            l.description = format!("stream {}: {n} messages behind the leader", g.name);
+            out.lagging.push(l);
+        }
+    }
+    out
+}
+
+fn lagging(
+    stream: Option<String>,
+    consumer: Option<String>,
+    lag: Option<u64>,
+    why: Option<String>,
+) -> Lagging {
+    let what = match (&stream, &consumer) {
+        (Some(s), Some(c)) => format!("consumer {c} of stream {s}"),
+        (Some(s), None) => format!("stream {s}"),
+        _ => "the JetStream meta group".to_string(),
+    };
+    let how = match (lag, why) {
+        (Some(n), _) if n > 0 => format!("{n} entries behind the leader"),
+        (_, Some(why)) => format!("not current yet ({why})"),
+        _ => "not current yet".to_string(),
+    };
+    Lagging {
+        stream,
+        consumer,
+        lag,
+        description: format!("{what}: {how}"),
+    }
 }
 
 /// The status' `cluster` object from what nats-server reported: /routez
@@ -313,13 +520,14 @@ mod tests {
             }],
             ..Default::default()
         };
-        let led = stream_group("CLUSTERED", 3, Some(&info));
+        let led = stream_group("CLUSTERED", 3, 0, Some(&info));
         assert_eq!(led.leader.as_deref(), Some("n1"));
         assert_eq!(led.replicas[0].active_ms, 1500);
         assert_eq!(led.replicas[0].lag, 12);
         let leaderless = stream_group(
             "ORPHAN",
             3,
+            0,
             Some(&ClusterInfo {
                 leader: None,
                 ..Default::default()
@@ -339,6 +547,7 @@ mod tests {
             leader: Some("n1".into()),
             replicas: vec![],
             configured_replicas: 3,
+            last_seq: 0,
         };
         let v = status(
             None,
@@ -374,5 +583,164 @@ mod tests {
         // Without JetStream, no meta group is expected.
         let v = status(Some("mp"), Some("n1"), Some(&routez), None, false, &[]);
         assert_eq!(v["problems"], json!([]));
+    }
+
+    fn group(name: &str, leader: Option<&str>, me: Option<(bool, u64)>) -> StreamGroup {
+        StreamGroup {
+            name: name.into(),
+            leader: leader.map(String::from),
+            replicas: me
+                .map(|(current, lag)| Peer {
+                    name: "n3".into(),
+                    current,
+                    active_ms: 0,
+                    lag,
+                    offline: false,
+                })
+                .into_iter()
+                .collect(),
+            configured_replicas: 3,
+            last_seq: 100,
+        }
+    }
+
+    #[test]
+    fn healthz_answers_of_2_9_and_2_10_are_read_alike() {
+        assert_eq!(local_health(200, &json!({"status": "ok"})), LocalHealth::Ok);
+        // 2.9.10: the first error only.
+        let v =
+            json!({"status": "unavailable", "error": "JetStream stream '$G > MD' is not current"});
+        assert_eq!(
+            local_health(503, &v),
+            LocalHealth::Errors(vec!["JetStream stream '$G > MD' is not current".into()])
+        );
+        // 2.10+ with details=true: every error.
+        let v = json!({"status": "error", "status_code": 503, "errors": [
+            {"type": "STREAM", "stream": "MD", "error": "JetStream stream '$G > MD' is not current: stream catching up"},
+            {"type": "CONSUMER", "error": "JetStream consumer '$G > MD > c1' is not current: consumer not current"}]});
+        let LocalHealth::Errors(e) = local_health(503, &v) else {
+            panic!()
+        };
+        assert_eq!(e.len(), 2);
+        // A 503 without a word is still not Ok.
+        assert_eq!(
+            local_health(503, &json!({})),
+            LocalHealth::Errors(vec!["/healthz answered 503".into()])
+        );
+    }
+
+    #[test]
+    fn a_lagging_replica_is_catching_up_with_its_lag_a_leaderless_one_is_not() {
+        let health = LocalHealth::Errors(vec![
+            "JetStream stream '$G > MD' is not current: stream catching up".into(),
+            "JetStream consumer '$G > MD > c1' is not current: consumer not current".into(),
+            "JetStream stream '$G > ORPHAN' is not current: group node unhealthy".into(),
+        ]);
+        let groups = [
+            group("MD", Some("n1"), Some((false, 52000))),
+            group("ORPHAN", None, None),
+        ];
+        let c = catch_up(&health, &groups, Some("n3"), None);
+        assert_eq!(c.other, Vec::<String>::new());
+        assert_eq!(c.lagging.len(), 2, "{c:?}");
+        assert_eq!(c.lagging[0].stream.as_deref(), Some("MD"));
+        assert_eq!(c.lagging[0].lag, Some(52000));
+        assert_eq!(
+            c.lagging[0].description,
+            "stream MD: 52000 entries behind the leader"
+        );
+        assert_eq!(c.lagging[1].consumer.as_deref(), Some("c1"));
+        assert_eq!(
+            c.lagging[1].description,
+            "consumer c1 of stream MD: not current yet (consumer not current)"
+        );
+        // nats-server says current, but the leader still misses our
+        // acknowledgement: catching up all the same.
+        let c = catch_up(&LocalHealth::Ok, &groups, Some("n3"), None);
+        assert_eq!(c.lagging.len(), 1, "{c:?}");
+        assert_eq!(c.lagging[0].lag, Some(52000));
+        // Current on both sides, a few entries in flight (load): nothing.
+        let groups = [group("MD", Some("n1"), Some((true, 3)))];
+        assert_eq!(
+            catch_up(&LocalHealth::Ok, &groups, Some("n3"), None),
+            CatchUp::default()
+        );
+    }
+
+    #[test]
+    fn a_replica_that_everyone_calls_current_but_misses_messages_is_catching_up() {
+        let groups = [group("MD", Some("n1"), Some((true, 0)))];
+        let mut local = BTreeMap::from([("MD".to_string(), 82u64)]);
+        let c = catch_up(&LocalHealth::Ok, &groups, Some("n3"), Some(&local));
+        assert_eq!(c.lagging.len(), 1, "{c:?}");
+        assert_eq!(
+            c.lagging[0].description,
+            "stream MD: 18 messages behind the leader"
+        );
+        local.insert("MD".into(), 100);
+        assert_eq!(
+            catch_up(&LocalHealth::Ok, &groups, Some("n3"), Some(&local)),
+            CatchUp::default()
+        );
+        // Ahead of the leader's figure (read before ours, under load): fine.
+        local.insert("MD".into(), 130);
+        assert!(
+            catch_up(&LocalHealth::Ok, &groups, Some("n3"), Some(&local))
+                .lagging
+                .is_empty()
+        );
+        // The stream not there at all yet: all of it is missing.
+        let c = catch_up(
+            &LocalHealth::Ok,
+            &groups,
+            Some("n3"),
+            Some(&BTreeMap::new()),
+        );
+        assert_eq!(
+            c.lagging[0].description,
+            "stream MD: 100 messages behind the leader"
+        );
+    }
+
+    #[test]
+    fn nats_server_2_9_names_one_stream_the_leaders_name_the_others() {
+        let health = LocalHealth::Errors(vec!["JetStream stream '$G > A' is not current".into()]);
+        let groups = [
+            group("A", Some("n1"), Some((false, 10))),
+            group("B", Some("n2"), Some((false, 7))),
+            group("C", Some("n2"), Some((true, 0))),
+        ];
+        let c = catch_up(&health, &groups, Some("n3"), None);
+        let names: Vec<_> = c
+            .lagging
+            .iter()
+            .map(|l| (l.stream.clone().unwrap(), l.lag))
+            .collect();
+        assert_eq!(names, vec![("A".into(), Some(10)), ("B".into(), Some(7))]);
+        // This node leads A: the leader lists no entry for itself.
+        let c = catch_up(&health, &groups, Some("n1"), None);
+        assert_eq!(c.lagging[0].lag, None);
+        assert_eq!(c.lagging[0].description, "stream A: not current yet");
+    }
+
+    #[test]
+    fn the_meta_group_catching_up_and_other_complaints_are_told_apart() {
+        let health =
+            LocalHealth::Errors(vec!["JetStream is not current with the meta leader".into()]);
+        let c = catch_up(&health, &[], None, None);
+        assert_eq!(
+            c.lagging[0].description,
+            "the JetStream meta group: not current yet"
+        );
+        let health = LocalHealth::Errors(vec![
+            "JetStream has not established contact with a meta leader".into(),
+            "JetStream stream '$G > X' could not be recovered".into(),
+        ]);
+        let c = catch_up(&health, &[], None, None);
+        assert!(c.lagging.is_empty());
+        assert_eq!(
+            c.other,
+            vec!["JetStream stream '$G > X' could not be recovered".to_string()]
+        );
     }
 }

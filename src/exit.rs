@@ -10,5 +10,8 @@ pub const UNAVAILABLE: i32 = 69;
 pub const SOFTWARE: i32 = 70;
 /// The state directory or a state file cannot be created.
 pub const CANTCREAT: i32 = 73;
+/// Try again later: `wait-ready` timed out while the node was still
+/// catching up (or unhealthy).
+pub const TEMPFAIL: i32 = 75;
 /// The configuration is invalid.
 pub const CONFIG: i32 = 78;

@@ -8,7 +8,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::cluster::StreamGroup;
+use crate::cluster::{Lagging, LocalHealth, StreamGroup};
 use crate::durability::{FailureKind, SyncError, FAILURE_SHOWN_FOR};
 use crate::jetstream::Failure;
 use crate::supervisor::Phase;
@@ -53,6 +53,15 @@ pub struct Facts {
     /// The declared streams' RAFT groups, or why they could not be read;
     /// None when not asked (not clustered, a meta problem, not connected).
     pub stream_groups: Option<Result<Vec<StreamGroup>, String>>,
+    /// This node's nats-server on its own full /healthz: whether every
+    /// JetStream asset it serves is current here, or why it did not say;
+    /// None when not asked (not clustered JetStream).
+    pub local_health: Option<Result<LocalHealth, String>>,
+    /// This node's server_name: which replica in a stream group is ours.
+    pub server_name: Option<String>,
+    /// Last sequence of each stream replica this node holds, read after
+    /// `stream_groups` (None: not asked or not answered).
+    pub local_last_seqs: Option<std::collections::BTreeMap<String, u64>>,
 }
 
 /// The nats-server child as the supervisor reports it.
@@ -144,6 +153,11 @@ pub enum Problem {
     /// A declared stream without a leader.
     StreamGroup(String),
     ClusterUnreadable(String),
+    /// nats-server's own /healthz complains of something other than
+    /// catching up (a stream it could not recover, ...).
+    NatsServerReports(String),
+    /// nats-server's own /healthz did not answer.
+    NatsServerHealthUnknown(String),
 }
 
 impl fmt::Display for Problem {
@@ -210,6 +224,10 @@ impl fmt::Display for Problem {
             ),
             Problem::ClusterUnreadable(e) => {
                 write!(f, "cannot read the streams' cluster state: {e}")
+            }
+            Problem::NatsServerReports(e) => write!(f, "nats-server reports: {e}"),
+            Problem::NatsServerHealthUnknown(e) => {
+                write!(f, "nats-server's /healthz does not tell whether this node is current: {e}")
             }
         }
     }
@@ -284,7 +302,81 @@ pub fn problems(f: &Facts) -> Vec<Problem> {
             Err(e) => out.push(Problem::ClusterUnreadable(e.clone())),
         }
     }
+    match &f.local_health {
+        Some(Err(e)) => out.push(Problem::NatsServerHealthUnknown(e.clone())),
+        Some(Ok(_)) => out.extend(
+            catch_up(f)
+                .other
+                .into_iter()
+                .map(Problem::NatsServerReports),
+        ),
+        None => {}
+    }
     out
+}
+
+fn catch_up(f: &Facts) -> crate::cluster::CatchUp {
+    let Some(Ok(health)) = &f.local_health else {
+        return crate::cluster::CatchUp::default();
+    };
+    let groups = match &f.stream_groups {
+        Some(Ok(g)) => g.as_slice(),
+        _ => &[],
+    };
+    crate::cluster::catch_up(
+        health,
+        groups,
+        f.server_name.as_deref(),
+        f.local_last_seqs.as_ref(),
+    )
+}
+
+/// What is not current on this node yet (a clustered node's streams,
+/// consumers, meta group), with how far behind where known. Catching up is
+/// not a failure: nothing restarts for it, but /health says 503 so load
+/// balancers and `wait-ready` wait.
+pub fn catching_up(f: &Facts) -> Vec<Lagging> {
+    catch_up(f).lagging
+}
+
+/// /health's verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Nothing wrong, everything current: 200.
+    Healthy,
+    /// Nothing wrong, but something is still catching up: 503, so load
+    /// balancers keep away and `wait-ready` waits.
+    CatchingUp,
+    /// Something is wrong (whatever else is catching up): 503.
+    Unhealthy,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Healthy => "healthy",
+            Verdict::CatchingUp => "catching_up",
+            Verdict::Unhealthy => "unhealthy",
+        }
+    }
+
+    pub fn code(self) -> u16 {
+        match self {
+            Verdict::Healthy => 200,
+            _ => 503,
+        }
+    }
+}
+
+/// Broken beats catching up beats healthy.
+pub fn verdict(problems: &[Problem], lagging: &[Lagging]) -> Verdict {
+    if !problems.is_empty() {
+        Verdict::Unhealthy
+    } else if !lagging.is_empty() {
+        Verdict::CatchingUp
+    } else {
+        Verdict::Healthy
+    }
 }
 
 fn reconciliation_problems(r: &Reconciliation) -> Vec<Problem> {
@@ -349,8 +441,8 @@ pub fn nats_server(f: &Facts) -> &'static str {
 }
 
 /// systemd's STATUS= line: nats-server's state and the streams (with the
-/// connection count when known), then the note (a failed reload) and the
-/// cluster's meta problem, each after "; ".
+/// connection count when known), then the note (a failed reload), the
+/// cluster's meta problem and what is catching up, each after "; ".
 pub fn status_line(f: &Facts) -> String {
     let streams = f.streams;
     let conns = f
@@ -368,6 +460,7 @@ pub fn status_line(f: &Facts) -> String {
                 }
                 _ => "restarting nats-server".into(),
             },
+            (Phase::Draining, _) => crate::supervisor::DRAINING.into(),
             (Phase::Failed, _) => format!(
                 "gave up on nats-server: {}",
                 f.child.last_failure.as_deref().unwrap_or_default()
@@ -386,9 +479,16 @@ pub fn status_line(f: &Facts) -> String {
         Some(note) => format!("{base}; {note}"),
         None => base,
     };
-    match &f.meta_problem {
+    let line = match &f.meta_problem {
         Some(p) => format!("{line}; {p}"),
         None => line,
+    };
+    let lagging = catching_up(f);
+    if lagging.is_empty() {
+        line
+    } else {
+        let what: Vec<&str> = lagging.iter().map(|l| l.description.as_str()).collect();
+        format!("{line}; catching up: {}", what.join(", "))
     }
 }
 
@@ -430,6 +530,22 @@ mod tests {
             path: "/var/lib/mpb/jetstream/x".into(),
             error: "No space left on device (os error 28)".into(),
         }
+    }
+
+    #[test]
+    fn draining_says_so_in_the_status_line_and_is_unhealthy() {
+        let mut f = Facts {
+            supervised: true,
+            ..Facts::default()
+        };
+        f.child.phase = Phase::Draining;
+        f.child.pid = Some(7);
+        assert_eq!(
+            status_line(&f),
+            "draining: nats-server in lame-duck mode, clients moving to other nodes"
+        );
+        assert_eq!(nats_server(&f), "draining");
+        assert_eq!(texts(&f)[0], "nats-server is draining");
     }
 
     #[test]
@@ -582,6 +698,7 @@ mod tests {
             leader: None,
             replicas: Vec::new(),
             configured_replicas: 3,
+            last_seq: 0,
         };
         let mut f = fine();
         f.stream_groups = Some(Ok(vec![leaderless]));
@@ -671,6 +788,59 @@ mod tests {
         assert_eq!(
             status_line(&f),
             "nats-server pid 42 healthy, 2 streams; reload failed: bad config; JetStream has no meta leader"
+        );
+    }
+
+    #[test]
+    fn a_clustered_node_catching_up_is_503_catching_up_not_a_problem() {
+        use crate::cluster::Peer;
+        let mut f = fine();
+        f.server_name = Some("n3".into());
+        f.stream_groups = Some(Ok(vec![StreamGroup {
+            name: "MD".into(),
+            leader: Some("n1".into()),
+            replicas: vec![Peer {
+                name: "n3".into(),
+                current: false,
+                active_ms: 5,
+                lag: 4096,
+                offline: false,
+            }],
+            configured_replicas: 3,
+            last_seq: 0,
+        }]));
+        f.local_health = Some(Ok(LocalHealth::Errors(vec![
+            "JetStream stream '$G > MD' is not current: stream catching up".into(),
+        ])));
+        let p = problems(&f);
+        assert!(p.is_empty(), "{p:?}");
+        let lagging = catching_up(&f);
+        assert_eq!(verdict(&p, &lagging), Verdict::CatchingUp);
+        assert_eq!(verdict(&p, &lagging).code(), 503);
+        assert_eq!(
+            status_line(&f),
+            "nats-server pid 42 healthy, 2 streams; catching up: stream MD: 4096 entries behind the leader"
+        );
+        // Current again, on nats-server's and the leader's word: healthy,
+        // and the line says nothing more.
+        f.local_health = Some(Ok(LocalHealth::Ok));
+        if let Some(Ok(g)) = &mut f.stream_groups {
+            g[0].replicas[0].current = true;
+            g[0].replicas[0].lag = 0;
+        }
+        assert_eq!(verdict(&problems(&f), &catching_up(&f)), Verdict::Healthy);
+        assert_eq!(status_line(&f), "nats-server pid 42 healthy, 2 streams");
+        // Broken beats catching up; a silent /healthz is a problem.
+        f.local_health = Some(Err("no answer within 2s".into()));
+        let p = problems(&f);
+        assert_eq!(verdict(&p, &catching_up(&f)), Verdict::Unhealthy);
+        assert!(texts(&f)[0].contains("does not tell whether this node is current"));
+        f.local_health = Some(Ok(LocalHealth::Errors(vec![
+            "JetStream stream '$G > MD' could not be recovered".into(),
+        ])));
+        assert_eq!(
+            texts(&f),
+            ["nats-server reports: JetStream stream '$G > MD' could not be recovered"]
         );
     }
 }

@@ -26,7 +26,8 @@ fn real_main() -> i32 {
         _ => {}
     }
     if args.command == cli::Command::Reload {
-        return commands::reload_command(args.pid, args.config.as_deref(), args.timeout);
+        let timeout = args.timeout.unwrap_or(Duration::from_secs(90));
+        return commands::reload_command(args.pid, args.config.as_deref(), timeout);
     }
     let loaded = match config::load(args.config.as_deref()) {
         Ok(l) => l,
@@ -37,6 +38,10 @@ fn real_main() -> i32 {
     };
     match args.command {
         cli::Command::CheckConfig => commands::check_config(&loaded),
+        cli::Command::WaitReady => {
+            let timeout = args.timeout.unwrap_or(commands::WAIT_READY_TIMEOUT);
+            commands::wait_ready(&loaded, timeout)
+        }
         cli::Command::RenderNatsConfig => {
             print!("{}", commands::render(&loaded, true));
             exit::OK

@@ -261,6 +261,19 @@ pub fn render(c: &Config, opts: &RenderOptions) -> String {
             tls_block(w, "  ", tls);
         }
         let _ = writeln!(w, "}}");
+        // Only a clustered node is stopped in lame-duck mode (its clients
+        // have somewhere to go; see supervisor::policy), so only it needs
+        // the timings; nats-server's defaults (10 s / 2 min) never apply.
+        let _ = writeln!(
+            w,
+            "lame_duck_grace_period: {}",
+            q(&n.lame_duck_grace_period.to_go())
+        );
+        let _ = writeln!(
+            w,
+            "lame_duck_duration: {}",
+            q(&n.lame_duck_duration.to_go())
+        );
     }
 
     if let Some(tls) = &n.tls {
@@ -401,7 +414,25 @@ nats:
     #[test]
     fn no_cluster_block_without_routes() {
         let c = cfg("nats:\n  cluster_port: 6222\n  cluster_name: x\n");
-        assert!(!render(&c, &opts()).contains("cluster {"));
+        let text = render(&c, &opts());
+        assert!(!text.contains("cluster {"));
+        assert!(!text.contains("lame_duck"), "{text}");
+    }
+
+    #[test]
+    fn a_clustered_node_gets_the_lame_duck_timings() {
+        let c = cfg("nats:\n  cluster_routes: [\"nats-route://node2:6222\"]\n");
+        let text = render(&c, &opts());
+        assert!(
+            text.contains("}\nlame_duck_grace_period: \"10s\"\nlame_duck_duration: \"30s\"\n"),
+            "{text}"
+        );
+        let c = cfg("nats:\n  cluster_routes: [\"nats-route://node2:6222\"]\n  lame_duck_grace_period: 1500ms\n  lame_duck_duration: 2m\n");
+        let text = render(&c, &opts());
+        assert!(
+            text.contains("lame_duck_grace_period: \"1500ms\"\nlame_duck_duration: \"2m\"\n"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -336,6 +336,27 @@ pub fn plan(old: &Config, new: &Config) -> ReloadPlan {
             &n.cluster_routes,
             if layout { Restart } else { Signal },
         );
+        // Rendered only for a clustered node; nats-server cannot reload
+        // them (its diffOptions refuses unknown fields, which would fail
+        // the whole SIGHUP), so a new value needs a restart, which drains
+        // with the timings the running server was started with.
+        let lame_duck = if new.cluster_enabled() {
+            Restart
+        } else {
+            Nothing
+        };
+        d.shown(
+            "nats.lame_duck_grace_period",
+            &o.lame_duck_grace_period,
+            &n.lame_duck_grace_period,
+            lame_duck,
+        );
+        d.shown(
+            "nats.lame_duck_duration",
+            &o.lame_duck_duration,
+            &n.lame_duck_duration,
+            lame_duck,
+        );
         users(&mut d, &o.users, &n.users);
         if o.internal_password_file != n.internal_password_file {
             d.plan
@@ -527,6 +548,24 @@ mod tests {
             r.changes,
             ["nats.nats_port: 4222 -> 4223 (restarts nats-server)"]
         );
+    }
+
+    #[test]
+    fn lame_duck_timings_restart_a_clustered_node_only() {
+        let routes = "cluster_routes: [\"nats-route://b:6222\"]";
+        let r = p(
+            &format!("nats: {{{routes}}}"),
+            &format!("nats: {{{routes}, lame_duck_duration: 1m}}"),
+        );
+        assert_eq!(r.nats, NatsAction::Restart, "{r:?}");
+        assert_eq!(
+            r.changes,
+            ["nats.lame_duck_duration: 30s -> 1m (restarts nats-server)"]
+        );
+        // A single node does not render them: nothing to do.
+        let r = p("nats: {}", "nats: {lame_duck_grace_period: 5s}");
+        assert_eq!(r.nats, NatsAction::Nothing, "{r:?}");
+        assert_eq!(r.changes.len(), 1, "{r:?}");
     }
 
     #[test]

@@ -188,3 +188,127 @@ impl Default for WatchdogTimer {
         WatchdogTimer::new()
     }
 }
+
+/// The fd store name of the HTTP API's listening socket.
+pub const HTTP_FD_NAME: &str = "http";
+
+/// Hands a duplicate of `fd` to systemd's fd store under `name`
+/// (sd_pid_notify_with_fds(3) with FDSTORE=1 and FDNAME=): systemd keeps
+/// it while the service runs or has a restart queued (`systemctl
+/// restart`, an upgrade's postinst; systemd 252 and 257 alike), and passes
+/// it back at the next start (LISTEN_FDS, see [`take_listen_fds`]). So
+/// the listening socket outlives the process: connections that come while
+/// no daemon runs wait in its backlog instead of being refused. Needs
+/// `FileDescriptorStoreMax=` in the unit. Ok(false) without NOTIFY_SOCKET.
+///
+/// Sent here, synchronously, rather than through the notify thread: the
+/// datagram must carry the descriptor while it is open.
+pub fn store_fd(fd: std::os::fd::BorrowedFd<'_>, name: &str) -> std::io::Result<bool> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET").filter(|p| !p.is_empty()) else {
+        return Ok(false);
+    };
+    let addr = match path.as_bytes().strip_prefix(b"@") {
+        Some(name) => UnixAddr::new_abstract(name)?,
+        None => UnixAddr::new(path.as_os_str())?,
+    };
+    let sock = UnixDatagram::unbound()?;
+    sock.set_write_timeout(Some(SEND_TIMEOUT))?;
+    let msg = format!("FDSTORE=1\nFDNAME={name}\n");
+    let iov = [std::io::IoSlice::new(msg.as_bytes())];
+    let fds = [fd.as_raw_fd()];
+    let cmsg = [ControlMessage::ScmRights(&fds)];
+    sendmsg(
+        sock.as_raw_fd(),
+        &iov,
+        &cmsg,
+        MsgFlags::empty(),
+        Some(&addr),
+    )?;
+    Ok(true)
+}
+
+/// Drops what the fd store holds under `name` (a listener that no longer
+/// matches the config), so the next start does not get it.
+pub fn remove_stored_fd(name: &str) {
+    let Some(q) = queue() else { return };
+    let _ = q.send(Job::Send(format!("FDSTOREREMOVE=1\nFDNAME={name}\n")));
+}
+
+/// The descriptors systemd passed (sd_listen_fds(3)): `(fd, name)` for fds
+/// 3.. when LISTEN_PID is `pid` (pure; the caller reads the environment).
+pub fn parse_listen_fds(
+    listen_pid: Option<&str>,
+    listen_fds: Option<&str>,
+    names: Option<&str>,
+    pid: u32,
+) -> Vec<(i32, String)> {
+    const START: i32 = 3;
+    if listen_pid.and_then(|p| p.trim().parse::<u32>().ok()) != Some(pid) {
+        return Vec::new();
+    }
+    let n = listen_fds
+        .and_then(|n| n.trim().parse::<i32>().ok())
+        .filter(|n| (1..=1024).contains(n))
+        .unwrap_or(0);
+    let names: Vec<&str> = names.map(|s| s.split(':').collect()).unwrap_or_default();
+    (0..n)
+        .map(|i| {
+            let name = names.get(i as usize).copied().unwrap_or("unknown");
+            (START + i, name.to_string())
+        })
+        .collect()
+}
+
+/// Takes the descriptors systemd passed to this process, by name; each is
+/// made close-on-exec (nats-server must not inherit them). Call once.
+pub fn take_listen_fds() -> Vec<(String, std::os::fd::OwnedFd)> {
+    use std::os::fd::FromRawFd;
+    let var = |k: &str| std::env::var(k).ok();
+    parse_listen_fds(
+        var("LISTEN_PID").as_deref(),
+        var("LISTEN_FDS").as_deref(),
+        var("LISTEN_FDNAMES").as_deref(),
+        std::process::id(),
+    )
+    .into_iter()
+    .filter_map(|(fd, name)| {
+        // SAFETY: systemd's protocol hands fds 3..3+LISTEN_FDS to this
+        // process (LISTEN_PID checked) and nothing else owns them; one
+        // that is not open is skipped before it is owned.
+        nix::fcntl::fcntl(
+            unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) },
+            nix::fcntl::FcntlArg::F_GETFD,
+        )
+        .ok()?;
+        let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        let _ = nix::fcntl::fcntl(
+            &owned,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        );
+        Some((name, owned))
+    })
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_fds_are_ours_only_with_our_pid_and_named_in_order() {
+        assert_eq!(
+            parse_listen_fds(Some("42"), Some("2"), Some("http:other"), 42),
+            [(3, "http".to_string()), (4, "other".to_string())]
+        );
+        assert!(parse_listen_fds(Some("41"), Some("1"), Some("http"), 42).is_empty());
+        assert!(parse_listen_fds(None, Some("1"), Some("http"), 42).is_empty());
+        assert!(parse_listen_fds(Some("42"), Some("x"), None, 42).is_empty());
+        assert_eq!(
+            parse_listen_fds(Some("42"), Some("1"), None, 42),
+            [(3, "unknown".to_string())]
+        );
+    }
+}

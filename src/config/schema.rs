@@ -81,6 +81,15 @@ pub struct NatsConfig {
     pub cluster_listen: Option<String>,
     pub cluster_routes: Vec<String>,
     pub client_urls: Vec<String>,
+    /// Lame duck (clustered nodes only): how long nats-server waits, once
+    /// told to stop, before it starts closing its clients (they got `ldm`
+    /// in INFO and may move to the other nodes meanwhile).
+    pub lame_duck_grace_period: Dur,
+    /// Lame duck: the whole time over which nats-server closes its
+    /// clients, grace period included (at most 1 s between two clients,
+    /// so a node with few clients exits soon after the grace period).
+    /// nats-server refuses less than 30 s.
+    pub lame_duck_duration: Dur,
     /// The daemon's own NATS password, from a file holding the same secret
     /// on every node of a cluster (absolute, or a LoadCredential= name), so
     /// its client may fail over to the other nodes in `client_urls`.
@@ -105,6 +114,14 @@ pub struct NatsConfig {
     /// where the server has the key (2.9.x has not: it syncs every 2 min).
     pub sync_interval: Option<SyncInterval>,
 }
+
+/// `nats.lame_duck_grace_period` by default: the NATS helm chart's.
+pub const DEFAULT_LAME_DUCK_GRACE_PERIOD: Dur = Dur::secs(10);
+/// `nats.lame_duck_duration` by default: the NATS helm chart's.
+pub const DEFAULT_LAME_DUCK_DURATION: Dur = Dur::secs(30);
+/// The shortest `lame_duck_duration` nats-server accepts (2.9 to 2.14:
+/// "minimum is 30 seconds").
+pub const MIN_LAME_DUCK_DURATION: Dur = Dur::secs(30);
 
 /// nats-server's store sync interval rendered when none is configured:
 /// short enough that a power cut loses at most this much of what native
@@ -215,6 +232,8 @@ impl Default for NatsConfig {
             cluster_listen: None,
             cluster_routes: Vec::new(),
             client_urls: Vec::new(),
+            lame_duck_grace_period: DEFAULT_LAME_DUCK_GRACE_PERIOD,
+            lame_duck_duration: DEFAULT_LAME_DUCK_DURATION,
             internal_password_file: None,
             users: Vec::new(),
             tls: None,

@@ -770,3 +770,36 @@ fn durability_and_sync_interval_parse_with_clear_errors() {
     let e = yaml_err("nats:\n  sync_interval: 0\n");
     assert!(e.message.contains("would never sync"), "{e}");
 }
+
+#[test]
+fn lame_duck_defaults_are_the_helm_charts_and_nats_servers_rules_are_checked() {
+    let c = yaml("{}\n").unwrap();
+    assert_eq!(c.nats.lame_duck_grace_period.get(), Duration::from_secs(10));
+    assert_eq!(c.nats.lame_duck_duration.get(), Duration::from_secs(30));
+    let c = yaml("nats:\n  lame_duck_grace_period: 1s\n  lame_duck_duration: 2m\n").unwrap();
+    assert_eq!(c.nats.lame_duck_grace_period.get(), Duration::from_secs(1));
+    assert_eq!(c.nats.lame_duck_duration.get(), Duration::from_secs(120));
+    // nats-server refuses a duration under 30 s.
+    let e = yaml_err("nats:\n  lame_duck_grace_period: 1s\n  lame_duck_duration: 3s\n");
+    assert_eq!(
+        (e.line, e.key.as_str()),
+        (Some(3), "nats.lame_duck_duration")
+    );
+    assert!(e.message.contains("at least 30s"), "{e}");
+    // ... and a grace period that is not strictly shorter.
+    let e = yaml_err("nats:\n  lame_duck_grace_period: 30s\n");
+    assert_eq!(
+        (e.line, e.key.as_str()),
+        (Some(2), "nats.lame_duck_grace_period")
+    );
+    assert!(
+        e.message
+            .contains("shorter than nats.lame_duck_duration (30s)"),
+        "{e}"
+    );
+    let e = yaml_err("nats:\n  lame_duck_duration: soon\n");
+    assert_eq!(
+        (e.line, e.key.as_str()),
+        (Some(2), "nats.lame_duck_duration")
+    );
+}

@@ -22,6 +22,28 @@ fn fail<T>(path: &[&str], message: impl Into<String>) -> Result<T, Violation> {
     })
 }
 
+/// nats-server's own rules for the lame-duck keys (opts.go and
+/// validateOptions, 2.9 to 2.14): a duration of at least 30 s and a grace
+/// period strictly below it. Checked whether or not the node is clustered,
+/// so adding routes later cannot turn a quiet config into a refused one.
+fn check_lame_duck(n: &super::schema::NatsConfig) -> Result<(), Violation> {
+    use super::schema::MIN_LAME_DUCK_DURATION;
+    let (grace, dur) = (n.lame_duck_grace_period, n.lame_duck_duration);
+    if dur.get() < MIN_LAME_DUCK_DURATION.get() {
+        return fail(
+            &["nats", "lame_duck_duration"],
+            format!("must be at least {MIN_LAME_DUCK_DURATION} (nats-server refuses less; got {dur}); a node with few clients still stops soon after nats.lame_duck_grace_period"),
+        );
+    }
+    if grace.get() >= dur.get() {
+        return fail(
+            &["nats", "lame_duck_grace_period"],
+            format!("must be shorter than nats.lame_duck_duration ({dur}), as nats-server requires (got {grace})"),
+        );
+    }
+    Ok(())
+}
+
 /// Largest max_payload accepted: nats-server's max_pending default; a
 /// bigger payload could never be delivered.
 pub const MAX_PAYLOAD_LIMIT: u64 = 64 << 20;
@@ -168,6 +190,7 @@ pub fn validate(c: &Config) -> Result<Vec<String>, Violation> {
     if n.ping_interval.get().is_zero() {
         return fail(&["nats", "ping_interval"], "must be greater than 0");
     }
+    check_lame_duck(n)?;
     for (key, v) in [
         ("jetstream_max_streams", n.jetstream_max_streams),
         ("jetstream_max_consumers", n.jetstream_max_consumers),

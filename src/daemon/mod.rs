@@ -6,7 +6,10 @@
 //!         reconcile streams -> READY.
 //! reload: see `reload.rs`.
 //! stop:   STOPPING -> stop HTTP (drain) -> SIGTERM nats-server (SIGKILL
-//!         after stop_timeout) -> exit 0, no orphan.
+//!         after stop_timeout) -> exit 0, no orphan. A clustered node:
+//!         STOPPING -> lame duck (SIGUSR2; HTTP answers 503 "draining")
+//!         -> nats-server exits by itself (else SIGINT, then SIGKILL)
+//!         -> stop HTTP -> exit 0.
 //!
 //! The background tasks that run meanwhile are in `tasks.rs`.
 
@@ -99,6 +102,59 @@ async fn bind_http(host: &str, port: u16) -> Result<TcpListener, String> {
     })
 }
 
+/// The HTTP API's listener: the one systemd kept in its fd store over a
+/// restart (see [`systemd::store_fd`]) when it listens where the config
+/// says, else a fresh one, which is then handed to the store. A socket
+/// that lives on in the store is why a restart refuses no connection:
+/// they wait in its backlog for the next daemon (503 until it is ready).
+async fn http_listener(host: &str, port: u16) -> Result<TcpListener, String> {
+    let mut stored = None;
+    for (name, fd) in systemd::take_listen_fds() {
+        if name == systemd::HTTP_FD_NAME && stored.is_none() {
+            stored = Some(fd);
+        } else {
+            tracing::warn!(name = %name, "ignoring a file descriptor systemd passed under the name {name:?}");
+        }
+    }
+    if let Some(fd) = stored {
+        let std_listener = std::net::TcpListener::from(fd);
+        let addr = std_listener.local_addr().ok();
+        let wanted = tokio::net::lookup_host((host, port))
+            .await
+            .map(|a| a.collect::<Vec<_>>())
+            .unwrap_or_default();
+        match addr {
+            Some(a) if wanted.contains(&a) && std_listener.set_nonblocking(true).is_ok() => {
+                if let Ok(l) = TcpListener::from_std(std_listener) {
+                    tracing::info!(addr = %a, "HTTP API: took over the listening socket {a} kept by systemd across the restart");
+                    return Ok(l);
+                }
+            }
+            _ => {
+                let was = addr.map(|a| a.to_string()).unwrap_or_else(|| "?".into());
+                tracing::info!(was = %was, "HTTP API: the socket systemd kept listens on {was}, not {}; binding afresh", crate::natsconf::host_port(host, port));
+                systemd::remove_stored_fd(systemd::HTTP_FD_NAME);
+                // Before the new one is stored: the removal drops every
+                // fd of that name.
+                systemd::flush(Duration::from_secs(2));
+            }
+        }
+    }
+    let l = bind_http(host, port).await?;
+    keep_in_fd_store(&l);
+    Ok(l)
+}
+
+/// Hands a fresh HTTP listener to systemd's fd store (a no-op outside
+/// systemd; a warning when the unit lacks FileDescriptorStoreMax=, which
+/// systemd reports only in its own log).
+fn keep_in_fd_store(l: &TcpListener) {
+    use std::os::fd::AsFd;
+    if let Err(e) = systemd::store_fd(l.as_fd(), systemd::HTTP_FD_NAME) {
+        tracing::warn!(error = %e, "cannot hand the HTTP socket to systemd's fd store ({e}): a restart refuses connections meanwhile");
+    }
+}
+
 /// What the running daemon is made of, for reloads and shutdown.
 struct Ctx {
     app: Arc<App>,
@@ -137,7 +193,7 @@ pub async fn run(loaded: Loaded, explicit: Option<PathBuf>) -> i32 {
     };
 
     // The HTTP port first: a taken port is found before nats-server starts.
-    let listener = match bind_http(&config.host, config.port).await {
+    let listener = match http_listener(&config.host, config.port).await {
         Ok(l) => l,
         Err(msg) => {
             tracing::error!("{msg}");
@@ -251,10 +307,20 @@ pub async fn run(loaded: Loaded, explicit: Option<PathBuf>) -> i32 {
 
     // Stop: HTTP first, so no request meets a stopping nats-server; event
     // streams end themselves (they would otherwise hold the drain open).
+    // A clustered node drains instead (lame duck, see
+    // supervisor::lame_duck_wait): HTTP stays open meanwhile, so clients
+    // and load balancers get 503 + Retry-After "draining" (publishes,
+    // /health) rather than a refused connection, and it stops after
+    // nats-server.
     systemd::stopping();
     let _ = ctx.app.closing.send(true);
-    if let Some(h) = ctx.http.take() {
-        h.stop().await;
+    let drains = ctx.supervisor.is_some()
+        && supervisor::lame_duck_wait(&ctx.app.config()).is_some()
+        && ctx.app.child.borrow().phase == supervisor::Phase::Running;
+    if !drains {
+        if let Some(h) = ctx.http.take() {
+            h.stop().await;
+        }
     }
     // Whatever our client still buffers goes out while the server lives.
     if let Some(n) = ctx.app.connected_nats() {
@@ -271,6 +337,9 @@ pub async fn run(loaded: Loaded, explicit: Option<PathBuf>) -> i32 {
                 exit::SOFTWARE
             }
         };
+    }
+    if let Some(h) = ctx.http.take() {
+        h.stop().await;
     }
     runfiles::remove_pid(&ctx.runtime_dir);
     tracing::info!(code, "marketprism-broker stopped");

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::{bind_http, Ctx, Http};
+use super::{bind_http, keep_in_fd_store, Ctx, Http};
 use crate::natsconf;
 use crate::reload::{self, NatsAction};
 use crate::runfiles::{self, ReloadState};
@@ -103,28 +103,49 @@ async fn apply_reload(ctx: &mut Ctx) -> Result<String, String> {
     // Only the same port on another host (127.0.0.1 -> 0.0.0.0) overlaps
     // the old socket: then the old one must go first, and comes back if
     // the new bind fails.
+    // systemd's fd store keeps a copy of the old socket: it goes too (and
+    // the new one is stored in its place), or the old address stays bound
+    // and comes back at the next restart.
     let listener = if !plan.rebind_http {
         None
     } else if new.port == old.port {
         if let Some(h) = ctx.http.take() {
             h.stop().await;
         }
-        match bind_http(&new.host, new.port).await {
+        systemd::remove_stored_fd(systemd::HTTP_FD_NAME);
+        systemd::flush(Duration::from_secs(2));
+        // systemd closes its copy once it has read the message.
+        let mut bound = bind_http(&new.host, new.port).await;
+        for _ in 0..20 {
+            if bound.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            bound = bind_http(&new.host, new.port).await;
+        }
+        match bound {
             Ok(l) => Some(l),
             Err(e) => {
                 if let Ok(l) = bind_http(&old.host, old.port).await {
+                    keep_in_fd_store(&l);
                     ctx.http = Some(Http::start(l, ctx.app.clone()));
                 }
                 return Err(format!("{e}; still running on the previous config"));
             }
         }
     } else {
-        Some(
-            bind_http(&new.host, new.port)
-                .await
-                .map_err(|e| format!("{e}; still running on the previous config"))?,
-        )
+        let l = bind_http(&new.host, new.port)
+            .await
+            .map_err(|e| format!("{e}; still running on the previous config"))?;
+        systemd::remove_stored_fd(systemd::HTTP_FD_NAME);
+        // Sent before the new one is stored (the removal drops every fd
+        // of that name).
+        systemd::flush(Duration::from_secs(2));
+        Some(l)
     };
+    if let Some(l) = &listener {
+        keep_in_fd_store(l);
+    }
     let mut summary = Vec::new();
     let mut failing = None;
     if let Some(commands) = &ctx.commands {

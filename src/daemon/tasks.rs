@@ -24,6 +24,7 @@ pub(super) async fn report_status(app: Arc<App>, mut stop: watch::Receiver<bool>
     let mut last = String::new();
     let mut connections = None;
     let mut cluster_note: Option<String> = None;
+    let mut catch_up = crate::health::Facts::default();
     loop {
         tokio::select! {
             changed = child.changed(), if app.supervised => if changed.is_err() { break },
@@ -31,12 +32,18 @@ pub(super) async fn report_status(app: Arc<App>, mut stop: watch::Receiver<bool>
                 connections = app.varz().await.and_then(|v| v["connections"].as_u64());
                 // A cluster that lost its quorum is worth a word in STATUS=.
                 cluster_note = app.meta_problem().await;
+                // Catching up is worth a word too (READY=1 does not wait
+                // for it; `wait-ready` does).
+                catch_up = app.catch_up_facts().await;
             }
             _ = crate::flag_set(&mut stop) => break,
         }
         let line = crate::health::status_line(&crate::health::Facts {
             connections,
             meta_problem: cluster_note.clone(),
+            local_health: catch_up.local_health.clone(),
+            stream_groups: catch_up.stream_groups.clone(),
+            server_name: catch_up.server_name.clone(),
             ..app.facts()
         });
         if line != last {

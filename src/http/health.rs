@@ -37,6 +37,8 @@ pub async fn probed_facts(app: &App) -> Facts {
         }
     }
     if app.clustered_jetstream() {
+        f.local_health = app.local_health().await;
+        f.server_name = c.nats.server_name.clone();
         f.meta_problem = app.meta_problem().await;
         if f.meta_problem.is_none() && f.connected {
             f.stream_groups = Some(
@@ -45,6 +47,7 @@ pub async fn probed_facts(app: &App) -> Facts {
                     .map(|infos| declared_groups(app, &infos))
                     .map_err(|e| e.message),
             );
+            f.local_last_seqs = app.local_last_seqs().await;
         }
     }
     f
@@ -80,11 +83,15 @@ fn reconciliation(app: &App) -> Reconciliation {
 }
 
 /// 200 only when nats-server runs, the client is connected, JetStream
-/// answers and the streams are reconciled; 503 naming what is wrong.
+/// answers, the streams are reconciled and (in a cluster) everything is
+/// current on this node; 503 naming what is wrong (`unhealthy`) or what is
+/// still catching up and how far behind (`catching_up`).
 pub async fn health(app: &App) -> Result<Resp, ApiError> {
     let f = probed_facts(app).await;
     let problems = health::problems(&f);
-    let healthy = health::status_code(&problems) == 200;
+    let lagging = health::catching_up(&f);
+    let verdict = health::verdict(&problems, &lagging);
+    let healthy = verdict == health::Verdict::Healthy;
     let code = if healthy {
         StatusCode::OK
     } else {
@@ -94,7 +101,12 @@ pub async fn health(app: &App) -> Result<Resp, ApiError> {
         pick(v, &["streams", "consumers", "memory", "storage"])
     });
     let body = json!({
-        "status": if healthy { "healthy" } else { "unhealthy" },
+        "status": if f.child.phase == crate::supervisor::Phase::Draining {
+            // Lame duck before a stop or restart: load balancers move away.
+            "draining"
+        } else {
+            verdict.as_str()
+        },
         "service": SERVICE,
         "timestamp": rfc3339(SystemTime::now()),
         "uptime_seconds": app.started.elapsed().as_secs(),
@@ -103,6 +115,7 @@ pub async fn health(app: &App) -> Result<Resp, ApiError> {
         "connected": f.connected,
         "jetstream": jetstream,
         "problems": problems.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "catching_up": lagging,
     });
     let mut resp = json_response(code, &body);
     if !healthy {

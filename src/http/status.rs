@@ -37,14 +37,26 @@ async fn cluster_status(app: &App, infos: &[stream::Info]) -> Value {
             None
         }
     });
-    crate::cluster::status(
+    let groups = declared_groups(app, infos);
+    let mut v = crate::cluster::status(
         c.nats.cluster_name.as_deref(),
         c.nats.server_name.as_deref(),
         routez.as_ref(),
         jsz.as_ref(),
         c.nats.jetstream_enabled,
-        &declared_groups(app, infos),
-    )
+        &groups,
+    );
+    // What is still catching up on this node (not a problem: nothing is
+    // restarted for it), decided as /health decides it.
+    let f = health::Facts {
+        local_health: app.local_health().await,
+        server_name: c.nats.server_name.clone(),
+        stream_groups: Some(Ok(groups)),
+        local_last_seqs: app.local_last_seqs().await,
+        ..health::Facts::default()
+    };
+    v["catching_up"] = serde_json::to_value(health::catching_up(&f)).unwrap_or(Value::Null);
+    v
 }
 
 pub(super) fn pick(v: &Value, keys: &[&str]) -> Value {

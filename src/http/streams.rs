@@ -42,14 +42,7 @@ pub(super) fn declared_groups(
     app: &App,
     infos: &[stream::Info],
 ) -> Vec<crate::cluster::StreamGroup> {
-    let declared = app.config().streams();
-    infos
-        .iter()
-        .filter(|i| declared.contains_key(&i.config.name))
-        .map(|i| {
-            crate::cluster::stream_group(&i.config.name, i.config.num_replicas, i.cluster.as_ref())
-        })
-        .collect()
+    app.declared_groups(infos)
 }
 
 fn stream_json(i: &stream::Info, declared: bool) -> Value {

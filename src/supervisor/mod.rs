@@ -23,8 +23,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
+use tokio::io::AsyncRead;
 use tokio::process::Child;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use crate::config::Config;
 use crate::natsconf::{self, RenderOptions};
@@ -81,8 +82,33 @@ fn policy(c: &Config) -> Policy {
         stable_after: s.stable_after.get(),
         max_failures: s.max_failures,
         failure_window: s.failure_window.get(),
+        lame_duck: lame_duck_wait(c),
     }
 }
+
+/// How long a child in lame-duck mode may take to exit by itself; None
+/// when the node is not clustered.
+///
+/// Why only a cluster: lame-duck mode (nats-server's lameDuckMode(),
+/// 2.9.10 to 2.14) closes the client port, hands raft leaderships over
+/// (then waits 1 s), tells clients `ldm` so they reconnect elsewhere,
+/// waits `lame_duck_grace_period`, then closes its clients spread over
+/// the rest of `lame_duck_duration` (at most 1 s apart) and exits 0. A
+/// single node has nowhere to send clients nor leaders to hand over: the
+/// drain would only delay the stop, so it gets a plain SIGTERM (its
+/// store is flushed on shutdown either way).
+///
+/// Why duration + stop_timeout: nats-server exits within about
+/// `lame_duck_duration` (the grace period is part of it), plus the 1 s
+/// leader hand-over and, from 2.10, JetStream's shutdown, which is what
+/// `supervisor.stop_timeout` budgets for a SIGTERM too.
+pub fn lame_duck_wait(c: &Config) -> Option<Duration> {
+    c.cluster_enabled()
+        .then(|| c.nats.lame_duck_duration.get() + c.supervisor.stop_timeout.get())
+}
+
+/// STATUS= and the log while the child drains.
+pub const DRAINING: &str = "draining: nats-server in lame-duck mode, clients moving to other nodes";
 
 /// The (host, port, what) nats-server listens on under `c`.
 fn listen_ports(c: &Config) -> Vec<(String, u16, &'static str)> {
@@ -127,6 +153,8 @@ pub struct Supervisor {
     spawner: Spawner,
     status: watch::Sender<ChildStatus>,
     tail: Arc<Mutex<Tail>>,
+    /// Notified by the relays when the child says a store write failed.
+    store_failed: Arc<Notify>,
     monitor: SocketAddr,
     client: SocketAddr,
 }
@@ -136,6 +164,8 @@ struct Running {
     child: Child,
     pid: u32,
     relays: Vec<tokio::task::JoinHandle<()>>,
+    /// The tail's count of failed store writes when it was spawned.
+    store_failures_before: u64,
 }
 
 impl Supervisor {
@@ -158,6 +188,7 @@ impl Supervisor {
             spawner,
             status,
             tail: Arc::new(Mutex::new(Tail::default())),
+            store_failed: Arc::new(Notify::new()),
         })
     }
 
@@ -225,6 +256,26 @@ impl Supervisor {
                         tracing::info!(pid, "stopping nats-server (SIGTERM to pid {pid})");
                         let _ = signal::kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
                     }
+                    Action::LameDuck { pid } => {
+                        let n = &self.config.nats;
+                        tracing::info!(
+                            pid,
+                            grace_period = %n.lame_duck_grace_period,
+                            duration = %n.lame_duck_duration,
+                            "{DRAINING} (SIGUSR2 to pid {pid}; grace period {}, duration {})",
+                            n.lame_duck_grace_period,
+                            n.lame_duck_duration
+                        );
+                        crate::systemd::status(DRAINING);
+                        let _ = signal::kill(Pid::from_raw(pid as i32), Signal::SIGUSR2);
+                    }
+                    Action::Interrupt { pid } => {
+                        tracing::warn!(
+                            pid,
+                            "nats-server is still draining; stopping it now (SIGINT to pid {pid})"
+                        );
+                        let _ = signal::kill(Pid::from_raw(pid as i32), Signal::SIGINT);
+                    }
                     Action::Kill { pid } => {
                         tracing::warn!(pid, "killing nats-server (SIGKILL to pid {pid})");
                         let _ = signal::killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
@@ -273,6 +324,7 @@ impl Supervisor {
                     }
                 }
             }
+            self.note_store_failure(&running);
             self.publish_status(&m);
 
             if let (Some(_), State::Backoff { reason, .. }) = (&restart_reply, &m.state) {
@@ -287,6 +339,10 @@ impl Supervisor {
             let event = tokio::select! {
                 _ = watchdog.due() => {
                     crate::systemd::watchdog();
+                    continue;
+                }
+                _ = self.store_failed.notified() => {
+                    self.note_store_failure(&running);
                     continue;
                 }
                 cmd = commands.recv(), if commands_open => {
@@ -311,7 +367,9 @@ impl Supervisor {
                     let exit = status.as_ref().ok().and_then(Exit::of);
                     self.status.send_modify(|st| st.last_exit = exit);
                     let status = describe_exit(status);
-                    if !matches!(m.state, State::Stopping { .. }) {
+                    if matches!(m.state, State::Draining { .. }) {
+                        tracing::info!(pid = r.pid, %status, "nats-server (pid {}) finished draining: {status}", r.pid);
+                    } else if !matches!(m.state, State::Stopping { .. }) {
                         tracing::warn!(pid = r.pid, %status, "nats-server (pid {}) exited: {status}", r.pid);
                     }
                     Event::Exited { status }
@@ -349,6 +407,13 @@ impl Supervisor {
                 m.store_full = self.config.nats.jetstream_enabled
                     && probe::store_space_problem(&self.config.data_dir()).is_some();
             }
+            let event = match event {
+                Event::Healthy if self.needs_store_restart(&running) => {
+                    tracing::warn!("nats-server failed to write its JetStream store while the disk was full, and there is room again: restarting it, so that it reads its store back from disk (nats-server 2.10 otherwise goes on with a wrong last sequence: it acknowledges new messages under sequences that are taken and cannot read earlier ones); publishes are refused with 503 until it is back");
+                    Event::RestartRequested
+                }
+                other => other,
+            };
             pending.extend(step(&mut m, event));
         }
     }
@@ -482,6 +547,34 @@ impl Supervisor {
         ))
     }
 
+    /// Whether the running child failed a store write since it started;
+    /// says so in the status (publishes are refused while it is true).
+    fn note_store_failure(&self, running: &Option<Running>) -> bool {
+        let failures = self
+            .tail
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .store_write_failures();
+        let failed = running
+            .as_ref()
+            .is_some_and(|r| failures > r.store_failures_before);
+        self.status.send_if_modified(|st| {
+            let changed = st.store_write_failed != failed;
+            st.store_write_failed = failed;
+            changed
+        });
+        failed
+    }
+
+    /// A child that failed a store write is restarted once its store's
+    /// filesystem has room again: nats-server rebuilds its view of the
+    /// store from disk at start. While the disk is still full a restart
+    /// would not help (and 2.9 wedges and is killed anyway).
+    fn needs_store_restart(&self, running: &Option<Running>) -> bool {
+        self.note_store_failure(running)
+            && probe::store_space_problem(&self.config.data_dir()).is_none()
+    }
+
     async fn varz(&self) -> Option<serde_json::Value> {
         probe::monitor_json(self.monitor, "/varz").await
     }
@@ -502,6 +595,7 @@ impl Supervisor {
             ),
             State::Running { probe_failures, .. } => (Phase::Running, *probe_failures == 0, None),
             State::Stopping { .. } => (Phase::Stopping, false, None),
+            State::Draining { .. } => (Phase::Draining, false, None),
             State::Stopped => (Phase::Stopped, false, None),
             State::Failed { .. } => (Phase::Failed, false, None),
         };
@@ -531,10 +625,21 @@ impl Supervisor {
             // A little more room than /healthz: /jsz takes JetStream's
             // lock, which a busy server holds a moment longer.
             if let Err(e) = probe::jsz(self.monitor, timeout.max(Duration::from_secs(1))).await {
-                return Err(match probe::store_space_problem(&self.config.data_dir()) {
-                    Some(full) => format!("{e} ({full})"),
-                    None => e,
-                });
+                if let Some(full) = probe::store_space_problem(&self.config.data_dir()) {
+                    return Err(format!("{e} ({full})"));
+                }
+                // A node catching up (a big snapshot or backlog from its
+                // peers) may answer /jsz late; killing it would only start
+                // the catch-up over (nats-server issues 6964, 5976). When
+                // its own /healthz says it is catching up, it is alive.
+                match self.catching_up(timeout).await {
+                    Some(what) => {
+                        tracing::info!(
+                            "nats-server is slow to answer /jsz ({e}) while catching up ({what}); not counted as a failed probe"
+                        );
+                    }
+                    None => return Err(e),
+                }
             }
         }
         if starting && self.config.nats.tls.is_none() {
@@ -547,6 +652,28 @@ impl Supervisor {
             .await?;
         }
         Ok(())
+    }
+
+    /// What is catching up, when nats-server's own full /healthz answers
+    /// within `timeout` that this node is catching up and nothing else is
+    /// wrong; None otherwise.
+    async fn catching_up(&self, timeout: Duration) -> Option<String> {
+        if !self.config.cluster_enabled() {
+            return None;
+        }
+        let (status, body) = probe::http_get(self.monitor, "/healthz?details=true", timeout)
+            .await
+            .ok()?;
+        let v = serde_json::from_slice(&body).ok()?;
+        let health = crate::cluster::local_health(status, &v);
+        let c = crate::cluster::catch_up(&health, &[], None, None);
+        (c.other.is_empty() && !c.lagging.is_empty()).then(|| {
+            c.lagging
+                .iter()
+                .map(|l| l.description.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
     }
 
     async fn read_ports(&self) -> Option<Ports> {
@@ -632,14 +759,34 @@ impl Supervisor {
         } else {
             &[]
         };
+        let store_failures_before = self
+            .tail
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .store_write_failures();
         let mut relays = Vec::new();
-        if let Some(out) = child.stdout.take() {
-            relays.push(tokio::spawn(relay(out, pid, self.tail.clone(), benign)));
+        for out in [
+            child
+                .stdout
+                .take()
+                .map(|o| Box::new(o) as Box<dyn AsyncRead + Send + Unpin>),
+            child
+                .stderr
+                .take()
+                .map(|e| Box::new(e) as Box<dyn AsyncRead + Send + Unpin>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let (tail, failed) = (self.tail.clone(), self.store_failed.clone());
+            relays.push(tokio::spawn(relay(out, pid, tail, benign, failed)));
         }
-        if let Some(err) = child.stderr.take() {
-            relays.push(tokio::spawn(relay(err, pid, self.tail.clone(), benign)));
-        }
-        Ok(Running { child, pid, relays })
+        Ok(Running {
+            child,
+            pid,
+            relays,
+            store_failures_before,
+        })
     }
 }
 

@@ -6,6 +6,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::Notify;
 
 /// Lines of nats-server output kept for error messages.
 const TAIL_LINES: usize = 30;
@@ -39,11 +40,21 @@ pub fn parse_child_line(line: &str) -> (ChildLevel, &str) {
     (ChildLevel::Info, line)
 }
 
-/// The last lines nats-server printed, and how many it printed in all.
+/// Whether a nats-server line says it failed to write its JetStream store
+/// for want of room ("JetStream failed to store a msg on stream ...: write
+/// .../msgs/2.blk: no space left on device", and the same error from its
+/// other writes: index, meta and raft files).
+pub fn is_store_write_failure(msg: &str) -> bool {
+    msg.contains("no space left on device")
+}
+
+/// The last lines nats-server printed, how many it printed in all, and how
+/// many of them were failed store writes.
 #[derive(Debug, Default)]
 pub struct Tail {
     lines: VecDeque<String>,
     seen: u64,
+    store_write_failures: u64,
 }
 
 impl Tail {
@@ -58,6 +69,12 @@ impl Tail {
     /// How many lines were printed in all.
     pub fn seen(&self) -> u64 {
         self.seen
+    }
+
+    /// How many lines said a store write failed (see
+    /// [`is_store_write_failure`]).
+    pub fn store_write_failures(&self) -> u64 {
+        self.store_write_failures
     }
 
     /// The last `n` lines (those still kept).
@@ -83,11 +100,13 @@ impl Tail {
 /// Re-logs the child's output line by line under the target `nats-server`
 /// and keeps a tail for error messages.
 /// Lines starting with one of `benign` are logged at debug level.
+/// A failed store write is counted and `store_failed` notified at once.
 pub(super) async fn relay<R: tokio::io::AsyncRead + Unpin>(
     stream: R,
     pid: u32,
     tail: Arc<Mutex<Tail>>,
     benign: &'static [&'static str],
+    store_failed: Arc<Notify>,
 ) {
     let mut lines = BufReader::new(stream).lines();
     while let Ok(Some(line)) = lines.next_line().await {
@@ -102,9 +121,15 @@ pub(super) async fn relay<R: tokio::io::AsyncRead + Unpin>(
             ChildLevel::Warn => tracing::warn!(target: "nats-server", nats_pid = pid, "{msg}"),
             ChildLevel::Error => tracing::error!(target: "nats-server", nats_pid = pid, "{msg}"),
         }
-        tail.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(msg.to_string());
+        let failed = is_store_write_failure(msg);
+        {
+            let mut t = tail.lock().unwrap_or_else(|e| e.into_inner());
+            t.push(msg.to_string());
+            t.store_write_failures += u64::from(failed);
+        }
+        if failed {
+            store_failed.notify_one();
+        }
     }
 }
 
@@ -130,6 +155,32 @@ mod tests {
             parse_child_line("panic: oops"),
             (ChildLevel::Info, "panic: oops")
         );
+    }
+
+    #[test]
+    fn failed_store_writes_are_told_from_other_errors() {
+        let (_, msg) = parse_child_line(
+            "[7] 2026/12/02 12:55:02.544575 [ERR] JetStream failed to store a msg on stream 'MARKETPRISM > MARKET_DATA': write /s/jetstream/MARKETPRISM/streams/MARKET_DATA/msgs/2.blk: no space left on device",
+        );
+        assert!(is_store_write_failure(msg));
+        assert!(!is_store_write_failure(
+            "JetStream failed to store a msg on stream 'A > B': maximum messages exceeded"
+        ));
+        assert!(!is_store_write_failure("Starting nats-server"));
+    }
+
+    #[tokio::test]
+    async fn the_relay_counts_failed_store_writes_and_says_so_at_once() {
+        let out: &[u8] = b"[1] [INF] Server is ready\n[1] [ERR] JetStream failed to store a msg on stream 'A > S': write x.blk: no space left on device\n";
+        let tail = Arc::new(Mutex::new(Tail::default()));
+        let notify = Arc::new(Notify::new());
+        relay(out, 1, tail.clone(), &[], notify.clone()).await;
+        assert_eq!(tail.lock().unwrap().store_write_failures(), 1);
+        assert_eq!(tail.lock().unwrap().seen(), 2);
+        // The permit is stored: a waiter that comes later wakes at once.
+        tokio::time::timeout(std::time::Duration::from_secs(1), notify.notified())
+            .await
+            .expect("notified");
     }
 
     #[test]

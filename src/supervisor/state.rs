@@ -21,6 +21,10 @@ pub struct Policy {
     pub stable_after: Duration,
     pub max_failures: u32,
     pub failure_window: Duration,
+    /// Stop (and restart) a healthy child in lame-duck mode, waiting this
+    /// long for it to exit before the SIGINT; None: SIGTERM at once (a
+    /// single node, whose clients have nowhere to move).
+    pub lame_duck: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -46,7 +50,16 @@ pub enum State {
     /// Asked to restart (a reload that nats-server cannot apply live);
     /// SIGTERM sent, the next child starts as soon as this one exits.
     Restarting { pid: u32, since: Instant },
-    /// Asked to stop; SIGTERM sent.
+    /// Asked to stop (or restart) a clustered child: SIGUSR2 sent; it
+    /// closes its client port, hands JetStream leaderships over, tells
+    /// its clients to move and exits by itself. Past `until` it is
+    /// interrupted (SIGINT: nats-server ignores SIGTERM in lame-duck mode).
+    Draining {
+        pid: u32,
+        until: Instant,
+        then_restart: bool,
+    },
+    /// Asked to stop; SIGTERM (or SIGINT after a drain) sent.
     Stopping { pid: u32, since: Instant },
     /// Stopped on request.
     Stopped,
@@ -84,6 +97,14 @@ pub enum Action {
     Spawn,
     /// SIGTERM: a graceful stop.
     Terminate {
+        pid: u32,
+    },
+    /// SIGUSR2: lame-duck mode (`nats-server --signal ldm`).
+    LameDuck {
+        pid: u32,
+    },
+    /// SIGINT: stop now, also in lame-duck mode (which ignores SIGTERM).
+    Interrupt {
         pid: u32,
     },
     /// SIGKILL the process group.
@@ -166,6 +187,7 @@ impl Machine {
             | State::Running { pid, .. }
             | State::Killing { pid, .. }
             | State::Restarting { pid, .. }
+            | State::Draining { pid, .. }
             | State::Stopping { pid, .. } => Some(pid),
             _ => None,
         }
@@ -257,6 +279,58 @@ impl Machine {
             ),
             (S::Killing { reason, .. }, E::Exited { .. }) => self.failure(reason, now),
             (S::Backoff { until, .. }, E::Tick) if now >= until => (S::Idle, vec![Action::Spawn]),
+            // A healthy clustered child drains first, for a stop or a
+            // restart alike.
+            (S::Running { pid, .. }, ev @ (E::StopRequested | E::RestartRequested))
+                if self.policy.lame_duck.is_some() =>
+            {
+                let until = now + self.policy.lame_duck.unwrap_or_default();
+                let then_restart = ev == E::RestartRequested;
+                (
+                    S::Draining {
+                        pid,
+                        until,
+                        then_restart,
+                    },
+                    vec![Action::LameDuck { pid }, Action::WakeAt(until)],
+                )
+            }
+            (S::Draining { pid, until, .. }, E::StopRequested) => (
+                S::Draining {
+                    pid,
+                    until,
+                    then_restart: false,
+                },
+                vec![],
+            ),
+            (
+                S::Draining {
+                    pid,
+                    until,
+                    then_restart,
+                },
+                E::Tick,
+            ) if now >= until => {
+                let next = if then_restart {
+                    S::Restarting { pid, since: now }
+                } else {
+                    S::Stopping { pid, since: now }
+                };
+                (
+                    next,
+                    vec![
+                        Action::Interrupt { pid },
+                        Action::WakeAt(now + self.policy.stop_timeout),
+                    ],
+                )
+            }
+            (S::Draining { then_restart, .. }, E::Exited { .. }) => {
+                if then_restart {
+                    (S::Idle, vec![Action::Spawn])
+                } else {
+                    (S::Stopped, vec![Action::Done])
+                }
+            }
             // Stopping: terminate a live child, or finish at once.
             (
                 S::Starting { pid, .. } | S::Running { pid, .. } | S::Killing { pid, .. },
@@ -350,7 +424,106 @@ mod tests {
             stable_after: Duration::from_secs(60),
             max_failures: 3,
             failure_window: Duration::from_secs(60),
+            lame_duck: None,
         }
+    }
+
+    fn clustered(t: Instant) -> Machine {
+        let mut m = Machine::new(Policy {
+            lame_duck: Some(Duration::from_secs(40)),
+            ..policy()
+        });
+        m.handle(Event::Start, t);
+        m.handle(Event::Spawned { pid: 10 }, t);
+        m.handle(Event::Healthy, t);
+        m
+    }
+
+    #[test]
+    fn a_clustered_child_drains_in_lame_duck_mode_and_stops_by_itself() {
+        let t = Instant::now();
+        let mut m = clustered(t);
+        let until = t + Duration::from_secs(40);
+        assert_eq!(
+            m.handle(Event::StopRequested, t),
+            vec![Action::LameDuck { pid: 10 }, Action::WakeAt(until)]
+        );
+        assert_eq!(m.pid(), Some(10));
+        // No SIGTERM meanwhile, however many ticks.
+        assert_eq!(m.handle(Event::Tick, t + Duration::from_secs(39)), vec![]);
+        assert_eq!(m.handle(Event::StopRequested, t), vec![]);
+        assert_eq!(
+            m.handle(
+                Event::Exited {
+                    status: "exit code 0".into()
+                },
+                t + Duration::from_secs(12)
+            ),
+            vec![Action::Done]
+        );
+        assert_eq!(m.state, State::Stopped);
+        assert_eq!(m.restarts, 0, "a drain is no failure");
+    }
+
+    #[test]
+    fn a_drain_that_overstays_is_interrupted_then_killed() {
+        let t = Instant::now();
+        let mut m = clustered(t);
+        m.handle(Event::StopRequested, t);
+        let late = t + Duration::from_secs(40);
+        // SIGINT, not SIGTERM: nats-server ignores SIGTERM in lame-duck mode.
+        assert_eq!(
+            m.handle(Event::Tick, late),
+            vec![
+                Action::Interrupt { pid: 10 },
+                Action::WakeAt(late + Duration::from_secs(5))
+            ]
+        );
+        assert_eq!(
+            m.handle(Event::Tick, late + Duration::from_secs(5)),
+            vec![Action::Kill { pid: 10 }]
+        );
+    }
+
+    #[test]
+    fn a_clustered_restart_drains_then_spawns_and_a_stop_meanwhile_wins() {
+        let t = Instant::now();
+        let mut m = clustered(t);
+        assert_eq!(
+            m.handle(Event::RestartRequested, t)[0],
+            Action::LameDuck { pid: 10 }
+        );
+        let exited = Event::Exited {
+            status: "exit code 0".into(),
+        };
+        assert_eq!(m.handle(exited.clone(), t), vec![Action::Spawn]);
+        m.handle(Event::Spawned { pid: 11 }, t);
+        m.handle(Event::Healthy, t);
+        m.handle(Event::RestartRequested, t);
+        m.handle(Event::StopRequested, t);
+        assert_eq!(m.handle(exited, t), vec![Action::Done]);
+    }
+
+    #[test]
+    fn a_single_node_or_an_unhealthy_child_gets_sigterm_at_once() {
+        let t = Instant::now();
+        let mut m = started(t);
+        assert_eq!(
+            m.handle(Event::StopRequested, t)[0],
+            Action::Terminate { pid: 10 }
+        );
+        // Clustered but still starting: lame-duck mode would do nothing
+        // (nats-server ignores SIGUSR2 before it listens).
+        let mut m = Machine::new(Policy {
+            lame_duck: Some(Duration::from_secs(40)),
+            ..policy()
+        });
+        m.handle(Event::Start, t);
+        m.handle(Event::Spawned { pid: 12 }, t);
+        assert_eq!(
+            m.handle(Event::StopRequested, t)[0],
+            Action::Terminate { pid: 12 }
+        );
     }
 
     fn started(t: Instant) -> Machine {

@@ -24,6 +24,11 @@ pub struct ChildStatus {
     pub restart_in: Option<Duration>,
     /// How the last child ended (for /metrics).
     pub last_exit: Option<Exit>,
+    /// The running child failed to write its JetStream store (a full
+    /// disk): its idea of the store is not to be trusted until it is
+    /// restarted, which the supervisor does once there is room again.
+    /// Publishes are refused meanwhile.
+    pub store_write_failed: bool,
 }
 
 /// How a child process ended.
@@ -50,6 +55,8 @@ pub enum Phase {
     Starting,
     Running,
     Restarting,
+    /// In lame-duck mode before a stop or restart (a clustered node).
+    Draining,
     Stopping,
     Stopped,
     Failed,
@@ -61,6 +68,7 @@ impl Phase {
             Phase::Starting => "starting",
             Phase::Running => "running",
             Phase::Restarting => "restarting",
+            Phase::Draining => "draining",
             Phase::Stopping => "stopping",
             Phase::Stopped => "stopped",
             Phase::Failed => "failed",

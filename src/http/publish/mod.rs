@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use serde::Serialize;
 
-use super::body::{connected, content_type_is, not_json, read_body};
+use super::body::{accepting_publishes, connected, content_type_is, not_json, read_body};
 use super::error::{json_bytes, ApiError};
 use crate::app::App;
 use crate::durability::Coverage;
@@ -69,6 +69,7 @@ async fn single_inner(app: &App, req: Request<Incoming>) -> Result<Outcome, ApiE
     })
     .await?;
     let entry = parse_entry(&cfg, &body, &body)?;
+    accepting_publishes(app)?;
     let nats = connected(app)?;
     let timeout = cfg.api.publish_timeout.get();
     let matcher = app.matcher();
@@ -184,6 +185,7 @@ pub async fn batch(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> 
         ));
     }
     app.stats.batch_entries.observe(raws.len() as u64);
+    accepting_publishes(app)?;
     let nats = connected(app)?;
     let matcher = app.matcher();
     let mut results: Vec<Option<Result<Outcome, ApiError>>> = Vec::with_capacity(raws.len());

@@ -27,6 +27,29 @@ pub(super) fn lost(stream: &str, l: Lost, timeout: Duration) -> ApiError {
     }
 }
 
+/// Refuses a JetStream publish while the supervised nats-server cannot be
+/// trusted with it: it failed to write its store (a full disk) and has not
+/// been restarted since. nats-server 2.10 then acknowledges messages under
+/// sequence numbers that are already taken; the supervisor restarts it as
+/// soon as there is room (see `Supervisor::needs_store_restart`).
+pub(super) fn store_trusted(app: &App) -> Result<(), ApiError> {
+    if !app.child.borrow().store_write_failed {
+        return Ok(());
+    }
+    Err(
+        match crate::probe::store_space_problem(&app.config().data_dir()) {
+            Some(full) => ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "insufficient_storage",
+                format!("nats-server cannot write its JetStream store: {full}"),
+            ),
+            None => ApiError::unavailable(
+                "nats-server failed to write its JetStream store while the disk was full and is being restarted to read it back; retry shortly",
+            ),
+        },
+    )
+}
+
 /// A JetStream publish that failed while the store's filesystem is full
 /// failed because of it (nats-server itself may only time out or drop the
 /// connection): 507 naming the cause instead of a bare 503.
@@ -75,6 +98,7 @@ pub(super) async fn publish_js(
     stream: &str,
     e: Entry,
 ) -> Result<Outcome, ApiError> {
+    store_trusted(app)?;
     let (subject, msg) = js_message(e);
     let sent = Instant::now();
     let publish = nats.coalescer.publish(subject, msg);
@@ -97,6 +121,7 @@ pub(super) async fn send_js(
     stream: &str,
     e: Entry,
 ) -> Result<PublishAckFuture, ApiError> {
+    store_trusted(app)?;
     let (subject, msg) = js_message(e);
     let sent = app
         .while_connected(timeout, nats.js.send_publish(subject, msg))
@@ -120,7 +145,9 @@ pub(super) async fn await_ack(
 
 /// What a JetStream round trip to `stream` answers: its value, or the
 /// refusal or the lost connection as the client's error (507 when the
-/// store's disk is full).
+/// store's disk is full). An ack from a nats-server that failed a store
+/// write meanwhile is not passed on (its sequence may be wrong): the
+/// client retries, as for a lost ack.
 fn answer<T>(
     app: &App,
     stream: &str,
@@ -128,7 +155,7 @@ fn answer<T>(
     r: Result<Result<T, PublishError>, Lost>,
 ) -> Result<T, ApiError> {
     match r {
-        Ok(Ok(v)) => Ok(v),
+        Ok(Ok(v)) => store_trusted(app).map(|()| v),
         Ok(Err(err)) => Err(store_full(app, publish_error(stream, err))),
         Err(l) => Err(store_full(app, lost(stream, l, timeout))),
     }
