@@ -403,8 +403,13 @@ rolling_upgrade() {
 # E2E_BREAK=r1-lazy-poweroff: a copy of each node's store before the load
 # (the daemons stopped for it, so that it is consistent).
 snapshot_stores() {
-    local i
-    for i in "${!NODES[@]}"; do in_node "$i" systemctl stop "$UNIT"; done
+    local i pids=()
+    # At once: each stop drains in lame-duck mode first.
+    for i in "${!NODES[@]}"; do
+        in_node "$i" systemctl stop "$UNIT" &
+        pids+=($!)
+    done
+    for i in "${!NODES[@]}"; do wait "${pids[$i]}" || die "${NODES[$i]}: systemctl stop failed"; done
     for i in "${!NODES[@]}"; do
         cp -a "${ROOTFS_OF[$i]}/var/lib/marketprism-broker/jetstream" "$RUN_DIR/synced-${NODES[$i]}"
     done

@@ -14,8 +14,8 @@ once RUN/stop exists.
 
 consume: a nats-py durable pull consumer of MARKET_DATA connected to all
 three nodes; every message received (and acked) is a line of
-RUN/consumed.jsonl. Once RUN/stop exists it drains: it stops when nothing
-came for IDLE_S.
+RUN/consumed.jsonl. Once RUN/stop exists it drains: it stops when it has
+received every seq the producer was acknowledged (or after DRAIN_MAX_S).
 
 check: waits until the nodes' own stream states (/jsz) agree, reads the
 stream from each node in turn (the node hosting the reading consumer is
@@ -206,13 +206,24 @@ async def consume_async(args):
     got = 0
     idle_since = time.monotonic()
     last_look = 0.0
-    drained = False  # the consumer said nothing is pending, while idle
+    seen = set()  # stream seqs received
     stop_seen = None
+    last_count = 0.0
     while True:
         now = time.monotonic()
-        if os.path.exists(stop):
+        # Once the producer stopped: drain until every seq it was
+        # acknowledged has come (or DRAIN_MAX_S).
+        if os.path.exists(stop) and now - last_count >= 1:
+            last_count = now
             stop_seen = stop_seen or now
-            if drained or now - stop_seen > DRAIN_MAX_S:
+            acked = {
+                r["seq"]
+                for r in load_jsonl(os.path.join(run, "produced.jsonl"))
+                if r.get("ok")
+            }
+            if acked <= seen or now - stop_seen > DRAIN_MAX_S:
+                if not acked <= seen:
+                    say(f"gave up draining: {len(acked - seen)} acknowledged seqs not received")
                 break
         # Nothing for a while: if the consumer says messages are waiting,
         # the pull subscription lost its way (its node went away): bind
@@ -221,8 +232,7 @@ async def consume_async(args):
             last_look = now
             try:
                 ci = await sub.consumer_info()
-                drained = not ci.num_pending and not ci.num_ack_pending
-                if not drained:
+                if ci.num_pending or ci.num_ack_pending:
                     say(f"idle with {ci.num_pending} pending, {ci.num_ack_pending} unacked: binding again")
                     await sub.unsubscribe()
                     sub = None
@@ -257,13 +267,13 @@ async def consume_async(args):
                 json.dumps({"n": n, "seq": md.sequence.stream, "delivered": md.num_delivered}) + "\n"
             )
             got += 1
+            seen.add(md.sequence.stream)
             try:
                 await m.ack()
             except Exception as e:  # noqa: BLE001 - redelivered later then
                 say(f"ack: {type(e).__name__}: {e}")
         if msgs:
             idle_since = time.monotonic()
-            drained = False
     say(f"stopped: {got} messages received")
     await nc.close()
 
