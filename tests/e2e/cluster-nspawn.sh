@@ -160,12 +160,7 @@ diagnostics() {
 
 host_tools() {
     ensure_host_tools
-    [[ -f $E2E_DEB ]] || die "E2E_DEB: no such file: '$E2E_DEB' (the .deb to test is required)"
-    local name
-    name=$(dpkg-deb -f "$E2E_DEB" Package 2>/dev/null) || die "E2E_DEB: not a .deb: $E2E_DEB"
-    [[ $name == "$PKG" ]] || die "E2E_DEB is package '$name', not $PKG"
-    DEB_VERSION=$(dpkg-deb -f "$E2E_DEB" Version)
-    DEB_NAME=${E2E_DEB##*/}
+    check_deb
     NEW_VERSION=$DEB_VERSION+e2e1
     NEW_NAME=${PKG}_${NEW_VERSION#*:}_$(dpkg-deb -f "$E2E_DEB" Architecture).deb
     log "package: $E2E_DEB ($PKG $DEB_VERSION); upgrade to $NEW_VERSION"

@@ -156,6 +156,16 @@ show_log() {
     sed -E 's/\r+$//; s/^.*\r//; s/^/      | /' "$1"
 }
 
+# check_deb: E2E_DEB is a .deb of PKG; sets DEB_VERSION and DEB_NAME.
+check_deb() {
+    [[ -f $E2E_DEB ]] || die "E2E_DEB: no such file: '$E2E_DEB'"
+    local name
+    name=$(dpkg-deb -f "$E2E_DEB" Package 2>/dev/null) || die "E2E_DEB: not a .deb: $E2E_DEB"
+    [[ $name == "$PKG" ]] || die "E2E_DEB is package '$name', not $PKG"
+    DEB_VERSION=$(dpkg-deb -f "$E2E_DEB" Version)
+    DEB_NAME=${E2E_DEB##*/}
+}
+
 # repack_deb DEB VERSION OUT: DEB as the same package with a higher
 # VERSION (what an upgrade installs), written to OUT.
 repack_deb() {

@@ -157,12 +157,7 @@ diagnostics() {
 host_tools() {
     ensure_host_tools
     if [[ $MODE == package ]]; then
-        [[ -f $E2E_DEB ]] || die "E2E_DEB: no such file: $E2E_DEB"
-        local name
-        name=$(dpkg-deb -f "$E2E_DEB" Package 2>/dev/null) || die "E2E_DEB: not a .deb: $E2E_DEB"
-        [[ $name == "$PKG" ]] || die "E2E_DEB is package '$name', not $PKG"
-        DEB_VERSION=$(dpkg-deb -f "$E2E_DEB" Version)
-        DEB_NAME=${E2E_DEB##*/}
+        check_deb
         log "package: $E2E_DEB ($PKG $DEB_VERSION, $(dpkg-deb -f "$E2E_DEB" Architecture))"
     else
         [[ -x $MPB_BINARY ]] || die "no daemon binary at $MPB_BINARY (cargo build --release, or set MPB_BINARY)"
