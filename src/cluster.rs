@@ -267,7 +267,17 @@ pub struct Lagging {
 /// and what nats-server reports that is not catching up at all.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CatchUp {
+    /// Streams (and the meta group) not current on this node: catching up.
     pub lagging: Vec<Lagging>,
+    /// Consumers nats-server calls not current on this node: shown, not
+    /// waited for. nats-server 2.9's RAFT isCurrent() is false for a
+    /// follower whose commit index is 0, which is what a restarted
+    /// follower of a consumer that has not been used since stays (seen:
+    /// an idle declared consumer "not current" for as long as a test ran
+    /// after a kill -9 of the node's nats-server). Waiting for it would
+    /// hold /health and `wait-ready` forever; redelivery covers a
+    /// consumer replica that really was behind.
+    pub consumers: Vec<Lagging>,
     /// nats-server's other complaints (a stream that could not be
     /// recovered, ...): broken, not catching up.
     pub other: Vec<String>,
@@ -339,7 +349,12 @@ pub fn catch_up(
             (Some(s), None) => mine(s).map(|p| p.lag),
             _ => None,
         };
-        out.lagging.push(lagging(stream, consumer, lag, why));
+        let l = lagging(stream, consumer, lag, why);
+        if l.consumer.is_some() {
+            out.consumers.push(l);
+        } else {
+            out.lagging.push(l);
+        }
     }
     // The leaders' word too: nats-server 2.9 names only the first asset
     // that is not current, and its /healthz says "current" while the
@@ -642,16 +657,18 @@ mod tests {
         ];
         let c = catch_up(&health, &groups, Some("n3"), None);
         assert_eq!(c.other, Vec::<String>::new());
-        assert_eq!(c.lagging.len(), 2, "{c:?}");
+        assert_eq!(c.lagging.len(), 1, "{c:?}");
         assert_eq!(c.lagging[0].stream.as_deref(), Some("MD"));
         assert_eq!(c.lagging[0].lag, Some(52000));
         assert_eq!(
             c.lagging[0].description,
             "stream MD: 52000 entries behind the leader"
         );
-        assert_eq!(c.lagging[1].consumer.as_deref(), Some("c1"));
+        // A consumer is listed apart: not waited for.
+        assert_eq!(c.consumers.len(), 1, "{c:?}");
+        assert_eq!(c.consumers[0].consumer.as_deref(), Some("c1"));
         assert_eq!(
-            c.lagging[1].description,
+            c.consumers[0].description,
             "consumer c1 of stream MD: not current yet (consumer not current)"
         );
         // nats-server says current, but the leader still misses our

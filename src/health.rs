@@ -331,12 +331,18 @@ fn catch_up(f: &Facts) -> crate::cluster::CatchUp {
     )
 }
 
-/// What is not current on this node yet (a clustered node's streams,
-/// consumers, meta group), with how far behind where known. Catching up is
-/// not a failure: nothing restarts for it, but /health says 503 so load
+/// What is not current on this node yet (a clustered node's streams and
+/// meta group), with how far behind where known. Catching up is not a
+/// failure: nothing restarts for it, but /health says 503 so load
 /// balancers and `wait-ready` wait.
 pub fn catching_up(f: &Facts) -> Vec<Lagging> {
     catch_up(f).lagging
+}
+
+/// Declared consumers nats-server calls not current on this node: listed
+/// by /health and status, not waited for (see `cluster::CatchUp`).
+pub fn consumers_not_current(f: &Facts) -> Vec<Lagging> {
+    catch_up(f).consumers
 }
 
 /// /health's verdict.

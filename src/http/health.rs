@@ -116,6 +116,7 @@ pub async fn health(app: &App) -> Result<Resp, ApiError> {
         "jetstream": jetstream,
         "problems": problems.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "catching_up": lagging,
+        "consumers_not_current": health::consumers_not_current(&f),
     });
     let mut resp = json_response(code, &body);
     if !healthy {

@@ -56,6 +56,8 @@ async fn cluster_status(app: &App, infos: &[stream::Info]) -> Value {
         ..health::Facts::default()
     };
     v["catching_up"] = serde_json::to_value(health::catching_up(&f)).unwrap_or(Value::Null);
+    v["consumers_not_current"] =
+        serde_json::to_value(health::consumers_not_current(&f)).unwrap_or(Value::Null);
     v
 }
 
