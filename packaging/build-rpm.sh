@@ -48,7 +48,11 @@ done
 version=$(awk -F'"' '/^[[]/ { p = ($0 == "[package]") } p && /^version *=/ { print $2; exit }' "$root/Cargo.toml")
 [ -n "$version" ] || { echo "build-rpm.sh: no version in $root/Cargo.toml" >&2; exit 65; }
 
-defines=(--define "pkg_version $version")
+# The URL tag is Cargo.toml's homepage.
+url=$(awk -F'"' '/^[[]/ { p = ($0 == "[package]") } p && /^homepage *=/ { print $2; exit }' "$root/Cargo.toml")
+[ -n "$url" ] || { echo "build-rpm.sh: no homepage in $root/Cargo.toml" >&2; exit 65; }
+
+defines=(--define "pkg_version $version" --define "pkg_url $url")
 case $prebuilt in
 '' | 0 | no | false) ;;
 *)

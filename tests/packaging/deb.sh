@@ -20,6 +20,8 @@ field() { dpkg-deb -f "$deb" "$1"; }
 has() { grep -qE -- "$2" <<<"$1"; }
 
 check "Package is marketprism-broker" test "$(field Package)" = marketprism-broker
+homepage=$(awk -F'"' '/^homepage *=/ { print $2; exit }' "$(dirname "${BASH_SOURCE[0]}")/../../Cargo.toml")
+check "Homepage is Cargo.toml's homepage ($homepage)" test "$(field Homepage)" = "$homepage"
 check "Depends on nats-server (>= 2.9)" has "$(field Depends)" 'nats-server \(>= 2\.9\)'
 check "Depends on a sysusers implementation" has "$(field Depends)" 'systemd \| systemd-standalone-sysusers'
 for f in \

@@ -71,7 +71,8 @@ else
 fi
 
 url=$(q --qf '%{URL}')
-check "no URL tag (no host names)" test "$url" = "(none)"
+homepage=$(awk -F'"' '/^homepage *=/ { print $2; exit }' "$root/Cargo.toml")
+check "URL tag is Cargo.toml's homepage ($homepage)" test "$url" = "$homepage"
 
 # ---- requirements
 requires=$(q --requires)
