@@ -27,7 +27,9 @@
 #       healthy as soon as apt returns; account, conffile, state directory,
 #       generated nats-server.conf, man page, examples; nats-server pulled in
 #       as a dependency
-#   a-g as above, against the installed package (a restarts the running unit)
+#   a-g as above, against the installed package (a restarts the running unit,
+#       while a loop inside asks GET /health on a new connection every 20 ms:
+#       none may be refused, the socket waits in systemd's fd store)
 #   i1. upgrade to a repacked higher version: a locally edited conffile is
 #       kept without a prompt, the service is restarted and healthy, streams
 #       and stored messages survive
@@ -209,6 +211,35 @@ stage_package() {
     log "staged $CT_DEB_DIR/$DEB_NAME; nats-server.service masked"
 }
 
+# probe_http_during CMD...: runs CMD while, inside the container, a loop
+# asks GET /health on a new connection every 20 ms; prints "ANSWERED
+# UNANSWERED" (a refused, reset or silent connection is unanswered).
+probe_http_during() {
+    local out="$RUN_DIR/prober.out" rc=0
+    in_ct rm -f /run/mpb-prober.stop
+    # shellcheck disable=SC2016 # expanded by the inner bash
+    in_ct bash -c '
+        answered=0 unanswered=0
+        while [ ! -e /run/mpb-prober.stop ]; do
+            if (exec 3<>"/dev/tcp/127.0.0.1/$1" && printf "GET /health HTTP/1.0\r\n\r\n" >&3 &&
+                timeout 15 head -c 9 <&3) 2>/dev/null | grep -q "^HTTP/1"; then
+                answered=$((answered + 1))
+            else
+                unanswered=$((unanswered + 1))
+            fi
+            sleep 0.02
+        done
+        echo "$answered $unanswered"' _ "$HTTP_PORT" >"$out" &
+    local prober=$!
+    sleep 0.5
+    "$@" || rc=$?
+    sleep 0.5
+    in_ct touch /run/mpb-prober.stop
+    wait "$prober" || true
+    cat "$out"
+    return $rc
+}
+
 boot() {
     boot_container "mpb-e2e-$$" "$ROOTFS" "$RUN_DIR/nspawn.log" --private-network
 }
@@ -223,7 +254,14 @@ check_start() {
         verb=restart
         before=$(unit_prop MainPID)
     fi
-    in_ct timeout 120 systemctl "$verb" "$UNIT" || rc=$?
+    local probed=""
+    if [[ $verb == restart ]]; then
+        # No refused connection while the daemon restarts: the HTTP socket
+        # waits in systemd's fd store (FDSTORE=1) for the next daemon.
+        probed=$(probe_http_during in_ct timeout 120 systemctl "$verb" "$UNIT") || rc=$?
+    else
+        in_ct timeout 120 systemctl "$verb" "$UNIT" || rc=$?
+    fi
     # Probed at once, no retry: READY=1 must mean healthy.
     local active health
     active=$(unit_prop ActiveState)
@@ -235,6 +273,13 @@ check_start() {
     grep -q '"status":"healthy"' <<<"$health" ||
         fail_check "/health right after $verb: $(tail -1 <<<"$health")"
     ok "/health at once: $(grep -o '"status":"[a-z]*"' <<<"$health")"
+    if [[ -n $probed ]]; then
+        local answered unanswered
+        read -r answered unanswered <<<"$probed"
+        ((answered > 0 && unanswered == 0)) ||
+            fail_check "HTTP during the restart: $answered connections answered, $unanswered refused or unanswered"
+        ok "HTTP during the restart: all $answered connections answered (the socket stayed in systemd's fd store)"
+    fi
     if [[ -n $before ]]; then
         local after
         after=$(unit_prop MainPID)
@@ -614,7 +659,7 @@ checks() {
             "i2|apt-get remove: stopped; conffile, state and account stay|check_remove"
             "i3|apt-get purge: conffile and state gone, account stays|check_purge"
         )
-        all[1]="a|systemctl restart: active and healthy at once (READY only when healthy)|check_start"
+        all[1]="a|systemctl restart: no HTTP connection refused meanwhile; active and healthy at once (READY only when healthy)|check_start"
     fi
     local c id desc fn
     for c in "${all[@]}"; do
