@@ -176,52 +176,79 @@ async fn drains(bin: &Path) {
     let mut draining_503 = None;
     let mut health_draining = None;
     let mut other = Vec::new();
-    // A request every 50 ms, each on its own: one that was taken just
-    // before the drain may wait for its ack (2.10+ shuts JetStream down
-    // in lame duck) and must not hide the answers that come after it.
-    let mut inflight = futures::stream::FuturesUnordered::new();
-    let publish = || async {
-        let body = json!({"subject": "ld.http", "message": {"n": 1}}).to_string();
-        a.request(
-            None,
-            "POST",
-            "/api/v1/publish",
-            &[("content-type", "application/json")],
-            body.into_bytes(),
-        )
-        .await
-    };
+    // A publish and a /health every 50 ms, each in a task of its own: one
+    // taken just before the drain may wait for its ack (2.10+ shuts
+    // JetStream down in lame duck), and a slow /health on a loaded machine,
+    // must not hold back the requests that come after them.
+    enum Answer {
+        Publish(Result<(u16, hyper::HeaderMap, bytes::Bytes), String>),
+        Health(Option<Value>),
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let port = a.http;
     let mut tick = tokio::time::interval(Duration::from_millis(50));
+    let mut failed: Vec<String> = Vec::new();
+    let mut answered_200 = 0usize;
     while !a.has_exited() && t.elapsed() < Duration::from_secs(60) {
         tokio::select! {
             _ = tick.tick() => {
-                inflight.push(publish());
-                if let Ok((503, h)) = get_json(a.http, "/health").await {
-                    if h["status"] == "draining" {
-                        health_draining.get_or_insert(h);
-                    }
-                }
+                let tx2 = tx.clone();
+                tokio::spawn(async move {
+                    let body = json!({"subject": "ld.http", "message": {"n": 1}}).to_string();
+                    let r = request(port, "POST", "/api/v1/publish", &[("content-type", "application/json")], body.into_bytes()).await;
+                    let _ = tx2.send(Answer::Publish(r));
+                });
+                let tx2 = tx.clone();
+                tokio::spawn(async move {
+                    let h = match get_json(port, "/health").await {
+                        Ok((503, h)) => Some(h),
+                        _ => None,
+                    };
+                    let _ = tx2.send(Answer::Health(h));
+                });
             }
-            Some(r) = futures::StreamExt::next(&mut inflight) => {
-                if let Ok((code, headers, body)) = r {
+            Some(answer) = rx.recv() => match answer {
+                Answer::Health(Some(h)) if h["status"] == "draining" => {
+                    health_draining.get_or_insert(h);
+                }
+                Answer::Health(_) => {}
+                Answer::Publish(Err(e)) => failed.push(e),
+                Answer::Publish(Ok((code, headers, body))) => {
                     let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
                     if code == 503 && v["error"]["code"] == "draining" {
                         draining_503.get_or_insert((headers.get("retry-after").cloned(), v));
                     } else if code != 200 {
                         other.push((code, v));
+                    } else {
+                        answered_200 += 1;
                     }
                 }
             }
         }
     }
-    drop(inflight);
+    // What was answered before the exit but not read yet.
+    drop(tx);
+    while let Ok(answer) = rx.try_recv() {
+        match answer {
+            Answer::Health(Some(h)) if h["status"] == "draining" => {
+                health_draining.get_or_insert(h);
+            }
+            Answer::Publish(Ok((503, headers, body))) => {
+                let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                if v["error"]["code"] == "draining" {
+                    draining_503.get_or_insert((headers.get("retry-after").cloned(), v));
+                }
+            }
+            _ => {}
+        }
+    }
     let mut a = a;
     let status = a.wait_exit(Duration::from_secs(5));
     let took = t.elapsed();
     let log = a.log();
     assert_eq!(status.code(), Some(0), "{log}");
     let (retry_after, v) = draining_503.unwrap_or_else(|| {
-        panic!("no 503 draining while A drained (other answers {other:?}):\n{log}")
+        panic!("no 503 draining while A drained ({answered_200} answered 200, other answers {other:?}, failed requests {failed:?}):\n{log}")
     });
     assert!(retry_after.is_some(), "503 without Retry-After: {v}");
     assert!(
