@@ -11,6 +11,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::trio::{self, name, ports, Node};
 use common::*;
 use serde_json::Value;
 
@@ -20,45 +21,15 @@ const STREAM: &str = "BACKLOG";
 const PAYLOAD: usize = 4096;
 const MESSAGES: usize = 10_000;
 
-#[derive(Clone, Copy)]
-struct Node {
-    http: u16,
-    nats: u16,
-    monitor: u16,
-    cluster: u16,
-}
-
-fn name(i: usize) -> String {
-    format!("n{}", i + 1)
-}
-
 fn node(i: usize, nodes: &[Node], bin: &Path, state: &Path) -> DaemonBuilder {
-    let routes: String = nodes
-        .iter()
-        .map(|n| format!("    - \"nats-route://127.0.0.1:{}\"\n", n.cluster))
-        .collect();
-    let nats = format!(
-        "  server_name: {}\n  cluster_name: mpb-catchup\n  cluster_listen: \"127.0.0.1:{}\"\n  cluster_routes:\n{routes}  jetstream_max_storage: 2GB\n  max_payload: 1MB\n  streams:\n    {STREAM}:\n      subjects: [\"backlog.>\"]\n      replicas: 3\n      max_msgs: -1\n      consumers:\n        worker:\n          filter_subject: \"backlog.>\"\n          replicas: 3\n",
-        name(i),
-        nodes[i].cluster
-    );
-    Daemon::builder()
-        .bin(bin)
-        .state(state)
-        .ports((nodes[i].http, nodes[i].nats, nodes[i].monitor))
-        .nats(&nats)
-}
-
-fn ports() -> Vec<Node> {
-    let p = free_ports::<12>();
-    (0..3)
-        .map(|i| Node {
-            http: p[i * 4],
-            nats: p[i * 4 + 1],
-            monitor: p[i * 4 + 2],
-            cluster: p[i * 4 + 3],
-        })
-        .collect()
+    trio::node(
+        i,
+        nodes,
+        bin,
+        state,
+        "mpb-catchup",
+        &format!("  jetstream_max_storage: 2GB\n  max_payload: 1MB\n  streams:\n    {STREAM}:\n      subjects: [\"backlog.>\"]\n      replicas: 3\n      max_msgs: -1\n      consumers:\n        worker:\n          filter_subject: \"backlog.>\"\n          replicas: 3\n"),
+    )
 }
 
 /// `marketprism-broker wait-ready` against `d`'s config, as a child.

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::trio::{self, name, ports, Node};
 use common::*;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
@@ -24,63 +25,28 @@ use serde_json::{json, Value};
 
 const STREAM: &str = "CLUSTERED";
 
-/// One node's ports: HTTP API, NATS clients, monitor, cluster.
-#[derive(Clone, Copy)]
-struct Node {
-    http: u16,
-    nats: u16,
-    monitor: u16,
-    cluster: u16,
-}
-
-fn name(i: usize) -> String {
-    format!("n{}", i + 1)
-}
-
 fn start_node(i: usize, nodes: &[Node], bin: &Path, state: &Path) -> Daemon {
     node(i, nodes, bin, state).start()
 }
 
 fn node(i: usize, nodes: &[Node], bin: &Path, state: &Path) -> DaemonBuilder {
-    let me = nodes[i];
-    // The same route list on every node, itself included, as one config
-    // pushed to every machine has it: nats-server ignores the route to
-    // itself.
-    let routes: String = nodes
-        .iter()
-        .map(|n| format!("    - \"nats-route://127.0.0.1:{}\"\n", n.cluster))
-        .collect();
     let client_urls: String = nodes
         .iter()
         .map(|n| format!("    - \"nats://127.0.0.1:{}\"\n", n.nats))
         .collect();
-    let nats = format!(
-        "  server_name: {}\n  cluster_name: mpb-test\n  cluster_listen: \"127.0.0.1:{}\"\n  cluster_routes:\n{routes}  client_urls:\n{client_urls}  streams:\n    {STREAM}:\n      subjects: [\"clustered.>\"]\n      replicas: 3\n      consumers:\n        worker:\n          filter_subject: \"clustered.>\"\n",
-        name(i),
-        me.cluster
-    );
-    Daemon::builder()
-        .bin(bin)
-        .state(state)
-        .ports((me.http, me.nats, me.monitor))
-        .nats(&nats)
+    trio::node(
+        i,
+        nodes,
+        bin,
+        state,
+        "mpb-test",
+        &format!("  client_urls:\n{client_urls}  streams:\n    {STREAM}:\n      subjects: [\"clustered.>\"]\n      replicas: 3\n      consumers:\n        worker:\n          filter_subject: \"clustered.>\"\n"),
+    )
 }
 
 /// Whether `bin` is the current nats-server (not Debian's 2.9).
 fn client_is_current(bin: &Path) -> bool {
     bin == nats_server_current()
-}
-
-fn ports() -> Vec<Node> {
-    let p = free_ports::<12>();
-    (0..3)
-        .map(|i| Node {
-            http: p[i * 4],
-            nats: p[i * 4 + 1],
-            monitor: p[i * 4 + 2],
-            cluster: p[i * 4 + 3],
-        })
-        .collect()
 }
 
 /// The status' view of the stream's group: leader and replica names.

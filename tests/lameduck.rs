@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::trio::{self, ports, Node};
 use common::*;
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
@@ -23,43 +24,18 @@ use serde_json::{json, Value};
 const STREAM: &str = "LAMEDUCK";
 const GRACE: Duration = Duration::from_secs(2);
 
-#[derive(Clone, Copy)]
-struct Node {
-    http: u16,
-    nats: u16,
-    monitor: u16,
-    cluster: u16,
-}
-
-fn ports() -> Vec<Node> {
-    let p = free_ports::<12>();
-    (0..3)
-        .map(|i| Node {
-            http: p[i * 4],
-            nats: p[i * 4 + 1],
-            monitor: p[i * 4 + 2],
-            cluster: p[i * 4 + 3],
-        })
-        .collect()
-}
-
 fn node(i: usize, nodes: &[Node], bin: &Path, state: &Path) -> DaemonBuilder {
-    let me = nodes[i];
-    let routes: String = nodes
-        .iter()
-        .map(|n| format!("    - \"nats-route://127.0.0.1:{}\"\n", n.cluster))
-        .collect();
-    let nats = format!(
-        "  server_name: n{}\n  cluster_name: mpb-ldm\n  cluster_listen: \"127.0.0.1:{}\"\n  cluster_routes:\n{routes}  lame_duck_grace_period: {}s\n  lame_duck_duration: 30s\n  streams:\n    {STREAM}:\n      subjects: [\"ld.>\"]\n      replicas: 3\n",
-        i + 1,
-        me.cluster,
-        GRACE.as_secs(),
-    );
-    Daemon::builder()
-        .bin(bin)
-        .state(state)
-        .ports((me.http, me.nats, me.monitor))
-        .nats(&nats)
+    trio::node(
+        i,
+        nodes,
+        bin,
+        state,
+        "mpb-ldm",
+        &format!(
+            "  lame_duck_grace_period: {}s\n  lame_duck_duration: 30s\n  streams:\n    {STREAM}:\n      subjects: [\"ld.>\"]\n      replicas: 3\n",
+            GRACE.as_secs()
+        ),
+    )
 }
 
 /// Not both versions at once: 2 × 3 nodes on a shared 2-core machine.

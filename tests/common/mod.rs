@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod certs;
+pub mod trio;
 
 use std::io::Read;
 use std::net::TcpListener;
