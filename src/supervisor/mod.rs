@@ -408,7 +408,12 @@ impl Supervisor {
                     && probe::store_space_problem(&self.config.data_dir()).is_some();
             }
             let event = match event {
-                Event::Healthy if self.needs_store_restart(&running) => {
+                // After a probe either way: nats-server 2.15's /healthz
+                // keeps saying "write error" once there is room again, so
+                // a child that failed a write may never probe healthy.
+                Event::Healthy | Event::ProbeFailed { .. }
+                    if self.needs_store_restart(&running) =>
+                {
                     tracing::warn!("nats-server failed to write its JetStream store while the disk was full, and there is room again: restarting it, so that it reads its store back from disk (nats-server 2.10 otherwise goes on with a wrong last sequence: it acknowledges new messages under sequences that are taken and cannot read earlier ones); publishes are refused with 503 until it is back");
                     Event::RestartRequested
                 }
