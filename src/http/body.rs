@@ -144,25 +144,6 @@ pub(super) async fn json_body<T: for<'de> Deserialize<'de>>(
     })
 }
 
-/// Ok unless this node drains (its nats-server in lame-duck mode before a
-/// stop or a restart): then a publish is refused with 503 + Retry-After,
-/// so the client sends it to another node (or here, once restarted)
-/// rather than to a server that hands its streams away and is about to
-/// drop our connection. Checked before anything is sent to NATS.
-pub(super) fn accepting_publishes(app: &App) -> Result<(), ApiError> {
-    if app.supervised && app.child.borrow().phase == crate::supervisor::Phase::Draining {
-        return Err(ApiError {
-            retry_after: Some(1),
-            ..ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "draining",
-                "this node is draining (nats-server in lame-duck mode before a stop or restart): publish to another node, or retry shortly",
-            )
-        });
-    }
-    Ok(())
-}
-
 /// The client, when connected; else 503 asking to retry shortly.
 pub(super) fn connected(app: &App) -> Result<Arc<Nats>, ApiError> {
     app.connected_nats().ok_or_else(|| {

@@ -16,14 +16,14 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use serde::Serialize;
 
-use super::body::{accepting_publishes, connected, content_type_is, not_json, read_body};
+use super::body::{connected, content_type_is, not_json, read_body};
 use super::error::{json_bytes, ApiError};
 use crate::app::App;
 use crate::durability::Coverage;
 use crate::stats::Endpoint;
 use durable::{make_durable, sync_acked, syncs};
 use entry::Outcome;
-use send::{await_ack, publish_js, send_core, send_js};
+use send::{accepting, await_ack, publish_js, send_core, send_js};
 
 #[doc(hidden)]
 pub use entry::{parse_entry, split_batch, Entry};
@@ -69,7 +69,7 @@ async fn single_inner(app: &App, req: Request<Incoming>) -> Result<Outcome, ApiE
     })
     .await?;
     let entry = parse_entry(&cfg, &body, &body)?;
-    accepting_publishes(app)?;
+    accepting(app)?;
     let nats = connected(app)?;
     let timeout = cfg.api.publish_timeout.get();
     let matcher = app.matcher();
@@ -89,7 +89,7 @@ async fn single_inner(app: &App, req: Request<Incoming>) -> Result<Outcome, ApiE
             }
             Ok(o)
         }
-        None => send_core(app, timeout, &nats, entry).await,
+        None => send_core(timeout, &nats, entry).await,
     }
 }
 
@@ -185,7 +185,7 @@ pub async fn batch(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> 
         ));
     }
     app.stats.batch_entries.observe(raws.len() as u64);
-    accepting_publishes(app)?;
+    accepting(app)?;
     let nats = connected(app)?;
     let matcher = app.matcher();
     let mut results: Vec<Option<Result<Outcome, ApiError>>> = Vec::with_capacity(raws.len());
@@ -207,7 +207,7 @@ pub async fn batch(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> 
                 }
                 Err(e) => results[i] = Some(Err(e)),
             },
-            None => results[i] = Some(send_core(app, timeout, &nats, entry).await),
+            None => results[i] = Some(send_core(timeout, &nats, entry).await),
         }
         while acks.len() >= BATCH_WINDOW {
             if let Some((j, r)) = acks.next().await {

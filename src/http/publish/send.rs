@@ -27,12 +27,45 @@ pub(super) fn lost(stream: &str, l: Lost, timeout: Duration) -> ApiError {
     }
 }
 
-/// Refuses a JetStream publish while the supervised nats-server cannot be
-/// trusted with it: it failed to write its store (a full disk) and has not
-/// been restarted since. nats-server 2.10 then acknowledges messages under
-/// sequence numbers that are already taken; the supervisor restarts it as
-/// soon as there is room (see `Supervisor::needs_store_restart`).
-pub(super) fn store_trusted(app: &App) -> Result<(), ApiError> {
+/// Whether this node takes publishes now, checked once per request before
+/// anything is sent to NATS; else 503 + Retry-After (507 for a full disk):
+/// - it drains (nats-server in lame-duck mode before a stop or a restart,
+///   handing its streams away): the client goes to another node, or
+///   comes back once this one has restarted;
+/// - nats-server failed a store write and is not restarted yet
+///   ([`store_trusted`]);
+/// - the first stream sync has not run: which subjects streams capture is
+///   not known (right after a restart, with the HTTP socket kept by
+///   systemd, requests come in before it), and a stream's message would go
+///   out as a core publish, answered "persisted": false while JetStream
+///   stores it.
+pub(super) fn accepting(app: &App) -> Result<(), ApiError> {
+    if app.supervised && app.child.borrow().phase == crate::supervisor::Phase::Draining {
+        return Err(ApiError {
+            retry_after: Some(1),
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "draining",
+                "this node is draining (nats-server in lame-duck mode before a stop or restart): publish to another node, or retry shortly",
+            )
+        });
+    }
+    store_trusted(app)?;
+    if app.syncs.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        return Err(ApiError::unavailable(
+            "the streams are not known yet (the daemon is starting); retry shortly",
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a JetStream publish, or its ack, while the supervised
+/// nats-server cannot be trusted with it: it failed to write its store (a
+/// full disk) and has not been restarted since. nats-server 2.10 then
+/// acknowledges messages under sequence numbers that are already taken; the
+/// supervisor restarts it as soon as there is room (see
+/// `Supervisor::needs_store_restart`).
+fn store_trusted(app: &App) -> Result<(), ApiError> {
     if !app.child.borrow().store_write_failed {
         return Ok(());
     }
@@ -98,7 +131,6 @@ pub(super) async fn publish_js(
     stream: &str,
     e: Entry,
 ) -> Result<Outcome, ApiError> {
-    store_trusted(app)?;
     let (subject, msg) = js_message(e);
     let sent = Instant::now();
     let publish = nats.coalescer.publish(subject, msg);
@@ -108,6 +140,7 @@ pub(super) async fn publish_js(
         timeout,
         app.while_connected(timeout, publish).await,
     )?;
+    store_trusted(app)?;
     app.stats.ack_latency.observe_duration(sent.elapsed());
     Ok(acked(a))
 }
@@ -121,7 +154,6 @@ pub(super) async fn send_js(
     stream: &str,
     e: Entry,
 ) -> Result<PublishAckFuture, ApiError> {
-    store_trusted(app)?;
     let (subject, msg) = js_message(e);
     let sent = app
         .while_connected(timeout, nats.js.send_publish(subject, msg))
@@ -139,6 +171,7 @@ pub(super) async fn await_ack(
 ) -> Result<Outcome, ApiError> {
     let acked_at = app.while_connected(timeout, ack.into_future()).await;
     let a = answer(app, stream, timeout, acked_at)?;
+    store_trusted(app)?;
     app.stats.ack_latency.observe_duration(sent.elapsed());
     Ok(acked(a))
 }
@@ -146,8 +179,8 @@ pub(super) async fn await_ack(
 /// What a JetStream round trip to `stream` answers: its value, or the
 /// refusal or the lost connection as the client's error (507 when the
 /// store's disk is full). An ack from a nats-server that failed a store
-/// write meanwhile is not passed on (its sequence may be wrong): the
-/// client retries, as for a lost ack.
+/// write meanwhile is not passed on by the callers (its sequence may be
+/// wrong): the client retries, as for a lost ack.
 fn answer<T>(
     app: &App,
     stream: &str,
@@ -155,28 +188,17 @@ fn answer<T>(
     r: Result<Result<T, PublishError>, Lost>,
 ) -> Result<T, ApiError> {
     match r {
-        Ok(Ok(v)) => store_trusted(app).map(|()| v),
+        Ok(Ok(v)) => Ok(v),
         Ok(Err(err)) => Err(store_full(app, publish_error(stream, err))),
         Err(l) => Err(store_full(app, lost(stream, l, timeout))),
     }
 }
 
-/// A core publish (no stream captures the subject). Until the first stream
-/// sync the daemon does not know which subjects streams capture (right
-/// after a restart, with the HTTP socket kept by systemd, requests come in
-/// before it): a stream's message would be answered "persisted": false
-/// while JetStream stores it, so it is refused with 503 + Retry-After.
 pub(super) async fn send_core(
-    app: &App,
     timeout: Duration,
     nats: &Nats,
     e: Entry,
 ) -> Result<Outcome, ApiError> {
-    if app.syncs.load(std::sync::atomic::Ordering::Relaxed) == 0 {
-        return Err(ApiError::unavailable(
-            "the streams are not known yet (the daemon is starting); retry shortly",
-        ));
-    }
     let fut = async {
         match e.headers {
             Some(h) => {
