@@ -66,6 +66,17 @@ pub async fn http_get(
     }
 }
 
+/// nats-server's own full health check (`/healthz?details=true`), read:
+/// whether every JetStream asset this node serves is current here.
+pub async fn local_health(
+    monitor: SocketAddr,
+    timeout: Duration,
+) -> Result<crate::cluster::LocalHealth, String> {
+    let (status, body) = http_get(monitor, "/healthz?details=true", timeout).await?;
+    let v = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+    Ok(crate::cluster::local_health(status, &v))
+}
+
 /// nats-server's /healthz: Ok when it answers 200.
 ///
 /// `clustered`: ask with `js-enabled-only=true`. A clustered server's plain

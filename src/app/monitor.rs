@@ -58,14 +58,7 @@ impl App {
             return None;
         }
         let monitor = self.monitor()?;
-        Some(
-            probe::http_get(monitor, "/healthz?details=true", LOCAL_HEALTH_TIMEOUT)
-                .await
-                .map(|(status, body)| {
-                    let v = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
-                    crate::cluster::local_health(status, &v)
-                }),
-        )
+        Some(probe::local_health(monitor, LOCAL_HEALTH_TIMEOUT).await)
     }
 
     /// The RAFT groups of the declared streams among `infos`.

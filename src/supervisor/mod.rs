@@ -666,11 +666,7 @@ impl Supervisor {
         if !self.config.cluster_enabled() {
             return None;
         }
-        let (status, body) = probe::http_get(self.monitor, "/healthz?details=true", timeout)
-            .await
-            .ok()?;
-        let v = serde_json::from_slice(&body).ok()?;
-        let health = crate::cluster::local_health(status, &v);
+        let health = probe::local_health(self.monitor, timeout).await.ok()?;
         let c = crate::cluster::catch_up(&health, &[], None, None);
         (c.other.is_empty() && !c.lagging.is_empty()).then(|| {
             c.lagging
