@@ -805,3 +805,90 @@ async fn a_pull_the_server_terminates_is_refused_with_409_on_debians_nats_server
 async fn a_pull_the_server_terminates_is_refused_with_409_on_a_current_nats_server() {
     a_pull_the_server_terminates_is_refused_with_409(nats_server_current()).await;
 }
+
+/// Publishes `n` messages to `subject` through the batch endpoint.
+async fn publish_many(d: &Daemon, subject: &str, n: usize) {
+    let batch: Vec<Value> = (0..n)
+        .map(|i| json!({"subject": subject, "message": {"i": i}}))
+        .collect();
+    let (status, v) = d.post("/api/v1/publish/batch", json!(batch)).await;
+    assert_eq!(status, 200, "{}", v["failed"]);
+}
+
+/// Fetches until `n` messages are out (one pull usually brings them all).
+async fn fetch_n(d: &Daemon, consumer: &str, n: usize) -> Vec<Value> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let got = fetch(d, consumer, (n - out.len()) as u32, 5000).await;
+        assert!(!got.is_empty(), "only {} of {n} messages came", out.len());
+        out.extend(got);
+    }
+    out
+}
+
+/// The failure: a fetch of api.fetch_max_batch messages (its
+/// default, 1000) could not be acked in one request (413 past 64 KiB).
+/// Every token of a full fetch is acked, nak'ed or term'ed in one request,
+/// and what is acked or term'ed is not delivered again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_whole_fetch_at_fetch_max_batch_is_acked_naked_and_termed_in_one_request() {
+    let consumer = "full-fetch-consumer";
+    let d = Daemon::builder()
+        .nats(&format!(
+            "{CONSUMERS}        {consumer}:\n          filter_subject: \"market.full.>\"\n          ack_wait: 1s\n"
+        ))
+        .start();
+    let path = format!("/api/v1/streams/MARKET_DATA/consumers/{consumer}");
+    let path = path.as_str();
+    d.wait_healthy(Duration::from_secs(20)).await;
+    let (_, status) = d.get("/api/v1/status").await;
+    let max = 1000;
+    assert_eq!(
+        d.post(&format!("{path}/fetch"), json!({"batch": max + 1}))
+            .await
+            .0,
+        400,
+        "the default api.fetch_max_batch is {max}: {status}"
+    );
+
+    // ack: all at once, and nothing comes back after ack_wait (1 s).
+    publish_many(&d, "market.full.BTCUSDT.trade", max).await;
+    let messages = fetch_n(&d, path, max).await;
+    let body = json!({"tokens": tokens(&messages)});
+    assert!(body.to_string().len() > 64 << 10, "more than the old limit");
+    let v = ack(&d, path, "ack", body).await;
+    assert_eq!(v["processed"], max, "{}", v["processed"]);
+    let (_, c) = d.get(path).await;
+    assert_eq!(
+        (c["num_ack_pending"].as_u64(), c["num_pending"].as_u64()),
+        (Some(0), Some(0)),
+        "{c}"
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        fetch(&d, path, 10, 500).await.is_empty(),
+        "an acked message was redelivered"
+    );
+
+    // nak: all of them come back at once.
+    publish_many(&d, "market.full.ETHUSDT.trade", max).await;
+    let messages = fetch_n(&d, path, max).await;
+    let v = ack(&d, path, "nak", json!({"tokens": tokens(&messages)})).await;
+    assert_eq!(v["processed"], max);
+    let again = fetch_n(&d, path, max).await;
+    assert!(
+        again.iter().all(|m| m["num_delivered"] == 2),
+        "every nak'd message is redelivered once"
+    );
+
+    // term: the redelivered ones, all at once; they are done for good.
+    let v = ack(&d, path, "term", json!({"tokens": tokens(&again)})).await;
+    assert_eq!(v["processed"], max);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        fetch(&d, path, 10, 500).await.is_empty(),
+        "a terminated message was redelivered"
+    );
+    let (_, c) = d.get(path).await;
+    assert_eq!(c["num_ack_pending"], 0, "{c}");
+}

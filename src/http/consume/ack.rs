@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::info::consumer_info;
-use super::{api_timeout, Resp, FETCH_BODY_LIMIT};
+use super::{api_timeout, Resp};
 use crate::app::App;
 use crate::http::body::{connected, json_body};
 use crate::http::error::{json_response, ApiError};
@@ -55,6 +55,44 @@ impl<'a> AckSubject<'a> {
             pending: num(6)?,
         })
     }
+}
+
+/// The longest a name in an ack subject can be: nats-server refuses
+/// longer stream and consumer names (`JSMaxNameLen`), and no JetStream
+/// domain is longer in practice.
+const MAX_NAME_LEN: usize = 255;
+
+/// The longest ack token a fetch can hand out (ADR-15): the long form
+/// `$JS.ACK.<domain>.<account hash>.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>.<random>`
+/// with every name at its longest, every number at u64's 20 digits, the
+/// account hash at nats-server's 8 characters and room for ADR-15's
+/// trailing random token (a NUID, 22 characters).
+pub(super) const fn max_ack_token_len() -> usize {
+    const ACCOUNT_HASH: usize = 8;
+    const RANDOM: usize = 22;
+    const NUMBERS: usize = 5;
+    const U64_DIGITS: usize = 20;
+    let names = 3 * MAX_NAME_LEN + ACCOUNT_HASH + RANDOM;
+    let numbers = NUMBERS * U64_DIGITS;
+    // Nine dots between the ten tokens after the prefix.
+    "$JS.ACK.".len() + names + numbers + 9
+}
+
+/// The largest ack, nak or term body to read: every token a fetch of
+/// `fetch_max_batch` messages can hand out, at its longest, as a JSON
+/// string with a comma and some whitespace (pretty-printed bodies), plus
+/// the object around them and `delay_ms`. Never below 64 KiB, the limit
+/// before it was derived. Read per request, so a reloaded
+/// `api.fetch_max_batch` applies at once.
+pub(super) fn ack_body_limit(fetch_max_batch: u32) -> usize {
+    /// Two quotes, a comma, a line break and four spaces of indentation.
+    const PER_TOKEN: usize = 8;
+    /// `{"tokens": [], "delay_ms": 18446744073709551615}` and whitespace.
+    const ENVELOPE: usize = 1024;
+    (fetch_max_batch as usize)
+        .saturating_mul(max_ack_token_len() + PER_TOKEN)
+        .saturating_add(ENVELOPE)
+        .max(64 << 10)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,8 +147,8 @@ pub(super) async fn acknowledge(
     name: &str,
     kind: Kind,
 ) -> Result<Resp, ApiError> {
-    let r: AckRequest =
-        json_body(app, req, FETCH_BODY_LIMIT, None, r#"{"tokens": ["..."]}"#).await?;
+    let limit = ack_body_limit(app.config().api.fetch_max_batch);
+    let r: AckRequest = json_body(app, req, limit, None, r#"{"tokens": ["..."]}"#).await?;
     if r.delay_ms.is_some() && kind != Kind::Nak {
         return Err(ApiError::bad_request(
             "invalid_json",
@@ -216,6 +254,58 @@ mod tests {
         ] {
             assert_eq!(AckSubject::parse(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn the_longest_token_is_the_long_form_with_every_part_at_its_longest() {
+        let name = "n".repeat(MAX_NAME_LEN);
+        let n = u64::MAX;
+        let longest = format!(
+            "$JS.ACK.{name}.ABCDEFGH.{name}.{name}.{n}.{n}.{n}.{n}.{n}.{}",
+            "r".repeat(22)
+        );
+        assert!(AckSubject::parse(&longest).is_some(), "a valid token");
+        assert_eq!(longest.len(), max_ack_token_len());
+        // The short form nats-server 2.9 and 2.10 hand out is far shorter.
+        let short = format!("$JS.ACK.{name}.{name}.{n}.{n}.{n}.{n}.{n}");
+        assert!(short.len() < max_ack_token_len());
+    }
+
+    #[test]
+    fn an_ack_body_for_a_whole_fetch_of_longest_tokens_fits_the_limit() {
+        let name = "n".repeat(MAX_NAME_LEN);
+        let n = u64::MAX;
+        let token = format!(
+            "$JS.ACK.{name}.ABCDEFGH.{name}.{name}.{n}.{n}.{n}.{n}.{n}.{}",
+            "r".repeat(22)
+        );
+        for batch in [1u32, 70, 1000, 5000] {
+            let tokens = vec![token.clone(); batch as usize];
+            let body = json!({"tokens": tokens, "delay_ms": u64::MAX});
+            for text in [
+                serde_json::to_string(&body).unwrap(),
+                serde_json::to_string_pretty(&body).unwrap(),
+            ] {
+                assert!(
+                    text.len() <= ack_body_limit(batch),
+                    "batch {batch}: {} > {}",
+                    text.len(),
+                    ack_body_limit(batch)
+                );
+            }
+            // The old fixed limit held only about 70 such tokens.
+            if batch >= 1000 {
+                assert!(ack_body_limit(batch) > 64 << 10);
+            }
+        }
+        // A batch one bigger than configured may not fit: the limit follows
+        // the setting rather than being a fixed large number.
+        assert!(ack_body_limit(1000) < ack_body_limit(1001));
+        assert_eq!(ack_body_limit(1), 64 << 10, "never below the old floor");
+        assert_eq!(
+            ack_body_limit(u32::MAX),
+            (u32::MAX as usize) * (max_ack_token_len() + 8) + 1024
+        );
     }
 
     #[test]

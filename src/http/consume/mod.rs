@@ -35,7 +35,8 @@ use info::{detail, list};
 
 type Resp = Response<http_body_util::Full<Bytes>>;
 
-/// Bodies of fetch and ack requests are tiny; anything bigger is a mistake.
+/// Fetch bodies are tiny; anything bigger is a mistake. (Ack, nak and term
+/// bodies carry up to `api.fetch_max_batch` tokens: `ack::ack_body_limit`.)
 const FETCH_BODY_LIMIT: usize = 64 << 10;
 
 /// Routes `{stream}/consumers...` (the part after `/api/v1/streams/`).
