@@ -18,15 +18,18 @@ use std::time::{Duration, Instant};
 pub enum Endpoint {
     Single = 0,
     Batch = 1,
+    /// POST /api/v1/publish/stream, per line.
+    Stream = 2,
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 2] = [Endpoint::Single, Endpoint::Batch];
+    pub const ALL: [Endpoint; 3] = [Endpoint::Single, Endpoint::Batch, Endpoint::Stream];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Endpoint::Single => "single",
             Endpoint::Batch => "batch",
+            Endpoint::Stream => "stream",
         }
     }
 }
@@ -263,7 +266,7 @@ impl Rates {
 #[derive(Debug, Default)]
 pub struct Stats {
     /// Publishes by endpoint and outcome.
-    publishes: [[AtomicU64; 4]; 2],
+    publishes: [[AtomicU64; 4]; 3],
     /// Messages delivered to clients through the daemon: HTTP fetches and
     /// event streams.
     pub consumed: AtomicU64,
@@ -272,7 +275,7 @@ pub struct Stats {
     pub sse_dropped: AtomicU64,
     /// POST /api/v1/publish, request in to answer out, successful ones.
     pub publish_latency: Histogram<Latency>,
-    /// JetStream publishes (single and batch), from the hand-over to the
+    /// JetStream publishes (single, batch and stream), from the hand-over to the
     /// connection until the ack.
     pub ack_latency: Histogram<Latency>,
     /// Entries per POST /api/v1/publish/batch that got past the size checks.

@@ -121,6 +121,11 @@ mod tests {
             assert_eq!(need(&Method::HEAD, "/health", reads), Need::Nothing);
             for m in [Method::POST, Method::PUT, Method::DELETE, Method::PATCH] {
                 assert_eq!(need(&m, "/api/v1/publish", reads), Need::At(Access::Write));
+                assert_eq!(
+                    need(&m, "/api/v1/publish/stream", reads),
+                    Need::At(Access::Write),
+                    "streaming ingest writes"
+                );
                 assert_eq!(need(&m, "/health", reads), Need::At(Access::Write));
             }
         }

@@ -171,7 +171,7 @@ pub async fn metrics(app: &App) -> Result<Resp, ApiError> {
     t.family(
         &name,
         Kind::Counter,
-        "HTTP publishes by endpoint (single, batch: per entry) and outcome: persisted (a stream acknowledged it), core (no stream captures the subject), rejected (4xx), failed (5xx).",
+        "HTTP publishes by endpoint (single, batch: per entry, stream: per line) and outcome: persisted (a stream acknowledged it), core (no stream captures the subject), rejected (4xx), failed (5xx).",
     );
     for ep in Endpoint::ALL {
         for o in Outcome::ALL {
@@ -190,7 +190,7 @@ pub async fn metrics(app: &App) -> Result<Resp, ApiError> {
     );
     t.histogram(
         &n("jetstream_ack_seconds"),
-        "JetStream publishes (single and batch entries), from the hand-over to the NATS connection until the stream's ack.",
+        "JetStream publishes (single publishes, batch entries and streamed lines), from the hand-over to the NATS connection until the stream's ack.",
         &stats.ack_latency.snapshot(),
         1e9,
     );

@@ -14,8 +14,12 @@ use crate::app::App;
 
 type Resp = Response<Full<Bytes>>;
 
-/// A response body: a whole one, or an event stream.
-pub type Body = http_body_util::Either<Full<Bytes>, super::subscribe::SseBody>;
+/// A response body: a whole one, an event stream, or the results of a
+/// streaming ingest.
+pub type Body = http_body_util::Either<
+    Full<Bytes>,
+    http_body_util::Either<super::subscribe::SseBody, super::publish::IngestBody>,
+>;
 
 pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     use http_body_util::Either;
@@ -24,21 +28,28 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Bo
     if let Err(e) = authorize(&app, &req) {
         return Ok(e.into_response().map(Either::Left));
     }
-    if req.uri().path() == "/api/v1/subscribe" {
-        let r = if req.method() == Method::GET {
-            super::subscribe::handle(&app, &req).await
-        } else {
-            Err(ApiError::method_not_allowed("GET"))
-        };
-        return Ok(match r {
-            Ok(resp) => resp.map(Either::Right),
-            Err(e) => e.into_response().map(Either::Left),
-        });
-    }
-    Ok(route(&app, req)
-        .await
-        .unwrap_or_else(ApiError::into_response)
-        .map(Either::Left))
+    let streamed = match req.uri().path() {
+        "/api/v1/subscribe" if req.method() == Method::GET => super::subscribe::handle(&app, &req)
+            .await
+            .map(|r| r.map(Either::Left)),
+        "/api/v1/subscribe" => Err(ApiError::method_not_allowed("GET")),
+        "/api/v1/publish/stream" if req.method() == Method::POST => {
+            super::publish::stream(app.clone(), req)
+                .await
+                .map(|r| r.map(Either::Right))
+        }
+        "/api/v1/publish/stream" => Err(ApiError::method_not_allowed("POST")),
+        _ => {
+            return Ok(route(&app, req)
+                .await
+                .unwrap_or_else(ApiError::into_response)
+                .map(Either::Left))
+        }
+    };
+    Ok(match streamed {
+        Ok(resp) => resp.map(Either::Right),
+        Err(e) => e.into_response().map(Either::Left),
+    })
 }
 
 /// `api.tokens_file` enforcement (see `auth`): Ok, or the 401/403 to send.

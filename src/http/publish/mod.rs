@@ -1,12 +1,16 @@
-//! POST /api/v1/publish and /api/v1/publish/batch: one parser
-//! (`entry.rs`) and one sender (`send.rs`) for an entry, so a batch entry
-//! means exactly what a single publish means; `refusal.rs` says what a
-//! failed publish answers, `durable.rs` waits for the sync.
+//! POST /api/v1/publish, /api/v1/publish/batch and /api/v1/publish/stream:
+//! one parser (`entry.rs`) and one sender (`send.rs`) for an entry, so a
+//! batch entry or a streamed line means exactly what a single publish
+//! means; `refusal.rs` says what a failed publish answers, `durable.rs`
+//! waits for the sync; `stream.rs` (with `ndjson.rs` splitting its body)
+//! is the streaming ingest.
 
 mod durable;
 mod entry;
+mod ndjson;
 mod refusal;
 mod send;
+mod stream;
 
 use std::time::Instant;
 
@@ -28,6 +32,7 @@ use send::{accepting, await_ack, publish_js, send_core, send_js};
 #[doc(hidden)]
 pub use entry::{parse_entry, split_batch, Entry};
 pub use refusal::publish_error;
+pub use stream::{stream, IngestBody};
 
 type Resp = Response<http_body_util::Full<Bytes>>;
 
