@@ -12,7 +12,9 @@
 //!    so the load generator takes as little of the machine as it can),
 //!    else from a hyper client in this process (`--loadgen` chooses);
 //! 3. HTTP batch publish: 100 and 1000 messages a request (JSON array),
-//!    over 4 connections;
+//!    over 4 connections; and streaming ingest: one POST
+//!    /api/v1/publish/stream on one connection, fed the same message in
+//!    64 KiB chunks, its per-line results read as they come;
 //!    every HTTP load runs twice, with `nats.durability: lazy` (answered
 //!    on the ack, like the direct client) and `sync` (answered after a
 //!    group-commit sync), switched by a config reload between them;
@@ -414,6 +416,112 @@ async fn measure(
     }
 }
 
+// ---------------------------------------------------------- stream ----
+
+/// A request body fed through a channel: the streaming ingest's lines.
+struct Feed(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for Feed {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|b| b.map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+}
+
+/// One POST /api/v1/publish/stream on one connection, fed the trade
+/// message in 64 KiB chunks of lines for `secs` while its answer is read:
+/// lines answered `"persisted": true` per second, until the summary.
+/// Latency: from a chunk's hand-over to the connection until the result of
+/// its last line.
+async fn stream_load(port: u16, secs: f64, label: &str) -> Run {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect to the HTTP API");
+    tcp.set_nodelay(true).unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(2);
+    let req = hyper::Request::post("/api/v1/publish/stream")
+        .header("host", "127.0.0.1")
+        .header("content-type", "application/x-ndjson")
+        .body(Feed(rx))
+        .unwrap();
+    let line = format!("{{\"subject\":\"{SUBJECT}\",\"message\":{TRADE}}}\n");
+    let per_chunk = ((64 << 10) / line.len()) as u64;
+    let chunk = Bytes::from(line.repeat(per_chunk as usize));
+    // (the last line of a chunk, when it was handed over)
+    let sent_at = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
+    let t0 = Instant::now();
+    let until = t0 + Duration::from_secs_f64(secs);
+    let writer = {
+        let sent_at = sent_at.clone();
+        tokio::spawn(async move {
+            let mut lines = 0;
+            while Instant::now() < until {
+                let at = Instant::now();
+                if tx.send(chunk.clone()).await.is_err() {
+                    return;
+                }
+                lines += per_chunk;
+                sent_at.lock().unwrap().push_back((lines, at));
+            }
+        })
+    };
+    let resp = sender.send_request(req).await.expect("the stream's answer");
+    assert_eq!(resp.status(), 200, "POST /api/v1/publish/stream");
+    let mut body = resp.into_body();
+    let (mut ok, mut errors, mut n) = (0u64, 0u64, 0u64);
+    let mut samples = Samples::default();
+    let mut buf: Vec<u8> = Vec::new();
+    'read: while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.expect("the answer stream").into_data() else {
+            continue;
+        };
+        buf.extend_from_slice(&data);
+        let mut start = 0;
+        while let Some(i) = buf[start..].iter().position(|&b| b == b'\n') {
+            let l = &buf[start..start + i];
+            start += i + 1;
+            if l.starts_with(b"{\"summary\"") {
+                break 'read;
+            }
+            n += 1;
+            if says_persisted(l) {
+                ok += 1;
+            } else {
+                errors += 1;
+            }
+        }
+        buf.drain(..start);
+        let now = Instant::now();
+        let mut q = sent_at.lock().unwrap();
+        while q.front().is_some_and(|&(last, _)| last <= n) {
+            let (_, at) = q.pop_front().unwrap();
+            samples.add(now - at);
+        }
+    }
+    writer.await.unwrap();
+    Run {
+        label: label.into(),
+        ok,
+        errors,
+        secs: t0.elapsed().as_secs_f64(),
+        p50_ms: samples.pct(0.50),
+        p99_ms: samples.pct(0.99),
+        cpu: None,
+    }
+}
+
 // ------------------------------------------------------------ direct ----
 
 /// `inflight` tasks on one async-nats connection, each publishing and
@@ -683,6 +791,7 @@ async fn run(opts: Opts) {
     };
     let (mut direct, mut http, mut batch) = (Vec::new(), Vec::new(), Vec::new());
     let (mut http_sync, mut batch_sync) = (Vec::new(), Vec::new());
+    let mut streamed = Vec::new();
     let spec = opts.spec();
     // One HTTP load under each durability, lazy first; the daemon is left
     // on sync (its default).
@@ -735,6 +844,15 @@ async fn run(opts: Opts) {
         batch.push(lazy);
         batch_sync.push(sync);
     }
+    // Streaming ingest, under each durability (the daemon ends on sync).
+    for (mode, extra) in [("lazy", "  durability: lazy\n"), ("sync", "")] {
+        d.reload_with(&spec, extra);
+        let label = format!("HTTP stream ingest, 1 conn (p50/p99: chunk), {mode}");
+        purge(&js).await;
+        stream_load(d.http, warm, &label).await;
+        purge(&js).await;
+        streamed.push(with_cpu(pids, stream_load(d.http, opts.secs, &label)).await);
+    }
     sampling.store(false, Relaxed);
     sampler.await.unwrap();
     let rss_load = peak.load(Relaxed) as f64 / 1024.0;
@@ -760,6 +878,7 @@ async fn run(opts: Opts) {
         .chain(always.iter())
         .chain(http.iter().zip(&http_sync).flat_map(|(a, b)| [a, b]))
         .chain(batch.iter().zip(&batch_sync).flat_map(|(a, b)| [a, b]))
+        .chain(streamed.iter())
     {
         let (dc, nc) = r.cpu.unwrap_or((f64::NAN, f64::NAN));
         println!(
@@ -832,6 +951,27 @@ async fn run(opts: Opts) {
             Some(sa >= 5.0),
         );
     }
+    let rs = ratio(&streamed[0], &direct[2]);
+    line(
+        "HTTP stream 1 conn lazy / direct 256 in flight",
+        format!("{rs:.2}"),
+        "",
+        None,
+    );
+    let rsb = ratio(&streamed[0], &batch[1]);
+    line(
+        "HTTP stream 1 conn lazy / HTTP batch 1000 lazy",
+        format!("{rsb:.2}"),
+        "",
+        None,
+    );
+    let ss = ratio(&streamed[1], &streamed[0]);
+    line(
+        "HTTP stream sync / HTTP stream lazy",
+        format!("{ss:.2}"),
+        "",
+        None,
+    );
     let sb = ratio(&batch_sync[1], &batch[1]);
     line(
         "HTTP batch 1000 sync / HTTP batch 1000 lazy",
@@ -922,10 +1062,11 @@ async fn run(opts: Opts) {
             "http_batch": batch.iter().map(Run::json).collect::<Vec<_>>(),
             "http_sync": http_sync.iter().map(Run::json).collect::<Vec<_>>(),
             "http_batch_sync": batch_sync.iter().map(Run::json).collect::<Vec<_>>(),
+            "http_stream": streamed.iter().map(Run::json).collect::<Vec<_>>(),
             "direct_sync_always": always.as_ref().map(Run::json),
             "durability_ratios": {"sync16_lazy16": s16, "batch1000_sync_lazy": sb,
                 "sync16_direct_always16": always.as_ref().map(|a| ratio(&http_sync[1], a))},
-            "ratios": {"batch1000_direct256": rb, "http1_direct1": r1, "http16_direct16": r16, "http64_direct256": r64},
+            "ratios": {"stream1_direct256": rs, "stream1_batch1000": rsb, "stream_sync_lazy": ss, "batch1000_direct256": rb, "http1_direct1": r1, "http16_direct16": r16, "http64_direct256": r64},
             "readiness_ms": {"nats_server_alone": ms(alone), "daemon_ready": ms(daemon_ready)},
             "recovery_ms": rec.iter().map(|r| json!({"healthy": ms(r.healthy), "first_ack": ms(r.first_ack)})).collect::<Vec<_>>(),
             "rss_mb": {"idle": rss_idle, "load_peak": rss_load},

@@ -431,10 +431,13 @@ async fn run(
     if matches!(stop, Some(Stop::Gone)) {
         return;
     }
-    // A line begun and not ended when reading stopped gets the reason.
+    // A line begun and not ended when reading stopped (the body paused
+    // in it, or the daemon stops) gets the reason. (Lines of a frame not
+    // yet split when the gate closed get no result: the summary's error
+    // says that reading stopped.)
     let error = stop.map(|s| s.error());
     if let Some(e) = &error {
-        if split.mid_line() {
+        if split.drained() && split.mid_line() {
             failed += 1;
             app.stats.error(Endpoint::Stream, e.status.as_u16());
             result_line(&mut out, &mut scratch, split.line(), Err(e.clone()));
