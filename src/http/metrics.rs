@@ -248,6 +248,18 @@ pub async fn metrics(app: &App) -> Result<Resp, ApiError> {
         &[],
         stats.sse_dropped.load(std::sync::atomic::Ordering::Relaxed),
     );
+    t.family(
+        &n("http_connections_evicted_total"),
+        Kind::Counter,
+        "HTTP connections closed at api.max_connections to make room for a new client: the oldest that was idle or had not sent a complete request head.",
+    );
+    t.int(
+        &n("http_connections_evicted_total"),
+        &[],
+        stats
+            .http_evicted
+            .load(std::sync::atomic::Ordering::Relaxed),
+    );
 
     // Reloads.
     let (ok, failed) = stats.reloads();

@@ -16,6 +16,7 @@ pub mod openapi;
 pub mod publish;
 pub mod routes;
 pub mod server;
+pub mod slots;
 pub mod status;
 pub mod streams;
 pub mod subscribe;
