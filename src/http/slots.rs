@@ -86,8 +86,11 @@ pub enum Eviction {
 /// Of `(id, idle since)` of the connections not in a request, the one to
 /// evict at `now` (idle the longest, for at least `GRACE`), or when one
 /// will be due.
-fn choose(idle: &[(usize, Instant)], now: Instant) -> Result<usize, Option<Instant>> {
-    let Some(&(id, since)) = idle.iter().min_by_key(|c| c.1) else {
+fn choose(
+    idle: impl Iterator<Item = (usize, Instant)>,
+    now: Instant,
+) -> Result<usize, Option<Instant>> {
+    let Some((id, since)) = idle.min_by_key(|c| c.1) else {
         return Err(None);
     };
     if now.saturating_duration_since(since) >= GRACE {
@@ -112,15 +115,16 @@ impl Slots {
     pub fn evict(&self, now: Instant) -> Eviction {
         let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
         loop {
-            let idle: Vec<(usize, Instant)> = conns
+            // One pass, no allocation: this runs once per new client at
+            // the cap, over up to api.max_connections connections.
+            let idle = conns
                 .iter()
                 .filter(|(_, c)| c.requests.load(Ordering::Acquire) == 0)
                 .map(|(&id, c)| {
                     let us = c.idle_since.load(Ordering::Acquire);
                     (id, self.base + Duration::from_micros(us))
-                })
-                .collect();
-            let id = match choose(&idle, now) {
+                });
+            let id = match choose(idle, now) {
                 Ok(id) => id,
                 Err(Some(at)) => return Eviction::NotBefore(at),
                 Err(None) => return Eviction::Nobody,
@@ -254,9 +258,12 @@ mod tests {
     fn the_connection_idle_longest_goes_once_idle_for_the_grace() {
         let t0 = Instant::now();
         let idle = [(7, t0 + GRACE), (3, t0), (9, t0 + GRACE * 3)];
-        assert_eq!(choose(&idle, t0 + GRACE), Ok(3));
-        assert_eq!(choose(&idle, t0 + GRACE / 2), Err(Some(t0 + GRACE)));
-        assert_eq!(choose(&[], t0), Err(None));
+        assert_eq!(choose(idle.into_iter(), t0 + GRACE), Ok(3));
+        assert_eq!(
+            choose(idle.into_iter(), t0 + GRACE / 2),
+            Err(Some(t0 + GRACE))
+        );
+        assert_eq!(choose(std::iter::empty(), t0), Err(None));
     }
 
     #[test]
