@@ -89,6 +89,14 @@ async fn route(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> {
             Some(rest) if rest.split('/').nth(1) == Some("consumers") => {
                 super::consume::route(app, req, rest).await
             }
+            Some(rest)
+                if matches!(
+                    rest.split('/').nth(1),
+                    Some("replay" | "latest" | "subjects" | "messages")
+                ) =>
+            {
+                super::replay::route(app, req, rest).await
+            }
             Some(name) if !name.is_empty() && !name.contains('/') => {
                 if get {
                     super::streams::stream_detail(app, name).await
