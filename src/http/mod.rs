@@ -13,6 +13,7 @@ pub mod health;
 pub mod message;
 pub mod metrics;
 pub mod monitor;
+pub mod openapi;
 pub mod publish;
 pub mod replay;
 pub mod routes;
@@ -20,5 +21,6 @@ pub mod server;
 pub mod status;
 pub mod streams;
 pub mod subscribe;
+pub mod table;
 
 pub use server::serve;

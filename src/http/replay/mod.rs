@@ -14,8 +14,7 @@
 //! `stream_seq` and `timestamp`.
 
 use bytes::Bytes;
-use hyper::body::Incoming;
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Response, StatusCode};
 use serde::Serialize;
 use tokio::time::Instant;
 
@@ -42,44 +41,44 @@ use query::Start;
 
 type Resp = Response<http_body_util::Full<Bytes>>;
 
-/// Routes `{stream}/replay`, `/latest`, `/subjects/{subject}/last` and
-/// `/messages/{seq}` (the part after `/api/v1/streams/`).
-pub async fn route(app: &App, req: Request<Incoming>, rest: &str) -> Result<Resp, ApiError> {
-    let parts: Vec<&str> = rest.split('/').collect();
-    let get = matches!(*req.method(), Method::GET | Method::HEAD);
-    let query = req.uri().query();
-    match parts[..] {
-        [stream, "replay"] if get => {
-            check_stream(stream)?;
-            let max = app.config().api.fetch_max_batch;
-            let q = query::replay(query, stream, max)?;
-            replay(app, stream, q).await
-        }
-        [stream, "latest"] if get => {
-            check_stream(stream)?;
-            let (filter, limit) = query::latest(query, app.config().api.fetch_max_batch)?;
-            latest(app, stream, filter, limit).await
-        }
-        [stream, "subjects", subject, "last"] if get => {
-            check_stream(stream)?;
-            no_query(query)?;
-            let subject = query::path_subject(subject, stream)?;
-            get::get(app, stream, get::Which::LastOf(subject)).await
-        }
-        [stream, "messages", seq] if get => {
-            check_stream(stream)?;
-            no_query(query)?;
-            let seq = query::seq("the sequence in the path", seq)?;
-            get::get(app, stream, get::Which::Seq(seq)).await
-        }
-        [_, "replay" | "latest"] | [_, "subjects", _, "last"] | [_, "messages", _] => {
-            Err(ApiError::method_not_allowed("GET, HEAD"))
-        }
-        _ => Err(ApiError::not_found(format!(
-            "no such endpoint: {} /api/v1/streams/{rest}",
-            req.method()
-        ))),
-    }
+/// GET .../replay: one page.
+pub(crate) async fn replay(app: &App, stream: &str, query: Option<&str>) -> Result<Resp, ApiError> {
+    check_stream(stream)?;
+    let q = query::replay(query, stream, app.config().api.fetch_max_batch)?;
+    replay_page(app, stream, q).await
+}
+
+/// GET .../latest: the newest message per matching subject, bounded.
+pub(crate) async fn latest(app: &App, stream: &str, query: Option<&str>) -> Result<Resp, ApiError> {
+    check_stream(stream)?;
+    let (filter, limit) = query::latest(query, app.config().api.fetch_max_batch)?;
+    latest_page(app, stream, filter, limit).await
+}
+
+/// GET .../subjects/{subject}/last.
+pub(crate) async fn subject_last(
+    app: &App,
+    stream: &str,
+    subject: &str,
+    query: Option<&str>,
+) -> Result<Resp, ApiError> {
+    check_stream(stream)?;
+    no_query(query)?;
+    let subject = query::path_subject(subject, stream)?;
+    get::get(app, stream, get::Which::LastOf(subject)).await
+}
+
+/// GET .../messages/{seq}.
+pub(crate) async fn message(
+    app: &App,
+    stream: &str,
+    seq: &str,
+    query: Option<&str>,
+) -> Result<Resp, ApiError> {
+    check_stream(stream)?;
+    no_query(query)?;
+    let seq = query::seq("the sequence in the path", seq)?;
+    get::get(app, stream, get::Which::Seq(seq)).await
 }
 
 fn no_stream(stream: &str) -> ApiError {
@@ -321,7 +320,7 @@ fn entries(page: &ephemeral::Page) -> Vec<Entry<'_>> {
         .collect()
 }
 
-async fn replay(app: &App, stream: &str, q: query::Replay) -> Result<Resp, ApiError> {
+async fn replay_page(app: &App, stream: &str, q: query::Replay) -> Result<Resp, ApiError> {
     let Read { page, next } = page(app, stream, q.start, q.filter, q.limit).await?;
     let messages = entries(&page);
     let body = serde_json::to_vec(&ReplayAnswer {
@@ -349,7 +348,7 @@ struct LatestAnswer<'a> {
     next_cursor: String,
 }
 
-async fn latest(
+async fn latest_page(
     app: &App,
     stream: &str,
     filter: Option<String>,
