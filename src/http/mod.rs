@@ -2,7 +2,8 @@
 //! GET /api/v1/streams/{name}, POST /api/v1/publish/batch, the consumer
 //! endpoints under /api/v1/streams/{name}/consumers, the GET
 //! /api/v1/subscribe event stream, GET /metrics and the nats-server monitor
-//! passthrough GET /api/v1/nats/{endpoint}.
+//! passthrough GET /api/v1/nats/{endpoint}; and reading streams without a
+//! consumer of one's own (replay, latest values, messages by sequence).
 
 pub mod auth;
 pub mod body;
@@ -14,6 +15,7 @@ pub mod metrics;
 pub mod monitor;
 pub mod openapi;
 pub mod publish;
+pub mod replay;
 pub mod routes;
 pub mod server;
 pub mod slots;

@@ -80,7 +80,7 @@ async fn dispatch(
     p: (&str, &str),
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
-    use super::{consume, health, metrics, monitor, openapi, publish, status, streams};
+    use super::{consume, health, metrics, monitor, openapi, publish, replay, status, streams};
     let whole = match route {
         Route::Subscribe => {
             return super::subscribe::handle(app, &req)
@@ -103,6 +103,10 @@ async fn dispatch(
         Route::Ack => consume::acknowledge(app, req, p.0, p.1, Kind::Ack).await,
         Route::Nak => consume::acknowledge(app, req, p.0, p.1, Kind::Nak).await,
         Route::Term => consume::acknowledge(app, req, p.0, p.1, Kind::Term).await,
+        Route::Replay => replay::replay(app, p.0, req.uri().query()).await,
+        Route::Latest => replay::latest(app, p.0, req.uri().query()).await,
+        Route::SubjectLast => replay::subject_last(app, p.0, p.1, req.uri().query()).await,
+        Route::Message => replay::message(app, p.0, p.1, req.uri().query()).await,
     };
     whole.map(|r| r.map(Either::Left))
 }

@@ -64,6 +64,14 @@ routes! {
     Ack => "/api/v1/streams/{stream}/consumers/{consumer}/ack", "POST", [200, 207, 400, 404, 408, 413, 415, 503];
     Nak => "/api/v1/streams/{stream}/consumers/{consumer}/nak", "POST", [200, 207, 400, 404, 408, 413, 415, 503];
     Term => "/api/v1/streams/{stream}/consumers/{consumer}/term", "POST", [200, 207, 400, 404, 408, 413, 415, 503];
+    /// A stream read in pages through an ephemeral consumer (`replay`).
+    Replay => "/api/v1/streams/{stream}/replay", "GET, HEAD", [200, 400, 404, 503];
+    /// The newest message of every subject matching a filter.
+    Latest => "/api/v1/streams/{stream}/latest", "GET, HEAD", [200, 400, 404, 503];
+    /// The last message on one subject.
+    SubjectLast => "/api/v1/streams/{stream}/subjects/{subject}/last", "GET, HEAD", [200, 400, 404, 503];
+    /// One message by stream sequence.
+    Message => "/api/v1/streams/{stream}/messages/{seq}", "GET, HEAD", [200, 400, 404, 503];
 }
 
 impl Route {
@@ -145,6 +153,16 @@ mod tests {
         assert_eq!(classify("/api/v1/streams/S/consumers/c/other"), None);
         assert_eq!(classify("/api/v1/publish/"), None);
         assert_eq!(classify("/nope"), None);
+        let (r, p) = classify("/api/v1/streams/S/subjects/market.ticker.%3E/last").unwrap();
+        assert_eq!(
+            (r, p.get(0), p.get(1)),
+            (Route::SubjectLast, "S", "market.ticker.%3E")
+        );
+        assert_eq!(
+            classify("/api/v1/streams/S/messages/7").unwrap().0,
+            Route::Message
+        );
+        assert_eq!(classify("/api/v1/streams/S/replay/x"), None);
     }
 
     #[test]

@@ -14,11 +14,12 @@
 //! ack subject of *this* stream and consumer before anything is sent, so
 //! the endpoint cannot be used to publish to arbitrary subjects.
 
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::Response;
 
+use super::message::rfc3339_nanos;
 use crate::app::App;
 
 mod ack;
@@ -39,13 +40,4 @@ const FETCH_BODY_LIMIT: usize = 64 << 10;
 /// Deadline for the JetStream API requests of one HTTP request.
 fn api_timeout(app: &App) -> Duration {
     app.config().api.publish_timeout.get()
-}
-
-fn rfc3339_nanos(nanos: i128) -> String {
-    let t = if nanos >= 0 {
-        UNIX_EPOCH + Duration::from_nanos(nanos.min(u64::MAX as i128) as u64)
-    } else {
-        UNIX_EPOCH
-    };
-    humantime::format_rfc3339_nanos(t).to_string()
 }
