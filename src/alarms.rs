@@ -338,13 +338,16 @@ impl fmt::Display for Alarm {
                 over,
                 num_pending,
                 num_ack_pending,
-            } => write!(
-                f,
-                "consumer {} of stream {} has {} unprocessed messages (alert_if_pending_over: {over}): {num_pending} not delivered yet, {num_ack_pending} delivered and not acknowledged",
-                self.consumer.as_deref().unwrap_or_default(),
-                self.stream,
-                num_pending.saturating_add(*num_ack_pending)
-            ),
+            } => {
+                let n = num_pending.saturating_add(*num_ack_pending);
+                write!(
+                    f,
+                    "consumer {} of stream {} has {n} unprocessed message{} (alert_if_pending_over: {over}): {num_pending} not delivered yet, {num_ack_pending} delivered and not acknowledged",
+                    self.consumer.as_deref().unwrap_or_default(),
+                    self.stream,
+                    if n == 1 { "" } else { "s" }
+                )
+            }
         }
     }
 }

@@ -152,7 +152,9 @@ pub async fn status(app: &App) -> Result<Resp, ApiError> {
             "error": sync.error,
         },
         "alarms": board.alarms.iter().map(crate::alarms::Alarm::to_json).collect::<Vec<_>>(),
-        "alarms_checked_at": board.checked_at.map(rfc3339),
+        "alarms_checked_at": board
+            .checked_at
+            .map(|t| humantime::format_rfc3339_millis(t).to_string()),
         "alarms_error": board.error,
         "message_stats": app.stats.snapshot(),
         "throughput": super::metrics::throughput(app),
