@@ -12,11 +12,13 @@ pub mod health;
 pub mod message;
 pub mod metrics;
 pub mod monitor;
+pub mod openapi;
 pub mod publish;
 pub mod routes;
 pub mod server;
 pub mod status;
 pub mod streams;
 pub mod subscribe;
+pub mod table;
 
 pub use server::serve;

@@ -58,7 +58,7 @@ impl<'a> AckSubject<'a> {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Kind {
+pub(crate) enum Kind {
     Ack,
     Nak,
     Term,
@@ -102,7 +102,7 @@ fn check_tokens(tokens: &[String], stream: &str, name: &str) -> Result<(), ApiEr
 /// POST .../ack, .../nak, .../term: one answer per token, in order. Each
 /// is sent as a request, so `ok: true` means nats-server processed it
 /// (JetStream's "double ack"), not merely that it left the daemon.
-pub(super) async fn acknowledge(
+pub(crate) async fn acknowledge(
     app: &App,
     req: Request<Incoming>,
     stream: &str,

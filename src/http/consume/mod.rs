@@ -17,10 +17,8 @@
 use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::Bytes;
-use hyper::body::Incoming;
-use hyper::{Method, Request, Response};
+use hyper::Response;
 
-use super::error::ApiError;
 use crate::app::App;
 
 mod ack;
@@ -29,45 +27,14 @@ mod info;
 
 pub use ack::AckSubject;
 
-use ack::{acknowledge, Kind};
-use fetch::fetch;
-use info::{detail, list};
+pub(crate) use ack::{acknowledge, Kind};
+pub(crate) use fetch::fetch;
+pub(crate) use info::{detail, list};
 
 type Resp = Response<http_body_util::Full<Bytes>>;
 
 /// Bodies of fetch and ack requests are tiny; anything bigger is a mistake.
 const FETCH_BODY_LIMIT: usize = 64 << 10;
-
-/// Routes `{stream}/consumers...` (the part after `/api/v1/streams/`).
-pub async fn route(app: &App, req: Request<Incoming>, rest: &str) -> Result<Resp, ApiError> {
-    let parts: Vec<&str> = rest.split('/').collect();
-    let get = matches!(*req.method(), Method::GET | Method::HEAD);
-    let post = req.method() == Method::POST;
-    match parts[..] {
-        [stream, "consumers"] if get => list(app, stream).await,
-        [stream, "consumers", name] if get && !name.is_empty() => detail(app, stream, name).await,
-        [stream, "consumers", name, "fetch"] if post => fetch(app, req, stream, name).await,
-        [stream, "consumers", name, verb @ ("ack" | "nak" | "term")] if post => {
-            let kind = match verb {
-                "ack" => Kind::Ack,
-                "nak" => Kind::Nak,
-                _ => Kind::Term,
-            };
-            acknowledge(app, req, stream, name, kind).await
-        }
-        [_, "consumers"] => Err(ApiError::method_not_allowed("GET, HEAD")),
-        [_, "consumers", name] if !name.is_empty() => {
-            Err(ApiError::method_not_allowed("GET, HEAD"))
-        }
-        [_, "consumers", _, "fetch" | "ack" | "nak" | "term"] => {
-            Err(ApiError::method_not_allowed("POST"))
-        }
-        _ => Err(ApiError::not_found(format!(
-            "no such endpoint: {} /api/v1/streams/{rest}",
-            req.method()
-        ))),
-    }
-}
 
 /// Deadline for the JetStream API requests of one HTTP request.
 fn api_timeout(app: &App) -> Duration {
