@@ -54,6 +54,24 @@ async fn metric(d: &Daemon, name_and_labels: &str) -> Option<f64> {
 
 const P: &str = "marketprism_broker_";
 
+/// Panics unless `value` matches the schema `name` of doc/openapi.json
+/// (JSON Schema 2020-12, as OpenAPI 3.1 has it).
+fn conforms(name: &str, value: &Value) {
+    const CHECK: &str = r#"
+import json, sys
+import jsonschema
+doc = json.load(open(sys.argv[1]))
+schema = doc["components"]["schemas"][sys.argv[2]]
+jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker()).validate(json.loads(sys.argv[3]))
+"#;
+    let doc = concat!(env!("CARGO_MANIFEST_DIR"), "/doc/openapi.json");
+    let out = std::process::Command::new(python())
+        .args(["-c", CHECK, doc, name, &value.to_string()])
+        .output()
+        .unwrap();
+    out.expect_code_for(0, &format!("{value} as doc/openapi.json's {name}"));
+}
+
 fn reload(d: &Daemon, edit: impl FnOnce(String) -> String) {
     d.edit_config(edit);
     d.signal(Signal::SIGHUP);
@@ -125,6 +143,7 @@ async fn a_silent_stream_warns_then_fails_health_when_declared_and_a_reload_appl
     assert!(a["silent_for_seconds"].as_u64().unwrap() >= 2, "{a}");
     assert_eq!(a["fails_health"], false);
     assert!(a["last_message"].is_string(), "{a}");
+    conforms("Alarm", &a);
     let never = alarms(&d, "silent", "NEVER").await;
     assert_eq!(
         never.len(),
@@ -132,6 +151,7 @@ async fn a_silent_stream_warns_then_fails_health_when_declared_and_a_reload_appl
         "a stream that never had a message: {never:?}"
     );
     assert_eq!(never[0]["last_message"], Value::Null);
+    conforms("Alarm", &never[0]);
     // A warning: /health stays 200 and lists it.
     let (code, h) = d.get("/health").await;
     assert_eq!(code, 200, "{h}");
@@ -141,6 +161,7 @@ async fn a_silent_stream_warns_then_fails_health_when_declared_and_a_reload_appl
         "{h}"
     );
     assert_eq!(h["problems"], json!([]));
+    conforms("Health", &h);
     assert_eq!(
         metric(&d, &format!("{P}stream_silent_alarm{{stream=\"FEED\"}}")).await,
         Some(1.0)
@@ -266,6 +287,7 @@ async fn a_consumer_backlog_alarms_until_acknowledged() {
         (&json!("w"), &json!(11), &json!(11), &json!(10)),
         "{a}"
     );
+    conforms("Alarm", &a);
     let h = d.wait_health(503, WAIT).await;
     assert!(
         h["problems"]
