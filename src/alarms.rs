@@ -5,7 +5,7 @@
 //!
 //! The app's monitor gathers an [`Observation`] (one stream info per
 //! stream with a silence threshold, one consumer info per consumer with a
-//! pending threshold, every [`check_interval`]); [`crate::health`] turns
+//! pending threshold, every [`check_interval`]); the health module turns
 //! the alarms into /health's warnings (or problems, with
 //! `health_fails_on_alarm`) and the STATUS= line; /metrics and
 //! /api/v1/status show them.
