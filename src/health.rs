@@ -8,6 +8,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::alarms::Alarm;
 use crate::cluster::{Lagging, LocalHealth, StreamGroup};
 use crate::durability::{FailureKind, SyncError, FAILURE_SHOWN_FOR};
 use crate::jetstream::Failure;
@@ -62,6 +63,9 @@ pub struct Facts {
     /// Last sequence of each stream replica this node holds, read after
     /// `stream_groups` (None: not asked or not answered).
     pub local_last_seqs: Option<std::collections::BTreeMap<String, u64>>,
+    /// The silence and backlog alarms in force, as the monitor's last
+    /// check found them.
+    pub alarms: Vec<Alarm>,
 }
 
 /// The nats-server child as the supervisor reports it.
@@ -158,6 +162,8 @@ pub enum Problem {
     NatsServerReports(String),
     /// nats-server's own /healthz did not answer.
     NatsServerHealthUnknown(String),
+    /// An alarm declared with `health_fails_on_alarm`.
+    Alarm(Alarm),
 }
 
 impl fmt::Display for Problem {
@@ -229,13 +235,15 @@ impl fmt::Display for Problem {
             Problem::NatsServerHealthUnknown(e) => {
                 write!(f, "nats-server's /healthz does not tell whether this node is current: {e}")
             }
+            Problem::Alarm(a) => a.fmt(f),
         }
     }
 }
 
 /// Everything that keeps the daemon from being healthy, in the order
 /// /health lists them: nats-server itself, its store, the connection,
-/// JetStream, the declared streams, the cluster. Healthy when empty.
+/// JetStream, the declared streams, the cluster, then the alarms declared
+/// with `health_fails_on_alarm`. Healthy when empty.
 pub fn problems(f: &Facts) -> Vec<Problem> {
     let mut out = Vec::new();
     if f.supervised {
@@ -312,7 +320,24 @@ pub fn problems(f: &Facts) -> Vec<Problem> {
         ),
         None => {}
     }
+    out.extend(
+        f.alarms
+            .iter()
+            .filter(|a| a.fails_health)
+            .cloned()
+            .map(Problem::Alarm),
+    );
     out
+}
+
+/// What /health lists without answering 503 for it: the alarms not
+/// declared with `health_fails_on_alarm`.
+pub fn warnings(f: &Facts) -> Vec<String> {
+    f.alarms
+        .iter()
+        .filter(|a| !a.fails_health)
+        .map(ToString::to_string)
+        .collect()
 }
 
 fn catch_up(f: &Facts) -> crate::cluster::CatchUp {
@@ -448,7 +473,8 @@ pub fn nats_server(f: &Facts) -> &'static str {
 
 /// systemd's STATUS= line: nats-server's state and the streams (with the
 /// connection count when known), then the note (a failed reload), the
-/// cluster's meta problem and what is catching up, each after "; ".
+/// cluster's meta problem, what is catching up and the alarms in force,
+/// each after "; ".
 pub fn status_line(f: &Facts) -> String {
     let streams = f.streams;
     let conns = f
@@ -490,11 +516,19 @@ pub fn status_line(f: &Facts) -> String {
         None => line,
     };
     let lagging = catching_up(f);
-    if lagging.is_empty() {
+    let line = if lagging.is_empty() {
         line
     } else {
         let what: Vec<&str> = lagging.iter().map(|l| l.description.as_str()).collect();
         format!("{line}; catching up: {}", what.join(", "))
+    };
+    match f.alarms.len() {
+        0 => line,
+        n => {
+            let what: Vec<String> = f.alarms.iter().map(Alarm::short).collect();
+            let s = if n == 1 { "" } else { "s" };
+            format!("{line}; {n} alarm{s}: {}", what.join(", "))
+        }
     }
 }
 
@@ -794,6 +828,62 @@ mod tests {
         assert_eq!(
             status_line(&f),
             "nats-server pid 42 healthy, 2 streams; reload failed: bad config; JetStream has no meta leader"
+        );
+    }
+
+    #[test]
+    fn alarms_are_warnings_unless_declared_to_fail_health_and_end_the_status_line() {
+        use crate::alarms::Kind;
+        let t0 = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let silent = Alarm {
+            stream: "MARKET_DATA".into(),
+            consumer: None,
+            kind: Kind::Silent {
+                after: Duration::from_secs(30),
+                silent_since: t0,
+                silent_for: Duration::from_secs(42),
+                last_message: Some(t0),
+            },
+            since: t0 + Duration::from_secs(30),
+            fails_health: false,
+        };
+        let backlog = Alarm {
+            stream: "ORDERS".into(),
+            consumer: Some("worker".into()),
+            kind: Kind::Pending {
+                over: 10,
+                num_pending: 7,
+                num_ack_pending: 5,
+            },
+            since: t0,
+            fails_health: false,
+        };
+        let mut f = fine();
+        f.alarms = vec![silent.clone()];
+        assert!(problems(&f).is_empty());
+        assert_eq!(verdict(&problems(&f), &catching_up(&f)).code(), 200);
+        assert_eq!(warnings(&f), [silent.to_string()]);
+        assert_eq!(
+            status_line(&f),
+            "nats-server pid 42 healthy, 2 streams; 1 alarm: MARKET_DATA silent for 42s"
+        );
+        f.alarms.push(backlog.clone());
+        assert_eq!(
+            status_line(&f),
+            "nats-server pid 42 healthy, 2 streams; 2 alarms: MARKET_DATA silent for 42s, ORDERS/worker 12 unprocessed (over 10)"
+        );
+        // Declared to fail /health: a problem (503), not a warning.
+        f.alarms[1].fails_health = true;
+        assert_eq!(texts(&f), [backlog.to_string()]);
+        assert_eq!(warnings(&f), [silent.to_string()]);
+        assert_eq!(verdict(&problems(&f), &catching_up(&f)).code(), 503);
+        // After the other problems.
+        f.child.healthy = false;
+        let t = texts(&f);
+        assert_eq!(t.len(), 2);
+        assert!(
+            t[1].starts_with("consumer worker of stream ORDERS"),
+            "{t:?}"
         );
     }
 

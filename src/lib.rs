@@ -16,6 +16,7 @@
 //! - [`natsconf`]: Config -> nats-server.conf text.
 //! - [`reload`]: old vs new config -> reload plan, field by field.
 //! - [`cluster`]: routes, meta group and stream groups from /routez, /jsz and stream info; problems.
+//! - [`alarms`]: silence and backlog thresholds vs what nats-server says -> the alarms in force.
 //!
 //! The I/O shell:
 //! - [`jetstream`]: declared vs actual streams and consumers -> plan (pure), then apply.
@@ -35,6 +36,7 @@
 //! - [`daemon`]: start-up and shutdown order, reloads, background tasks.
 //! - [`commands`]: reload, check-config, render-nats-config: short-lived processes.
 
+pub mod alarms;
 pub mod app;
 pub mod cli;
 pub mod cluster;

@@ -201,7 +201,7 @@ pub fn render(c: &Config, opts: &RenderOptions) -> String {
     // The daemon's own login: always present, so adding or removing users
     // by reload never changes how the daemon itself connects.
     if let Some(cr) = &opts.internal {
-        let internal = crate::permissions::internal();
+        let internal = crate::permissions::internal(&c.streams());
         user_entry(w, &cr.user, Some(&secret(&cr.password)), Some(&internal));
     }
     if n.users.is_empty() {
@@ -349,7 +349,7 @@ accounts {
     }
     users: [
       { user: "_marketprism_broker", password: "generated", permissions: {
-          publish: { allow: [">"], deny: ["$JS.API.STREAM.DELETE.>", "$JS.API.STREAM.PURGE.>", "$JS.API.STREAM.MSG.DELETE.>", "$JS.API.STREAM.SNAPSHOT.>", "$JS.API.STREAM.RESTORE.>", "$JS.API.STREAM.PEER.>", "$JS.API.STREAM.LEADER.>", "$JS.API.CONSUMER.DELETE.>", "$JS.API.CONSUMER.LEADER.>", "$JS.API.META.>", "$JS.API.SERVER.>", "$JS.API.ACCOUNT.>", "$SYS.>", "$KV.>", "$O.>"] }
+          publish: { allow: [">"], deny: ["$JS.API.STREAM.DELETE.>", "$JS.API.STREAM.PURGE.>", "$JS.API.STREAM.MSG.DELETE.>", "$JS.API.STREAM.SNAPSHOT.>", "$JS.API.STREAM.RESTORE.>", "$JS.API.STREAM.PEER.>", "$JS.API.STREAM.LEADER.>", "$JS.API.CONSUMER.LEADER.>", "$JS.API.META.>", "$JS.API.SERVER.>", "$JS.API.ACCOUNT.>", "$SYS.>", "$KV.>", "$O.>"] }
           subscribe: { allow: [">"], deny: ["$JS.>", "$SYS.>", "$KV.>", "$O.>"] }
         }
       }

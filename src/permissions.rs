@@ -145,33 +145,44 @@ pub fn expand(
 }
 
 /// The daemon's own user: the JetStream API it uses (create, update and
-/// read streams and consumers, fetch, ack), its inbox, and the subjects it
-/// publishes and follows for HTTP callers (any not starting with `$`,
-/// which the HTTP API refuses anyway). Not: deleting or purging streams,
-/// deleting consumers, snapshots, leader step-downs, server or account
-/// administration, or reading other clients' JetStream API traffic.
-pub fn internal() -> Effective {
+/// read streams and consumers, fetch, ack, delete the ephemeral consumers
+/// a replay made), its inbox, and the subjects it publishes and follows
+/// for HTTP callers (any not starting with `$`, which the HTTP API refuses
+/// anyway). Not: deleting or purging streams, deleting a consumer the
+/// config declares (`streams`), snapshots, leader step-downs, server or
+/// account administration, or reading other clients' JetStream API
+/// traffic.
+///
+/// Deleting consumers is allowed only because a replay must remove its
+/// ephemeral consumer before it answers; nats-server's deny wins over the
+/// allow, so the declared consumers stay out of reach by name.
+pub fn internal(streams: &BTreeMap<String, StreamConfig>) -> Effective {
     let v = |xs: &[&str]| xs.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let mut deny = v(&[
+        "$JS.API.STREAM.DELETE.>",
+        "$JS.API.STREAM.PURGE.>",
+        "$JS.API.STREAM.MSG.DELETE.>",
+        "$JS.API.STREAM.SNAPSHOT.>",
+        "$JS.API.STREAM.RESTORE.>",
+        "$JS.API.STREAM.PEER.>",
+        "$JS.API.STREAM.LEADER.>",
+        "$JS.API.CONSUMER.LEADER.>",
+        "$JS.API.META.>",
+        "$JS.API.SERVER.>",
+        "$JS.API.ACCOUNT.>",
+        "$SYS.>",
+        "$KV.>",
+        "$O.>",
+    ]);
+    for (stream, s) in streams {
+        for name in s.consumers.keys() {
+            deny.push(format!("$JS.API.CONSUMER.DELETE.{stream}.{name}"));
+        }
+    }
     Effective {
         publish: Direction {
             allow: v(&[">"]),
-            deny: v(&[
-                "$JS.API.STREAM.DELETE.>",
-                "$JS.API.STREAM.PURGE.>",
-                "$JS.API.STREAM.MSG.DELETE.>",
-                "$JS.API.STREAM.SNAPSHOT.>",
-                "$JS.API.STREAM.RESTORE.>",
-                "$JS.API.STREAM.PEER.>",
-                "$JS.API.STREAM.LEADER.>",
-                "$JS.API.CONSUMER.DELETE.>",
-                "$JS.API.CONSUMER.LEADER.>",
-                "$JS.API.META.>",
-                "$JS.API.SERVER.>",
-                "$JS.API.ACCOUNT.>",
-                "$SYS.>",
-                "$KV.>",
-                "$O.>",
-            ]),
+            deny,
         },
         subscribe: Direction {
             allow: v(&[">"]),
@@ -312,7 +323,13 @@ mod tests {
 
     #[test]
     fn the_internal_user_cannot_destroy_or_administer() {
-        let i = internal();
+        let mut streams = seed_streams();
+        streams
+            .get_mut("MARKET_DATA")
+            .unwrap()
+            .consumers
+            .insert("c".into(), crate::config::ConsumerConfig::default());
+        let i = internal(&streams);
         for s in [
             "$JS.API.STREAM.DELETE.MARKET_DATA",
             "$JS.API.STREAM.PURGE.MARKET_DATA",
@@ -325,6 +342,8 @@ mod tests {
             "$JS.API.STREAM.CREATE.X",
             "$JS.API.STREAM.UPDATE.X",
             "$JS.API.CONSUMER.MSG.NEXT.X.c",
+            // A replay's own ephemeral consumer, by the name nats-server gave it.
+            "$JS.API.CONSUMER.DELETE.MARKET_DATA.aBE2ki5N",
             "$JS.ACK.X.c.1.1.1.1.0",
             "market.binance.BTCUSDT.trade",
         ] {

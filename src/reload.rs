@@ -13,7 +13,9 @@
 
 use std::fmt::{Debug, Display};
 
-use crate::config::{ApiConfig, Config, SupervisorConfig};
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::config::{ApiConfig, Config, StreamConfig, SupervisorConfig};
 
 /// What nats-server needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -158,6 +160,77 @@ fn users(d: &mut Diff, old: &[crate::config::UserConfig], new: &[crate::config::
     }
     d.plan.changes.extend(lines);
     d.plan.nats = d.plan.nats.max(NatsAction::Signal);
+}
+
+/// The declared streams as reconciliation sees them: without the alarm keys.
+fn without_alarms(c: &Config) -> BTreeMap<String, StreamConfig> {
+    let mut all = c.streams();
+    for s in all.values_mut() {
+        s.alert_if_silent_for = None;
+        s.health_fails_on_alarm = false;
+        for k in s.consumers.values_mut() {
+            k.alert_if_pending_over = None;
+            k.health_fails_on_alarm = false;
+        }
+    }
+    all
+}
+
+/// One line per changed alarm key (`nats.streams.MD.alert_if_silent_for:
+/// 30s -> 1m`), for streams and consumers old or new.
+fn alarms(d: &mut Diff, old: &Config, new: &Config) {
+    fn shown<T: Display>(v: Option<T>) -> String {
+        v.map_or_else(|| "none".to_string(), |v| v.to_string())
+    }
+    let (old, new) = (old.streams(), new.streams());
+    let names: BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+    for name in names {
+        let (o, n) = (old.get(name), new.get(name));
+        let key = format!("nats.streams.{name}");
+        let silent = |s: Option<&StreamConfig>| s.and_then(|s| s.alert_if_silent_for);
+        if silent(o) != silent(n) {
+            let (a, b) = (shown(silent(o)), shown(silent(n)));
+            d.record(
+                &format!("{key}.alert_if_silent_for"),
+                a,
+                b,
+                NatsAction::Nothing,
+            );
+        }
+        let fails = |s: Option<&StreamConfig>| s.is_some_and(|s| s.health_fails_on_alarm);
+        d.field(
+            &format!("{key}.health_fails_on_alarm"),
+            &fails(o),
+            &fails(n),
+            NatsAction::Nothing,
+        );
+        let consumers: BTreeSet<&String> = o
+            .iter()
+            .chain(n.iter())
+            .flat_map(|s| s.consumers.keys())
+            .collect();
+        for c in consumers {
+            let k = |s: Option<&StreamConfig>| s.and_then(|s| s.consumers.get(c)).cloned();
+            let key = format!("{key}.consumers.{c}");
+            let over = |s| k(s).and_then(|k| k.alert_if_pending_over);
+            if over(o) != over(n) {
+                let (a, b) = (shown(over(o)), shown(over(n)));
+                d.record(
+                    &format!("{key}.alert_if_pending_over"),
+                    a,
+                    b,
+                    NatsAction::Nothing,
+                );
+            }
+            let fails = |s| k(s).is_some_and(|k| k.health_fails_on_alarm);
+            d.field(
+                &format!("{key}.health_fails_on_alarm"),
+                &fails(o),
+                &fails(n),
+                NatsAction::Nothing,
+            );
+        }
+    }
 }
 
 pub fn plan(old: &Config, new: &Config) -> ReloadPlan {
@@ -377,7 +450,15 @@ pub fn plan(old: &Config, new: &Config) -> ReloadPlan {
         d.plan.reconnect_client |= d.field("nats.nats_url", &o.nats_url, &n.nats_url, Nothing)
             | d.field("nats.client_urls", &o.client_urls, &n.client_urls, Nothing);
     }
-    d.plan.reconcile_streams |= d.field("nats.streams", &old.streams(), &new.streams(), Nothing);
+    // The alarm keys are the daemon's own, read by its monitor at every
+    // check: applied live, one line each, and nothing to reconcile.
+    d.plan.reconcile_streams |= d.field(
+        "nats.streams",
+        &without_alarms(old),
+        &without_alarms(new),
+        Nothing,
+    );
+    alarms(&mut d, old, new);
     // Hot in nats-server (its account's mappings are replaced wholesale);
     // the daemon rebuilds its subject -> stream table with the streams.
     let mappings = if new.auto_start_nats { Signal } else { Nothing };
@@ -604,6 +685,50 @@ mod tests {
             "supervisor: {health_failures: 5}",
         );
         assert_eq!((r.nats, r.changes.len()), (NatsAction::Nothing, 1));
+    }
+
+    #[test]
+    fn alarm_thresholds_apply_live_without_touching_nats_or_the_streams() {
+        let md = |extra: &str, consumer: &str| {
+            format!("nats: {{streams: {{MD: {{subjects: [md], {extra} consumers: {{w: {{{consumer}}}}}}}}}}}")
+        };
+        let r = p(
+            &md("", ""),
+            &md("alert_if_silent_for: 30s,", "alert_if_pending_over: 10"),
+        );
+        assert_eq!(r.nats, NatsAction::Nothing);
+        assert!(!r.reconcile_streams, "nothing for nats-server to do: {r:?}");
+        assert_eq!(
+            r.changes,
+            [
+                "nats.streams.MD.alert_if_silent_for: none -> 30s",
+                "nats.streams.MD.consumers.w.alert_if_pending_over: none -> 10",
+            ]
+        );
+        let r = p(
+            &md("alert_if_silent_for: 30s,", "alert_if_pending_over: 10"),
+            &md(
+                "alert_if_silent_for: 2m, health_fails_on_alarm: true,",
+                "alert_if_pending_over: 5, health_fails_on_alarm: true",
+            ),
+        );
+        assert_eq!((r.nats, r.reconcile_streams), (NatsAction::Nothing, false));
+        assert_eq!(
+            r.changes,
+            [
+                "nats.streams.MD.alert_if_silent_for: 30s -> 2m",
+                "nats.streams.MD.health_fails_on_alarm: false -> true",
+                "nats.streams.MD.consumers.w.alert_if_pending_over: 10 -> 5",
+                "nats.streams.MD.consumers.w.health_fails_on_alarm: false -> true",
+            ]
+        );
+        // With another change to the stream, that one is still reconciled.
+        let r = p(
+            &md("", ""),
+            &md("alert_if_silent_for: 30s, max_msgs: 5,", ""),
+        );
+        assert!(r.reconcile_streams);
+        assert_eq!(r.nats, NatsAction::Nothing);
     }
 
     #[test]

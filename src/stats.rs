@@ -273,6 +273,9 @@ pub struct Stats {
     /// Messages not sent to an event-stream client that read too slowly
     /// (or dropped by the client's subscription buffer before that).
     pub sse_dropped: AtomicU64,
+    /// HTTP connections closed at `api.max_connections` to make room for a
+    /// new client (the oldest not in a request).
+    pub http_evicted: AtomicU64,
     /// POST /api/v1/publish, request in to answer out, successful ones.
     pub publish_latency: Histogram<Latency>,
     /// JetStream publishes (single, batch and stream), from the hand-over to the

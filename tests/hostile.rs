@@ -491,46 +491,163 @@ async fn hostile_requests_get_4xx_json_or_are_closed_and_the_daemon_stays_small(
     assert!(!d.has_exited());
 }
 
+/// A slowloris client: connects, sends part of a request head, then a byte
+/// every 200 ms; when closed, it connects again. Until `stop`.
+async fn slowloris(port: u16, stop: tokio::sync::watch::Receiver<bool>) -> u32 {
+    let mut reconnects = 0;
+    while !*stop.borrow() {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)).await else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        if s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await
+            .is_err()
+        {
+            continue;
+        }
+        while !*stop.borrow() && s.write_all(b"a").await.is_ok() {
+            let mut b = [0u8; 64];
+            match tokio::time::timeout(Duration::from_millis(200), s.read(&mut b)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break,
+                _ => {}
+            }
+        }
+        reconnects += 1;
+    }
+    reconnects
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn past_max_connections_new_clients_wait_until_idle_ones_are_closed() {
+async fn at_max_connections_slow_and_idle_clients_make_room_for_health_and_metrics() {
     let d = Daemon::builder()
-        .top("api:\n  max_connections: 4\n  header_read_timeout: 1500ms\n")
+        .top("api:\n  max_connections: 32\n")
+        .start();
+    d.wait_healthy(Duration::from_secs(20)).await;
+    // Three times the cap in slowloris clients, who reconnect when closed,
+    // plus idle keep-alive connections that did finish a request.
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let slow: Vec<_> = (0..96)
+        .map(|_| tokio::spawn(slowloris(d.http, stop.clone())))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // Load balancers' probes on new connections: served at once, not after
+    // header_read_timeout (10 s) frees a slot.
+    let mut took = Vec::new();
+    for i in 0..40 {
+        let path = if i % 2 == 0 { "/health" } else { "/metrics" };
+        let t = Instant::now();
+        let (status, _, body) = tokio::time::timeout(
+            Duration::from_secs(5),
+            request(d.http, "GET", path, &[], vec![]),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("GET {path} took over 5 s at the connection cap"))
+        .unwrap();
+        took.push(t.elapsed());
+        assert_eq!(status, 200, "{path}: {}", String::from_utf8_lossy(&body));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop_tx.send(true).unwrap();
+    let mut reconnects = 0;
+    for s in slow {
+        reconnects += s.await.unwrap();
+    }
+    took.sort();
+    let (p50, p90, max) = (
+        took[took.len() / 2],
+        took[took.len() * 9 / 10],
+        took[took.len() - 1],
+    );
+    eprintln!("/health and /metrics under 96 slowloris clients, cap 32: p50 {p50:?}, p90 {p90:?}, max {max:?}; slowloris reconnects {reconnects}");
+    assert!(
+        p90 < Duration::from_millis(100),
+        "p50 {p50:?}, p90 {p90:?}, max {max:?}: probes waited behind slow clients"
+    );
+    assert!(
+        reconnects > 0,
+        "no slow client was ever closed: the cap was not reached"
+    );
+    let (_, _, metrics) = request(d.http, "GET", "/metrics", &[], vec![])
+        .await
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&metrics);
+    let evicted: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("marketprism_broker_http_connections_evicted_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no eviction counter in /metrics:\n{metrics}"));
+    assert!(evicted > 0, "{metrics}");
+    // Said at most once per 10 s, not once per eviction.
+    let said = d.log().matches("HTTP connection limit reached").count();
+    assert!((1..=2).contains(&said), "said {said} times");
+    assert!(!d.has_exited());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn at_max_connections_requests_in_progress_are_never_cut_and_new_clients_wait() {
+    let d = Daemon::builder()
+        .top("api:\n  max_connections: 4\n  sse_max_clients: 3\n")
         .start();
     d.wait_healthy(Duration::from_secs(20)).await;
     // Let the readiness probes' connections close.
     tokio::time::sleep(Duration::from_millis(200)).await;
-
-    // Four clients that connect and say nothing take every slot...
-    let mut idle = Vec::new();
-    for _ in 0..4 {
-        idle.push(connect(d.http).await);
+    // Four connections in a request: three event streams and a publish
+    // whose body is still coming.
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        let mut s = connect(d.http).await;
+        s.write_all(b"GET /api/v1/subscribe?subject=market.%3E HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut b = [0u8; 512];
+        let n = s.read(&mut b).await.unwrap();
+        assert!(String::from_utf8_lossy(&b[..n]).starts_with("HTTP/1.1 200"));
+        streams.push(s);
     }
+    let publish = br#"{"subject":"market.kept","message":{"n":1}}"#;
+    let (head, rest) = publish.split_at(11);
+    let mut body = connect(d.http).await;
+    body.write_all(
+        format!(
+            "POST /api/v1/publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            publish.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    body.write_all(head).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let t = Instant::now();
-    // ...so twenty real requests wait (in the listen backlog, not refused)
-    // until header_read_timeout closes the idle ones, then all succeed.
+
+    // A new client waits: no connection in a request is cut for it.
     let port = d.http;
-    let waiting: Vec<_> = (0..20)
-        .map(|_| tokio::spawn(async move { request(port, "GET", "/health", &[], vec![]).await }))
-        .collect();
-    for w in waiting {
-        let (status, _, body) = w.await.unwrap().unwrap();
-        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-    }
-    let waited = t.elapsed();
+    let probe = tokio::spawn(async move { request(port, "GET", "/health", &[], vec![]).await });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(
-        waited >= Duration::from_millis(900),
-        "served after {waited:?}: the cap did not hold"
+        !probe.is_finished(),
+        "the cap did not hold: a fifth connection was served"
     );
-    for mut s in idle {
-        let (_, closed) = read_until_closed(&mut s, Duration::from_secs(3)).await;
-        assert!(closed, "an idle connection outlived header_read_timeout");
+    // The publish completes; its connection, now idle, makes room.
+    body.write_all(rest).await.unwrap();
+    let mut b = [0u8; 1024];
+    let n = body.read(&mut b).await.unwrap();
+    let answer = String::from_utf8_lossy(&b[..n]).to_string();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let (status, _, _) = tokio::time::timeout(Duration::from_secs(5), probe)
+        .await
+        .expect("the waiting client is served once a connection is idle")
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, 200);
+    // The event streams were never cut: each has the message and is open.
+    for s in &mut streams {
+        let (got, closed) = read_until_closed(s, Duration::from_millis(500)).await;
+        let got = String::from_utf8_lossy(&got);
+        assert!(
+            got.contains("market.kept") && !closed,
+            "an event stream was cut: {got:?}"
+        );
     }
-    // Said once for the burst, not once per waiting client.
-    let log = d.log();
-    assert_eq!(
-        log.matches("HTTP connection limit reached").count(),
-        1,
-        "{log}"
-    );
 }

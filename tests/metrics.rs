@@ -292,6 +292,56 @@ async fn metrics_count_what_the_daemon_did() {
     assert_eq!(status, 405);
 }
 
+/// The alarm families (tests/alarms.rs raises and clears the alarms) as
+/// Prometheus' own parser reads them: gauges with HELP, thresholds as
+/// declared, every declared stream's message age.
+#[tokio::test(flavor = "multi_thread")]
+async fn alarm_thresholds_states_and_message_ages_parse() {
+    let d = Daemon::builder()
+        .nats("  streams:\n    WATCHED:\n      subjects: [\"watched.>\"]\n      alert_if_silent_for: 1h\n      consumers:\n        c:\n          alert_if_pending_over: 10\n")
+        .start();
+    d.wait_healthy(Duration::from_secs(20)).await;
+    let (status, _) = d.publish("market.binance.BTCUSDT.trade", json!(1)).await;
+    assert_eq!(status, 200);
+    let (text, mx) = scrape(&d).await;
+    for family in [
+        "stream_last_message_age_seconds",
+        "stream_silent_threshold_seconds",
+        "stream_silent_alarm",
+        "consumer_pending_threshold",
+        "consumer_pending_alarm",
+    ] {
+        assert_eq!(mx.family(&m(family))["type"], "gauge", "{family}");
+    }
+    let age = mx.value(
+        &m("stream_last_message_age_seconds"),
+        &[("stream", "MARKET_DATA")],
+    );
+    assert!((0.0..60.0).contains(&age), "{age}");
+    // No message yet: no age (rather than the age of nothing).
+    assert!(
+        mx.get(
+            &m("stream_last_message_age_seconds"),
+            &[("stream", "WATCHED")]
+        )
+        .is_none(),
+        "{text}"
+    );
+    let watched = [("stream", "WATCHED")];
+    assert_eq!(
+        mx.value(&m("stream_silent_threshold_seconds"), &watched),
+        3600.0
+    );
+    assert_eq!(mx.value(&m("stream_silent_alarm"), &watched), 0.0);
+    // Only the streams with a threshold have threshold and alarm series.
+    assert!(mx
+        .get(&m("stream_silent_alarm"), &[("stream", "MARKET_DATA")])
+        .is_none());
+    let c = [("stream", "WATCHED"), ("consumer", "c")];
+    assert_eq!(mx.value(&m("consumer_pending_threshold"), &c), 10.0);
+    assert_eq!(mx.value(&m("consumer_pending_alarm"), &c), 0.0);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn restarts_and_reloads_are_counted() {
     let d = Daemon::builder().nats("  max_payload: 1MB\n").start();

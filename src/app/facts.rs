@@ -8,7 +8,8 @@ use crate::health::{Child, Facts};
 
 impl App {
     /// The facts that cost no round trip: the child, the connection, the
-    /// streams of the last reconciliation, the note. Enough for
+    /// streams of the last reconciliation, the note, the alarms the
+    /// monitor's last check found. Enough for
     /// /api/v1/status and (with the connection count and the meta problem)
     /// the STATUS= line.
     pub fn facts(&self) -> Facts {
@@ -32,6 +33,7 @@ impl App {
             nats_urls: self.nats_urls(),
             streams,
             note: self.note(),
+            alarms: self.alarm_board().alarms,
             ..Facts::default()
         }
     }

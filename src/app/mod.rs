@@ -2,9 +2,10 @@
 //! background tasks: the child's status, the NATS client, the stream
 //! matcher, counters. This file holds the state and its accessors; what
 //! is done with it lives beside it: the client in `nats.rs`, stream
-//! reconciliation in `sync.rs`, the monitor in `monitor.rs`, the daemon's
-//! login in `credentials.rs`.
+//! reconciliation in `sync.rs`, the monitor in `monitor.rs`, the alarm
+//! checks in `alarms.rs`, the daemon's login in `credentials.rs`.
 
+mod alarms;
 mod credentials;
 mod facts;
 mod monitor;
@@ -23,6 +24,7 @@ use crate::routing::StreamMatcher;
 use crate::stats::Stats;
 use crate::supervisor::ChildStatus;
 
+pub use alarms::AlarmBoard;
 pub use credentials::internal_credentials;
 pub use nats::{Lost, Nats, SUBSCRIPTION_CAPACITY};
 pub use sync::SyncState;
@@ -63,6 +65,10 @@ pub struct App {
     security: RwLock<Arc<crate::security::Security>>,
     /// Syncs the store for HTTP publishes under `nats.durability: sync`.
     pub durability: crate::durability::GroupCommit,
+    /// The silence and backlog alarms the last check found.
+    alarms: Mutex<AlarmBoard>,
+    /// Asks the monitor to check the alarms now (a reload changed them).
+    pub check_alarms_now: Notify,
 }
 
 impl App {
@@ -91,6 +97,8 @@ impl App {
             sse_clients: AtomicUsize::new(0),
             security: RwLock::new(Arc::default()),
             durability: crate::durability::GroupCommit::start(config.streams_dir()),
+            alarms: Mutex::new(AlarmBoard::default()),
+            check_alarms_now: Notify::new(),
             config: RwLock::new(config),
         }
     }

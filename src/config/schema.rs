@@ -272,6 +272,16 @@ pub struct StreamConfig {
     /// Durable pull consumers to keep on this stream, by name.
     #[serde(default)]
     pub consumers: BTreeMap<String, ConsumerConfig>,
+    /// Alarm when the stream's newest message (as nats-server stores it,
+    /// whoever published it) is older than this; absent: no alarm. The
+    /// clock starts no earlier than the daemon's start or the stream's
+    /// creation. Applied live by a reload.
+    #[serde(default)]
+    pub alert_if_silent_for: Option<Dur>,
+    /// This stream's silence alarm makes /health answer 503 (else it is
+    /// only listed among /health's warnings). Applied live by a reload.
+    #[serde(default)]
+    pub health_fails_on_alarm: bool,
 }
 
 fn unlimited() -> i64 {
@@ -294,6 +304,8 @@ impl StreamConfig {
             discard: Discard::Old,
             duplicate_window: None,
             consumers: BTreeMap::new(),
+            alert_if_silent_for: None,
+            health_fails_on_alarm: false,
         }
     }
 }
@@ -322,6 +334,13 @@ pub struct ConsumerConfig {
     /// Copies of the consumer's state in a cluster; 0: as many as its
     /// stream has. Applied when the consumer is created.
     pub replicas: u8,
+    /// Alarm when more messages than this are unprocessed: not delivered
+    /// yet (num_pending) plus delivered and not acknowledged
+    /// (num_ack_pending). Absent: no alarm. Applied live by a reload.
+    pub alert_if_pending_over: Option<u64>,
+    /// This consumer's alarm makes /health answer 503 (else it is only
+    /// listed among /health's warnings). Applied live by a reload.
+    pub health_fails_on_alarm: bool,
 }
 
 impl Default for ConsumerConfig {
@@ -337,6 +356,8 @@ impl Default for ConsumerConfig {
             // nats-server's own default for a consumer that names none.
             max_ack_pending: 1000,
             replicas: 0,
+            alert_if_pending_over: None,
+            health_fails_on_alarm: false,
         }
     }
 }

@@ -803,3 +803,100 @@ fn lame_duck_defaults_are_the_helm_charts_and_nats_servers_rules_are_checked() {
         (Some(2), "nats.lame_duck_duration")
     );
 }
+
+#[test]
+fn alarm_keys_sit_on_their_stream_and_consumer_in_yaml_and_toml() {
+    let c = yaml(
+        "nats:\n  streams:\n    MD:\n      subjects: [\"md.>\"]\n      alert_if_silent_for: 30s\n      health_fails_on_alarm: true\n      consumers:\n        w:\n          alert_if_pending_over: 10\n",
+    )
+    .unwrap();
+    let md = &c.streams()["MD"];
+    assert_eq!(md.alert_if_silent_for, Some(Dur::secs(30)));
+    assert!(md.health_fails_on_alarm);
+    assert_eq!(md.consumers["w"].alert_if_pending_over, Some(10));
+    assert!(!md.consumers["w"].health_fails_on_alarm);
+    // Off unless asked for, the seed's streams included.
+    assert!(c.streams()["SYSTEM_EVENTS"].alert_if_silent_for.is_none());
+    let t = parse_str(
+        r#"
+[nats.streams.MD]
+subjects = ["md.>"]
+alert_if_silent_for = "1m30s"
+[nats.streams.MD.consumers.w]
+alert_if_pending_over = 0
+health_fails_on_alarm = true
+"#,
+        Format::Toml,
+    )
+    .unwrap()
+    .0;
+    let md = &t.streams()["MD"];
+    assert_eq!(md.alert_if_silent_for, Some(Dur::secs(90)));
+    assert_eq!(md.consumers["w"].alert_if_pending_over, Some(0));
+    assert!(md.consumers["w"].health_fails_on_alarm);
+    // A key one level off is refused with the closest valid key.
+    let e = yaml_err(
+        "nats:\n  streams:\n    MD:\n      subjects: [\"md.>\"]\n      alert_if_pending_over: 5\n",
+    );
+    assert_eq!(
+        (e.line, e.key.as_str()),
+        (Some(5), "nats.streams.MD.alert_if_pending_over")
+    );
+}
+
+#[test]
+fn bad_alarm_thresholds_name_the_key_and_line() {
+    let stream = |v: &str| {
+        format!("nats:\n  streams:\n    MD:\n      subjects: [\"md.>\"]\n      alert_if_silent_for: {v}\n")
+    };
+    for bad in ["0", "0s", "\"0ms\""] {
+        let e = yaml_err(&stream(bad));
+        assert_eq!(
+            (e.line, e.key.as_str()),
+            (Some(5), "nats.streams.MD.alert_if_silent_for"),
+            "{bad}: {e}"
+        );
+        assert!(e.message.contains("longer than 0"), "{bad}: {e}");
+    }
+    let e = yaml_err(&stream("-5"));
+    assert_eq!(
+        (e.line, e.key.as_str()),
+        (Some(5), "nats.streams.MD.alert_if_silent_for")
+    );
+    assert!(e.message.contains("must not be negative"), "{e}");
+    let e = yaml_err(&stream("soon"));
+    assert_eq!(e.line, Some(5), "{e}");
+    assert!(e.message.contains("invalid duration"), "{e}");
+    let consumer = |v: &str| {
+        format!("nats:\n  streams:\n    MD:\n      subjects: [\"md.>\"]\n      consumers:\n        w:\n          alert_if_pending_over: {v}\n")
+    };
+    for bad in ["-1", "ten", "1.5"] {
+        let e = yaml_err(&consumer(bad));
+        assert_eq!(
+            (e.line, e.key.as_str()),
+            (Some(7), "nats.streams.MD.consumers.w.alert_if_pending_over"),
+            "{bad}: {e}"
+        );
+    }
+    let e = parse_str(
+        "[nats.streams.MD]\nsubjects = [\"md.>\"]\nalert_if_silent_for = 0\n",
+        Format::Toml,
+    )
+    .unwrap_err();
+    assert_eq!(
+        (e.line, e.key.as_str()),
+        (Some(3), "nats.streams.MD.alert_if_silent_for")
+    );
+    // Failing /health on an alarm that is not set does nothing: a warning.
+    let (_, warnings) = parse_str(
+        "nats:\n  streams:\n    MD:\n      subjects: [\"md.>\"]\n      health_fails_on_alarm: true\n",
+        Format::Yaml,
+    )
+    .unwrap();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("nats.streams.MD.health_fails_on_alarm does nothing")),
+        "{warnings:?}"
+    );
+}

@@ -209,6 +209,7 @@ pub fn validate(c: &Config) -> Result<Vec<String>, Violation> {
     } else if !n.streams.is_empty() {
         warnings.push("streams are declared but not created: JetStream is disabled or auto_create_streams is false".into());
     }
+    validate_alarms(&streams, &mut warnings)?;
 
     let sources: Vec<&String> = n.mappings.keys().collect();
     for (i, (source, m)) in n.mappings.iter().enumerate() {
@@ -524,6 +525,35 @@ fn validate_streams(c: &Config, streams: &BTreeMap<String, StreamConfig>) -> Res
             &["nats", "jetstream_max_consumers"],
             format!("{max} is fewer than the {consumers} consumers declared"),
         );
+    }
+    Ok(())
+}
+
+/// The silence and lag alarms (`alert_if_silent_for`,
+/// `alert_if_pending_over`): checked whether or not the daemon creates
+/// the streams, since it watches existing ones either way. A zero silence
+/// is refused (every stream would always be silent); a zero pending
+/// threshold is a real one (alarm on any backlog). `health_fails_on_alarm`
+/// without a threshold does nothing: a warning says so.
+fn validate_alarms(
+    streams: &BTreeMap<String, StreamConfig>,
+    warnings: &mut Vec<String>,
+) -> Result<(), Violation> {
+    for (name, s) in streams {
+        if s.alert_if_silent_for.is_some_and(|d| d.get().is_zero()) {
+            return fail(
+                &["nats", "streams", name, "alert_if_silent_for"],
+                "must be longer than 0 (e.g. \"30s\"); leave it out for no silence alarm",
+            );
+        }
+        if s.health_fails_on_alarm && s.alert_if_silent_for.is_none() {
+            warnings.push(format!("nats.streams.{name}.health_fails_on_alarm does nothing without alert_if_silent_for"));
+        }
+        for (consumer, k) in &s.consumers {
+            if k.health_fails_on_alarm && k.alert_if_pending_over.is_none() {
+                warnings.push(format!("nats.streams.{name}.consumers.{consumer}.health_fails_on_alarm does nothing without alert_if_pending_over"));
+            }
+        }
     }
     Ok(())
 }

@@ -171,6 +171,8 @@ async fn apply_reload(ctx: &mut Ctx) -> Result<String, String> {
         }
     }
     ctx.app.set_config(new.clone());
+    // Thresholds apply live: the monitor looks again with the new ones.
+    ctx.app.check_alarms_now.notify_one();
     ctx.app.durability.set_streams_dir(new.streams_dir());
     ctx.app.set_security(security);
     if let Some(what) = secured {

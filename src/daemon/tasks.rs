@@ -1,6 +1,6 @@
-//! What runs beside the serving loop: systemd's STATUS= line, the
-//! watchdog in external mode, the 1-minute rate samples, and keeping the
-//! streams reconciled.
+//! What runs beside the serving loop: systemd's STATUS= line and the
+//! silence and backlog alarms it reports, the watchdog in external mode,
+//! the 1-minute rate samples, and keeping the streams reconciled.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,11 +16,14 @@ pub(super) fn status_line(app: &App) -> String {
     crate::health::status_line(&app.facts())
 }
 
-/// Keeps systemd's STATUS= current: on every child change, and every few
-/// seconds for the connection count.
+/// Keeps systemd's STATUS= current: on every child change, every few
+/// seconds for the connection count, and after every alarm check. This is
+/// the daemon's one periodic monitor: it also checks the alarms, every
+/// [`crate::alarms::check_interval`] (and at once after a reload).
 pub(super) async fn report_status(app: Arc<App>, mut stop: watch::Receiver<bool>) {
     let mut child = app.child.clone();
     let mut every = tokio::time::interval(Duration::from_secs(5));
+    let mut next_alarm_check = tokio::time::Instant::now();
     let mut last = String::new();
     let mut connections = None;
     let mut cluster_note: Option<String> = None;
@@ -35,6 +38,14 @@ pub(super) async fn report_status(app: Arc<App>, mut stop: watch::Receiver<bool>
                 // Catching up is worth a word too (READY=1 does not wait
                 // for it; `wait-ready` does).
                 catch_up = app.catch_up_facts().await;
+            }
+            _ = tokio::time::sleep_until(next_alarm_check) => {
+                app.check_alarms().await;
+                next_alarm_check = tokio::time::Instant::now() + alarm_interval(&app);
+            }
+            _ = app.check_alarms_now.notified() => {
+                app.check_alarms().await;
+                next_alarm_check = tokio::time::Instant::now() + alarm_interval(&app);
             }
             _ = crate::flag_set(&mut stop) => break,
         }
@@ -51,6 +62,10 @@ pub(super) async fn report_status(app: Arc<App>, mut stop: watch::Receiver<bool>
             last = line;
         }
     }
+}
+
+fn alarm_interval(app: &App) -> Duration {
+    crate::alarms::check_interval(&crate::alarms::Rules::of(&app.config()))
 }
 
 /// Samples the message totals every second for the status' 1-minute

@@ -136,6 +136,23 @@ mod tests {
     }
 
     #[test]
+    fn replay_and_latest_values_are_reads() {
+        // GETs, so a read-only token may replay; the ephemeral consumers
+        // they make are the daemon's business, not a write by the client.
+        for p in [
+            "/api/v1/streams/MARKET_DATA/replay",
+            "/api/v1/streams/MARKET_DATA/latest",
+            "/api/v1/streams/MARKET_DATA/subjects/market.ticker.btc/last",
+            "/api/v1/streams/MARKET_DATA/messages/7",
+        ] {
+            assert_eq!(need(&Method::GET, p, false), Need::Nothing, "{p}");
+            assert_eq!(need(&Method::GET, p, true), Need::At(Access::Read), "{p}");
+            assert_eq!(need(&Method::HEAD, p, true), Need::At(Access::Read), "{p}");
+            assert_eq!(need(&Method::POST, p, true), Need::At(Access::Write), "{p}");
+        }
+    }
+
+    #[test]
     fn decisions() {
         let t = tokens();
         let w = format!("Bearer {W}");

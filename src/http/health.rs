@@ -85,7 +85,9 @@ fn reconciliation(app: &App) -> Reconciliation {
 /// 200 only when nats-server runs, the client is connected, JetStream
 /// answers, the streams are reconciled and (in a cluster) everything is
 /// current on this node; 503 naming what is wrong (`unhealthy`) or what is
-/// still catching up and how far behind (`catching_up`).
+/// still catching up and how far behind (`catching_up`). Silence and
+/// backlog alarms are `warnings` (200), or problems (503) when declared
+/// with `health_fails_on_alarm`.
 pub async fn health(app: &App) -> Result<Resp, ApiError> {
     let f = probed_facts(app).await;
     let problems = health::problems(&f);
@@ -115,6 +117,7 @@ pub async fn health(app: &App) -> Result<Resp, ApiError> {
         "connected": f.connected,
         "jetstream": jetstream,
         "problems": problems.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "warnings": health::warnings(&f),
         "catching_up": lagging,
         "consumers_not_current": health::consumers_not_current(&f),
     });

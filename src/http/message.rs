@@ -64,14 +64,36 @@ pub struct Out<'a> {
 
 impl<'a> Out<'a> {
     pub fn of(m: &'a async_nats::Message) -> Out<'a> {
-        let (data, data_encoding) = data(&m.payload);
+        Out::parts(m.subject.as_str(), &m.payload, m.headers.as_ref())
+    }
+
+    /// From a message's parts: a stored message read back by sequence or
+    /// subject has no `async_nats::Message` around them.
+    pub fn parts(
+        subject: &'a str,
+        payload: &'a [u8],
+        h: Option<&async_nats::HeaderMap>,
+    ) -> Out<'a> {
+        let (data, data_encoding) = data(payload);
         Out {
-            subject: m.subject.as_str(),
+            subject,
             data,
             data_encoding,
-            headers: headers(m.headers.as_ref()),
+            headers: headers(h),
         }
     }
+}
+
+/// A time as RFC 3339 with nanoseconds in UTC (`timestamp` fields);
+/// the epoch for a time before it.
+pub fn rfc3339_nanos(nanos: i128) -> String {
+    use std::time::{Duration, UNIX_EPOCH};
+    let t = if nanos >= 0 {
+        UNIX_EPOCH + Duration::from_nanos(nanos.min(u64::MAX as i128) as u64)
+    } else {
+        UNIX_EPOCH
+    };
+    humantime::format_rfc3339_nanos(t).to_string()
 }
 
 /// Standard base64 with padding (RFC 4648 section 4).

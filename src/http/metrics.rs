@@ -42,6 +42,8 @@ struct StreamFigures {
     messages: u64,
     bytes: u64,
     consumers: usize,
+    /// Its newest message's time; None when it never had one.
+    last_message: Option<SystemTime>,
     durables: Vec<ConsumerFigures>,
 }
 
@@ -100,6 +102,10 @@ async fn stream_figures(
         messages: info.state.messages,
         bytes: info.state.bytes,
         consumers: info.state.consumer_count,
+        last_message: u64::try_from(info.state.last_timestamp.unix_timestamp_nanos())
+            .ok()
+            .filter(|n| *n > 0)
+            .map(|n| UNIX_EPOCH + Duration::from_nanos(n)),
         durables,
     }))
 }
@@ -248,6 +254,18 @@ pub async fn metrics(app: &App) -> Result<Resp, ApiError> {
         &[],
         stats.sse_dropped.load(std::sync::atomic::Ordering::Relaxed),
     );
+    t.family(
+        &n("http_connections_evicted_total"),
+        Kind::Counter,
+        "HTTP connections closed at api.max_connections to make room for a new client: the oldest that was idle or had not sent a complete request head.",
+    );
+    t.int(
+        &n("http_connections_evicted_total"),
+        &[],
+        stats
+            .http_evicted
+            .load(std::sync::atomic::Ordering::Relaxed),
+    );
 
     // Reloads.
     let (ok, failed) = stats.reloads();
@@ -377,6 +395,8 @@ pub async fn metrics(app: &App) -> Result<Resp, ApiError> {
         }
     }
 
+    alarms(&mut t, app, streams.as_deref());
+
     // nats-server's own figures.
     t.single(
         &n("nats_monitor_up"),
@@ -460,6 +480,93 @@ pub async fn metrics(app: &App) -> Result<Resp, ApiError> {
 fn round(x: f64, digits: i32) -> f64 {
     let m = 10f64.powi(digits);
     (x * m).round() / m
+}
+
+/// The age of each declared stream's newest message (from this scrape's
+/// stream infos), the declared alarm thresholds, and whether each alarm is
+/// in force (the monitor's last check, as /health and /api/v1/status have
+/// it: 0 also for a stream or consumer that does not exist).
+fn alarms(t: &mut Text, app: &App, streams: Option<&[StreamFigures]>) {
+    let n = |s: &str| format!("{P}{s}");
+    if let Some(streams) = streams {
+        let now = SystemTime::now();
+        t.family(
+            &n("stream_last_message_age_seconds"),
+            Kind::Gauge,
+            "Seconds since the newest message of a declared stream was stored, whoever published it (no sample for a stream that never had one).",
+        );
+        for s in streams {
+            if let Some(last) = s.last_message {
+                let age = now.duration_since(last).unwrap_or_default();
+                t.sample(
+                    &n("stream_last_message_age_seconds"),
+                    &[("stream", &s.name)],
+                    round(age.as_secs_f64(), 3),
+                );
+            }
+        }
+    }
+    let rules = crate::alarms::Rules::of(&app.config());
+    let active = app.alarm_board().alarms;
+    let on = |stream: &str, consumer: Option<&str>| {
+        f64::from(u8::from(
+            active
+                .iter()
+                .any(|a| a.stream == stream && a.consumer.as_deref() == consumer),
+        ))
+    };
+    if !rules.streams.is_empty() {
+        t.family(
+            &n("stream_silent_threshold_seconds"),
+            Kind::Gauge,
+            "A declared stream's alert_if_silent_for.",
+        );
+        for r in &rules.streams {
+            t.sample(
+                &n("stream_silent_threshold_seconds"),
+                &[("stream", &r.stream)],
+                r.after.as_secs_f64(),
+            );
+        }
+        t.family(
+            &n("stream_silent_alarm"),
+            Kind::Gauge,
+            "1 while a declared stream's newest message is older than its alert_if_silent_for (counted from the daemon's start or the stream's creation at the earliest).",
+        );
+        for r in &rules.streams {
+            t.sample(
+                &n("stream_silent_alarm"),
+                &[("stream", &r.stream)],
+                on(&r.stream, None),
+            );
+        }
+    }
+    if !rules.consumers.is_empty() {
+        t.family(
+            &n("consumer_pending_threshold"),
+            Kind::Gauge,
+            "A declared consumer's alert_if_pending_over, in messages.",
+        );
+        for r in &rules.consumers {
+            t.int(
+                &n("consumer_pending_threshold"),
+                &[("stream", &r.stream), ("consumer", &r.consumer)],
+                r.over,
+            );
+        }
+        t.family(
+            &n("consumer_pending_alarm"),
+            Kind::Gauge,
+            "1 while a declared consumer has more unprocessed messages (num_pending + num_ack_pending) than its alert_if_pending_over.",
+        );
+        for r in &rules.consumers {
+            t.sample(
+                &n("consumer_pending_alarm"),
+                &[("stream", &r.stream), ("consumer", &r.consumer)],
+                on(&r.stream, Some(&r.consumer)),
+            );
+        }
+    }
 }
 
 /// The status' "throughput": publishes and consumes per second over the

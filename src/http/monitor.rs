@@ -24,21 +24,12 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// GET /api/v1/nats/`name`?`query`: nats-server's status code and JSON
 /// body; 503 when its monitor cannot be reached, 404 for other names.
-/// `get`: the method is GET or HEAD (else 405).
-pub async fn passthrough(
-    app: &App,
-    get: bool,
-    name: &str,
-    query: Option<&str>,
-) -> Result<Resp, ApiError> {
+pub async fn passthrough(app: &App, name: &str, query: Option<&str>) -> Result<Resp, ApiError> {
     if !ENDPOINTS.contains(&name) {
         return Err(ApiError::not_found(format!(
             "no such nats-server monitoring endpoint: {name:?}; there are {}",
             ENDPOINTS.join(", ")
         )));
-    }
-    if !get {
-        return Err(ApiError::method_not_allowed("GET, HEAD"));
     }
     let monitor = app
         .monitor()

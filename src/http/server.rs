@@ -5,7 +5,8 @@
 //! when a connection goes idle after a response. hyper has no separate
 //! idle timeout; tests/hostile.rs checks this one holds.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,35 +15,11 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 
+use super::error::ApiError;
+use super::slots::{Eviction, InRequest, Slot, Slots, Tracked};
 use crate::app::App;
-
-/// Open connections, and a wake-up for the accept loop when one closes.
-#[derive(Default)]
-struct Slots {
-    open: AtomicUsize,
-    freed: Notify,
-}
-
-/// One open connection's share of `Slots`; dropping it frees the slot.
-struct Slot(Arc<Slots>);
-
-impl Slot {
-    fn take(slots: &Arc<Slots>) -> Slot {
-        slots.open.fetch_add(1, Ordering::AcqRel);
-        Slot(slots.clone())
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::AcqRel);
-        // Only the accept loop waits; with nobody waiting the permit is
-        // stored, so a slot freed between its check and its wait is not lost.
-        self.0.freed.notify_one();
-    }
-}
 
 /// Lets a warning out at most once per `every`, counting what it held back:
 /// a flood of clients (or of EMFILE) would otherwise flood the journal too.
@@ -75,10 +52,13 @@ impl Throttle {
 /// Serves until `shutdown` turns true, then lets in-flight requests finish
 /// for up to `drain`.
 ///
-/// At `api.max_connections` open connections the loop stops accepting (as
-/// nginx and Go's LimitListener do): new clients wait in the kernel's listen
-/// backlog and are served as soon as a slot frees, rather than being cut
-/// off, and a client holding idle connections loses them after
+/// At `api.max_connections` open connections a new client takes the slot
+/// of the oldest connection that is not in a request (idle, or still
+/// sending its request's head), which is closed: slow or idle clients
+/// cannot keep a /health probe out. When every connection is in a request,
+/// the loop stops accepting (as nginx and Go's LimitListener do): new
+/// clients wait in the kernel's listen backlog and are served as soon as a
+/// slot frees. A client holding idle connections also loses them after
 /// `api.header_read_timeout`.
 pub async fn serve(listener: TcpListener, app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
     let graceful = GracefulShutdown::new();
@@ -87,76 +67,128 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, mut shutdown: watch::Re
     let slots = Arc::new(Slots::default());
     let mut at_limit = Throttle::new(Duration::from_secs(10));
     let mut accept_failed = Throttle::new(Duration::from_secs(10));
-    loop {
+    'accept: loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => stream,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    if let Some(n) = accept_failed.due() {
+                        tracing::warn!(error = %e, times = n, "accept failed: {e} ({n} time(s) since the last report)");
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = crate::flag_set(&mut shutdown) => break,
+        };
         // Read per connection, so a reloaded value applies at once.
         let cap = app.config().api.max_connections as usize;
-        if slots.open.load(Ordering::Acquire) >= cap {
+        if slots.open() >= cap {
+            let mut eviction = slots.evict(Instant::now());
             if let Some(n) = at_limit.due() {
+                let then = if eviction == Eviction::Evicted {
+                    "the connection idle the longest was closed to make room"
+                } else {
+                    "new ones wait until one closes or has been idle for a moment"
+                };
                 tracing::warn!(
                     max_connections = cap,
                     times = n,
-                    "HTTP connection limit reached ({cap} open, api.max_connections); new connections wait until one closes ({n} time(s) since the last report)"
+                    "HTTP connection limit reached ({cap} open, api.max_connections); {then} ({n} time(s) since the last report)"
                 );
             }
-            tokio::select! {
-                _ = slots.freed.notified() => continue,
-                _ = crate::flag_set(&mut shutdown) => break,
-            }
-        }
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, _peer) = match accepted {
-                    Ok(x) => x,
-                    Err(e) => {
-                        // EMFILE and friends: back off instead of spinning.
-                        if let Some(n) = accept_failed.due() {
-                            tracing::warn!(error = %e, times = n, "accept failed: {e} ({n} time(s) since the last report)");
-                        }
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
+            // Every connection is in a request, or only just idle: wait
+            // until one closes or can be evicted.
+            while eviction != Eviction::Evicted && slots.open() >= cap {
+                let due = match eviction {
+                    Eviction::NotBefore(at) => tokio::time::Instant::from_std(at),
+                    _ => tokio::time::Instant::now() + Duration::from_secs(3600),
                 };
-                let slot = Slot::take(&slots);
-                let _ = stream.set_nodelay(true);
-                // Per connection, so a reloaded value (or certificate)
-                // applies to new ones while open ones keep theirs.
-                let timeout = app.config().api.header_read_timeout.get();
-                builder.header_read_timeout(timeout);
-                let tls = app.security().tls.clone();
-                let builder = builder.clone();
-                let watcher = graceful.watcher();
-                let app = app.clone();
-                // The TLS handshake runs here, in the connection's task: a
-                // slow (or silent) client must not hold up accepting, and
-                // gets header_read_timeout for it as for its headers.
-                tokio::spawn(async move {
-                    let _slot = slot;
-                    let service = service_fn(move |req| super::routes::handle(app.clone(), req));
-                    let ended = match tls {
-                        None => watcher.watch(builder.serve_connection(TokioIo::new(stream), service)).await,
-                        Some(config) => {
-                            let accept = tokio_rustls::TlsAcceptor::from(config).accept(stream);
-                            let stream = match tokio::time::timeout(timeout, accept).await {
-                                Ok(Ok(s)) => s,
-                                Ok(Err(e)) => {
-                                    tracing::debug!(error = %e, "TLS handshake failed: {e}");
-                                    return;
-                                }
-                                Err(_) => {
-                                    tracing::debug!("TLS handshake not done within api.header_read_timeout ({timeout:?})");
-                                    return;
-                                }
-                            };
-                            watcher.watch(builder.serve_connection(TokioIo::new(stream), service)).await
-                        }
-                    };
-                    if let Err(e) = ended {
-                        tracing::debug!(error = %e, "http connection ended with an error");
-                    }
-                });
+                tokio::select! {
+                    _ = slots.freed() => {}
+                    _ = tokio::time::sleep_until(due) => {}
+                    _ = crate::flag_set(&mut shutdown) => break 'accept,
+                }
+                if slots.open() >= cap {
+                    eviction = slots.evict(Instant::now());
+                }
             }
-            _ = crate::flag_set(&mut shutdown) => break,
+            if eviction == Eviction::Evicted {
+                app.stats.http_evicted.fetch_add(1, Ordering::Relaxed);
+            }
         }
+        let slot = Slot::take(&slots);
+        let _ = stream.set_nodelay(true);
+        // Per connection, so a reloaded value (or certificate) applies to
+        // new ones while open ones keep theirs.
+        let timeout = app.config().api.header_read_timeout.get();
+        builder.header_read_timeout(timeout);
+        let tls = app.security().tls.clone();
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let app = app.clone();
+        // The TLS handshake runs here, in the connection's task: a slow (or
+        // silent) client must not hold up accepting, and gets
+        // header_read_timeout for it as for its headers.
+        tokio::spawn(async move {
+            let conn = slot.conn.clone();
+            let service = service_fn(move |req| {
+                let app = app.clone();
+                let request = InRequest::begin(&conn);
+                async move {
+                    let Some(request) = request else {
+                        // Evicted just before this request's head was
+                        // complete: the connection is closing.
+                        let e = ApiError::unavailable("this connection was closed to make room for others; send the request again");
+                        return Ok::<_, Infallible>(
+                            e.into_response()
+                                .map(|b| Tracked::new(http_body_util::Either::Left(b), None)),
+                        );
+                    };
+                    let resp = super::routes::handle(app, req).await?;
+                    Ok(resp.map(|b| Tracked::new(b, Some(request))))
+                }
+            });
+            let serve = async {
+                match tls {
+                    None => {
+                        watcher
+                            .watch(builder.serve_connection(TokioIo::new(stream), service))
+                            .await
+                    }
+                    Some(config) => {
+                        let accept = tokio_rustls::TlsAcceptor::from(config).accept(stream);
+                        let stream = match tokio::time::timeout(timeout, accept).await {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::debug!(error = %e, "TLS handshake failed: {e}");
+                                return Ok(());
+                            }
+                            Err(_) => {
+                                tracing::debug!("TLS handshake not done within api.header_read_timeout ({timeout:?})");
+                                return Ok(());
+                            }
+                        };
+                        watcher
+                            .watch(builder.serve_connection(TokioIo::new(stream), service))
+                            .await
+                    }
+                }
+            };
+            // Dropping the connection closes it.
+            let ended = tokio::select! {
+                ended = serve => ended,
+                _ = slot.conn.evicted.notified() => {
+                    tracing::debug!("http connection closed to make room under api.max_connections");
+                    Ok(())
+                }
+            };
+            if let Err(e) = ended {
+                tracing::debug!(error = %e, "http connection ended with an error");
+            }
+            drop(slot);
+        });
     }
     drop(listener);
     let drain = app.config().api.drain_timeout.get();

@@ -126,6 +126,7 @@ pub async fn status(app: &App) -> Result<Resp, ApiError> {
         })
         .collect();
     let sync = app.sync.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let board = app.alarm_board();
     let body = json!({
         "service": SERVICE,
         "timestamp": rfc3339(SystemTime::now()),
@@ -150,6 +151,11 @@ pub async fn status(app: &App) -> Result<Resp, ApiError> {
             "errors": sync.report.errors,
             "error": sync.error,
         },
+        "alarms": board.alarms.iter().map(crate::alarms::Alarm::to_json).collect::<Vec<_>>(),
+        "alarms_checked_at": board
+            .checked_at
+            .map(|t| humantime::format_rfc3339_millis(t).to_string()),
+        "alarms_error": board.error,
         "message_stats": app.stats.snapshot(),
         "throughput": super::metrics::throughput(app),
         "latency": super::metrics::latency(app),

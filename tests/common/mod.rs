@@ -605,6 +605,20 @@ impl Drop for Daemon {
             // SIGKILL: the child dies with us through PDEATHSIG.
             let _ = c.kill();
             let _ = c.wait();
+            // Every test is also a check of the OpenAPI document: the
+            // (debug-built) daemon logs a status its route table, and so the
+            // document, does not list.
+            let log = self.log();
+            let undocumented: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains("undocumented HTTP status"))
+                .collect();
+            if !undocumented.is_empty() && !std::thread::panicking() {
+                panic!(
+                    "the daemon answered with statuses doc/openapi.json does not list:\n{}",
+                    undocumented.join("\n")
+                );
+            }
         }
     }
 }

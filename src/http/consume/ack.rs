@@ -96,7 +96,7 @@ pub(super) fn ack_body_limit(fetch_max_batch: u32) -> usize {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Kind {
+pub(crate) enum Kind {
     Ack,
     Nak,
     Term,
@@ -140,7 +140,7 @@ fn check_tokens(tokens: &[String], stream: &str, name: &str) -> Result<(), ApiEr
 /// POST .../ack, .../nak, .../term: one answer per token, in order. Each
 /// is sent as a request, so `ok: true` means nats-server processed it
 /// (JetStream's "double ack"), not merely that it left the daemon.
-pub(super) async fn acknowledge(
+pub(crate) async fn acknowledge(
     app: &App,
     req: Request<Incoming>,
     stream: &str,

@@ -46,7 +46,7 @@ struct OutMessage<'a> {
 
 /// POST .../consumers/{name}/fetch: waits up to `expires_ms` for the first
 /// message, then answers with what is there (at most `batch`).
-pub(super) async fn fetch(
+pub(crate) async fn fetch(
     app: &App,
     req: Request<Incoming>,
     stream: &str,

@@ -106,7 +106,7 @@ fn is_declared(app: &App, stream: &str, name: &str) -> bool {
         .is_some_and(|s| s.consumers.contains_key(name))
 }
 
-pub(super) async fn list(app: &App, stream: &str) -> Result<Resp, ApiError> {
+pub(crate) async fn list(app: &App, stream: &str) -> Result<Resp, ApiError> {
     if subject::check_stream_name(stream).is_err() {
         return Err(no_stream(stream));
     }
@@ -149,7 +149,7 @@ pub(super) async fn list(app: &App, stream: &str) -> Result<Resp, ApiError> {
     ))
 }
 
-pub(super) async fn detail(app: &App, stream: &str, name: &str) -> Result<Resp, ApiError> {
+pub(crate) async fn detail(app: &App, stream: &str, name: &str) -> Result<Resp, ApiError> {
     let nats = connected(app)?;
     let info = consumer_info(app, &nats, stream, name).await?;
     Ok(json_response(

@@ -14,13 +14,12 @@
 //! ack subject of *this* stream and consumer before anything is sent, so
 //! the endpoint cannot be used to publish to arbitrary subjects.
 
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
-use hyper::body::Incoming;
-use hyper::{Method, Request, Response};
+use hyper::Response;
 
-use super::error::ApiError;
+use super::message::rfc3339_nanos;
 use crate::app::App;
 
 mod ack;
@@ -29,9 +28,9 @@ mod info;
 
 pub use ack::AckSubject;
 
-use ack::{acknowledge, Kind};
-use fetch::fetch;
-use info::{detail, list};
+pub(crate) use ack::{acknowledge, Kind};
+pub(crate) use fetch::fetch;
+pub(crate) use info::{detail, list};
 
 type Resp = Response<http_body_util::Full<Bytes>>;
 
@@ -39,47 +38,7 @@ type Resp = Response<http_body_util::Full<Bytes>>;
 /// bodies carry up to `api.fetch_max_batch` tokens: `ack::ack_body_limit`.)
 const FETCH_BODY_LIMIT: usize = 64 << 10;
 
-/// Routes `{stream}/consumers...` (the part after `/api/v1/streams/`).
-pub async fn route(app: &App, req: Request<Incoming>, rest: &str) -> Result<Resp, ApiError> {
-    let parts: Vec<&str> = rest.split('/').collect();
-    let get = matches!(*req.method(), Method::GET | Method::HEAD);
-    let post = req.method() == Method::POST;
-    match parts[..] {
-        [stream, "consumers"] if get => list(app, stream).await,
-        [stream, "consumers", name] if get && !name.is_empty() => detail(app, stream, name).await,
-        [stream, "consumers", name, "fetch"] if post => fetch(app, req, stream, name).await,
-        [stream, "consumers", name, verb @ ("ack" | "nak" | "term")] if post => {
-            let kind = match verb {
-                "ack" => Kind::Ack,
-                "nak" => Kind::Nak,
-                _ => Kind::Term,
-            };
-            acknowledge(app, req, stream, name, kind).await
-        }
-        [_, "consumers"] => Err(ApiError::method_not_allowed("GET, HEAD")),
-        [_, "consumers", name] if !name.is_empty() => {
-            Err(ApiError::method_not_allowed("GET, HEAD"))
-        }
-        [_, "consumers", _, "fetch" | "ack" | "nak" | "term"] => {
-            Err(ApiError::method_not_allowed("POST"))
-        }
-        _ => Err(ApiError::not_found(format!(
-            "no such endpoint: {} /api/v1/streams/{rest}",
-            req.method()
-        ))),
-    }
-}
-
 /// Deadline for the JetStream API requests of one HTTP request.
 fn api_timeout(app: &App) -> Duration {
     app.config().api.publish_timeout.get()
-}
-
-fn rfc3339_nanos(nanos: i128) -> String {
-    let t = if nanos >= 0 {
-        UNIX_EPOCH + Duration::from_nanos(nanos.min(u64::MAX as i128) as u64)
-    } else {
-        UNIX_EPOCH
-    };
-    humantime::format_rfc3339_nanos(t).to_string()
 }
