@@ -7,10 +7,14 @@
 //! - at most [`WINDOW`] lines (and `api.batch_max_bytes` of them) are
 //!   between their parse and their result; while the window is full the
 //!   body is not read, so TCP pushes back on the sender;
-//! - results wait in at most [`OUT_CAP`] bytes plus one queued chunk; a
-//!   client that does not read them fills that, which fills the window,
-//!   which stops the reading; one that reads nothing for
-//!   `api.header_read_timeout` is given up on;
+//! - acks are taken as they arrive, whatever the client reads (an ack
+//!   left waiting holds one of the NATS client's 5000 in-flight permits,
+//!   which every publish of the daemon shares); finished results wait in
+//!   order (they count in the window) and as at most [`OUT_CAP`] bytes of
+//!   text plus one queued chunk; a client that does not read them fills
+//!   that, which fills the window, which stops the reading; one that
+//!   takes nothing for `api.header_read_timeout` is given up on (its
+//!   lines in flight are still counted);
 //! - a line is at most what a single publish body may be (its bytes past
 //!   that are skipped, not kept) and gets a 413 result of its own.
 //!
@@ -23,6 +27,7 @@
 //! ([`accepting`]) is checked per line: when it closes mid-stream (a
 //! drain, a failed store write) reading stops and the summary says why.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -286,6 +291,40 @@ async fn acked(
     (line.0, line.1, r)
 }
 
+/// Results taken from the in-flight lines as soon as they are there (so
+/// each ack's permit goes back to the NATS connection at once, whatever
+/// the client reads), counted, and kept in order until the answer has
+/// room for them.
+#[derive(Default)]
+struct Answers {
+    ready: VecDeque<(u64, Result<Outcome, ApiError>)>,
+    /// Line bytes in the window.
+    held: usize,
+    succeeded: u64,
+    failed: u64,
+    /// False once the client is gone: results are only counted.
+    gone: bool,
+}
+
+impl Answers {
+    fn take(&mut self, app: &App, (number, len, r): Done) {
+        self.held -= len;
+        match &r {
+            Ok(o) => {
+                self.succeeded += 1;
+                app.stats.published(Endpoint::Stream, o.persisted);
+            }
+            Err(e) => {
+                self.failed += 1;
+                app.stats.error(Endpoint::Stream, e.status.as_u16());
+            }
+        }
+        if !self.gone {
+            self.ready.push_back((number, r));
+        }
+    }
+}
+
 async fn run(
     app: Arc<App>,
     mut body: Incoming,
@@ -313,10 +352,9 @@ async fn run(
     };
     let mut split = Splitter::new(ing.line_limit);
     let mut inflight = FuturesOrdered::new();
-    let mut held = 0usize;
+    let mut answers = Answers::default();
     let mut out = BytesMut::with_capacity(OUT_CAP);
     let mut scratch = Vec::new();
-    let (mut succeeded, mut failed) = (0u64, 0u64);
     let mut eof = false;
     let mut stop: Option<Stop> = None;
     let mut closing = app.closing.subscribe();
@@ -325,8 +363,18 @@ async fn run(
     let mut waiting_since: Option<tokio::time::Instant> = None;
     let mut unsent_since: Option<tokio::time::Instant> = None;
     loop {
+        // Results into the answer while it has room.
+        while out.len() < OUT_CAP {
+            let Some((number, r)) = answers.ready.pop_front() else {
+                break;
+            };
+            result_line(&mut out, &mut scratch, number, r);
+        }
         // Start lines while the window has room.
-        while stop.is_none() && inflight.len() < WINDOW && held < window_bytes {
+        while stop.is_none()
+            && inflight.len() + answers.ready.len() < WINDOW
+            && answers.held < window_bytes
+        {
             let piece = match split.next_piece() {
                 Some(p) => p,
                 None if eof && split.drained() => match split.finish() {
@@ -344,8 +392,19 @@ async fn run(
                 stop = Some(Stop::Gate(e));
                 break;
             }
-            held += len;
-            inflight.push_back(match ing.start(piece).await {
+            answers.held += len;
+            // While the line is handed over (which may wait for the
+            // connection), the acks that arrive are taken.
+            let start = ing.start(piece);
+            tokio::pin!(start);
+            let started = loop {
+                tokio::select! {
+                    biased;
+                    s = &mut start => break s,
+                    Some(d) = inflight.next(), if !inflight.is_empty() => answers.take(app, d),
+                }
+            };
+            inflight.push_back(match started {
                 Started::Done(r) => Either::Left(future::ready((number, len, r))),
                 Started::Sent { stream, ack, sent } => Either::Right(acked(
                     app,
@@ -361,15 +420,15 @@ async fn run(
         let reading = stop.is_none()
             && !eof
             && split.drained()
-            && inflight.len() < WINDOW
-            && held < window_bytes;
+            && inflight.len() + answers.ready.len() < WINDOW
+            && answers.held < window_bytes;
         if !reading {
             waiting_since = None;
         } else if waiting_since.is_none() {
             waiting_since = Some(tokio::time::Instant::now());
         }
-        if inflight.is_empty() && (stop.is_some() || (eof && split.drained() && !split.mid_line()))
-        {
+        let body_done = stop.is_some() || (eof && split.drained() && !split.mid_line());
+        if inflight.is_empty() && answers.ready.is_empty() && body_done {
             break;
         }
         if out.is_empty() {
@@ -377,32 +436,16 @@ async fn run(
         } else if unsent_since.is_none() {
             unsent_since = Some(tokio::time::Instant::now());
         }
-        let gone = matches!(stop, Some(Stop::Gone));
-        let room = out.len() < OUT_CAP;
+        let gone = answers.gone;
         tokio::select! {
             biased;
-            Some((number, len, r)) = inflight.next(), if room && !inflight.is_empty() => {
-                held -= len;
-                match &r {
-                    Ok(o) => {
-                        succeeded += 1;
-                        app.stats.published(Endpoint::Stream, o.persisted);
-                    }
-                    Err(e) => {
-                        failed += 1;
-                        app.stats.error(Endpoint::Stream, e.status.as_u16());
-                    }
-                }
-                if !gone {
-                    result_line(&mut out, &mut scratch, number, r);
-                }
-            }
+            Some(d) = inflight.next(), if !inflight.is_empty() => answers.take(app, d),
             permit = tx.reserve(), if !out.is_empty() => match permit {
                 Ok(p) => {
                     p.send(out.split().freeze());
                     unsent_since = None;
                 }
-                Err(_) => (stop, out) = (Some(Stop::Gone), BytesMut::new()),
+                Err(_) => stop = Some(Stop::Gone),
             },
             frame = body.frame(), if reading => {
                 waiting_since = None;
@@ -422,13 +465,19 @@ async fn run(
             }
             _ = tokio::time::sleep_until(unsent_since.unwrap_or_else(tokio::time::Instant::now) + idle), if unsent_since.is_some() => {
                 tracing::debug!("POST /api/v1/publish/stream: the client took no results for {idle:?}; giving up on it");
-                (stop, out) = (Some(Stop::Gone), BytesMut::new());
+                stop = Some(Stop::Gone);
             }
             _ = crate::flag_set(&mut closing), if stop.is_none() => stop = Some(Stop::Closing),
-            _ = tx.closed(), if !gone => (stop, out) = (Some(Stop::Gone), BytesMut::new()),
+            _ = tx.closed(), if !gone => stop = Some(Stop::Gone),
+        }
+        if matches!(stop, Some(Stop::Gone)) && !answers.gone {
+            // Nothing more is answered; what is in flight is still counted.
+            answers.gone = true;
+            answers.ready.clear();
+            out.clear();
         }
     }
-    if matches!(stop, Some(Stop::Gone)) {
+    if answers.gone {
         return;
     }
     // A line begun and not ended when reading stopped (the body paused
@@ -438,11 +487,12 @@ async fn run(
     let error = stop.map(|s| s.error());
     if let Some(e) = &error {
         if split.drained() && split.mid_line() {
-            failed += 1;
+            answers.failed += 1;
             app.stats.error(Endpoint::Stream, e.status.as_u16());
             result_line(&mut out, &mut scratch, split.line(), Err(e.clone()));
         }
     }
+    let (succeeded, failed) = (answers.succeeded, answers.failed);
     let summary = Summary {
         summary: true,
         success: failed == 0 && error.is_none(),
@@ -456,8 +506,47 @@ async fn run(
     };
     let _ = serde_json::to_writer((&mut out).writer(), &summary);
     out.extend_from_slice(b"\n");
-    if let Ok(Ok(p)) = tokio::time::timeout(idle, tx.reserve()).await {
-        complete.store(true, Ordering::Release);
-        p.send(out.freeze());
+    // The rest of the answer (results may wait here for a slow reader),
+    // as long as the client keeps taking it.
+    while !out.is_empty() {
+        let n = out.len().min(OUT_CAP);
+        let last = n == out.len();
+        match tokio::time::timeout(idle, tx.reserve()).await {
+            Ok(Ok(p)) => {
+                if last {
+                    complete.store(true, Ordering::Release);
+                }
+                p.send(out.split_to(n).freeze());
+            }
+            _ => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_result_line_is_the_batch_entrys_answer_with_the_line_number_first() {
+        let (mut out, mut scratch) = (BytesMut::new(), Vec::new());
+        result_line(&mut out, &mut scratch, 7, Ok(Outcome::core()));
+        let e = ApiError::bad_request("invalid_json", "bad");
+        result_line(&mut out, &mut scratch, 12, Err(e));
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            "{\"line\":7,\"success\":true,\"persisted\":false,\"durable\":false}\n\
+             {\"line\":12,\"success\":false,\"status\":400,\"error\":{\"code\":\"invalid_json\",\"message\":\"bad\"}}\n"
+        );
+    }
+
+    #[test]
+    fn the_reasons_to_stop_reading_are_named_for_the_client() {
+        let idle = Stop::Idle(Duration::from_secs(10)).error();
+        assert_eq!((idle.status.as_u16(), idle.code), (408, "request_timeout"));
+        let closing = Stop::Closing.error();
+        assert_eq!(closing.status.as_u16(), 503);
+        let gate = Stop::Gate(ApiError::unavailable("draining")).error();
+        assert_eq!(gate.message, "draining");
     }
 }
