@@ -603,3 +603,46 @@ async fn what_is_not_a_stream_of_publishes_is_refused_as_a_whole() {
     );
     assert_eq!(messages_in(&d, "MARKET_DATA").await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopping_daemon_ends_the_stream_with_a_summary_that_says_so() {
+    let mut d = Daemon::start();
+    d.wait_healthy(Duration::from_secs(20)).await;
+    let mut s = Ingest::open(&d).await;
+    for i in 0..3 {
+        s.send(publish_line("market.stop.BTCUSDT.trade", json!(i)))
+            .await;
+    }
+    for i in 1..=3 {
+        let v = s.line().await.unwrap();
+        assert_eq!(
+            (v["line"].as_u64(), &v["success"]),
+            (Some(i), &json!(true)),
+            "{v}"
+        );
+    }
+    // The body stays open; the daemon is told to stop.
+    d.signal(nix::sys::signal::Signal::SIGTERM);
+    let rest = s.rest().await;
+    assert_eq!(rest.len(), 1, "{rest:?}");
+    let summary = &rest[0];
+    assert_eq!(
+        (
+            &summary["summary"],
+            &summary["success"],
+            &summary["count"],
+            &summary["succeeded"]
+        ),
+        (&json!(true), &json!(false), &json!(3), &json!(3)),
+        "{summary}"
+    );
+    assert_eq!(summary["error"]["code"], "nats_unavailable", "{summary}");
+    assert!(
+        summary["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("stopping"),
+        "{summary}"
+    );
+    d.expect_exit(0, Duration::from_secs(20));
+}
