@@ -22,12 +22,15 @@
 //! sender as the batch): JetStream publishes are pipelined like a batch's
 //! (a stream is one ordered pipeline already, so the coalescer, which
 //! groups concurrent requests, has nothing to add), `nats.durability:
-//! sync` answers a line only after a sync that began after its ack (the
-//! group commit joins the lines in flight), and the publish gate
+//! sync` answers a line only after a sync that began after its ack (as
+//! for a batch, one sync covers the lines acknowledged while the previous
+//! one ran, and the group commit joins it with other requests'), and the
+//! publish gate
 //! ([`accepting`]) is checked per line: when it closes mid-stream (a
 //! drain, a failed store write) reading stops and the summary says why.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -44,14 +47,13 @@ use hyper::{header, Request, Response, StatusCode};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use super::durable::{sync_acked, syncs};
+use super::durable::{make_durable, syncs};
 use super::entry::{parse_entry, Outcome};
 use super::ndjson::{Piece, Splitter};
 use super::send::{accepting, await_ack, send_core, send_js};
 use super::{EntryAnswer, ErrorBody};
 use crate::app::{App, Nats};
 use crate::config::Config;
-use crate::durability::Coverage;
 use crate::http::body::{connected, content_type_is, too_large};
 use crate::http::error::ApiError;
 use crate::routing::StreamMatcher;
@@ -265,50 +267,94 @@ impl Ingest<'_> {
     }
 }
 
-/// A sent line's ack and, under `nats.durability: sync`, the sync after it
-/// (one deadline for both, as for a single publish).
+/// A sent line's ack.
 async fn acked(
     app: &App,
     timeout: Duration,
-    syncs: bool,
     line: (u64, usize),
     stream: String,
     ack: PublishAckFuture,
     sent: Instant,
 ) -> Done {
-    let r = match await_ack(app, timeout, &stream, ack, sent).await {
-        Ok(mut o) if syncs => {
-            let left = timeout.saturating_sub(sent.elapsed());
-            sync_acked(app, left, [stream.as_str()], 1)
-                .await
-                .map(|got| {
-                    o.durable = got.of(&stream) == Coverage::Durable;
-                    o
-                })
-        }
-        r => r,
-    };
-    (line.0, line.1, r)
+    (
+        line.0,
+        line.1,
+        await_ack(app, timeout, &stream, ack, sent).await,
+    )
+}
+
+/// Results in order, after their acks, waiting for the sync that covers
+/// them.
+type Group = Vec<(u64, Result<Outcome, ApiError>)>;
+
+/// Under `nats.durability: sync`: one sync for a group of acknowledged
+/// lines, as for a batch (begun after the last of their acks; the group
+/// commit joins it with other requests'); each line then carries what its
+/// stream got, or the sync's error.
+fn sync_group(
+    app: &App,
+    timeout: Duration,
+    group: Group,
+) -> Pin<Box<dyn Future<Output = Group> + Send + '_>> {
+    Box::pin(async move {
+        let (numbers, mut results): (Vec<u64>, Vec<_>) =
+            group.into_iter().map(|(n, r)| (n, Some(r))).unzip();
+        make_durable(app, timeout, &mut results).await;
+        numbers
+            .into_iter()
+            .zip(results.into_iter().flatten())
+            .collect()
+    })
 }
 
 /// Results taken from the in-flight lines as soon as they are there (so
 /// each ack's permit goes back to the NATS connection at once, whatever
-/// the client reads), counted, and kept in order until the answer has
-/// room for them.
+/// the client reads), synced in groups under `nats.durability: sync`,
+/// counted, and kept in order until the answer has room for them.
 #[derive(Default)]
 struct Answers {
+    syncs: bool,
+    /// Acknowledged, waiting for the next sync.
+    unsynced: Group,
+    /// Lines in the sync under way.
+    syncing: usize,
     ready: VecDeque<(u64, Result<Outcome, ApiError>)>,
     /// Line bytes in the window.
     held: usize,
     succeeded: u64,
     failed: u64,
-    /// False once the client is gone: results are only counted.
+    /// True once the client is gone: results are only counted.
     gone: bool,
 }
 
 impl Answers {
+    /// A line's result from `inflight`.
     fn take(&mut self, app: &App, (number, len, r): Done) {
         self.held -= len;
+        if self.syncs && !self.gone {
+            self.unsynced.push((number, r));
+        } else {
+            self.deliver(app, number, r);
+        }
+    }
+
+    /// Lines past their ack, in the window still.
+    fn waiting(&self) -> usize {
+        self.unsynced.len() + self.syncing + self.ready.len()
+    }
+
+    /// The client is gone: what waits is counted, and nothing more is
+    /// kept.
+    fn give_up(&mut self, app: &App) {
+        self.gone = true;
+        for (number, r) in std::mem::take(&mut self.unsynced) {
+            self.deliver(app, number, r);
+        }
+        self.ready.clear();
+    }
+
+    /// A line's final result: counted, and kept for the answer.
+    fn deliver(&mut self, app: &App, number: u64, r: Result<Outcome, ApiError>) {
         match &r {
             Ok(o) => {
                 self.succeeded += 1;
@@ -352,7 +398,11 @@ async fn run(
     };
     let mut split = Splitter::new(ing.line_limit);
     let mut inflight = FuturesOrdered::new();
-    let mut answers = Answers::default();
+    let mut answers = Answers {
+        syncs: ing.syncs,
+        ..Answers::default()
+    };
+    let mut syncing: Option<Pin<Box<dyn Future<Output = Group> + Send + '_>>> = None;
     let mut out = BytesMut::with_capacity(OUT_CAP);
     let mut scratch = Vec::new();
     let mut eof = false;
@@ -370,9 +420,15 @@ async fn run(
             };
             result_line(&mut out, &mut scratch, number, r);
         }
+        // One sync at a time for what was acknowledged meanwhile.
+        if syncing.is_none() && !answers.unsynced.is_empty() {
+            let group = std::mem::take(&mut answers.unsynced);
+            answers.syncing = group.len();
+            syncing = Some(sync_group(app, ing.timeout, group));
+        }
         // Start lines while the window has room.
         while stop.is_none()
-            && inflight.len() + answers.ready.len() < WINDOW
+            && inflight.len() + answers.waiting() < WINDOW
             && answers.held < window_bytes
         {
             let piece = match split.next_piece() {
@@ -406,21 +462,15 @@ async fn run(
             };
             inflight.push_back(match started {
                 Started::Done(r) => Either::Left(future::ready((number, len, r))),
-                Started::Sent { stream, ack, sent } => Either::Right(acked(
-                    app,
-                    ing.timeout,
-                    ing.syncs,
-                    (number, len),
-                    stream,
-                    ack,
-                    sent,
-                )),
+                Started::Sent { stream, ack, sent } => {
+                    Either::Right(acked(app, ing.timeout, (number, len), stream, ack, sent))
+                }
             });
         }
         let reading = stop.is_none()
             && !eof
             && split.drained()
-            && inflight.len() + answers.ready.len() < WINDOW
+            && inflight.len() + answers.waiting() < WINDOW
             && answers.held < window_bytes;
         if !reading {
             waiting_since = None;
@@ -428,7 +478,7 @@ async fn run(
             waiting_since = Some(tokio::time::Instant::now());
         }
         let body_done = stop.is_some() || (eof && split.drained() && !split.mid_line());
-        if inflight.is_empty() && answers.ready.is_empty() && body_done {
+        if inflight.is_empty() && answers.waiting() == 0 && body_done {
             break;
         }
         if out.is_empty() {
@@ -440,6 +490,13 @@ async fn run(
         tokio::select! {
             biased;
             Some(d) = inflight.next(), if !inflight.is_empty() => answers.take(app, d),
+            group = async { syncing.as_mut().expect("a sync").await }, if syncing.is_some() => {
+                syncing = None;
+                answers.syncing = 0;
+                for (number, r) in group {
+                    answers.deliver(app, number, r);
+                }
+            }
             permit = tx.reserve(), if !out.is_empty() => match permit {
                 Ok(p) => {
                     p.send(out.split().freeze());
@@ -472,8 +529,7 @@ async fn run(
         }
         if matches!(stop, Some(Stop::Gone)) && !answers.gone {
             // Nothing more is answered; what is in flight is still counted.
-            answers.gone = true;
-            answers.ready.clear();
+            answers.give_up(app);
             out.clear();
         }
     }
