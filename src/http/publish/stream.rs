@@ -524,7 +524,8 @@ async fn run(
                 tracing::debug!("POST /api/v1/publish/stream: the client took no results for {idle:?}; giving up on it");
                 stop = Some(Stop::Gone);
             }
-            _ = crate::flag_set(&mut closing), if stop.is_none() => stop = Some(Stop::Closing),
+            // A body read to its end is answered to its end.
+            _ = crate::flag_set(&mut closing), if stop.is_none() && !eof => stop = Some(Stop::Closing),
             _ = tx.closed(), if !gone => stop = Some(Stop::Gone),
         }
         if matches!(stop, Some(Stop::Gone)) && !answers.gone {
