@@ -140,8 +140,15 @@ async fn a_routed_server_without_jetstream_is_no_missing_meta_peer() {
         assert_eq!(c["problems"], json!([]), "{c}");
         let h = d.wait_healthy(Duration::from_secs(5)).await;
         assert!(!h.to_string().contains("routed peers"), "{h}");
+        // A shortfall seen for a moment while a server joins is said and
+        // then taken back; one that stays is not.
         let log = d.log();
-        assert!(!log.contains("routed peers"), "{log}");
+        assert!(
+            log.matches("routed peers").count()
+                <= log.matches("lists every routed peer again").count(),
+            "{log}"
+        );
+        assert!(!log.contains("self-heal"), "{log}");
     }
     // The R3 stream was placed on the three JetStream servers.
     let (code, s) = ld.get(&format!("/api/v1/streams/{STREAM}")).await;
