@@ -9,10 +9,11 @@
 //!   several routes per peer (route pooling); 2.9 gives only `remote_id`.
 //!   Routes are listed once per remote server.
 //! - /jsz `meta_cluster`: `leader` is absent while there is no meta leader;
-//!   2.9 lists `replicas` (the other peers) on the meta leader only, 2.10+
-//!   on every node.
+//!   2.9.10 and 2.10.27 list `replicas` (the other peers) on the meta
+//!   leader only, later releases on every node.
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde_json::Value;
@@ -198,6 +199,172 @@ pub fn stream_problems(groups: &[StreamGroup]) -> Vec<String> {
             )
         })
         .collect()
+}
+
+/// The subject every member of JetStream's meta group subscribes to for
+/// votes (`$NRG.V.` + the group `_meta_`, in 2.9.10, 2.10.27 and later
+/// alike). A route whose remote shows interest in it leads to a server
+/// that runs JetStream in this cluster; a server without JetStream (a
+/// mixed cluster) never subscribes it.
+pub const META_VOTE_SUBJECT: &str = "$NRG.V._meta_";
+
+/// Remote servers routed to this one that run JetStream here: those with
+/// interest in [`META_VOTE_SUBJECT`] on any of their routes (2.10+ carry
+/// the system account's interest on a dedicated route, 2.9 on its one
+/// route), from `/routez?subs=1`. Once each, by server id; the name where
+/// nats-server (2.10+) gives it. Leaf nodes and gateways are not routes
+/// and never appear.
+pub fn jetstream_routes(routez_subs: &Value) -> Vec<(String, Option<String>)> {
+    let mut out: Vec<(String, Option<String>)> = Vec::new();
+    for r in routez_subs["routes"].as_array().into_iter().flatten() {
+        let votes = r["subscriptions_list"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|s| s.as_str() == Some(META_VOTE_SUBJECT));
+        let id = r["remote_id"].as_str().unwrap_or_default();
+        if !votes || id.is_empty() || out.iter().any(|(i, _)| i == id) {
+            continue;
+        }
+        let name = r["remote_name"]
+            .as_str()
+            .filter(|n| !n.is_empty())
+            .map(String::from);
+        out.push((id.to_string(), name));
+    }
+    out
+}
+
+/// The meta leader knows fewer peers than the JetStream servers it is
+/// routed to: nats-server 2.10.27 was seen leaving a follower out for
+/// minutes when that follower's replies to the leader never arrived (lost
+/// route interest, fixed in later releases), so no R3 stream could be
+/// placed ("no suitable peers for placement", JetStream error 10005).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MetaShortfall {
+    /// Peers the meta group lists besides this node (offline ones too).
+    pub known: usize,
+    /// JetStream servers this node is routed to.
+    pub routed: usize,
+    /// Names of routed servers the group does not list, where nats-server
+    /// names the routes (2.10+); empty on 2.9.
+    pub missing: Vec<String>,
+}
+
+impl std::fmt::Display for MetaShortfall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "JetStream meta group knows {} of {} routed peers",
+            self.known, self.routed
+        )?;
+        if !self.missing.is_empty() {
+            write!(f, " ({} missing)", self.missing.join(", "))?;
+        }
+        f.write_str(": replicated streams cannot be placed")
+    }
+}
+
+/// The decision, from this node's /jsz and `/routez?subs=1`: Some when
+/// this node (`me`) is the meta leader and its group lists fewer peers
+/// besides itself than the JetStream servers it is routed to.
+///
+/// Only the leader is judged: 2.9.10 and 2.10.27 list the group's peers
+/// (`replicas`) on the leader alone, and the leader's list is the peer set
+/// placement picks from. A peer that is down stays listed (offline), so a
+/// node going away does not count; a routed server without JetStream has
+/// no interest in the meta group's votes and is not counted; a server
+/// just joining is missing for a moment (the caller waits a grace period).
+pub fn meta_shortfall(me: Option<&str>, jsz: &Value, routez_subs: &Value) -> Option<MetaShortfall> {
+    let me = me?;
+    let meta = meta_from_jsz(jsz)?;
+    if meta.leader.as_deref() != Some(me) {
+        return None;
+    }
+    let peers: Vec<&str> = meta
+        .peers
+        .iter()
+        .map(|p| p.name.as_str())
+        .filter(|n| *n != me)
+        .collect();
+    let routed = jetstream_routes(routez_subs);
+    if peers.len() >= routed.len() {
+        return None;
+    }
+    let mut missing: Vec<String> = routed
+        .iter()
+        .filter_map(|(_, n)| n.clone())
+        .filter(|n| !peers.contains(&n.as_str()))
+        .collect();
+    missing.sort();
+    Some(MetaShortfall {
+        known: peers.len(),
+        routed: routed.len(),
+        missing,
+    })
+}
+
+/// How long a shortfall must last before the leader restarts its
+/// nats-server: a server that just joined is added within a second or two.
+pub const META_HEAL_GRACE: Duration = Duration::from_secs(30);
+
+/// At most one self-heal restart per this long: a restart that did not
+/// help is not repeated in a loop.
+pub const META_HEAL_EVERY: Duration = Duration::from_secs(600);
+
+/// What the meta group check calls for now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealStep {
+    /// Nothing wrong.
+    Fine,
+    /// Short of peers, reported; no restart (yet, or not again so soon, or
+    /// no stream failed for it).
+    Short(MetaShortfall),
+    /// Short for the grace period while a stream could not be placed:
+    /// restart this node's nats-server.
+    Restart(MetaShortfall),
+}
+
+/// The self-heal's memory (pure: the caller passes the time in).
+#[derive(Debug, Clone, Default)]
+pub struct MetaHeal {
+    /// Since when the shortfall holds without a break.
+    short_since: Option<Instant>,
+    last_restart: Option<Instant>,
+}
+
+impl MetaHeal {
+    /// One check: `shortfall` as [`meta_shortfall`] found it now, and
+    /// when a declared stream last failed to be created or updated with
+    /// "no suitable peers for placement" (10005). A restart needs both:
+    /// the shortfall for [`META_HEAL_GRACE`] without a break, and a
+    /// placement failure since it began (the evidence that it matters);
+    /// and then none in the last [`META_HEAL_EVERY`].
+    pub fn step(
+        &mut self,
+        now: Instant,
+        shortfall: Option<MetaShortfall>,
+        no_peers_at: Option<Instant>,
+    ) -> HealStep {
+        let Some(short) = shortfall else {
+            self.short_since = None;
+            return HealStep::Fine;
+        };
+        let since = *self.short_since.get_or_insert(now);
+        let lasted = now.saturating_duration_since(since) >= META_HEAL_GRACE;
+        let mattered = no_peers_at.is_some_and(|t| t >= since);
+        let allowed = self
+            .last_restart
+            .is_none_or(|t| now.saturating_duration_since(t) >= META_HEAL_EVERY);
+        if lasted && mattered && allowed {
+            self.last_restart = Some(now);
+            // The new nats-server starts the count afresh.
+            self.short_since = None;
+            HealStep::Restart(short)
+        } else {
+            HealStep::Short(short)
+        }
+    }
 }
 
 /// What this node's nats-server says of itself on its full /healthz
@@ -759,5 +926,173 @@ mod tests {
             c.other,
             vec!["JetStream stream '$G > X' could not be recovered".to_string()]
         );
+    }
+
+    /// `/routez?subs=1` of a 2.10.27 node routed to `js` (JetStream
+    /// servers) and `plain` (servers without JetStream): three pooled
+    /// routes each without system interest, and the dedicated `$SYS` route
+    /// that carries the meta group's vote subject for JetStream servers.
+    fn routez_2_10(js: &[&str], plain: &[&str]) -> Value {
+        let mut routes = Vec::new();
+        for (name, votes) in js
+            .iter()
+            .map(|n| (n, true))
+            .chain(plain.iter().map(|n| (n, false)))
+        {
+            let id = format!("ID-{name}");
+            for _ in 0..3 {
+                routes.push(json!({"remote_id": id, "remote_name": name, "subscriptions": 0}));
+            }
+            let mut subs = vec!["$SYS.REQ.SERVER.PING", "$NRG.R.uhAnqMYw"];
+            if votes {
+                subs.push(META_VOTE_SUBJECT);
+            }
+            routes.push(
+                json!({"remote_id": id, "remote_name": name, "account": "$SYS",
+                "subscriptions_list": subs}),
+            );
+        }
+        json!({"routes": routes})
+    }
+
+    fn leader_jsz(leader: &str, peers: &[(&str, bool)]) -> Value {
+        let replicas: Vec<Value> = peers
+            .iter()
+            .map(|(n, offline)| json!({"name": n, "current": !offline, "offline": offline, "active": 0}))
+            .collect();
+        json!({"meta_cluster": {"name": "c", "leader": leader, "cluster_size": 3, "replicas": replicas}})
+    }
+
+    #[test]
+    fn a_meta_leader_missing_a_routed_jetstream_peer_is_short() {
+        let routez = routez_2_10(&["n2", "n3"], &[]);
+        let jsz = leader_jsz("n1", &[("n2", false)]);
+        let s = meta_shortfall(Some("n1"), &jsz, &routez).unwrap();
+        assert_eq!((s.known, s.routed), (1, 2));
+        assert_eq!(s.missing, vec!["n3".to_string()]);
+        assert_eq!(
+            s.to_string(),
+            "JetStream meta group knows 1 of 2 routed peers (n3 missing): replicated streams cannot be placed"
+        );
+        // Both peers known: fine.
+        let jsz = leader_jsz("n1", &[("n2", false), ("n3", false)]);
+        assert_eq!(meta_shortfall(Some("n1"), &jsz, &routez), None);
+        // The current release lists peers on followers too, the leader
+        // among them: only the leader is judged.
+        let jsz = leader_jsz("n2", &[("n2", false)]);
+        assert_eq!(meta_shortfall(Some("n1"), &jsz, &routez), None);
+        // No leader, or this node's name unknown: nothing to judge.
+        let jsz = json!({"meta_cluster": {"cluster_size": 3}});
+        assert_eq!(meta_shortfall(Some("n1"), &jsz, &routez), None);
+        let jsz = leader_jsz("n1", &[("n2", false)]);
+        assert_eq!(meta_shortfall(None, &jsz, &routez), None);
+        // Not clustered JetStream at all.
+        assert_eq!(meta_shortfall(Some("n1"), &json!({}), &routez), None);
+    }
+
+    #[test]
+    fn a_routed_server_without_jetstream_is_not_a_missing_peer() {
+        // A mixed cluster: n4 routes but has no JetStream (seen on
+        // 2.10.27: its $SYS route lacks the vote subject).
+        let routez = routez_2_10(&["n2", "n3"], &["n4"]);
+        assert_eq!(jetstream_routes(&routez).len(), 2);
+        let jsz = leader_jsz("n1", &[("n2", false), ("n3", false)]);
+        assert_eq!(meta_shortfall(Some("n1"), &jsz, &routez), None);
+    }
+
+    #[test]
+    fn a_peer_that_is_down_stays_listed_and_is_no_shortfall() {
+        // n3 is down: no route to it, the group lists it offline.
+        let routez = routez_2_10(&["n2"], &[]);
+        let jsz = leader_jsz("n1", &[("n2", false), ("n3", true)]);
+        assert_eq!(meta_shortfall(Some("n1"), &jsz, &routez), None);
+        // Leaf nodes and gateways are not in /routez: a super-cluster's
+        // meta group lists more peers than this cluster routes to.
+        let jsz = leader_jsz("n1", &[("n2", false), ("n3", true), ("x1", false)]);
+        assert_eq!(meta_shortfall(Some("n1"), &jsz, &routez), None);
+    }
+
+    #[test]
+    fn nats_server_2_9_routes_have_no_names_and_are_counted_by_id() {
+        // 2.9.10: one route per server, every account's interest on it,
+        // no remote_name.
+        let routez = json!({"routes": [
+            {"remote_id": "NB4G", "subscriptions_list": ["$NRG.AE._meta_", META_VOTE_SUBJECT]},
+            {"remote_id": "NAN4", "subscriptions_list": [META_VOTE_SUBJECT, "market.>"]},
+        ]});
+        assert_eq!(
+            jetstream_routes(&routez),
+            vec![("NB4G".to_string(), None), ("NAN4".to_string(), None)]
+        );
+        let jsz = leader_jsz("n2", &[("n1", false)]);
+        let s = meta_shortfall(Some("n2"), &jsz, &routez).unwrap();
+        assert_eq!((s.known, s.routed, s.missing.len()), (1, 2, 0));
+        assert_eq!(
+            s.to_string(),
+            "JetStream meta group knows 1 of 2 routed peers: replicated streams cannot be placed"
+        );
+        // /routez without subscriptions (or an old answer): no JetStream
+        // route is proven, nothing is short.
+        let bare = json!({"routes": [{"remote_id": "NB4G"}, {"remote_id": "NAN4"}]});
+        assert_eq!(meta_shortfall(Some("n2"), &jsz, &bare), None);
+    }
+
+    fn short() -> Option<MetaShortfall> {
+        Some(MetaShortfall {
+            known: 1,
+            routed: 2,
+            missing: vec![],
+        })
+    }
+
+    #[test]
+    fn the_self_heal_waits_the_grace_period_and_needs_a_placement_failure() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut h = MetaHeal::default();
+        // A server joining: short for a moment, then fine.
+        assert!(matches!(
+            h.step(at(0), short(), Some(at(0))),
+            HealStep::Short(_)
+        ));
+        assert_eq!(h.step(at(2), None, Some(at(1))), HealStep::Fine);
+        // Short again: the grace period starts over.
+        assert!(matches!(
+            h.step(at(3), short(), Some(at(3))),
+            HealStep::Short(_)
+        ));
+        assert!(matches!(
+            h.step(at(32), short(), Some(at(30))),
+            HealStep::Short(_)
+        ));
+        // 30 s without a break, but no stream failed to be placed since it
+        // began (the streams exist already): reported, not restarted.
+        assert!(matches!(
+            h.step(at(40), short(), Some(at(2))),
+            HealStep::Short(_)
+        ));
+        assert!(matches!(h.step(at(41), short(), None), HealStep::Short(_)));
+        // A placement failure during it: restart, once.
+        assert_eq!(
+            h.step(at(42), short(), Some(at(41))),
+            HealStep::Restart(short().unwrap())
+        );
+        assert!(matches!(
+            h.step(at(50), short(), Some(at(49))),
+            HealStep::Short(_)
+        ));
+        assert!(matches!(
+            h.step(at(90), short(), Some(at(89))),
+            HealStep::Short(_)
+        ));
+        // Not again within 10 minutes, however long it lasts.
+        assert!(matches!(
+            h.step(at(600), short(), Some(at(599))),
+            HealStep::Short(_)
+        ));
+        assert!(matches!(
+            h.step(at(642), short(), Some(at(641))),
+            HealStep::Restart(_)
+        ));
     }
 }

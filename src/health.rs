@@ -66,6 +66,9 @@ pub struct Facts {
     /// The silence and backlog alarms in force, as the monitor's last
     /// check found them.
     pub alarms: Vec<Alarm>,
+    /// This node leads a JetStream meta group that misses routed peers
+    /// (`cluster::MetaShortfall`'s sentence), as the last check found.
+    pub meta_shortfall: Option<String>,
 }
 
 /// The nats-server child as the supervisor reports it.
@@ -154,6 +157,9 @@ pub enum Problem {
     },
     /// No meta leader: streams cannot be created or changed.
     MetaGroup(String),
+    /// The meta leader's group misses routed peers: replicated streams
+    /// cannot be placed.
+    MetaPeersMissing(String),
     /// A declared stream without a leader.
     StreamGroup(String),
     ClusterUnreadable(String),
@@ -186,7 +192,10 @@ impl fmt::Display for Problem {
             Problem::ChildNotAnswering => {
                 f.write_str("nats-server is not answering its health probe")
             }
-            Problem::StoreSpace(s) | Problem::MetaGroup(s) | Problem::StreamGroup(s) => {
+            Problem::StoreSpace(s)
+            | Problem::MetaGroup(s)
+            | Problem::MetaPeersMissing(s)
+            | Problem::StreamGroup(s) => {
                 f.write_str(s)
             }
             Problem::SyncFailed { ago, error } => write!(
@@ -297,17 +306,23 @@ pub fn problems(f: &Facts) -> Vec<Problem> {
     // A clustered node is only as useful as its cluster: without a meta
     // leader no stream can be created or changed, and a stream without a
     // leader takes no writes. Both are this node's problem too (a load
-    // balancer should send publishes elsewhere).
+    // balancer should send publishes elsewhere). So is a meta leader
+    // whose group misses a routed peer: replicated streams cannot be
+    // placed (the streams it leaves missing are listed above).
     if let Some(p) = &f.meta_problem {
         out.push(Problem::MetaGroup(p.clone()));
-    } else if let Some(groups) = &f.stream_groups {
-        match groups {
-            Ok(groups) => out.extend(
+    } else {
+        if let Some(s) = &f.meta_shortfall {
+            out.push(Problem::MetaPeersMissing(s.clone()));
+        }
+        match &f.stream_groups {
+            Some(Ok(groups)) => out.extend(
                 crate::cluster::stream_problems(groups)
                     .into_iter()
                     .map(Problem::StreamGroup),
             ),
-            Err(e) => out.push(Problem::ClusterUnreadable(e.clone())),
+            Some(Err(e)) => out.push(Problem::ClusterUnreadable(e.clone())),
+            None => {}
         }
     }
     match &f.local_health {
@@ -511,9 +526,9 @@ pub fn status_line(f: &Facts) -> String {
         Some(note) => format!("{base}; {note}"),
         None => base,
     };
-    let line = match &f.meta_problem {
-        Some(p) => format!("{line}; {p}"),
-        None => line,
+    let line = match (&f.meta_problem, &f.meta_shortfall) {
+        (Some(p), _) | (None, Some(p)) => format!("{line}; {p}"),
+        (None, None) => line,
     };
     let lagging = catching_up(f);
     let line = if lagging.is_empty() {
@@ -754,6 +769,38 @@ mod tests {
             texts(&f),
             ["cannot read the streams' cluster state: JetStream did not list its streams within 5 s"]
         );
+    }
+
+    #[test]
+    fn a_meta_leader_missing_routed_peers_is_a_problem_and_in_the_status_line() {
+        let short = crate::cluster::MetaShortfall {
+            known: 1,
+            routed: 2,
+            missing: vec![],
+        };
+        let mut f = fine();
+        f.reconciliation = Some(Reconciliation {
+            synced: true,
+            missing_streams: vec!["MD".into()],
+            ..Reconciliation::default()
+        });
+        f.meta_shortfall = Some(short.to_string());
+        assert_eq!(
+            texts(&f),
+            [
+                "declared stream MD does not exist; its subjects are not persisted",
+                "JetStream meta group knows 1 of 2 routed peers: replicated streams cannot be placed"
+            ]
+        );
+        assert_eq!(status_code(&problems(&f)), 503);
+        assert_eq!(
+            status_line(&f),
+            "nats-server pid 42 healthy, 2 streams; JetStream meta group knows 1 of 2 routed peers: replicated streams cannot be placed"
+        );
+        // No meta leader at all says more; the shortfall is not repeated.
+        f.meta_problem = Some("JetStream has no meta leader".into());
+        assert!(!texts(&f).iter().any(|t| t.contains("routed peers")));
+        assert!(!status_line(&f).contains("routed peers"));
     }
 
     #[test]

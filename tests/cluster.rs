@@ -200,6 +200,9 @@ async fn cluster_faults(bin: &Path) {
         );
         assert_eq!(c["meta"]["cluster_size"], 3, "{c}");
         assert_eq!(c["problems"], json!([]), "{c}");
+        // The meta group check found every routed peer: nothing to heal.
+        assert_eq!(c["meta_heal"]["shortfall"], Value::Null, "{c}");
+        assert_eq!(c["meta_heal"]["restarts"], 0, "{c}");
         // The reconciliation settled without errors on every daemon.
         assert_eq!(st["stream_reconciliation"]["errors"], json!([]), "{st}");
         assert_eq!(st["stream_reconciliation"]["error"], Value::Null, "{st}");
@@ -704,6 +707,19 @@ async fn cluster_faults(bin: &Path) {
     // After the faults, the cluster is whole and healthy everywhere.
     for dm in daemons.iter().flatten() {
         dm.wait_healthy(Duration::from_secs(20)).await;
+    }
+    // A node killed or stopped stays in the meta group (offline), so the
+    // meta group self-heal never restarted anything: not while the
+    // cluster formed, not through the faults.
+    for (i, dm) in daemons.iter().flatten().enumerate() {
+        let log = dm.log();
+        assert!(
+            !log.contains("restarting nats-server (self-heal)"),
+            "node {} ran the meta group self-heal:\n{log}",
+            name(i)
+        );
+        let (_, st) = dm.get("/api/v1/status").await;
+        assert_eq!(st["cluster"]["meta_heal"]["restarts"], 0, "{st}");
     }
 }
 

@@ -9,7 +9,7 @@ use crate::health::{Child, Facts};
 impl App {
     /// The facts that cost no round trip: the child, the connection, the
     /// streams of the last reconciliation, the note, the alarms the
-    /// monitor's last check found. Enough for
+    /// monitor's last check found, the meta group check's last finding. Enough for
     /// /api/v1/status and (with the connection count and the meta problem)
     /// the STATUS= line.
     pub fn facts(&self) -> Facts {
@@ -34,6 +34,7 @@ impl App {
             streams,
             note: self.note(),
             alarms: self.alarm_board().alarms,
+            meta_shortfall: self.meta_heal().shortfall.map(|s| s.to_string()),
             ..Facts::default()
         }
     }

@@ -3,11 +3,13 @@
 //! matcher, counters. This file holds the state and its accessors; what
 //! is done with it lives beside it: the client in `nats.rs`, stream
 //! reconciliation in `sync.rs`, the monitor in `monitor.rs`, the alarm
-//! checks in `alarms.rs`, the daemon's login in `credentials.rs`.
+//! checks in `alarms.rs`, the daemon's login in `credentials.rs`, the
+//! meta group check in `metaheal.rs`.
 
 mod alarms;
 mod credentials;
 mod facts;
+mod metaheal;
 mod monitor;
 mod nats;
 mod sync;
@@ -26,6 +28,7 @@ use crate::supervisor::ChildStatus;
 
 pub use alarms::AlarmBoard;
 pub use credentials::internal_credentials;
+pub use metaheal::MetaHealView;
 pub use nats::{Lost, Nats, SUBSCRIPTION_CAPACITY};
 pub use sync::SyncState;
 
@@ -69,6 +72,8 @@ pub struct App {
     alarms: Mutex<AlarmBoard>,
     /// Asks the monitor to check the alarms now (a reload changed them).
     pub check_alarms_now: Notify,
+    /// The meta group check's last finding and the self-heal's restarts.
+    meta_heal: Mutex<MetaHealView>,
 }
 
 impl App {
@@ -99,6 +104,7 @@ impl App {
             durability: crate::durability::GroupCommit::start(config.streams_dir()),
             alarms: Mutex::new(AlarmBoard::default()),
             check_alarms_now: Notify::new(),
+            meta_heal: Mutex::new(MetaHealView::default()),
             config: RwLock::new(config),
         }
     }

@@ -5,7 +5,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::nats::Lost;
 use super::App;
@@ -20,6 +20,12 @@ pub struct SyncState {
     pub at: Option<SystemTime>,
     pub report: js_sync::Report,
     pub error: Option<String>,
+    /// Reconciliations in a row that could not place a declared stream
+    /// (10005 "no suitable peers for placement"): paces the retries.
+    pub no_peers_failures: u32,
+    /// When that last happened: the self-heal's evidence that a short
+    /// meta group matters (see `cluster::MetaHeal`).
+    pub no_peers_at: Option<Instant>,
 }
 
 impl App {
@@ -77,6 +83,7 @@ impl App {
                     )
                 }));
                 *self.matcher.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(matcher);
+                note_no_peers(&mut st, &report);
                 st.generation = generation;
                 st.at = Some(SystemTime::now());
                 st.report = report;
@@ -95,5 +102,40 @@ impl App {
     pub fn streams_synced(&self) -> bool {
         let st = self.sync.lock().unwrap_or_else(|e| e.into_inner());
         st.at.is_some() && (!self.supervised || st.generation == self.child.borrow().generation)
+    }
+}
+
+/// Counts reconciliations in a row that could not place a stream and logs
+/// the first of them with nats-server's reasons, then a summary now and
+/// then ([`js_sync::no_peers_logged`]), and when it is over.
+fn note_no_peers(st: &mut SyncState, report: &js_sync::Report) {
+    if report.no_peers.is_empty() {
+        if st.no_peers_failures > 0 {
+            tracing::info!(
+                attempts = st.no_peers_failures,
+                "replicated streams can be placed again (after {} failed attempts)",
+                st.no_peers_failures
+            );
+        }
+        st.no_peers_failures = 0;
+        return;
+    }
+    st.no_peers_failures += 1;
+    st.no_peers_at = Some(Instant::now());
+    let n = st.no_peers_failures;
+    if !js_sync::no_peers_logged(n) {
+        return;
+    }
+    let streams = report.no_peers.join(", ");
+    if n == 1 {
+        let why: Vec<String> = report
+            .errors
+            .iter()
+            .filter(|e| report.no_peers.contains(&e.stream) && e.consumer.is_none())
+            .map(ToString::to_string)
+            .collect();
+        tracing::warn!(streams = %streams, "cannot place the replicas of stream(s) {streams}: {}; retrying with pauses growing to {} s (repeats are summarised)", why.join("; "), js_sync::no_peers_pause(u32::MAX).as_secs());
+    } else {
+        tracing::warn!(streams = %streams, attempts = n, "stream(s) {streams} still cannot be placed after {n} attempts (no suitable peers for placement); retrying every {} s", js_sync::no_peers_pause(n).as_secs());
     }
 }

@@ -11,8 +11,10 @@
 //!         -> nats-server exits by itself (else SIGINT, then SIGKILL)
 //!         -> stop HTTP -> exit 0.
 //!
-//! The background tasks that run meanwhile are in `tasks.rs`.
+//! The background tasks that run meanwhile are in `tasks.rs`; the meta
+//! group self-heal in `heal.rs`.
 
+mod heal;
 mod reload;
 mod tasks;
 
@@ -477,6 +479,11 @@ async fn start_and_serve(ctx: &mut Ctx, signals: &mut Signals) -> i32 {
     let maint = tokio::spawn(tasks::maintain(app.clone(), bg_stop_rx.clone()));
     let status = tokio::spawn(tasks::report_status(app.clone(), bg_stop_rx.clone()));
     let rates = tokio::spawn(tasks::sample_rates(app.clone(), bg_stop_rx.clone()));
+    let heal = tokio::spawn(heal::heal_meta(
+        app.clone(),
+        ctx.commands.clone(),
+        bg_stop_rx.clone(),
+    ));
     let watchdog =
         (ctx.supervisor.is_none()).then(|| tokio::spawn(tasks::feed_watchdog(bg_stop_rx)));
 
@@ -500,6 +507,7 @@ async fn start_and_serve(ctx: &mut Ctx, signals: &mut Signals) -> i32 {
     let _ = maint.await;
     let _ = status.await;
     let _ = rates.await;
+    let _ = heal.await;
     if let Some(w) = watchdog {
         let _ = w.await;
     }

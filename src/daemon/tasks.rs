@@ -104,9 +104,17 @@ pub(super) async fn maintain(app: Arc<App>, mut stop: watch::Receiver<bool>) {
     resync.tick().await;
     // After a failed or incomplete sync (a cluster without a meta leader,
     // a peer still starting): try again soon, not a whole interval later.
-    // A cluster node that started without a meta leader has not synced yet.
-    let mut retry_at: Option<tokio::time::Instant> =
-        (app.clustered_jetstream() && !app.streams_synced()).then(tokio::time::Instant::now);
+    // A cluster node that started without a meta leader has not synced
+    // yet; one whose start-up sync could not create a stream is not done.
+    let mut retry_at: Option<tokio::time::Instant> = if !app.clustered_jetstream() {
+        None
+    } else if !app.streams_synced() {
+        Some(tokio::time::Instant::now())
+    } else if !missing(&app).is_empty() {
+        Some(tokio::time::Instant::now() + retry_pause(&app))
+    } else {
+        None
+    };
     loop {
         tokio::select! {
             _ = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)), if retry_at.is_some() => {}
@@ -131,20 +139,36 @@ pub(super) async fn maintain(app: Arc<App>, mut stop: watch::Receiver<bool>) {
         }
         retry_at = None;
         let ok = match app.sync_streams().await {
-            Ok(()) => app
-                .sync
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .report
-                .missing
-                .is_empty(),
+            Ok(()) => missing(&app).is_empty(),
             Err(e) => {
                 tracing::warn!(error = %e, "stream reconciliation failed ({e}); will retry");
                 false
             }
         };
         if !ok && app.clustered_jetstream() {
-            retry_at = Some(tokio::time::Instant::now() + Duration::from_secs(2));
+            retry_at = Some(tokio::time::Instant::now() + retry_pause(&app));
         }
+    }
+}
+
+/// Declared streams the last reconciliation left missing.
+fn missing(app: &App) -> Vec<String> {
+    let st = app.sync.lock().unwrap_or_else(|e| e.into_inner());
+    st.report.missing.clone()
+}
+
+/// The pause before retrying an incomplete reconciliation: 2 s, growing
+/// to 10 s while streams cannot be placed (10005) one attempt after
+/// another.
+fn retry_pause(app: &App) -> Duration {
+    let n = app
+        .sync
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .no_peers_failures;
+    if n == 0 {
+        Duration::from_secs(2)
+    } else {
+        crate::jetstream::no_peers_pause(n)
     }
 }

@@ -58,6 +58,13 @@ async fn cluster_status(app: &App, infos: &[stream::Info]) -> Value {
     v["catching_up"] = serde_json::to_value(health::catching_up(&f)).unwrap_or(Value::Null);
     v["consumers_not_current"] =
         serde_json::to_value(health::consumers_not_current(&f)).unwrap_or(Value::Null);
+    // The meta group check (this node leads a group that misses routed
+    // peers) and the restarts its self-heal asked for.
+    let heal = app.meta_heal();
+    if let (Some(s), Some(problems)) = (&heal.shortfall, v["problems"].as_array_mut()) {
+        problems.push(Value::String(s.to_string()));
+    }
+    v["meta_heal"] = serde_json::to_value(&heal).unwrap_or(Value::Null);
     v
 }
 

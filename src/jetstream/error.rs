@@ -22,6 +22,12 @@ pub enum Retry {
     /// No meta leader yet (an election, a timeout, 10008 "JetStream system
     /// temporarily unavailable"): wait a little and try again.
     Backoff,
+    /// No server can take a replica now (10005 "no suitable peers for
+    /// placement"): another round at once would only fail again, so the
+    /// reconciliation reports it; the daemon tries again later with a
+    /// growing pause and checks its meta group (see
+    /// `cluster::meta_shortfall`).
+    NoPeers,
     /// A real refusal (a bad config): report it.
     Fail,
 }
@@ -78,6 +84,8 @@ impl Classify for jetstream::Error {
             ErrorCode::CLUSTER_NOT_AVAILABLE
             | ErrorCode::INSUFFICIENT_RESOURCES
             | ErrorCode::STREAM_EXPECTED_LAST_SEQ_PER_SUBJECT_NOT_READY => Retry::Backoff,
+            // 10005 "no suitable peers for placement".
+            ErrorCode::CLUSTER_NO_PEERS => Retry::NoPeers,
             _ => Retry::Fail,
         }
     }
@@ -224,6 +232,14 @@ mod tests {
             .retry(),
             Retry::Backoff
         );
+    }
+
+    #[test]
+    fn no_peers_for_placement_is_told_apart_from_a_refusal() {
+        // nats-server 2.10.27's answer while its meta group misses a peer.
+        let e = api(500, 10005, "no suitable peers for placement");
+        assert_eq!(e.retry(), Retry::NoPeers);
+        assert_eq!(CreateStreamError::from(e).retry(), Retry::NoPeers);
     }
 
     #[test]

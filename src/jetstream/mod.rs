@@ -146,6 +146,24 @@ pub struct Report {
     /// Declared consumers (`STREAM/CONSUMER`) that could not be created:
     /// fetching from them fails, which /health must not hide either.
     pub missing_consumers: Vec<String>,
+    /// Declared streams that could not be created or updated because no
+    /// server could take a replica (10005 "no suitable peers for
+    /// placement"); their failures are in `errors` too.
+    pub no_peers: Vec<String>,
+}
+
+/// The pause before trying again after `failures` reconciliations in a
+/// row could not place a stream (10005): 2 s, doubling, at most 10 s. A
+/// cluster that is stuck this way does not heal by being asked every 2 s.
+pub fn no_peers_pause(failures: u32) -> Duration {
+    let doubled = 2u64.saturating_mul(1u64 << failures.saturating_sub(1).min(10));
+    Duration::from_secs(doubled.min(10))
+}
+
+/// Whether the `failures`-th such failure in a row is logged: the first,
+/// then a summary every sixth (about once a minute at 10 s pauses).
+pub fn no_peers_logged(failures: u32) -> bool {
+    failures == 1 || (failures > 1 && failures % 6 == 0)
 }
 
 /// Rounds of [`reconcile`] at most: a meta leader election takes a few
@@ -161,7 +179,7 @@ pub fn next_round(round: u32, why: Retry) -> Option<Duration> {
         return None;
     }
     match why {
-        Retry::Fail => None,
+        Retry::Fail | Retry::NoPeers => None,
         Retry::Replan => Some(Duration::from_millis(50)),
         Retry::Backoff => Some(Duration::from_millis((250 * round as u64).min(2000))),
     }
@@ -216,7 +234,7 @@ async fn reconcile_round(
 ) -> Result<(Report, Option<Retry>), JsError> {
     let mut retry: Option<Retry> = None;
     let mut note = |kind: Retry| {
-        if kind != Retry::Fail && retry.is_none() {
+        if matches!(kind, Retry::Replan | Retry::Backoff) && retry.is_none() {
             retry = Some(kind);
         }
     };
@@ -283,5 +301,27 @@ mod tests {
             .filter_map(|r| next_round(r, Retry::Backoff))
             .sum();
         assert!(total < Duration::from_secs(15), "{total:?}");
+    }
+
+    #[test]
+    fn placement_failures_back_off_from_2_s_to_10_s_and_log_a_summary_a_minute() {
+        let pauses: Vec<u64> = (1..=6).map(|n| no_peers_pause(n).as_secs()).collect();
+        assert_eq!(pauses, [2, 4, 8, 10, 10, 10]);
+        assert_eq!(no_peers_pause(u32::MAX), Duration::from_secs(10));
+        // No further rounds within one reconciliation: the caller waits.
+        assert_eq!(next_round(1, Retry::NoPeers), None);
+        let logged: Vec<u32> = (1..=25).filter(|n| no_peers_logged(*n)).collect();
+        assert_eq!(logged, [1, 6, 12, 18, 24]);
+        assert!(!no_peers_logged(0));
+        // Over ten minutes stuck: a few lines, not hundreds.
+        let mut t = Duration::ZERO;
+        let mut lines = 0;
+        let mut n = 0;
+        while t < Duration::from_secs(600) {
+            n += 1;
+            lines += no_peers_logged(n) as u32;
+            t += no_peers_pause(n);
+        }
+        assert!(lines <= 11, "{lines} lines in {n} attempts");
     }
 }

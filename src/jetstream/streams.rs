@@ -274,6 +274,17 @@ pub(super) async fn reconcile_streams(
                     Ok((false, _)) => {
                         tracing::info!(stream = %stream, "stream {stream} was created by another node at the same moment, with the same config; nothing to do");
                     }
+                    Err(e) if e.retry == Retry::NoPeers => {
+                        // Logged by the caller, first and then throttled:
+                        // a stuck cluster fails this on every retry.
+                        tracing::debug!(stream = %stream, error = %e, "cannot create stream {stream}: {e}");
+                        report.no_peers.push(stream.clone());
+                        report.errors.push(Failure {
+                            stream: stream.clone(),
+                            consumer: None,
+                            what: format!("cannot create: {e}"),
+                        });
+                    }
                     Err(e) => {
                         if e.retry == Retry::Fail {
                             tracing::error!(stream = %stream, error = %e, "cannot create stream {stream}: {e}");
@@ -301,7 +312,14 @@ pub(super) async fn reconcile_streams(
                         report.updated.push(stream);
                     }
                     Err(e) => {
-                        tracing::error!(stream = %stream, changes = %what.join(", "), error = %e, "cannot update stream {stream} ({}): {e}", what.join(", "));
+                        if e.retry() == Retry::NoPeers {
+                            // More replicas than can be placed: logged by
+                            // the caller, like a create.
+                            tracing::debug!(stream = %stream, error = %e, "cannot update stream {stream} ({}): {e}", what.join(", "));
+                            report.no_peers.push(stream.clone());
+                        } else {
+                            tracing::error!(stream = %stream, changes = %what.join(", "), error = %e, "cannot update stream {stream} ({}): {e}", what.join(", "));
+                        }
                         note(e.retry());
                         report.errors.push(Failure {
                             stream: stream.clone(),

@@ -69,6 +69,12 @@ pub enum Command {
         action: NatsAction,
         reply: oneshot::Sender<Applied>,
     },
+    /// Restart a running child with the same config (the daemon's
+    /// self-heal of a meta group that misses a peer; the caller logs
+    /// why). Through lame duck in a cluster, like a reload's restart;
+    /// ignored when the child is not running (it is being started or
+    /// restarted already).
+    Restart,
 }
 
 fn policy(c: &Config) -> Policy {
@@ -352,6 +358,11 @@ impl Supervisor {
                                 pending.extend(step(&mut m, ev));
                             }
                             m.set_policy(policy(&self.config));
+                        }
+                        Some(Command::Restart) => {
+                            if matches!(m.state, State::Running { .. }) {
+                                pending.extend(step(&mut m, Event::RestartRequested));
+                            }
                         }
                         None => commands_open = false,
                     }
