@@ -10,12 +10,13 @@ message ids (a retry cannot store one twice), to the nodes in turn, one
 new connection per request; a failed attempt is retried on the next node
 until it is acknowledged (or given up after GIVE_UP_S). Every attempt is a
 line of RUN/produced.jsonl, filed under the event named in RUN/event. Stops
-once RUN/stop exists.
+once RUN/stop exists, after the publish in hand, then writes RUN/produced.done.
 
 consume: a nats-py durable pull consumer of MARKET_DATA connected to all
 three nodes; every message received (and acked) is a line of
-RUN/consumed.jsonl. Once RUN/stop exists it drains: it stops when it has
-received every seq the producer was acknowledged (or after DRAIN_MAX_S).
+RUN/consumed.jsonl. Once RUN/stop exists it drains: it stops when the
+producer is done and it has received every seq the producer was
+acknowledged (or DRAIN_MAX_S after RUN/stop).
 
 check: waits until the nodes' own stream states (/jsz) agree, reads the
 stream from each node in turn (the node hosting the reading consumer is
@@ -168,6 +169,11 @@ def produce(args):
         rest = first + interval - time.monotonic()
         if rest > 0:
             time.sleep(rest)
+    out.close()
+    # Only now is produced.jsonl complete: the consumer drains against it
+    # once this exists (a publish in flight when RUN/stop appeared, retried
+    # for seconds, is written last).
+    open(os.path.join(run, "produced.done"), "w").close()
     say(f"stopped: {n} messages, {acked} acked")
 
 
@@ -216,12 +222,13 @@ async def consume_async(args):
         if os.path.exists(stop) and now - last_count >= 1:
             last_count = now
             stop_seen = stop_seen or now
+            done = os.path.exists(os.path.join(run, "produced.done"))
             acked = {
                 r["seq"]
                 for r in load_jsonl(os.path.join(run, "produced.jsonl"))
                 if r.get("ok")
             }
-            if acked <= seen or now - stop_seen > DRAIN_MAX_S:
+            if (done and acked <= seen) or now - stop_seen > DRAIN_MAX_S:
                 if not acked <= seen:
                     say(f"gave up draining: {len(acked - seen)} acknowledged seqs not received")
                 break
