@@ -25,10 +25,13 @@
 //!    next to exec of nats-server alone (same rendered config) to /healthz;
 //! 5. recovery: kill -9 of nats-server under HTTP load until /health is 200
 //!    again and until the first acknowledged publish after the kill;
-//! 6. the daemon's RSS idle and under load, CPU seconds per 100k publishes.
+//! 6. the daemon's RSS idle and under load, CPU seconds per 100k publishes;
+//! 7. the consume side, on a daemon of its own (benches/consume/): HTTP
+//!    fetch+ack, SSE fan-out and publish-to-receive latency, each next to a
+//!    direct async-nats client.
 //!
 //! Run: `./scripts/bench` (or `cargo bench --bench publish -- [--secs S]
-//! [--json FILE]`). nats-server: $MPB_NATS_SERVER, else
+//! [--json FILE] [--only publish|consume]`). nats-server: $MPB_NATS_SERVER, else
 //! /usr/sbin/nats-server.
 
 use std::path::{Path, PathBuf};
@@ -43,6 +46,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
 
+mod consume;
 mod support;
 
 use support::*;
@@ -59,6 +63,15 @@ struct Opts {
     /// TOKIO_WORKER_THREADS for the daemon (its runtime's default otherwise).
     daemon_workers: Option<String>,
     loadgen: Loadgen,
+    /// One side only (`--only publish|consume`); both otherwise.
+    part: Option<Part>,
+}
+
+/// A side of the benchmark.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Part {
+    Publish,
+    Consume,
 }
 
 /// What sends the HTTP load.
@@ -107,6 +120,7 @@ impl Opts {
                 .unwrap_or_else(|| "/usr/sbin/nats-server".into()),
             daemon_workers: None,
             loadgen: find_wrk().map_or(Loadgen::Hyper, Loadgen::Wrk),
+            part: None,
         };
         let mut args = std::env::args().skip(1);
         while let Some(a) = args.next() {
@@ -131,6 +145,13 @@ impl Opts {
                                 .expect("--loadgen wrk: no wrk on PATH (apt-get install wrk)"),
                         ),
                         _ => panic!("--loadgen wrk|hyper"),
+                    }
+                }
+                "--only" => {
+                    o.part = match args.next().as_deref() {
+                        Some("publish") => Some(Part::Publish),
+                        Some("consume") => Some(Part::Consume),
+                        _ => panic!("--only publish|consume"),
                     }
                 }
                 // cargo bench passes --bench; the libtest filters mean nothing here.
@@ -747,11 +768,75 @@ async fn run(opts: Opts) {
         .unwrap_or_default();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
-        "marketprism-broker publish benchmark: {version}, {cores} cores, {} s a run",
+        "marketprism-broker benchmark: {version}, {cores} cores, {} s a run",
         opts.secs
     );
-    println!("HTTP load from {}", opts.loadgen.name());
+    let mut doc = json!({
+        "nats_server": version,
+        "cores": cores,
+        "secs_per_run": opts.secs,
+    });
+    if opts.part != Some(Part::Consume) {
+        println!("publish side; HTTP load from {}", opts.loadgen.name());
+        for (k, v) in publish(&opts).await {
+            doc[k] = v;
+        }
+    }
+    if opts.part != Some(Part::Publish) {
+        println!();
+        println!("consume side; HTTP clients in the benchmark process");
+        let report = consume::run(&opts.spec(), opts.secs).await;
+        print_consume(&report);
+        doc["consume"] = report.json;
+    }
+    if let Some(path) = &opts.json {
+        std::fs::write(path, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
+        println!("\nwrote {}", path.display());
+    }
+}
 
+/// The consume side's loads and its ratio lines, as the publish side's.
+fn print_consume(report: &consume::Report) {
+    println!();
+    println!(
+        "{:<48} {:>10} {:>9} {:>9} {:>7} {:>16}",
+        "consume load", "per s", "p50 ms", "p99 ms", "errors", "CPU s/100k d+n"
+    );
+    for r in &report.runs {
+        let (dc, nc) = r.cpu.unwrap_or((f64::NAN, f64::NAN));
+        println!(
+            "{:<48} {:>10.0} {:>9.3} {:>9.3} {:>7} {:>7.2} + {:<6.2}",
+            r.label,
+            r.rate(),
+            r.p50_ms,
+            r.p99_ms,
+            r.errors,
+            dc,
+            nc
+        );
+    }
+    println!(
+        "(fetch loads: per s acked, p50/p99 of one fetch+ack cycle; SSE and subscribers: per s"
+    );
+    println!(
+        " delivered summed over the clients, errors never delivered; latency: publish to receipt)"
+    );
+    println!();
+    println!("{:<58} {:>9} {:>12}", "ratio or figure", "value", "target");
+    for (what, v, target, ok) in &report.lines {
+        println!(
+            "{:<58} {:>9} {:>12}  {}",
+            what,
+            v,
+            target,
+            ok.map_or("", verdict)
+        );
+    }
+}
+
+/// The publish side: measures, prints its tables and returns its figures
+/// for the JSON.
+async fn publish(opts: &Opts) -> serde_json::Map<String, Value> {
     // 4. Readiness, alternating so both see the same machine state.
     let (mut alone, mut daemon_ready) = (Vec::new(), Vec::new());
     for _ in 0..opts.rounds {
@@ -1051,27 +1136,24 @@ async fn run(opts: Opts) {
         None,
     );
 
-    if let Some(path) = &opts.json {
-        let doc = json!({
-            "nats_server": version,
-            "cores": cores,
-            "secs_per_run": opts.secs,
-            "loadgen": opts.loadgen.name(),
-            "direct": direct.iter().map(Run::json).collect::<Vec<_>>(),
-            "http": http.iter().map(Run::json).collect::<Vec<_>>(),
-            "http_batch": batch.iter().map(Run::json).collect::<Vec<_>>(),
-            "http_sync": http_sync.iter().map(Run::json).collect::<Vec<_>>(),
-            "http_batch_sync": batch_sync.iter().map(Run::json).collect::<Vec<_>>(),
-            "http_stream": streamed.iter().map(Run::json).collect::<Vec<_>>(),
-            "direct_sync_always": always.as_ref().map(Run::json),
-            "durability_ratios": {"sync16_lazy16": s16, "batch1000_sync_lazy": sb,
-                "sync16_direct_always16": always.as_ref().map(|a| ratio(&http_sync[1], a))},
-            "ratios": {"stream1_direct256": rs, "stream1_batch1000": rsb, "stream_sync_lazy": ss, "batch1000_direct256": rb, "http1_direct1": r1, "http16_direct16": r16, "http64_direct256": r64},
-            "readiness_ms": {"nats_server_alone": ms(alone), "daemon_ready": ms(daemon_ready)},
-            "recovery_ms": rec.iter().map(|r| json!({"healthy": ms(r.healthy), "first_ack": ms(r.first_ack)})).collect::<Vec<_>>(),
-            "rss_mb": {"idle": rss_idle, "load_peak": rss_load},
-        });
-        std::fs::write(path, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
-        println!("\nwrote {}", path.display());
+    let doc = json!({
+        "loadgen": opts.loadgen.name(),
+        "direct": direct.iter().map(Run::json).collect::<Vec<_>>(),
+        "http": http.iter().map(Run::json).collect::<Vec<_>>(),
+        "http_batch": batch.iter().map(Run::json).collect::<Vec<_>>(),
+        "http_sync": http_sync.iter().map(Run::json).collect::<Vec<_>>(),
+        "http_batch_sync": batch_sync.iter().map(Run::json).collect::<Vec<_>>(),
+        "http_stream": streamed.iter().map(Run::json).collect::<Vec<_>>(),
+        "direct_sync_always": always.as_ref().map(Run::json),
+        "durability_ratios": {"sync16_lazy16": s16, "batch1000_sync_lazy": sb,
+            "sync16_direct_always16": always.as_ref().map(|a| ratio(&http_sync[1], a))},
+        "ratios": {"stream1_direct256": rs, "stream1_batch1000": rsb, "stream_sync_lazy": ss, "batch1000_direct256": rb, "http1_direct1": r1, "http16_direct16": r16, "http64_direct256": r64},
+        "readiness_ms": {"nats_server_alone": ms(alone), "daemon_ready": ms(daemon_ready)},
+        "recovery_ms": rec.iter().map(|r| json!({"healthy": ms(r.healthy), "first_ack": ms(r.first_ack)})).collect::<Vec<_>>(),
+        "rss_mb": {"idle": rss_idle, "load_peak": rss_load},
+    });
+    match doc {
+        Value::Object(m) => m,
+        _ => unreachable!(),
     }
 }
