@@ -253,10 +253,12 @@ fn dashboard_queries(d: &Value) -> Vec<(String, String)> {
     let mut out = Vec::new();
     walk(&d["panels"], &mut out);
     for v in d["templating"]["list"].as_array().into_iter().flatten() {
-        let q = v["query"]["query"].as_str().or(v["query"].as_str());
-        if let Some(q) = q {
-            out.push((format!("variable {}", v["name"]), variable_expr(q)));
+        if v["type"] != "query" {
+            continue;
         }
+        let q = v["query"]["query"].as_str().or(v["query"].as_str());
+        let q = q.unwrap_or_else(|| panic!("variable {} has no query", v["name"]));
+        out.push((format!("variable {}", v["name"]), variable_expr(q)));
     }
     out
 }
