@@ -94,7 +94,7 @@ ensure_promtool() {
     tmp=$(mktemp -d)
     if ! (cd "$tmp" && apt-get download -qq prometheus >&2 2>/dev/null); then
       if [ -z "$apt_updated" ]; then
-        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
         apt_updated=1
       fi
       (cd "$tmp" && apt-get download -qq prometheus >&2) || { rm -rf "$tmp"; echo "cannot fetch Debian's prometheus package" >&2; return 1; }
