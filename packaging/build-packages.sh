@@ -29,7 +29,7 @@ for f in "marketprism-broker_${version}_${arch}.deb" "marketprism-broker-dbgsym_
     if [ -f "../$f" ]; then mv "../$f" "$outdir/"; fi
 done
 
-rpm=$(PREBUILT="$root/target/release/marketprism-broker" packaging/build-rpm.sh "$outdir")
+rpm=$(PREBUILT="${CARGO_TARGET_DIR:-$root/target}/release/marketprism-broker" packaging/build-rpm.sh "$outdir")
 
 (
     cd "$outdir"

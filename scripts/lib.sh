@@ -77,6 +77,37 @@ debian_archive_uri() {
     head -n1
 }
 
+# promtool, which checks monitoring/prometheus's alert rules and runs their
+# unit tests (tests/monitoring.rs). Debian ships it in its prometheus
+# package; installing that would also pull in the web UI's JavaScript and
+# start a Prometheus server, so without a promtool on PATH the package is
+# downloaded with apt and only promtool unpacked into .venv. Prints its path.
+ensure_promtool() {
+  if command -v promtool >/dev/null 2>&1; then
+    command -v promtool
+    return 0
+  fi
+  local bin="$PWD/.venv/prometheus/usr/bin/promtool"
+  if [ ! -x "$bin" ]; then
+    echo "fetching Debian's prometheus package for its promtool (unpacked into .venv/prometheus)" >&2
+    local tmp
+    tmp=$(mktemp -d)
+    if ! (cd "$tmp" && apt-get download -qq prometheus >&2 2>/dev/null); then
+      if [ -z "$apt_updated" ]; then
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+        apt_updated=1
+      fi
+      (cd "$tmp" && apt-get download -qq prometheus >&2) || { rm -rf "$tmp"; echo "cannot fetch Debian's prometheus package" >&2; return 1; }
+    fi
+    mkdir -p .venv/prometheus &&
+      dpkg-deb --fsys-tarfile "$tmp"/prometheus_*.deb | tar -x -C .venv/prometheus ./usr/bin/promtool
+    local rc=$?
+    rm -rf "$tmp"
+    [ $rc -eq 0 ] || { echo "cannot unpack promtool" >&2; return 1; }
+  fi
+  echo "$bin"
+}
+
 # wrk, the benchmark's HTTP load generator (it falls back to a hyper client
 # in its own process without it, which takes more of a 2-core machine).
 ensure_wrk() {

@@ -401,6 +401,12 @@ async fn metrics_stay_fast_when_nats_is_unreachable() {
     assert_eq!(mx.value(&m("nats_connected"), &[]), 0.0);
     assert_eq!(mx.value(&m("jetstream_up"), &[]), 0.0);
     assert_eq!(mx.value(&m("nats_monitor_up"), &[]), 0.0);
+    // What /health answers (503 unhealthy), for alerting on it.
+    assert_eq!(
+        mx.value(&m("health_status"), &[("status", "unhealthy")]),
+        1.0
+    );
+    assert_eq!(mx.value(&m("health_status"), &[("status", "healthy")]), 0.0);
     assert!(!text.contains("stream_messages"), "{text}");
     assert!(!text.contains("nats_connections"), "{text}");
     assert!(!text.contains("child_up"), "no child in external mode");

@@ -22,6 +22,7 @@ use serde_json::{json, Value};
 
 use super::error::ApiError;
 use crate::app::App;
+use crate::health::{self, Verdict};
 use crate::stats::{Endpoint, Kind, Outcome, Text, RATE_WINDOW, TEXT_CONTENT_TYPE};
 use crate::supervisor::{Exit, Phase};
 
@@ -136,6 +137,16 @@ async fn varz(app: &App) -> Option<Value> {
         .flatten()
 }
 
+/// What /health would answer now. A probe that does not finish within the
+/// scrape's time counts as unhealthy, as /health's own JetStream probe
+/// does when it times out.
+async fn health_verdict(app: &App) -> Verdict {
+    match tokio::time::timeout(FETCH_TIMEOUT, super::health::probed_facts(app)).await {
+        Ok(f) => health::verdict(&health::problems(&f), &health::catching_up(&f)),
+        Err(_) => Verdict::Unhealthy,
+    }
+}
+
 fn unix_seconds(t: SystemTime) -> f64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
@@ -145,7 +156,7 @@ fn unix_seconds(t: SystemTime) -> f64 {
 /// GET /metrics.
 pub async fn metrics(app: &App) -> Result<Resp, ApiError> {
     let jetstream_enabled = app.config().nats.jetstream_enabled;
-    let (streams, varz) = tokio::join!(
+    let (streams, varz, verdict) = tokio::join!(
         async {
             if jetstream_enabled {
                 declared_streams(app).await
@@ -153,7 +164,8 @@ pub async fn metrics(app: &App) -> Result<Resp, ApiError> {
                 None
             }
         },
-        varz(app)
+        varz(app),
+        health_verdict(app)
     );
     let mut t = Text::new();
     let n = |s: &str| format!("{P}{s}");
@@ -254,6 +266,12 @@ pub async fn metrics(app: &App) -> Result<Resp, ApiError> {
         &[],
         stats.sse_dropped.load(std::sync::atomic::Ordering::Relaxed),
     );
+    t.single(
+        &n("sse_clients"),
+        Kind::Gauge,
+        "Event-stream (GET /api/v1/subscribe) clients connected now (at most api.sse_max_clients).",
+        app.sse_clients.load(Relaxed) as f64,
+    );
     t.family(
         &n("http_connections_evicted_total"),
         Kind::Counter,
@@ -299,6 +317,18 @@ pub async fn metrics(app: &App) -> Result<Resp, ApiError> {
         "1 while the daemon's own NATS client is connected.",
         f64::from(u8::from(app.is_connected())),
     );
+    t.family(
+        &n("health_status"),
+        Kind::Gauge,
+        "What GET /health answers now: 1 for its status (healthy: 200; catching_up or unhealthy: 503), 0 for the others.",
+    );
+    for v in [Verdict::Healthy, Verdict::CatchingUp, Verdict::Unhealthy] {
+        t.int(
+            &n("health_status"),
+            &[("status", v.as_str())],
+            u64::from(v == verdict),
+        );
+    }
     if app.supervised {
         let child = app.child.borrow().clone();
         let up = child.phase == Phase::Running && child.healthy;

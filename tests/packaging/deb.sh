@@ -31,10 +31,26 @@ for f in \
     './etc/marketprism-broker/broker.yaml' \
     './usr/share/man/man8/marketprism-broker.8.gz' \
     './usr/share/doc/marketprism-broker/examples/seed-services.yaml' \
-    './usr/share/doc/marketprism-broker/copyright'; do
+    './usr/share/doc/marketprism-broker/copyright' \
+    './usr/share/marketprism-broker/grafana/marketprism-broker.json' \
+    './usr/share/marketprism-broker/prometheus/marketprism-broker.rules.yml'; do
     check "contains $f" has "$contents" " ${f//./\\.}\$"
 done
 check "the binary is executable (0755)" has "$contents" '^-rwxr-xr-x root/root \./usr/bin/marketprism-broker$'
+check "the dashboard and rules are 0644" has "$contents" '^-rw-r--r-- root/root \./usr/share/marketprism-broker/prometheus/marketprism-broker\.rules\.yml$'
+# The shipped files are the repository's (byte for byte) and load.
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+unpacked=$(mktemp -d)
+dpkg-deb -x "$deb" "$unpacked"
+share=$unpacked/usr/share/marketprism-broker
+check "the dashboard is monitoring/grafana's" cmp -s "$share/grafana/marketprism-broker.json" "$root/monitoring/grafana/marketprism-broker.json"
+check "the alert rules are monitoring/prometheus's" cmp -s "$share/prometheus/marketprism-broker.rules.yml" "$root/monitoring/prometheus/marketprism-broker.rules.yml"
+check "the dashboard is valid JSON" python3 -m json.tool "$share/grafana/marketprism-broker.json" /dev/null
+if command -v promtool >/dev/null 2>&1 || [ -n "${MPB_PROMTOOL:-}" ]; then
+    promtool_accepts() { "${MPB_PROMTOOL:-promtool}" check rules "$1" >/dev/null; }
+    check "promtool check rules accepts the shipped rules" promtool_accepts "$share/prometheus/marketprism-broker.rules.yml"
+fi
+rm -rf "$unpacked"
 
 ctl=$(mktemp -d)
 trap 'rm -rf "$ctl"' EXIT

@@ -92,6 +92,11 @@ expected=(
     "$docdir/README.md"
     "$docdir/examples"
     "/usr/share/man/man8/$name.8"
+    "/usr/share/$name"
+    "/usr/share/$name/grafana"
+    "/usr/share/$name/grafana/$name.json"
+    "/usr/share/$name/prometheus"
+    "/usr/share/$name/prometheus/$name.rules.yml"
     "$statedir"
 )
 for f in "$root"/config/examples/*; do
@@ -118,6 +123,9 @@ check "$conf is noreplace" grep -Eq ' [a-z]*n[a-z]*$' <<<"$conf_attrs"
 check "/usr/bin/$name is -rwxr-xr-x root root" grep -Eq '^-rwxr-xr-x root root' <<<"$(attrs_of /usr/bin/$name)"
 check "$unit is -rw-r--r-- root root" grep -Eq '^-rw-r--r-- root root' <<<"$(attrs_of /usr/lib/systemd/system/$unit)"
 check "sysusers file is -rw-r--r-- root root" grep -Eq '^-rw-r--r-- root root' <<<"$(attrs_of /usr/lib/sysusers.d/$name.conf)"
+for f in grafana/$name.json prometheus/$name.rules.yml; do
+    check "/usr/share/$name/$f is -rw-r--r-- root root" grep -Eq '^-rw-r--r-- root root' <<<"$(attrs_of "/usr/share/$name/$f")"
+done
 check "$statedir is drwxr-x--- $name $name" grep -Eq "^drwxr-x--- $name $name" <<<"$(attrs_of "$statedir")"
 check "README.md is %doc" grep -Eq ' [a-z]*d[a-z]*$' <<<"$(attrs_of "$docdir/README.md")"
 man=$(q -l | grep -E "^/usr/share/man/man8/$name\.8" || true)
