@@ -342,61 +342,80 @@ async def read_from_each(nodes):
         ]:
             result[name] = (None, "no replica")
             continue
-        reader = None
-        tries = []
-        for attempt in range(30):
-            try:
-                info = await js.stream_info(STREAM)
-                leader = info.cluster.leader if info.cluster else None
-            except Exception:  # noqa: BLE001 - no leader right now
-                leader = None
-            host = None
-            if leader is not None:
+        # Up to 5 tries: an election may move the consumer away mid-read.
+        got = None
+        for _ in range(5):
+            reader = None
+            tries = []
+            for attempt in range(30):
                 try:
-                    sub = await js.pull_subscribe(
-                        FILTER,
-                        stream=STREAM,
-                        config=ConsumerConfig(
-                            ack_policy=AckPolicy.NONE,
-                            deliver_policy=DeliverPolicy.ALL,
-                            mem_storage=True,
-                            num_replicas=1,
-                            inactive_threshold=30,
-                        ),
-                    )
-                    ci = await sub.consumer_info()
-                    host = ci.cluster.leader if ci.cluster else None
-                    if host == name:
-                        reader = sub
-                        break
-                    await sub.unsubscribe()
-                except Exception as e:  # noqa: BLE001 - a leader election, try again
-                    host = type(e).__name__
-            tries.append(f"{leader}/{host}")
-            # A reader lands where the stream leader is: move the leader
-            # on (to a random other replica) until it is this node.
-            if leader is not None and leader != name and attempt % 2 == 1:
+                    info = await js.stream_info(STREAM)
+                    leader = info.cluster.leader if info.cluster else None
+                except Exception:  # noqa: BLE001 - no leader right now
+                    leader = None
+                host = None
+                if leader is not None:
+                    try:
+                        sub = await js.pull_subscribe(
+                            FILTER,
+                            stream=STREAM,
+                            config=ConsumerConfig(
+                                ack_policy=AckPolicy.NONE,
+                                deliver_policy=DeliverPolicy.ALL,
+                                mem_storage=True,
+                                num_replicas=1,
+                                inactive_threshold=30,
+                            ),
+                        )
+                        ci = await sub.consumer_info()
+                        host = ci.cluster.leader if ci.cluster else None
+                        if host == name:
+                            reader = sub
+                            break
+                        await sub.unsubscribe()
+                    except Exception as e:  # noqa: BLE001 - a leader election, try again
+                        host = type(e).__name__
+                tries.append(f"{leader}/{host}")
+                # A reader lands where the stream leader is: move the leader
+                # on (to a random other replica) until it is this node.
+                if leader is not None and leader != name and attempt % 2 == 1:
+                    try:
+                        await nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{STREAM}", b"", timeout=5)
+                    except Exception as e:  # noqa: BLE001
+                        say(f"stepdown: {type(e).__name__}: {e}")
+                await asyncio.sleep(1)
+            if reader is None:
+                say(f"{name}: (stream leader/reader's host) seen: {' '.join(tries)}")
+                result[name] = (None, "could not read from it")
+                break
+            got = {}
+            while True:
                 try:
-                    await nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{STREAM}", b"", timeout=5)
+                    msgs = await reader.fetch(1000, timeout=2)
                 except Exception as e:  # noqa: BLE001
-                    say(f"stepdown: {type(e).__name__}: {e}")
+                    if "Timeout" in type(e).__name__:
+                        break
+                    # A leader election under the reader (a 503 status):
+                    # read again through a new reader on this node.
+                    say(f"{name}: reading: {type(e).__name__}: {e}; again")
+                    got = None
+                    break
+                for m in msgs:
+                    got[m.metadata.sequence.stream] = json.loads(m.data)["n"]
+                if msgs and msgs[-1].metadata.num_pending == 0:
+                    break
+            if got is not None:
+                break
+            try:
+                await reader.unsubscribe()
+            except Exception:  # noqa: BLE001
+                pass
             await asyncio.sleep(1)
         if reader is None:
-            say(f"{name}: (stream leader/reader's host) seen: {' '.join(tries)}")
+            continue
+        if got is None:
             result[name] = (None, "could not read from it")
             continue
-        got = {}
-        while True:
-            try:
-                msgs = await reader.fetch(1000, timeout=2)
-            except Exception as e:  # noqa: BLE001
-                if "Timeout" in type(e).__name__:
-                    break
-                raise
-            for m in msgs:
-                got[m.metadata.sequence.stream] = json.loads(m.data)["n"]
-            if msgs and msgs[-1].metadata.num_pending == 0:
-                break
         await reader.unsubscribe()
         result[name] = (got, name)
     await nc.close()
