@@ -116,6 +116,47 @@ async fn client(
 ) {
     let mut i = 0u64;
     while !stop.load(Ordering::Relaxed) {
+        // Every other client streams 20 lines at a time through
+        // POST /api/v1/publish/stream: its acknowledgments make the same
+        // promise.
+        if c % 2 == 1 {
+            let ids: Vec<String> = (0..20).map(|k| format!("r{round}-c{c}-{i}-{k}")).collect();
+            i += 1;
+            let body: String = ids
+                .iter()
+                .map(|id| {
+                    json!({"subject": format!("power.c{c}"), "message": {"id": id}}).to_string()
+                        + "\n"
+                })
+                .collect();
+            let Ok((200, _, resp)) = d
+                .request(
+                    None,
+                    "POST",
+                    "/api/v1/publish/stream",
+                    &[("content-type", "application/x-ndjson")],
+                    body.into_bytes(),
+                )
+                .await
+            else {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                continue;
+            };
+            for line in String::from_utf8_lossy(&resp).lines() {
+                let v: Value = serde_json::from_str(line).unwrap();
+                let (Some(n), Some(seq)) = (v["line"].as_u64(), v["seq"].as_u64()) else {
+                    continue;
+                };
+                if v["success"] != true {
+                    continue;
+                }
+                if durable_only && v["durable"] != true {
+                    panic!("a streamed publish answered without \"durable\": true under nats.durability: sync: {v}");
+                }
+                out.lock().unwrap().insert(seq, ids[n as usize - 1].clone());
+            }
+            continue;
+        }
         let id = format!("r{round}-c{c}-{i}");
         i += 1;
         let body = json!({"subject": format!("power.c{c}"), "message": {"id": id}}).to_string();
