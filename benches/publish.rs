@@ -406,14 +406,14 @@ end
 /// Per task of a load: latencies, successes, errors.
 type TaskResult = (Samples, u64, u64);
 
-/// Lets the load's tasks run for `secs`, stops them and merges what they
-/// measured.
-async fn measure(
-    label: String,
+/// Lets a load's tasks run for `secs`, stops them and merges what they
+/// measured; also when the clock started. The publish and consume loads
+/// share it.
+async fn run_tasks(
     secs: f64,
     stop: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<TaskResult>>,
-) -> Run {
+) -> (Instant, TaskResult) {
     let t0 = Instant::now();
     tokio::time::sleep(Duration::from_secs_f64(secs)).await;
     stop.store(true, Relaxed);
@@ -425,6 +425,18 @@ async fn measure(
         ok += o;
         errors += e;
     }
+    (t0, (all, ok, errors))
+}
+
+/// Lets the load's tasks run for `secs`, stops them and merges what they
+/// measured.
+async fn measure(
+    label: String,
+    secs: f64,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<TaskResult>>,
+) -> Run {
+    let (t0, (mut all, ok, errors)) = run_tasks(secs, stop, tasks).await;
     let secs = t0.elapsed().as_secs_f64();
     Run {
         label,

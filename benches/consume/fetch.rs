@@ -224,17 +224,7 @@ async fn measure(
     stop: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<ClientResult>>,
 ) -> (Run, bool) {
-    let t0 = Instant::now();
-    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
-    stop.store(true, Relaxed);
-    let mut all = Samples::default();
-    let (mut ok, mut errors) = (0, 0);
-    for t in tasks {
-        let (s, o, e) = t.await.unwrap();
-        all.merge(s);
-        ok += o;
-        errors += e;
-    }
+    let (t0, (all, ok, mut errors)) = crate::run_tasks(secs, stop, tasks).await;
     let (settled, dry) = settle(js, name).await;
     if !settled {
         eprintln!("{label}: acks still pending 10 s after the load");
