@@ -110,6 +110,37 @@ pub(super) async fn read_body(
     })
 }
 
+/// The body of a request that must carry JSON, at most `limit` bytes:
+/// refused unless it says `application/json`.
+pub(super) async fn read_json_body(
+    app: &App,
+    req: Request<Incoming>,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    if !content_type_is(&req, "application/json") {
+        return Err(not_json());
+    }
+    let idle = app.config().api.header_read_timeout.get();
+    read_body(req, limit, idle, || {
+        format!("the request body is larger than {limit} bytes")
+    })
+    .await
+}
+
+/// Parses a JSON body into `T`, which may borrow from it; 400 saying what
+/// was `expected` otherwise.
+pub(super) fn parse_json<'a, T: Deserialize<'a>>(
+    body: &'a [u8],
+    expected: &str,
+) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_json",
+            format!("invalid request: {e}; expected {expected}"),
+        )
+    })
+}
+
 /// Reads an optional JSON body of at most `limit` bytes: empty means all
 /// defaults; anything else must be `application/json`.
 pub(super) async fn json_body<T: for<'de> Deserialize<'de>>(
@@ -136,12 +167,7 @@ pub(super) async fn json_body<T: for<'de> Deserialize<'de>>(
     if !has_type {
         return Err(not_json());
     }
-    serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad_request(
-            "invalid_json",
-            format!("invalid request: {e}; expected {expected}"),
-        )
-    })
+    parse_json(&body, expected)
 }
 
 /// The client, when connected; else 503 asking to retry shortly.

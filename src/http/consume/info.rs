@@ -22,6 +22,18 @@ fn no_consumer(stream: &str, name: &str) -> ApiError {
     ApiError::not_found(format!("stream {stream} has no consumer named {name:?}"))
 }
 
+/// 404 for a stream or consumer name that nats-server would never accept
+/// (no lookup needed to know it does not exist).
+pub(super) fn check_names(stream: &str, name: &str) -> Result<(), ApiError> {
+    if subject::check_stream_name(stream).is_err() {
+        return Err(no_stream(stream));
+    }
+    if subject::check_consumer_name(name).is_err() {
+        return Err(no_consumer(stream, name));
+    }
+    Ok(())
+}
+
 /// One consumer's info, with 404 for an unknown stream or consumer.
 pub(super) async fn consumer_info(
     app: &App,
@@ -29,12 +41,7 @@ pub(super) async fn consumer_info(
     stream: &str,
     name: &str,
 ) -> Result<consumer::Info, ApiError> {
-    if subject::check_stream_name(stream).is_err() {
-        return Err(no_stream(stream));
-    }
-    if subject::check_consumer_name(name).is_err() {
-        return Err(no_consumer(stream, name));
-    }
+    check_names(stream, name)?;
     let work = async {
         let handle = nats
             .js

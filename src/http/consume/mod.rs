@@ -25,8 +25,10 @@ use crate::app::App;
 mod ack;
 mod fetch;
 mod info;
+mod send;
+mod token;
 
-pub use ack::AckSubject;
+pub use token::AckSubject;
 
 pub(crate) use ack::{acknowledge, Kind};
 pub(crate) use fetch::fetch;
@@ -35,7 +37,7 @@ pub(crate) use info::{detail, list};
 type Resp = Response<http_body_util::Full<Bytes>>;
 
 /// Fetch bodies are tiny; anything bigger is a mistake. (Ack, nak and term
-/// bodies carry up to `api.fetch_max_batch` tokens: `ack::ack_body_limit`.)
+/// bodies carry up to `api.fetch_max_batch` tokens: `token::ack_body_limit`.)
 const FETCH_BODY_LIMIT: usize = 64 << 10;
 
 /// Deadline for the JetStream API requests of one HTTP request.
