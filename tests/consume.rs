@@ -742,6 +742,68 @@ async fn start_sequence_and_several_filters_as_each_nats_server_allows() {
     }
 }
 
+/// A fetch skips the consumer lookup for a second after one; a consumer
+/// deleted within that second is still 404 at the next fetch (once its
+/// pull went unanswered), and at an ack of its tokens, never an empty 200.
+async fn a_consumer_deleted_right_after_a_fetch_is_404_at_the_next(bin: PathBuf) {
+    let d = Daemon::builder()
+        .bin(bin)
+        .nats(
+            r#"  streams:
+    MARKET_DATA:
+      subjects: ["market.>"]
+      consumers:
+        doomed:
+          filter_subject: "market.doomed.>"
+"#,
+        )
+        .start();
+    d.wait_healthy(Duration::from_secs(20)).await;
+    let c = "/api/v1/streams/MARKET_DATA/consumers/doomed";
+    publish(&d, "market.doomed.x", json!({"n": 1})).await;
+    let got = fetch(&d, c, 1, 200).await;
+    assert_eq!(got.len(), 1);
+    let js = async_nats::jetstream::new(d.client().await);
+    js.delete_consumer_from_stream("doomed", "MARKET_DATA")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let (status, v) = d
+        .post(
+            &format!("{c}/fetch"),
+            json!({"batch": 1, "expires_ms": 200}),
+        )
+        .await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (404, Some("not_found")),
+        "{v}"
+    );
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(4),
+        "answered only after {took:?}"
+    );
+    let (status, v) = d
+        .post(&format!("{c}/ack"), json!({"tokens": tokens(&got)}))
+        .await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (404, Some("not_found")),
+        "{v}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_consumer_deleted_right_after_a_fetch_is_404_at_the_next_on_debians_nats_server() {
+    a_consumer_deleted_right_after_a_fetch_is_404_at_the_next(nats_server()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_consumer_deleted_right_after_a_fetch_is_404_at_the_next_on_a_current_nats_server() {
+    a_consumer_deleted_right_after_a_fetch_is_404_at_the_next(nats_server_current()).await;
+}
+
 /// A pull nats-server ends with status 409 (here: the consumer was deleted
 /// while the fetch waited) is answered 409 pull_refused with the server's
 /// reason, not 503: the client has to change something before retrying.

@@ -21,6 +21,9 @@ pub struct Nats {
     /// Single HTTP publishes go through this, so concurrent ones reach the
     /// connection together.
     pub coalescer: crate::coalesce::Coalescer,
+    /// Pull consumers an HTTP fetch looked up a moment ago on this
+    /// connection's server.
+    pub known_pulls: crate::jetstream::KnownPulls,
 }
 
 /// Why a NATS round trip got no answer.
@@ -153,6 +156,7 @@ impl App {
             client,
             js,
             coalescer,
+            known_pulls: Default::default(),
         }));
         Ok(())
     }

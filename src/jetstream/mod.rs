@@ -15,6 +15,7 @@ use crate::config::StreamConfig;
 
 mod consumers;
 mod error;
+mod known;
 mod streams;
 
 pub use consumers::{
@@ -22,6 +23,7 @@ pub use consumers::{
     ActualConsumer, ConsumerChange,
 };
 pub use error::{JsError, Retry};
+pub use known::KnownPulls;
 pub use streams::{actual_from, list, plan, to_nats, ActualStream, Change};
 
 /// One field that differs: name, wanted, found.

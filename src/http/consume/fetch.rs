@@ -5,14 +5,13 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::pull::BatchConfig;
-use async_nats::jetstream::consumer::{pull, Consumer, FromConsumer};
 use async_nats::{StatusCode, Subject};
 use futures::stream::StreamExt;
 use hyper::body::Incoming;
 use hyper::Request;
 use serde::{Deserialize, Serialize};
 
-use super::info::consumer_info;
+use super::info::{check_names, consumer_info};
 use super::{rfc3339_nanos, AckSubject, Resp, FETCH_BODY_LIMIT};
 use crate::app::App;
 use crate::http::body::{connected, json_body};
@@ -78,25 +77,50 @@ pub(crate) async fn fetch(
     let expires = Duration::from_millis(r.expires_ms.unwrap_or(DEFAULT_EXPIRES_MS))
         .min(api.fetch_max_wait.get());
 
+    check_names(stream, name)?;
     let nats = connected(app)?;
-    let info = consumer_info(app, &nats, stream, name).await?;
-    if let Some(ds) = &info.config.deliver_subject {
-        return Err(ApiError::new(
-            hyper::StatusCode::CONFLICT,
-            "not_a_pull_consumer",
-            format!("consumer {name} of {stream} is a push consumer (it delivers to {ds}); only pull consumers can be fetched from"),
-        ));
+    let now = std::time::Instant::now();
+    let known = nats.known_pulls.known(stream, name, now);
+    if !known {
+        let info = consumer_info(app, &nats, stream, name).await?;
+        if let Some(ds) = &info.config.deliver_subject {
+            return Err(ApiError::new(
+                hyper::StatusCode::CONFLICT,
+                "not_a_pull_consumer",
+                format!("consumer {name} of {stream} is a push consumer (it delivers to {ds}); only pull consumers can be fetched from"),
+            ));
+        }
+        nats.known_pulls.saw(stream, name, now);
     }
-    let cfg = pull::Config::try_from_consumer_config(info.config.clone()).map_err(|e| {
-        ApiError::new(
-            hyper::StatusCode::CONFLICT,
-            "not_a_pull_consumer",
-            format!("consumer {name} of {stream}: {e}"),
-        )
-    })?;
-    let handle: Consumer<pull::Config> = Consumer::new(cfg, info, nats.js.clone());
-
-    let messages = collect(app, &nats.js, &handle, batch as usize, expires).await?;
+    let pulled = match collect(app, &nats.js, stream, name, batch as usize, expires).await {
+        Ok(p) => p,
+        Err(e) => {
+            nats.known_pulls.forget(stream, name);
+            return Err(match e {
+                // nats-server 2.10 says so when the consumer is gone.
+                PullError::Refused(StatusCode::NO_RESPONDERS, d) => {
+                    match consumer_info(app, &nats, stream, name).await {
+                        Err(gone) => gone,
+                        Ok(_) => pull_error(StatusCode::NO_RESPONDERS, d.as_deref()),
+                    }
+                }
+                PullError::Refused(status, d) => pull_error(status, d.as_deref()),
+                PullError::Api(e) => e,
+            });
+        }
+    };
+    if !pulled.answered {
+        // Not even a status came back: nothing listens for the pull, as
+        // for a consumer deleted since it was looked up. The lookup says
+        // what is the matter (404), or else that the server stayed silent.
+        nats.known_pulls.forget(stream, name);
+        consumer_info(app, &nats, stream, name).await?;
+        return Err(ApiError::unavailable(format!(
+            "consumer {name} of {stream} did not answer the pull within {:?}",
+            expires + NO_ANSWER_GRACE
+        )));
+    }
+    let messages = pulled.messages;
     app.stats
         .consumed
         .fetch_add(messages.len() as u64, Ordering::Relaxed);
@@ -115,50 +139,86 @@ struct FetchResponse<'a> {
     count: usize,
 }
 
+/// How long past `expires` a pull's answer may take before the fetch
+/// stops waiting for it.
+const NO_ANSWER_GRACE: Duration = Duration::from_secs(2);
+
+/// Why a pull brought nothing.
+enum PullError {
+    /// nats-server answered this status (and description).
+    Refused(StatusCode, Option<String>),
+    Api(ApiError),
+}
+
+impl From<ApiError> for PullError {
+    fn from(e: ApiError) -> Self {
+        PullError::Api(e)
+    }
+}
+
+/// What a pull brought.
+struct Pulled {
+    messages: Vec<async_nats::jetstream::Message>,
+    /// Whether the server answered at all (messages or a status).
+    answered: bool,
+}
+
+/// The subject a pull request for consumer `name` of `stream` goes to.
+/// The daemon's JetStream context uses the default API prefix (no domain).
+fn next_subject(stream: &str, name: &str) -> String {
+    format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{name}")
+}
+
 /// Pulls up to `batch` messages: the server answers at once with what it
 /// has, or waits up to `expires` for the first message and then answers.
 async fn collect(
     app: &App,
     js: &async_nats::jetstream::Context,
-    handle: &Consumer<pull::Config>,
+    stream: &str,
+    name: &str,
     batch: usize,
     expires: Duration,
-) -> Result<Vec<async_nats::jetstream::Message>, ApiError> {
+) -> Result<Pulled, PullError> {
     let lost = app.connection_lost.notified();
     tokio::pin!(lost);
     lost.as_mut().enable();
     if !app.is_connected() {
-        return Err(ApiError::unavailable("not connected to nats-server"));
+        return Err(ApiError::unavailable("not connected to nats-server").into());
     }
     // The pull async-nats' fetch() sends (no_wait: the server answers at
     // once with what it has, 404 when nothing), read here so that the
     // server's status comes as a StatusCode: async-nats' own stream hands
     // a refusal over only as an io::Error's text.
+    let cannot_send =
+        |e: String| ApiError::unavailable(format!("cannot send the pull request: {e}"));
     let client = js.client();
     let inbox = Subject::from(client.new_inbox());
     let mut replies = client
         .subscribe(inbox.clone())
         .await
-        .map_err(|e| ApiError::unavailable(format!("cannot send the pull request: {e}")))?;
+        .map_err(|e| cannot_send(e.to_string()))?;
     let request = BatchConfig {
         batch,
         expires: Some(expires),
         no_wait: true,
         ..BatchConfig::default()
     };
-    handle
-        .request_batch(request, inbox)
+    let request = serde_json::to_vec(&request).map_err(|e| cannot_send(e.to_string()))?;
+    client
+        .publish_with_reply(next_subject(stream, name), inbox, request.into())
         .await
-        .map_err(|e| ApiError::unavailable(format!("cannot send the pull request: {e}")))?;
+        .map_err(|e| cannot_send(e.to_string()))?;
     // The server ends the pull itself after `expires`; this only guards
     // against its answer getting lost.
-    let deadline = tokio::time::Instant::now() + expires + Duration::from_secs(2);
+    let deadline = tokio::time::Instant::now() + expires + NO_ANSWER_GRACE;
     let mut out = Vec::new();
+    let mut answered = false;
     while out.len() < batch {
         tokio::select! {
-            m = replies.next() => match m {
-                None => break,
-                Some(m) => match m.status.unwrap_or(StatusCode::OK) {
+            m = replies.next() => {
+                let Some(m) = m else { break };
+                answered = true;
+                match m.status.unwrap_or(StatusCode::OK) {
                     StatusCode::OK => out.push(async_nats::jetstream::Message {
                         message: m,
                         context: js.clone(),
@@ -167,24 +227,28 @@ async fn collect(
                     // Nothing (more) to deliver now, or the pull expired.
                     StatusCode::NOT_FOUND | StatusCode::TIMEOUT => break,
                     status if out.is_empty() => {
-                        return Err(pull_error(status, m.description.as_deref()))
+                        return Err(PullError::Refused(status, m.description))
                     }
                     // What came is delivered; the rest waits for the next fetch.
                     _ => break,
-                },
-            },
+                }
+            }
             _ = tokio::time::sleep_until(deadline) => break,
             _ = &mut lost => {
                 if out.is_empty() {
                     return Err(ApiError::unavailable(
                         "the connection to nats-server dropped during the fetch",
-                    ));
+                    )
+                    .into());
                 }
                 break;
             }
         }
     }
-    Ok(out)
+    Ok(Pulled {
+        messages: out,
+        answered,
+    })
 }
 
 /// A pull the server refused: 409 (max_ack_pending reached, consumer
