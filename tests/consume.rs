@@ -444,6 +444,84 @@ async fn a_client_that_dies_before_acking_loses_nothing() {
     assert_eq!(c["num_ack_pending"], 0, "{c}");
 }
 
+/// `confirm: false` answers 202 once nats-server received the tokens,
+/// without a result per token, and the acks take effect all the same:
+/// nothing is handed out again after the consumer's ack_wait, while the
+/// message acked with a token that was left out comes back.
+#[tokio::test(flavor = "multi_thread")]
+async fn unconfirmed_acks_answer_202_and_take_effect() {
+    let d = daemon_on(nats_server());
+    d.wait_healthy(Duration::from_secs(20)).await;
+    let mut seqs = Vec::new();
+    for i in 0..5 {
+        seqs.push(publish(&d, "market.crash.ETHUSDT.trade", json!({"i": i})).await);
+    }
+    let got = fetch(&d, CRASHY, 10, 2000).await;
+    assert_eq!(got.len(), 5);
+    let (done, left) = got.split_at(4);
+    let (status, v) = d
+        .post(
+            &format!("{CRASHY}/ack"),
+            json!({"tokens": tokens(done), "confirm": false}),
+        )
+        .await;
+    assert_eq!(
+        (status, &v),
+        (202, &json!({"success": true, "received": 4}))
+    );
+    // After ack_wait (1s) only the message left out comes back.
+    let t = Instant::now();
+    let back = fetch(&d, CRASHY, 10, 10_000).await;
+    assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
+    let back_seqs: Vec<&Value> = back.iter().map(|m| &m["stream_seq"]).collect();
+    assert_eq!(back_seqs, vec![&left[0]["stream_seq"]], "{back:?}");
+    assert_eq!(left[0]["stream_seq"], seqs[4]);
+    // A term without waiting for it, then nothing is pending.
+    let (status, v) = d
+        .post(
+            &format!("{CRASHY}/term"),
+            json!({"tokens": tokens(&back), "confirm": false}),
+        )
+        .await;
+    assert_eq!(status, 202, "{v}");
+    let c = eventually(Duration::from_secs(5), "no ack pending", || async {
+        let (_, c) = d.get(CRASHY).await;
+        (c["num_ack_pending"] == 0).then_some(c)
+    })
+    .await;
+    assert_eq!(c["num_pending"], 0, "{c}");
+    // Bad input is refused as with confirmed acks, and an unknown
+    // consumer is still 404 though nothing waits for answers.
+    for (body, code) in [
+        (
+            json!({"tokens": tokens(&back), "confirm": "no"}),
+            "invalid_json",
+        ),
+        (
+            json!({"tokens": ["market.x"], "confirm": false}),
+            "invalid_token",
+        ),
+    ] {
+        let (status, v) = d.post(&format!("{CRASHY}/ack"), body).await;
+        assert_eq!(
+            (status, v["error"]["code"].as_str()),
+            (400, Some(code)),
+            "{v}"
+        );
+    }
+    let (status, v) = d
+        .post(
+            "/api/v1/streams/MARKET_DATA/consumers/nope/ack",
+            json!({"tokens": ["$JS.ACK.MARKET_DATA.nope.1.1.1.1.0"], "confirm": false}),
+        )
+        .await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (404, Some("not_found")),
+        "{v}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reload_adds_a_declared_consumer() {
     let d = Daemon::builder()

@@ -19,31 +19,38 @@ use crate::{Run, TRADE};
 const EXPIRES: Duration = Duration::from_secs(1);
 
 pub struct Fetches {
-    /// Per batch and client count: direct, direct with double acks, HTTP.
+    /// Per batch and client count: direct, direct with double acks, HTTP
+    /// with `confirm: false`, HTTP with confirmed acks.
     pub runs: Vec<Run>,
     keys: Vec<(usize, usize)>,
 }
 
 /// The loads of one batch size and client count.
-pub struct Trio<'a> {
+pub struct Loads<'a> {
     pub batch: usize,
     pub clients: usize,
-    pub http: &'a Run,
+    /// Acks as a plain `ack()`: `+ACK` published, no answer awaited.
     pub direct: &'a Run,
+    /// `confirm: false`: answered once nats-server received the acks.
+    pub http: &'a Run,
+    /// Acks as requests, each answered once processed.
     pub double: &'a Run,
+    /// The daemon's default: each ack confirmed.
+    pub http_confirmed: &'a Run,
 }
 
 impl Fetches {
-    pub fn trios(&self) -> impl Iterator<Item = Trio<'_>> {
+    pub fn loads(&self) -> impl Iterator<Item = Loads<'_>> {
         self.keys
             .iter()
-            .zip(self.runs.chunks(3))
-            .map(|(&(batch, clients), r)| Trio {
+            .zip(self.runs.chunks(4))
+            .map(|(&(batch, clients), r)| Loads {
                 batch,
                 clients,
                 direct: &r[0],
                 double: &r[1],
                 http: &r[2],
+                http_confirmed: &r[3],
             })
     }
 }
@@ -68,7 +75,8 @@ pub async fn all(
             for side in [
                 Side::Direct(Ack::Plain),
                 Side::Direct(Ack::Double),
-                Side::Http,
+                Side::Http(Ack::Plain),
+                Side::Http(Ack::Double),
             ] {
                 let name = format!("{}-b{batch}-c{clients}", side.name());
                 let l = Load {
@@ -114,11 +122,11 @@ fn cpu_per_100k(pids: (u32, u32), from: (f64, f64), n: u64) -> (f64, f64) {
     (per(d - from.0), per(ns - from.1))
 }
 
-/// Who fetches.
+/// Who fetches, and how it acks.
 #[derive(Clone, Copy)]
 enum Side {
     Direct(Ack),
-    Http,
+    Http(Ack),
 }
 
 impl Side {
@@ -126,7 +134,8 @@ impl Side {
         match self {
             Side::Direct(Ack::Plain) => "direct",
             Side::Direct(Ack::Double) => "direct-double",
-            Side::Http => "http",
+            Side::Http(Ack::Plain) => "http",
+            Side::Http(Ack::Double) => "http-confirmed",
         }
     }
 }
@@ -147,7 +156,7 @@ impl Load<'_> {
         let (js, batch, clients) = (self.js, self.batch, self.clients);
         match side {
             Side::Direct(ack) => direct_load(js, self.url, name, batch, clients, ack, secs).await,
-            Side::Http => http_load(js, self.http, name, batch, clients, secs).await,
+            Side::Http(ack) => http_load(js, self.http, name, batch, clients, ack, secs).await,
         }
     }
 }
@@ -325,8 +334,9 @@ async fn direct_load(
     measure(js, name, label(kind, batch, clients), secs, stop, tasks).await
 }
 
-/// How the direct client acks: `+ACK` published, or sent as a request
-/// whose answer says nats-server processed it (the daemon's way).
+/// How a client acks: `+ACK` published (HTTP: `confirm: false`, answered
+/// once nats-server received them), or sent as a request whose answer says
+/// nats-server processed it (HTTP: the default).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Ack {
     Plain,
@@ -344,9 +354,11 @@ struct Token<'a> {
     ack_token: &'a str,
 }
 
+/// An ack's answer: `processed` (confirmed) or `received` (`confirm: false`).
 #[derive(Deserialize)]
 struct Acked {
-    processed: u64,
+    processed: Option<u64>,
+    received: Option<u64>,
 }
 
 pub async fn post(
@@ -365,12 +377,13 @@ pub async fn post(
 }
 
 /// One HTTP fetch of up to `batch` and one ack of every token it handed
-/// out: (fetched, acknowledged), or None on an error.
+/// out, confirmed or not: (fetched, acknowledged), or None on an error.
 pub async fn fetch_and_ack(
     sender: &mut Sender,
     fetch_path: &str,
     ack_path: &str,
     fetch_body: &Bytes,
+    confirm: bool,
 ) -> Result<Option<(u64, u64)>, hyper::Error> {
     let (status, body) = post(sender, fetch_path, fetch_body.clone()).await?;
     if status != 200 {
@@ -383,10 +396,22 @@ pub async fn fetch_and_ack(
         return Ok(Some((0, 0)));
     }
     let tokens: Vec<&str> = f.messages.iter().map(|m| m.ack_token).collect();
-    let ack = serde_json::to_vec(&serde_json::json!({ "tokens": tokens })).unwrap();
+    let ack =
+        serde_json::to_vec(&serde_json::json!({ "tokens": tokens, "confirm": confirm })).unwrap();
     let (status, body) = post(sender, ack_path, ack.into()).await?;
     let processed = match (status, serde_json::from_slice::<Acked>(&body)) {
-        (200 | 207, Ok(a)) => a.processed,
+        (
+            200 | 207,
+            Ok(Acked {
+                processed: Some(n), ..
+            }),
+        ) if confirm => n,
+        (
+            202,
+            Ok(Acked {
+                received: Some(n), ..
+            }),
+        ) if !confirm => n,
         _ => return Ok(None),
     };
     Ok(Some((tokens.len() as u64, processed)))
@@ -440,17 +465,19 @@ pub fn paths(consumer: &str) -> (String, String) {
     (format!("{base}/fetch"), format!("{base}/ack"))
 }
 
-/// POST .../fetch of `batch` then POST .../ack of all its tokens, one
-/// after the other on each of `clients` keep-alive connections, on one
-/// consumer.
+/// POST .../fetch of `batch` then POST .../ack of all its tokens
+/// (`confirm: false` for `Ack::Plain`), one after the other on each of
+/// `clients` keep-alive connections, on one consumer.
 async fn http_load(
     js: &jetstream::Context,
     port: u16,
     name: &str,
     batch: usize,
     clients: usize,
+    ack: Ack,
     secs: f64,
 ) -> (Run, bool) {
+    let confirm = ack == Ack::Double;
     fresh_consumer(js, name).await;
     let (fetch_path, ack_path) = paths(name);
     let fetch_body = Bytes::from(format!(
@@ -469,7 +496,8 @@ async fn http_load(
             let (mut ok, mut errors) = (0u64, 0u64);
             while !stop.load(Relaxed) {
                 let t = Instant::now();
-                match fetch_and_ack(&mut sender, &fetch_path, &ack_path, &fetch_body).await {
+                match fetch_and_ack(&mut sender, &fetch_path, &ack_path, &fetch_body, confirm).await
+                {
                     Ok(Some((fetched, acked))) => {
                         ok += acked;
                         errors += fetched - acked;
@@ -488,7 +516,15 @@ async fn http_load(
     measure(
         js,
         name,
-        label("HTTP fetch+ack", batch, clients),
+        label(
+            if confirm {
+                "HTTP fetch+confirmed ack"
+            } else {
+                "HTTP fetch+ack"
+            },
+            batch,
+            clients,
+        ),
         secs,
         stop,
         tasks,

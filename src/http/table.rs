@@ -64,9 +64,9 @@ routes! {
     Consumers => "/api/v1/streams/{stream}/consumers", "GET, HEAD", [200, 404, 503];
     Consumer => "/api/v1/streams/{stream}/consumers/{consumer}", "GET, HEAD", [200, 404, 503];
     Fetch => "/api/v1/streams/{stream}/consumers/{consumer}/fetch", "POST", [200, 400, 404, 408, 409, 413, 415, 503];
-    Ack => "/api/v1/streams/{stream}/consumers/{consumer}/ack", "POST", [200, 207, 400, 404, 408, 413, 415, 503];
-    Nak => "/api/v1/streams/{stream}/consumers/{consumer}/nak", "POST", [200, 207, 400, 404, 408, 413, 415, 503];
-    Term => "/api/v1/streams/{stream}/consumers/{consumer}/term", "POST", [200, 207, 400, 404, 408, 413, 415, 503];
+    Ack => "/api/v1/streams/{stream}/consumers/{consumer}/ack", "POST", [200, 202, 207, 400, 404, 408, 413, 415, 503];
+    Nak => "/api/v1/streams/{stream}/consumers/{consumer}/nak", "POST", [200, 202, 207, 400, 404, 408, 413, 415, 503];
+    Term => "/api/v1/streams/{stream}/consumers/{consumer}/term", "POST", [200, 202, 207, 400, 404, 408, 413, 415, 503];
     /// A stream read in pages through an ephemeral consumer (`replay`).
     Replay => "/api/v1/streams/{stream}/replay", "GET, HEAD", [200, 400, 404, 503];
     /// The newest message of every subject matching a filter.

@@ -181,12 +181,14 @@ call("POST", C + "/fetch", {"batch": 0})
 call("POST", C + "/fetch", b"", ctype=None)
 call("POST", S + "/consumers/nobody/fetch", {"batch": 1, "expires_ms": 100})
 call("GET", C + "/fetch")
-if len(tokens) >= 3:
+if len(tokens) >= 5:
     call("POST", C + "/ack", {"tokens": tokens[:1]})
     call("POST", C + "/nak", {"tokens": tokens[1:2], "delay_ms": 10})
     call("POST", C + "/term", {"tokens": tokens[2:3]})
+    call("POST", C + "/ack", {"tokens": tokens[3:4], "confirm": False})
+    call("POST", C + "/nak", {"tokens": tokens[4:5], "confirm": False})
 else:
-    failures.append(f"fetch gave {len(tokens)} messages, wanted at least 3")
+    failures.append(f"fetch gave {len(tokens)} messages, wanted at least 5")
 call("POST", C + "/ack", {"tokens": ["$JS.ACK.OTHER.reader.1.1.1.1.1"]})
 call("POST", C + "/ack", {"tokens": []})
 call("POST", C + "/nak", {"tokens": tokens[:1], "delay_ms": -1})

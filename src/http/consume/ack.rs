@@ -10,10 +10,10 @@ use hyper::{Request, StatusCode};
 use serde::{Deserialize, Serialize};
 
 use super::info::{check_names, consumer_info};
-use super::send::{send_all, Answer};
+use super::send::{send_all, send_unconfirmed, Answer};
 use super::token::{ack_body_limit, AckSubject};
 use super::{api_timeout, Resp};
-use crate::app::App;
+use crate::app::{App, Nats};
 use crate::http::body::{connected, parse_json, read_json_body};
 use crate::http::error::{json_bytes, ApiError};
 
@@ -34,6 +34,15 @@ struct AckRequest<'a> {
     /// nak only: redeliver no sooner than this.
     #[serde(default)]
     delay_ms: Option<u64>,
+    /// false: answer once nats-server has received the tokens, without
+    /// waiting for each one's confirmation (what a client library's plain
+    /// `ack()` does).
+    #[serde(default = "yes")]
+    confirm: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Checks every token before anything is sent: all belong to this stream
@@ -138,6 +147,9 @@ pub(crate) async fn acknowledge(
     };
     let timeout = api_timeout(app);
     let tokens: Vec<&str> = r.tokens.iter().map(|t| t.as_ref()).collect();
+    if !r.confirm {
+        return unconfirmed(app, &nats, stream, name, &tokens, payload).await;
+    }
     let answers = match app
         .while_connected(
             timeout + Duration::from_secs(1),
@@ -176,6 +188,54 @@ pub(crate) async fn acknowledge(
     })
     .unwrap_or_default();
     Ok(json_bytes(status, body))
+}
+
+/// `confirm: false`: the tokens go out and the answer (202) comes once
+/// nats-server has received them all (a PING after the last one answered),
+/// not once it processed each. A consumer not fetched from in the last
+/// second is looked up first, so one that does not exist is still 404.
+async fn unconfirmed(
+    app: &App,
+    nats: &Nats,
+    stream: &str,
+    name: &str,
+    tokens: &[&str],
+    payload: Bytes,
+) -> Result<Resp, ApiError> {
+    let now = std::time::Instant::now();
+    if !nats.known_pulls.known(stream, name, now) {
+        let info = consumer_info(app, nats, stream, name).await?;
+        if info.config.deliver_subject.is_none() {
+            nats.known_pulls.saw(stream, name, now);
+        }
+    }
+    let timeout = api_timeout(app);
+    match app
+        .while_connected(timeout, send_unconfirmed(&nats.client, tokens, payload))
+        .await
+    {
+        Ok(Ok(())) => {}
+        Ok(Err(why)) => return Err(ApiError::unavailable(why)),
+        Err(_) => {
+            return Err(ApiError::unavailable(
+                "the connection to nats-server dropped before it received every token (an unacknowledged message is redelivered after ack_wait)",
+            ))
+        }
+    }
+    let body = serde_json::to_vec(&Received {
+        success: true,
+        received: tokens.len(),
+    })
+    .unwrap_or_default();
+    Ok(json_bytes(StatusCode::ACCEPTED, body))
+}
+
+/// The answer to `confirm: false`.
+#[derive(Serialize)]
+struct Received {
+    success: bool,
+    /// Tokens nats-server received.
+    received: usize,
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use async_nats::{Client, StatusCode, Subject};
+use async_nats::{Client, RequestErrorKind, StatusCode, Subject};
 use bytes::Bytes;
 use futures::StreamExt;
 use tokio::time::Instant;
@@ -111,6 +111,31 @@ pub(super) async fn send_all(
         .into_iter()
         .map(|a| a.unwrap_or(Answer::Silent))
         .collect()
+}
+
+/// Sends `payload` to each of `tokens` without reply subjects, then a
+/// request to a subject nobody listens on: its "no responders" answer
+/// comes once nats-server has read everything sent before it (it reads a
+/// connection's messages in order), whether or not it acted on the tokens
+/// yet.
+pub(super) async fn send_unconfirmed(
+    client: &Client,
+    tokens: &[&str],
+    payload: Bytes,
+) -> Result<(), String> {
+    for t in tokens {
+        client
+            .publish(Subject::from(*t), payload.clone())
+            .await
+            .map_err(|e| format!("cannot send the tokens: {e}"))?;
+    }
+    match client.request(client.new_inbox(), Bytes::new()).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == RequestErrorKind::NoResponders => Ok(()),
+        Err(e) => Err(format!(
+            "nats-server did not confirm receiving the tokens: {e}"
+        )),
+    }
 }
 
 #[cfg(test)]
