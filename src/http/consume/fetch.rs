@@ -158,7 +158,7 @@ impl From<ApiError> for PullError {
 
 /// What a pull brought.
 struct Pulled {
-    messages: Vec<async_nats::jetstream::Message>,
+    messages: Vec<async_nats::Message>,
     /// Whether the server answered at all (messages or a status).
     answered: bool,
 }
@@ -219,10 +219,7 @@ async fn collect(
                 let Some(m) = m else { break };
                 answered = true;
                 match m.status.unwrap_or(StatusCode::OK) {
-                    StatusCode::OK => out.push(async_nats::jetstream::Message {
-                        message: m,
-                        context: js.clone(),
-                    }),
+                    StatusCode::OK => out.push(m),
                     StatusCode::IDLE_HEARTBEAT => {}
                     // Nothing (more) to deliver now, or the pull expired.
                     StatusCode::NOT_FOUND | StatusCode::TIMEOUT => break,
@@ -268,11 +265,11 @@ fn pull_error(status: StatusCode, description: Option<&str>) -> ApiError {
     }
 }
 
-fn out_message(m: &async_nats::jetstream::Message) -> OutMessage<'_> {
-    let reply = m.message.reply.as_ref().map(|r| r.as_str());
+fn out_message(m: &async_nats::Message) -> OutMessage<'_> {
+    let reply = m.reply.as_ref().map(|r| r.as_str());
     let ack = reply.and_then(AckSubject::parse);
     OutMessage {
-        message: message::Out::of(&m.message),
+        message: message::Out::of(m),
         stream_seq: ack.as_ref().map_or(0, |a| a.stream_seq),
         consumer_seq: ack.as_ref().map_or(0, |a| a.consumer_seq),
         timestamp: rfc3339_nanos(ack.as_ref().map_or(0, |a| a.timestamp_ns as i128)),
