@@ -77,19 +77,14 @@ debian_archive_uri() {
     head -n1
 }
 
-# promtool, which checks monitoring/prometheus's alert rules and runs their
-# unit tests (tests/monitoring.rs). Debian ships it in its prometheus
-# package; installing that would also pull in the web UI's JavaScript and
-# start a Prometheus server, so without a promtool on PATH the package is
-# downloaded with apt and only promtool unpacked into .venv. Prints its path.
-ensure_promtool() {
-  if command -v promtool >/dev/null 2>&1; then
-    command -v promtool
-    return 0
-  fi
-  local bin="$PWD/.venv/prometheus/usr/bin/promtool"
-  if [ ! -x "$bin" ]; then
-    echo "fetching Debian's prometheus package for its promtool (unpacked into .venv/prometheus)" >&2
+# Debian's prometheus package, unpacked into .venv/prometheus rather than
+# installed (no service starts): promtool checks and tests the alert rules,
+# and the server scrapes a live daemon to evaluate every query of the
+# dashboard and the rules. Prints the directory holding both.
+ensure_prometheus() {
+  local dir="$PWD/.venv/prometheus/usr/bin"
+  if [ ! -x "$dir/promtool" ] || [ ! -x "$dir/prometheus" ]; then
+    echo "fetching Debian's prometheus package for promtool and the server (unpacked into .venv/prometheus)" >&2
     local tmp
     tmp=$(mktemp -d)
     if ! (cd "$tmp" && apt-get download -qq prometheus >&2 2>/dev/null); then
@@ -100,12 +95,12 @@ ensure_promtool() {
       (cd "$tmp" && apt-get download -qq prometheus >&2) || { rm -rf "$tmp"; echo "cannot fetch Debian's prometheus package" >&2; return 1; }
     fi
     mkdir -p .venv/prometheus &&
-      dpkg-deb --fsys-tarfile "$tmp"/prometheus_*.deb | tar -x -C .venv/prometheus ./usr/bin/promtool
+      dpkg-deb --fsys-tarfile "$tmp"/prometheus_*.deb | tar -x -C .venv/prometheus ./usr/bin/promtool ./usr/bin/prometheus
     local rc=$?
     rm -rf "$tmp"
-    [ $rc -eq 0 ] || { echo "cannot unpack promtool" >&2; return 1; }
+    [ $rc -eq 0 ] || { echo "cannot unpack promtool and prometheus" >&2; return 1; }
   fi
-  echo "$bin"
+  echo "$dir"
 }
 
 # wrk, the benchmark's HTTP load generator (it falls back to a hyper client

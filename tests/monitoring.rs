@@ -3,7 +3,9 @@
 //! daemon's /metrics serves, so a renamed metric fails here rather than
 //! leave an empty panel or an alert that can never fire; `promtool check
 //! rules` accepts the rules and `promtool test rules` fires each alert on
-//! its cause and nowhere else.
+//! its cause and nowhere else; a real Prometheus scraping a live daemon
+//! evaluates every query of both: none refused, none empty, no alert
+//! firing on a healthy daemon.
 //!
 //! promtool comes from Debian's prometheus package (scripts/lib.sh
 //! `ensure_promtool`); MPB_PROMTOOL names it, else it is looked up on PATH.
@@ -558,17 +560,16 @@ fn sample(text: &str, name_and_labels: &str) -> Option<f64> {
 
 const P: &str = "marketprism_broker_";
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_dashboard_and_the_rules_use_only_metrics_a_live_daemon_serves() {
+/// A daemon with a declared stream and consumer (alarm thresholds set),
+/// after a little of everything: publishes single and in a batch, a fetch
+/// and an ack, an event-stream client (open while the guard lives).
+async fn busy_daemon() -> (Daemon, EventStream) {
     let d = Daemon::builder()
         .nats(
             "  streams:\n    FEED:\n      subjects: [\"feed.>\"]\n      alert_if_silent_for: 1h\n      consumers:\n        worker:\n          filter_subject: \"feed.>\"\n          alert_if_pending_over: 100\n",
         )
         .start();
     d.wait_healthy(Duration::from_secs(20)).await;
-
-    // A little of everything: publishes single and in a batch, a fetch and
-    // an ack, an event-stream client.
     for i in 0..3 {
         let (code, v) = d.publish("feed.btc", json!({"p": i})).await;
         assert_eq!(code, 200, "{v}");
@@ -600,6 +601,12 @@ async fn the_dashboard_and_the_rules_use_only_metrics_a_live_daemon_serves() {
         .await;
     assert_eq!(code, 200, "{v}");
     let sse = open_event_stream(d.http, "feed.%3E").await;
+    (d, sse)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dashboard_and_the_rules_use_only_metrics_a_live_daemon_serves() {
+    let (d, sse) = busy_daemon().await;
 
     let text = scrape(&d).await;
     assert_eq!(
@@ -688,5 +695,180 @@ async fn the_dashboard_and_the_rules_use_only_metrics_a_live_daemon_serves() {
             .all(|m| m.ends_with(": marketprism_broker_sync_errors_total")),
         "{missing:?}"
     );
+    drop(sse);
+}
+
+// ---- Evaluated by a real Prometheus ----------------------------------------
+
+/// Debian's prometheus server (scripts/lib.sh `ensure_prometheus`):
+/// MPB_PROMETHEUS, else `prometheus` on PATH.
+fn prometheus() -> PathBuf {
+    if let Some(p) = std::env::var_os("MPB_PROMETHEUS") {
+        return p.into();
+    }
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join("prometheus"))
+        .find(|p| p.is_file())
+        .expect("no prometheus: run scripts/test (ensure_prometheus) or set MPB_PROMETHEUS")
+}
+
+/// A Prometheus server of its own, killed on drop.
+struct Prometheus {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Prometheus {
+    /// Scrapes 127.0.0.1:`target` every second and evaluates the shipped
+    /// rules every second.
+    fn start(target: u16) -> Prometheus {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: [{RULES:?}]\nscrape_configs:\n  - job_name: marketprism-broker\n    static_configs:\n      - targets: [\"127.0.0.1:{target}\"]\n"
+            ),
+        )
+        .unwrap();
+        let port = free_port();
+        let child = Command::new(prometheus())
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        Prometheus {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    /// GET /api/v1/`what`: the JSON answer (errors included), None while
+    /// the server does not answer yet.
+    async fn api(&self, what: &str) -> Option<Value> {
+        let (_, _, body) = request(self.port, "GET", &format!("/api/v1/{what}"), &[], vec![])
+            .await
+            .ok()?;
+        serde_json::from_slice(&body).ok()
+    }
+
+    /// An instant query's answer.
+    async fn query(&self, expr: &str) -> Value {
+        let q: String = url_encode(expr);
+        self.api(&format!("query?query={q}"))
+            .await
+            .expect("prometheus answers")
+    }
+}
+
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A dashboard query as Grafana sends it with every variable at "All"
+/// (their `allValue` is `.*`) and a rate window of a few scrapes.
+fn as_grafana_sends(expr: &str) -> String {
+    expr.replace("$__rate_interval", "5s")
+        .replace("${job}", ".*")
+        .replace("${instance}", ".*")
+        .replace("${stream}", ".*")
+        .replace("$job", ".*")
+        .replace("$instance", ".*")
+        .replace("$stream", ".*")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prometheus_evaluates_every_query_of_the_dashboard_and_the_rules() {
+    let (d, sse) = busy_daemon().await;
+    let prom = Prometheus::start(d.http);
+    // Up, and scraped often enough for 5s rate windows to hold samples.
+    eventually(
+        Duration::from_secs(30),
+        "prometheus scraping the daemon",
+        || async {
+            let v = prom.api("query?query=up").await?;
+            (v["data"]["result"][0]["value"][1] == "1").then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+
+    let mut wrong = Vec::new();
+    let mut empty = Vec::new();
+    for (place, expr) in dashboard_queries(&dashboard()) {
+        let sent = as_grafana_sends(&expr);
+        assert!(!sent.contains('$'), "{place}: a variable left in {sent}");
+        let v = prom.query(&sent).await;
+        if v["status"] != "success" {
+            wrong.push(format!("{place}: {sent}: {}", v["error"]));
+        } else if v["data"]["result"].as_array().is_none_or(|r| r.is_empty()) {
+            empty.push(format!("{place}: {sent}"));
+        }
+    }
+    assert_eq!(wrong, Vec::<String>::new(), "queries Prometheus refuses");
+    // What these checks would see: a query with a syntax error, and one of
+    // a renamed metric.
+    let v = prom
+        .query("sum(rate(marketprism_broker_http_requests_total[5s])")
+        .await;
+    assert_eq!(v["status"], "error", "{v}");
+    let v = prom
+        .query("marketprism_broker_stream_last_message_age")
+        .await;
+    assert_eq!(v["data"]["result"], json!([]), "{v}");
+    assert_eq!(
+        empty,
+        Vec::<String>::new(),
+        "queries with no series on a busy daemon"
+    );
+
+    // Every rule evaluated without error, and none fires on a healthy daemon.
+    let rules = eventually(Duration::from_secs(10), "rules evaluated", || async {
+        let v = prom.api("rules").await?;
+        let rules: Vec<Value> = v["data"]["groups"]
+            .as_array()?
+            .iter()
+            .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+            .collect();
+        (!rules.is_empty()
+            && rules
+                .iter()
+                .all(|r| r["lastEvaluation"] != "0001-01-01T00:00:00Z"))
+        .then_some(rules)
+    })
+    .await;
+    assert_eq!(rules.len(), rule_queries(&self::rules()).len());
+    for r in &rules {
+        assert_eq!(r["health"], "ok", "{}: {}", r["name"], r["lastError"]);
+        assert_eq!(
+            r["state"], "inactive",
+            "{} fires on a healthy daemon",
+            r["name"]
+        );
+    }
     drop(sse);
 }
