@@ -1032,3 +1032,38 @@ async fn a_whole_fetch_at_fetch_max_batch_is_acked_naked_and_termed_in_one_reque
     let (_, c) = d.get(path).await;
     assert_eq!(c["num_ack_pending"], 0, "{c}");
 }
+
+/// An ack request of more tokens than the daemon keeps unanswered at once
+/// (half of a subscription's 4096-message buffer) and than that buffer:
+/// every token gets its own confirmed answer, in the tokens' order.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_ack_of_5000_tokens_confirms_each_in_order() {
+    let consumer = "wide";
+    let n = 5000;
+    let d = Daemon::builder()
+        .nats(&format!(
+            "{CONSUMERS}        {consumer}:\n          filter_subject: \"market.wide.>\"\n          max_ack_pending: 10000\n"
+        ))
+        .top(&format!("api:\n  fetch_max_batch: {n}\n"))
+        .start();
+    d.wait_healthy(Duration::from_secs(20)).await;
+    let path = format!("/api/v1/streams/MARKET_DATA/consumers/{consumer}");
+    for _ in 0..n / 1000 {
+        publish_many(&d, "market.wide.BTCUSDT.trade", 1000).await;
+    }
+    let messages = fetch_n(&d, &path, n).await;
+    let v = ack(&d, &path, "ack", json!({"tokens": tokens(&messages)})).await;
+    assert_eq!(v["processed"], n);
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(results.len(), n);
+    for (r, m) in results.iter().zip(&messages) {
+        assert_eq!(r["token"], m["ack_token"], "results in the tokens' order");
+        assert_eq!(r["ok"], true, "{r}");
+    }
+    let (_, c) = d.get(&path).await;
+    assert_eq!(
+        (c["num_ack_pending"].as_u64(), c["num_pending"].as_u64()),
+        (Some(0), Some(0)),
+        "{c}"
+    );
+}
