@@ -270,9 +270,15 @@ pub struct Stats {
     /// Messages delivered to clients through the daemon: HTTP fetches and
     /// event streams.
     pub consumed: AtomicU64,
-    /// Messages not sent to an event-stream client that read too slowly
-    /// (or dropped by the client's subscription buffer before that).
+    /// Messages not sent to an event-stream client because it read too
+    /// slowly (or because its subject's fan-out was so far behind that it
+    /// skipped them for every client); each announced to the client in a
+    /// `dropped` event.
     pub sse_dropped: AtomicU64,
+    /// Messages async-nats dropped from an event-stream subscription
+    /// before the fan-out took them: no client was told. Reported through
+    /// async-nats' bounded event channel, so a lower bound.
+    pub sse_lost: AtomicU64,
     /// HTTP connections closed at `api.max_connections` to make room for a
     /// new client (the oldest not in a request).
     pub http_evicted: AtomicU64,

@@ -4,7 +4,8 @@
 //! is done with it lives beside it: the client in `nats.rs`, stream
 //! reconciliation in `sync.rs`, the monitor in `monitor.rs`, the alarm
 //! checks in `alarms.rs`, the daemon's login in `credentials.rs`, the
-//! meta group check in `metaheal.rs`.
+//! meta group check in `metaheal.rs`, the event streams' shared
+//! subscriptions in `topics.rs`.
 
 mod alarms;
 mod credentials;
@@ -13,6 +14,7 @@ mod metaheal;
 mod monitor;
 mod nats;
 mod sync;
+mod topics;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex, RwLock};
@@ -29,8 +31,9 @@ use crate::supervisor::ChildStatus;
 pub use alarms::AlarmBoard;
 pub use credentials::internal_credentials;
 pub use metaheal::MetaHealView;
-pub use nats::{Lost, Nats, SUBSCRIPTION_CAPACITY};
+pub use nats::{Lost, Nats, EVENTS_CAPACITY, SUBSCRIPTION_CAPACITY};
 pub use sync::SyncState;
+pub use topics::{Joins, Lane, Ticket, Topics};
 
 pub struct App {
     /// The config in force; replaced by a successful reload.
@@ -64,6 +67,8 @@ pub struct App {
     pub closing: watch::Sender<bool>,
     /// Open GET /api/v1/subscribe streams.
     pub sse_clients: AtomicUsize,
+    /// The subjects they follow: one subscription and fan-out each.
+    pub sse_topics: Topics<Lane>,
     /// API tokens and TLS config in force; replaced by a reload.
     security: RwLock<Arc<crate::security::Security>>,
     /// Syncs the store for HTTP publishes under `nats.durability: sync`.
@@ -100,6 +105,7 @@ impl App {
             note: Mutex::new(None),
             closing: watch::channel(false).0,
             sse_clients: AtomicUsize::new(0),
+            sse_topics: Topics::default(),
             security: RwLock::new(Arc::default()),
             durability: crate::durability::GroupCommit::start(config.streams_dir()),
             alarms: Mutex::new(AlarmBoard::default()),

@@ -1,6 +1,6 @@
 //! The daemon's own NATS client: where it connects, how it reconnects
 //! (at once after a child restart), and round trips that give up when the
-//! connection drops.
+//! connection drops; beside it the event streams' own connection.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -11,8 +11,20 @@ use async_nats::jetstream;
 use super::App;
 use crate::probe;
 
-/// Messages one subscription of the daemon's client may buffer.
+/// Messages one subscription of the daemon's client (an HTTP fetch's or a
+/// replay's inbox) may buffer before async-nats drops.
 pub const SUBSCRIPTION_CAPACITY: usize = 4096;
+
+/// Messages one event-stream subject's subscription may buffer before the
+/// fan-out (`http::sse::topic`) takes them: async-nats' default. async-nats
+/// drops past it without telling whom (an `Event::SlowConsumer` on a
+/// bounded channel at best), so it is sized for bursts the fan-out has not
+/// taken yet, not as the memory bound: the fan-out takes whatever is
+/// waiting each time it runs, skips (counting and announcing them to every
+/// client) all but the newest `topic::SHED_AFTER` when it is that far
+/// behind, and bounds each client to `api.sse_buffer`. The buffer itself
+/// costs nothing while empty (tokio allocates its slots 32 at a time).
+pub const EVENTS_CAPACITY: usize = 65_536;
 
 /// The daemon's NATS connection.
 pub struct Nats {
@@ -24,6 +36,17 @@ pub struct Nats {
     /// Pull consumers an HTTP fetch looked up a moment ago on this
     /// connection's server.
     pub known_pulls: crate::jetstream::KnownPulls,
+    /// Which of the daemon's clients this is (`App::connect` counts them).
+    pub gen: u64,
+    /// The event streams' connection, made on the first GET
+    /// /api/v1/subscribe: their subscriptions are not the main client's,
+    /// so a burst they cannot take makes async-nats report slow consumers
+    /// on this connection's event channel, never crowding the main one's
+    /// Disconnected and Connected events out of its 128 slots.
+    events: tokio::sync::OnceCell<async_nats::Client>,
+    /// How to make it: the main client's servers, login, TLS and
+    /// reconnect settings.
+    events_opts: (async_nats::ConnectOptions, Vec<async_nats::ServerAddr>),
 }
 
 /// Why a NATS round trip got no answer.
@@ -62,64 +85,28 @@ impl App {
         }
     }
 
-    /// Creates the client. It connects in the background and reconnects
-    /// forever with a short delay: after a child restart the new server is
-    /// up within a few hundred milliseconds and publishes should resume at
-    /// once, not after async-nats' default growing backoff.
-    pub async fn connect(self: &Arc<Self>) -> Result<(), String> {
-        let app = Arc::downgrade(self);
-        let gen = self.client_gen.fetch_add(1, Ordering::SeqCst) + 1;
+    /// The settings both of the daemon's connections share. They connect
+    /// in the background and reconnect forever with a short delay: after
+    /// a child restart the new server is up within a few hundred
+    /// milliseconds and publishes should resume at once, not after
+    /// async-nats' default growing backoff.
+    fn connect_options(
+        &self,
+    ) -> Result<(async_nats::ConnectOptions, Vec<async_nats::ServerAddr>), String> {
         // Our own child restarts in a few hundred ms: retry often. A remote
         // server may be down for long: do not hammer it.
         let max_delay_ms = if self.supervised { 100 } else { 1000 };
         let shared_login = self.config().nats.internal_password_file.is_some();
         let mut opts = async_nats::ConnectOptions::new()
-            .name("marketprism-broker")
             // The given order: our own nats-server first, always.
             .retain_servers_order()
             .retry_on_initial_connect()
             .max_reconnects(None)
             .connection_timeout(Duration::from_secs(2))
             .ping_interval(Duration::from_secs(10))
-            // Messages a subscription may hold before async-nats drops
-            // (the default is 65536): bounds what an event stream that
-            // falls behind can pin in memory.
-            .subscription_capacity(SUBSCRIPTION_CAPACITY)
             // async-nats counts the first try as attempt 1: no delay then.
             .reconnect_delay_callback(move |attempt| {
                 Duration::from_millis((20 * attempt.saturating_sub(1) as u64).min(max_delay_ms))
-            })
-            .event_callback(move |event| {
-                let app = app.clone();
-                async move {
-                    let Some(app) = app.upgrade() else { return };
-                    if app.client_gen.load(Ordering::SeqCst) != gen {
-                        return;
-                    }
-                    match event {
-                        async_nats::Event::Connected => {
-                            tracing::info!("connected to nats-server");
-                            app.reconnected.notify_one();
-                        }
-                        async_nats::Event::Disconnected => {
-                            tracing::warn!("disconnected from nats-server");
-                            app.connection_lost.notify_waiters();
-                        }
-                        async_nats::Event::Closed => tracing::debug!("nats client closed"),
-                        // Failed reconnect attempts while nats-server
-                        // restarts: the supervisor already says why.
-                        async_nats::Event::ClientError(e) => {
-                            tracing::debug!(error = %e, "nats client error")
-                        }
-                        // An event stream's subscription buffer was full
-                        // (SUBSCRIPTION_CAPACITY): the message is gone.
-                        // Counted, not logged one by one.
-                        async_nats::Event::SlowConsumer(_) => {
-                            app.stats.sse_dropped.fetch_add(1, Ordering::Relaxed);
-                        }
-                        other => tracing::warn!(event = %other, "nats client event: {other}"),
-                    }
-                }
             });
         if let Some(c) = &self.credentials {
             opts = opts.user_and_password(c.user.clone(), c.password.clone());
@@ -145,20 +132,119 @@ impl App {
             .iter()
             .map(|u| u.parse().map_err(|e| format!("bad NATS URL {u}: {e}")))
             .collect::<Result<_, _>>()?;
+        Ok((opts, urls))
+    }
+
+    /// Creates the client (see `connect_options`). A client that replaces
+    /// another ends the event streams' topics: they read the old client's
+    /// subscriptions, and their clients are told to reconnect.
+    pub async fn connect(self: &Arc<Self>) -> Result<(), String> {
+        let app = Arc::downgrade(self);
+        let gen = self.client_gen.fetch_add(1, Ordering::SeqCst) + 1;
+        let (base, urls) = self.connect_options()?;
+        let opts = base
+            .clone()
+            .name("marketprism-broker")
+            // Messages a subscription may hold before async-nats drops
+            // (the default is 65536): an HTTP fetch or replay takes at
+            // most a batch.
+            .subscription_capacity(SUBSCRIPTION_CAPACITY)
+            .event_callback(move |event| {
+                let app = app.clone();
+                async move {
+                    let Some(app) = app.upgrade() else { return };
+                    if app.client_gen.load(Ordering::SeqCst) != gen {
+                        return;
+                    }
+                    match event {
+                        async_nats::Event::Connected => {
+                            tracing::info!("connected to nats-server");
+                            app.reconnected.notify_one();
+                        }
+                        async_nats::Event::Disconnected => {
+                            tracing::warn!("disconnected from nats-server");
+                            app.connection_lost.notify_waiters();
+                        }
+                        async_nats::Event::Closed => tracing::debug!("nats client closed"),
+                        // Failed reconnect attempts while nats-server
+                        // restarts: the supervisor already says why.
+                        async_nats::Event::ClientError(e) => {
+                            tracing::debug!(error = %e, "nats client error")
+                        }
+                        // A fetch's or replay's inbox was full
+                        // (SUBSCRIPTION_CAPACITY); event streams have a
+                        // connection of their own.
+                        async_nats::Event::SlowConsumer(sid) => {
+                            tracing::debug!(sid, "a subscription of the daemon's client was full: async-nats dropped a message")
+                        }
+                        other => tracing::warn!(event = %other, "nats client event: {other}"),
+                    }
+                }
+            });
         let client = opts
-            .connect(urls)
+            .connect(urls.clone())
             .await
             .map_err(|e| format!("cannot connect to NATS: {e}"))?;
         let mut js = jetstream::new(client.clone());
         js.set_timeout(self.config().api.publish_timeout.get());
         let coalescer = crate::coalesce::Coalescer::start(js.clone());
-        *self.nats.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(Nats {
-            client,
-            js,
-            coalescer,
-            known_pulls: Default::default(),
-        }));
+        let old = self
+            .nats
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(Arc::new(Nats {
+                client,
+                js,
+                coalescer,
+                known_pulls: Default::default(),
+                gen,
+                events: tokio::sync::OnceCell::new(),
+                events_opts: (base, urls),
+            }));
+        if old.is_some() {
+            self.sse_topics.retire_all();
+        }
         Ok(())
+    }
+
+    /// The event streams' connection of `nats`, made on first use with
+    /// the same settings. Its events only log: the main client's say
+    /// whether the daemon is connected. A message async-nats drops from a
+    /// full subscription here (the fan-out fell `EVENTS_CAPACITY` behind
+    /// on one subject, which its shedding is there to prevent) cannot be
+    /// told to the clients of that subject: it is counted in `sse_lost`
+    /// and logged at the 1st, 2nd, 4th, 8th... time.
+    pub async fn events_client(
+        self: &Arc<Self>,
+        nats: &Nats,
+    ) -> Result<async_nats::Client, String> {
+        let app = Arc::downgrade(self);
+        nats.events
+            .get_or_try_init(|| async {
+                let (opts, urls) = nats.events_opts.clone();
+                opts.name("marketprism-broker-events")
+                    .subscription_capacity(EVENTS_CAPACITY)
+                    .event_callback(move |event| {
+                        let app = app.clone();
+                        async move {
+                            let Some(app) = app.upgrade() else { return };
+                            match event {
+                                async_nats::Event::SlowConsumer(_) => {
+                                    let n = app.stats.sse_lost.fetch_add(1, Ordering::Relaxed) + 1;
+                                    if n.is_power_of_two() {
+                                        tracing::warn!(lost = n, "event streams lost messages before the fan-out took them (it fell {EVENTS_CAPACITY} messages behind on a subject); their clients were not told");
+                                    }
+                                }
+                                other => tracing::debug!(event = %other, "event streams' nats client: {other}"),
+                            }
+                        }
+                    })
+                    .connect(urls)
+                    .await
+                    .map_err(|e| format!("cannot connect to NATS for event streams: {e}"))
+            })
+            .await
+            .cloned()
     }
 
     /// Connects a new client to the current URLs (after a reload moved

@@ -259,12 +259,22 @@ pub async fn metrics(app: &App) -> Result<Resp, ApiError> {
     t.family(
         &n("sse_dropped_total"),
         Kind::Counter,
-        "Messages not delivered to an event-stream (GET /api/v1/subscribe) client that read too slowly.",
+        "Messages not delivered to an event-stream (GET /api/v1/subscribe) client because it read too slowly (or its subject's fan-out fell behind and skipped them); each announced to the client in a `dropped` event.",
     );
     t.int(
         &n("sse_dropped_total"),
         &[],
         stats.sse_dropped.load(std::sync::atomic::Ordering::Relaxed),
+    );
+    t.family(
+        &n("sse_lost_total"),
+        Kind::Counter,
+        &format!("Messages NATS delivered for an event stream but async-nats dropped before the fan-out took them (it fell {} behind on a subject); their clients were not told. A lower bound; should stay 0.", crate::app::EVENTS_CAPACITY),
+    );
+    t.int(
+        &n("sse_lost_total"),
+        &[],
+        stats.sse_lost.load(std::sync::atomic::Ordering::Relaxed),
     );
     t.single(
         &n("sse_clients"),

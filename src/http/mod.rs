@@ -20,9 +20,9 @@ pub mod replay;
 pub mod routes;
 pub mod server;
 pub mod slots;
+pub mod sse;
 pub mod status;
 pub mod streams;
-pub mod subscribe;
 pub mod table;
 
 pub use server::serve;

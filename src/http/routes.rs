@@ -16,7 +16,7 @@ use crate::app::App;
 
 /// A response body: a whole one, an event stream, or the results of a
 /// streaming ingest.
-pub type Body = Either<Full<Bytes>, Either<super::subscribe::SseBody, super::publish::IngestBody>>;
+pub type Body = Either<Full<Bytes>, Either<super::sse::SseBody, super::publish::IngestBody>>;
 
 pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     // Before anything reads the body: a refused client cannot make us
@@ -84,7 +84,7 @@ async fn dispatch(
     use super::{consume, health, metrics, monitor, openapi, publish, replay, status, streams};
     let whole = match route {
         Route::Subscribe => {
-            return super::subscribe::handle(app, &req)
+            return super::sse::handle(app, &req)
                 .await
                 .map(|r| r.map(|b| Either::Right(Either::Left(b))))
         }
