@@ -1,10 +1,14 @@
 //! GET /api/v1/subscribe as Server-Sent Events, read by a real HTTP client
 //! as a stream: wildcard filtering, one event per message, heartbeats, the
-//! shutdown event, bad requests, and a slow client whose messages are
-//! dropped and counted instead of piling up in the daemon.
+//! shutdown event, bad requests, a slow client whose messages are dropped
+//! and counted instead of piling up in the daemon, and clients of one
+//! subject sharing one subscription: a slow one among fast ones, clients
+//! coming and going.
 
 mod common;
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -290,19 +294,285 @@ async fn a_slow_client_loses_messages_with_a_count_never_the_daemons_memory() {
         "a client that read nothing lost nothing? got {got}"
     );
     assert_eq!(got + dropped, n, "got {got}, dropped {dropped}");
-    let (_, _, metrics) = request(d.http, "GET", "/metrics", &[], vec![])
-        .await
-        .unwrap();
-    let metrics = String::from_utf8_lossy(&metrics);
-    let counted = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("marketprism_broker_sse_dropped_total "))
-        .map(|v| v.trim().parse::<u64>().unwrap());
-    assert_eq!(counted, Some(dropped), "the drops are in /metrics too");
+    assert_eq!(
+        sse_dropped(&d).await,
+        dropped,
+        "the drops are in /metrics too"
+    );
     assert!(
         rss_during < rss_before + 30 * 1024,
         "the daemon grew from {rss_before} kB to {rss_during} kB for one slow client"
     );
+}
+
+/// The daemon's sse_dropped_total.
+async fn sse_dropped(d: &Daemon) -> u64 {
+    let (_, _, metrics) = request(d.http, "GET", "/metrics", &[], vec![])
+        .await
+        .unwrap();
+    String::from_utf8_lossy(&metrics)
+        .lines()
+        .find_map(|l| l.strip_prefix("marketprism_broker_sse_dropped_total "))
+        .map(|v| v.trim().parse::<u64>().unwrap())
+        .expect("sse_dropped_total in /metrics")
+}
+
+/// What one client read of `n` messages: the ids of those it got, and the
+/// counts of the `dropped` events, each at its place among them.
+#[derive(Debug, Default)]
+struct Read {
+    ids: Vec<u64>,
+    /// (messages got before it, count) per `dropped` event.
+    notices: Vec<(usize, u64)>,
+}
+
+impl Read {
+    fn dropped(&self) -> u64 {
+        self.notices.iter().map(|n| n.1).sum()
+    }
+
+    /// Ids only go up, and the gap between two of them (or before the
+    /// first, or after the last of `n`) is exactly what the `dropped`
+    /// events between them count.
+    fn check_ids(&self, first: u64, n: u64, who: &str) {
+        let mut expected_next = first;
+        for (i, &id) in self.ids.iter().chain([&(first + n)]).enumerate() {
+            let told: u64 = self
+                .notices
+                .iter()
+                .filter(|(at, _)| *at == i)
+                .map(|n| n.1)
+                .sum();
+            assert_eq!(
+                id,
+                expected_next + told,
+                "{who}: message {i} has id {id}, after {told} announced dropped"
+            );
+            expected_next = id + 1;
+        }
+    }
+}
+
+/// Reads `ev` until `n` messages were got or announced dropped; `got`
+/// counts the messages as they come.
+async fn read_all(ev: &mut Events, n: u64, got: &AtomicU64) -> Read {
+    let mut r = Read::default();
+    while r.ids.len() as u64 + r.dropped() < n {
+        let Some(e) = ev.next_event(Duration::from_secs(10)).await else {
+            panic!(
+                "stream quiet after {} messages, {} dropped",
+                r.ids.len(),
+                r.dropped()
+            );
+        };
+        match e.name.as_str() {
+            "message" => {
+                r.ids.push(e.id.expect("a message has an id"));
+                got.fetch_add(1, Relaxed);
+            }
+            "dropped" => r
+                .notices
+                .push((r.ids.len(), e.data["dropped"].as_u64().unwrap())),
+            other => panic!("unexpected event {other}: {e:?}"),
+        }
+    }
+    r
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clients_of_one_subject_each_get_every_message_and_a_slow_one_among_them_loses_only_its_own(
+) {
+    // A budget big enough for the fast clients' backlog of one round of
+    // publishes, far smaller than what the slow one is sent.
+    let d = Daemon::builder()
+        .top("api:\n  sse_buffer: 2MB\n  sse_heartbeat: 200ms\n")
+        .start();
+    d.wait_healthy(Duration::from_secs(20)).await;
+    let mut fast = Vec::new();
+    for _ in 0..3 {
+        let (s, _, mut ev) = open(d.http, "/api/v1/subscribe?subject=fan.%3E").await;
+        assert_eq!(s, 200);
+        assert_eq!(ev.next(T).await.unwrap().name, "subscribed");
+        fast.push(ev);
+    }
+    let (_, _, mut slow) = open(d.http, "/api/v1/subscribe?subject=fan.%3E").await;
+    assert_eq!(slow.next(T).await.unwrap().name, "subscribed");
+    let subs = events_subscriptions(&d).await;
+    assert_eq!(subs, ["fan.>"], "four clients, one subscription");
+
+    // 40 MB in rounds of 1 MB: each round waits for the fast clients, so
+    // they never have more than a round queued; the slow client reads
+    // nothing meanwhile, far past its budget and the socket buffers.
+    let n = 4_000u64;
+    let counts: Vec<Arc<AtomicU64>> = (0..3).map(|_| Arc::new(AtomicU64::new(0))).collect();
+    let readers: Vec<_> = fast
+        .into_iter()
+        .zip(&counts)
+        .map(|(mut ev, c)| {
+            let c = c.clone();
+            tokio::spawn(async move { read_all(&mut ev, n, &c).await })
+        })
+        .collect();
+    let client = d.client().await;
+    let payload = Bytes::from(format!("\"{}\"", "x".repeat(10_000)));
+    for i in 0..n {
+        client
+            .publish(format!("fan.{}", i % 10), payload.clone())
+            .await
+            .unwrap();
+        if (i + 1) % 100 == 0 {
+            client.flush().await.unwrap();
+            eventually(
+                Duration::from_secs(20),
+                "the fast clients to keep up",
+                || async {
+                    counts
+                        .iter()
+                        .all(|c| c.load(Relaxed) + 100 > i)
+                        .then_some(())
+                },
+            )
+            .await;
+        }
+    }
+    client.flush().await.unwrap();
+    for (k, r) in readers.into_iter().enumerate() {
+        let r = r.await.unwrap();
+        assert_eq!(
+            (r.ids.len() as u64, r.dropped()),
+            (n, 0),
+            "fast client {k} lost messages"
+        );
+        assert_eq!(r.ids, (1..=n).collect::<Vec<_>>(), "fast client {k}");
+    }
+
+    // The slow one: every message got or announced, and the ids say the
+    // same.
+    let r = read_all(&mut slow, n, &AtomicU64::new(0)).await;
+    assert!(r.dropped() > 0, "a client that read nothing lost nothing?");
+    assert_eq!(r.ids.len() as u64 + r.dropped(), n, "{:?}", r.notices);
+    r.check_ids(1, n, "the slow client");
+    assert_eq!(
+        sse_dropped(&d).await,
+        r.dropped(),
+        "sse_dropped counts what the clients were told, no more"
+    );
+}
+
+/// The subjects the daemon's event-stream connection subscribes to now,
+/// sorted, from nats-server's connz.
+async fn events_subscriptions(d: &Daemon) -> Vec<String> {
+    let (status, connz) = d.get("/api/v1/nats/connz?subs=1").await;
+    assert_eq!(status, 200, "{connz}");
+    let mut subs: Vec<String> = connz["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["name"] == "marketprism-broker-events")
+        .flat_map(|c| {
+            c["subscriptions_list"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect();
+    subs.sort();
+    subs
+}
+
+/// The next event is a message of `subject` with `{"n": n}`: its id.
+async fn expect(ev: &mut Events, subject: &str, n: u64) -> u64 {
+    let e = ev
+        .next_event(T)
+        .await
+        .unwrap_or_else(|| panic!("no event for {subject} {n}"));
+    assert_eq!(
+        (e.name.as_str(), &e.data),
+        ("message", &json!({"subject": subject, "data": {"n": n}}))
+    );
+    e.id.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clients_come_and_go_and_a_subjects_subscription_ends_with_its_last_client() {
+    let d = Daemon::start();
+    d.wait_healthy(Duration::from_secs(20)).await;
+    let client = d.client().await;
+    let send = |subject: &'static str, n: u64| {
+        let client = client.clone();
+        async move {
+            client
+                .publish(subject, Bytes::from(json!({ "n": n }).to_string()))
+                .await
+                .unwrap();
+            client.flush().await.unwrap();
+        }
+    };
+    let open_ok = |subject: &'static str| async move {
+        let (s, _, mut ev) = open(d.http, &format!("/api/v1/subscribe?subject={subject}")).await;
+        assert_eq!(s, 200);
+        assert_eq!(ev.next(T).await.unwrap().name, "subscribed");
+        ev
+    };
+    let mut a = open_ok("mix.a").await;
+    let mut b = open_ok("mix.b").await;
+    assert_eq!(events_subscriptions(&d).await, ["mix.a", "mix.b"]);
+    send("mix.a", 1).await;
+    send("mix.b", 2).await;
+    assert_eq!(expect(&mut a, "mix.a", 1).await, 1);
+    assert_eq!(expect(&mut b, "mix.b", 2).await, 1);
+
+    // A second client of mix.a joins the running subscription: its ids
+    // go on from the subject's.
+    let mut c = open_ok("mix.a").await;
+    assert_eq!(events_subscriptions(&d).await, ["mix.a", "mix.b"]);
+    send("mix.a", 3).await;
+    assert_eq!(expect(&mut a, "mix.a", 3).await, 2);
+    assert_eq!(expect(&mut c, "mix.a", 3).await, 2);
+
+    // It leaves; the first one goes on.
+    drop(c);
+    sse_clients_become(&d, 2).await;
+    send("mix.a", 4).await;
+    assert_eq!(expect(&mut a, "mix.a", 4).await, 3);
+    // The last client of mix.b leaves: its subscription goes, mix.a's stays.
+    drop(b);
+    eventually(T, "mix.b's subscription to end", || async {
+        (events_subscriptions(&d).await == ["mix.a"]).then_some(())
+    })
+    .await;
+    send("mix.a", 5).await;
+    assert_eq!(expect(&mut a, "mix.a", 5).await, 4);
+    assert_eq!(
+        d.get("/api/v1/status").await.1["message_stats"]["consumed"],
+        6
+    );
+
+    // A new client of mix.b starts a new subscription, ids from 1.
+    let mut b2 = open_ok("mix.b").await;
+    send("mix.b", 6).await;
+    assert_eq!(expect(&mut b2, "mix.b", 6).await, 1);
+    drop((a, b2));
+    eventually(T, "every subscription to end", || async {
+        events_subscriptions(&d).await.is_empty().then_some(())
+    })
+    .await;
+    sse_clients_become(&d, 0).await;
+}
+
+/// Waits until the daemon counts `n` event-stream clients (it noticed the
+/// others leave).
+async fn sse_clients_become(d: &Daemon, n: u64) {
+    eventually(T, &format!("sse_clients to be {n}"), || async {
+        let (_, _, m) = request(d.http, "GET", "/metrics", &[], vec![])
+            .await
+            .unwrap();
+        String::from_utf8_lossy(&m)
+            .contains(&format!("marketprism_broker_sse_clients {n}\n"))
+            .then_some(())
+    })
+    .await;
 }
 
 fn rss_kb(pid: u32) -> u64 {
