@@ -2,7 +2,7 @@
 //! direct publisher at a fixed rate; and the event stream reader the
 //! latency loads share.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,17 +27,20 @@ pub struct Sses {
     counts: Vec<usize>,
     /// The daemon's sse_dropped during each SSE load.
     pub dropped: Vec<u64>,
+    /// What the `dropped` events the clients got during each SSE load
+    /// count, summed over the clients.
+    pub announced: Vec<u64>,
     pub rate: f64,
 }
 
 impl Sses {
-    /// (clients, SSE run, direct run, dropped).
-    pub fn pairs(&self) -> impl Iterator<Item = (usize, &Run, &Run, u64)> {
+    /// (clients, SSE run, direct run, sse_dropped, announced).
+    pub fn pairs(&self) -> impl Iterator<Item = (usize, &Run, &Run, u64, u64)> {
         self.counts
             .iter()
             .zip(self.runs.chunks(2))
-            .zip(&self.dropped)
-            .map(|((&n, r), &dr)| (n, &r[1], &r[0], dr))
+            .zip(self.dropped.iter().zip(&self.announced))
+            .map(|((&n, r), (&dr, &an))| (n, &r[1], &r[0], dr, an))
     }
 }
 
@@ -45,19 +48,29 @@ pub async fn all(d: &Daemon, url: &str, pids: (u32, u32), secs: f64, warm: f64) 
     let publisher = async_nats::connect(url).await.expect("connect");
     let mut runs = Vec::new();
     let mut dropped = Vec::new();
+    let mut announced = Vec::new();
     let counts = vec![1, 50];
     for &n in &counts {
         direct_load(url, &publisher, n, warm).await;
         runs.push(with_cpu(pids, direct_load(url, &publisher, n, secs)).await);
         sse_load(d.http, &publisher, n, warm).await;
         let before = sse_dropped(d.http).await;
-        runs.push(with_cpu(pids, sse_load(d.http, &publisher, n, secs)).await);
+        let told = AtomicU64::new(0);
+        let run = with_cpu(pids, async {
+            let (run, t) = sse_load(d.http, &publisher, n, secs).await;
+            told.store(t, Relaxed);
+            run
+        })
+        .await;
+        runs.push(run);
         dropped.push(sse_dropped(d.http).await - before);
+        announced.push(told.into_inner());
     }
     Sses {
         runs,
         counts,
         dropped,
+        announced,
         rate: RATE,
     }
 }
@@ -231,27 +244,65 @@ async fn direct_load(url: &str, publisher: &async_nats::Client, clients: usize, 
     run
 }
 
-/// `clients` GET /api/v1/subscribe streams, each counting message events.
-async fn sse_load(port: u16, publisher: &async_nats::Client, clients: usize, secs: f64) -> Run {
+/// The payload of the message that ends an SSE load: no trade has it.
+const END: &[u8] = b"{\"end\":true}";
+
+/// `clients` GET /api/v1/subscribe streams, each counting message events
+/// and what its `dropped` events announce; the run and the announced sum.
+/// After the run one more message (END) goes out: each client's last
+/// losses are announced before it (or they would wait for a heartbeat).
+async fn sse_load(
+    port: u16,
+    publisher: &async_nats::Client,
+    clients: usize,
+    secs: f64,
+) -> (Run, u64) {
     let received = Arc::new(AtomicU64::new(0));
+    let announced = Arc::new(AtomicU64::new(0));
+    let ending = Arc::new(AtomicBool::new(false));
+    let ended = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for _ in 0..clients {
         let mut events = Events::open(port, SSE_SUBJECT).await;
-        let received = received.clone();
+        let (received, announced) = (received.clone(), announced.clone());
+        let (ending, ended) = (ending.clone(), ended.clone());
         tasks.push(tokio::spawn(async move {
             while let Some(e) = events.next().await {
-                if e.name == "message" {
-                    received.fetch_add(1, Relaxed);
+                match e.name.as_str() {
+                    "message" => {
+                        // Only looked at once the run is over.
+                        if ending.load(Relaxed) && e.data.windows(END.len()).any(|w| w == END) {
+                            ended.fetch_add(1, Relaxed);
+                            break;
+                        }
+                        received.fetch_add(1, Relaxed);
+                    }
+                    "dropped" => {
+                        let v: serde_json::Value =
+                            serde_json::from_slice(&e.data).expect("a dropped event's JSON");
+                        announced.fetch_add(v["dropped"].as_u64().expect("its count"), Relaxed);
+                    }
+                    _ => {}
                 }
             }
         }));
     }
     let label = format!("SSE {clients} client{}, {RATE:.0}/s", plural(clients));
     let run = publish_and_count(publisher, clients, secs, &received, label).await;
+    ending.store(true, Relaxed);
+    publisher
+        .publish(SSE_SUBJECT, Bytes::from_static(END))
+        .await
+        .expect("publish");
+    publisher.flush().await.expect("flush");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while ended.load(Relaxed) < clients as u64 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     for t in tasks {
         t.abort();
     }
     // The daemon frees a client's slot when it notices the stream closed.
     tokio::time::sleep(Duration::from_millis(50)).await;
-    run
+    (run, announced.load(Relaxed))
 }
