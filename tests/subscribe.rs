@@ -575,6 +575,42 @@ async fn sse_clients_become(d: &Daemon, n: u64) {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_whose_server_moved_is_told_to_reconnect_and_a_new_one_follows_the_move() {
+    let d = Daemon::start();
+    d.wait_healthy(Duration::from_secs(20)).await;
+    let (_, _, mut old) = open(d.http, "/api/v1/subscribe?subject=moved.%3E").await;
+    assert_eq!(old.next(T).await.unwrap().name, "subscribed");
+
+    // A reload moves nats-server to another port: the daemon's client is
+    // replaced, and the stream that read the old one cannot go on.
+    let old_pid = d.child_pid().unwrap();
+    let (old_port, new_port) = (d.nats, free_port());
+    d.edit_config(|c| {
+        c.replace(
+            &format!("nats_port: {old_port}"),
+            &format!("nats_port: {new_port}"),
+        )
+    });
+    d.signal(Signal::SIGHUP);
+    d.wait_new_child(old_pid, Duration::from_secs(10)).await;
+    let e = old.next_event(T).await.expect("an event telling it");
+    assert_eq!(e.name, "error", "{e:?}");
+    assert!(old.next(T).await.is_none(), "the stream ends after it");
+
+    let (_, _, mut new) = open(d.http, "/api/v1/subscribe?subject=moved.%3E").await;
+    assert_eq!(new.next(T).await.unwrap().name, "subscribed");
+    let client = async_nats::connect(format!("nats://127.0.0.1:{new_port}"))
+        .await
+        .unwrap();
+    client
+        .publish("moved.here", Bytes::from_static(b"{\"n\": 1}"))
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    assert_eq!(expect(&mut new, "moved.here", 1).await, 1);
+}
+
 fn rss_kb(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     s.lines()
