@@ -339,6 +339,10 @@ fn fan_out(
         });
         waiting.drain(..n);
     }
+    // What a burst grew it to is not kept for the topic's life.
+    if waiting.capacity() > 16 * CHUNK {
+        waiting.shrink_to(CHUNK);
+    }
     tally
 }
 
