@@ -168,7 +168,7 @@ pub async fn run(base: &Spec, secs: f64) -> Report {
         // (sse_lost) or a client's last notice did not come in time.
         lines.push((
             format!(
-                "SSE {n} client{}: not delivered / in `dropped` events / sse_dropped",
+                "SSE {n} client{}: not delivered / announced / sse_dropped",
                 if n == 1 { "" } else { "s" }
             ),
             format!("{}/{announced}/{dropped}", h.errors),
