@@ -11,8 +11,8 @@ use async_nats::jetstream;
 use super::App;
 use crate::probe;
 
-/// Messages one subscription of the daemon's client (an HTTP fetch's or a
-/// replay's inbox) may buffer before async-nats drops.
+/// Messages one subscription of the daemon's client (the inbox of an
+/// HTTP fetch, ack or replay) may buffer before async-nats drops.
 pub const SUBSCRIPTION_CAPACITY: usize = 4096;
 
 /// Messages one event-stream subject's subscription may buffer before the
@@ -146,8 +146,8 @@ impl App {
             .clone()
             .name("marketprism-broker")
             // Messages a subscription may hold before async-nats drops
-            // (the default is 65536): an HTTP fetch or replay takes at
-            // most a batch.
+            // (the default is 65536): an HTTP fetch, ack or replay
+            // takes at most a batch.
             .subscription_capacity(SUBSCRIPTION_CAPACITY)
             .event_callback(move |event| {
                 let app = app.clone();
@@ -171,7 +171,7 @@ impl App {
                         async_nats::Event::ClientError(e) => {
                             tracing::debug!(error = %e, "nats client error")
                         }
-                        // A fetch's or replay's inbox was full
+                        // A fetch's, ack's or replay's inbox was full
                         // (SUBSCRIPTION_CAPACITY); event streams have a
                         // connection of their own.
                         async_nats::Event::SlowConsumer(sid) => {
