@@ -87,13 +87,31 @@ impl<'a> Out<'a> {
 /// A time as RFC 3339 with nanoseconds in UTC (`timestamp` fields);
 /// the epoch for a time before it.
 pub fn rfc3339_nanos(nanos: i128) -> String {
-    use std::time::{Duration, UNIX_EPOCH};
-    let t = if nanos >= 0 {
-        UNIX_EPOCH + Duration::from_nanos(nanos.min(u64::MAX as i128) as u64)
-    } else {
-        UNIX_EPOCH
-    };
-    humantime::format_rfc3339_nanos(t).to_string()
+    Rfc3339Nanos(nanos).to_string()
+}
+
+/// Nanoseconds since the epoch that display (and serialize) as
+/// `rfc3339_nanos` does, without a String of their own: a fetch writes one
+/// per message.
+#[derive(Debug, Clone, Copy)]
+pub struct Rfc3339Nanos(pub i128);
+
+impl std::fmt::Display for Rfc3339Nanos {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::time::{Duration, UNIX_EPOCH};
+        let t = if self.0 >= 0 {
+            UNIX_EPOCH + Duration::from_nanos(self.0.min(u64::MAX as i128) as u64)
+        } else {
+            UNIX_EPOCH
+        };
+        humantime::format_rfc3339_nanos(t).fmt(f)
+    }
+}
+
+impl Serialize for Rfc3339Nanos {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
 }
 
 /// Standard base64 with padding (RFC 4648 section 4).
@@ -104,6 +122,19 @@ pub fn base64(data: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_timestamp_serializes_as_its_text() {
+        for n in [0i128, -5, 1_700_000_000_123_456_789, i128::MAX] {
+            let json = serde_json::to_string(&Rfc3339Nanos(n)).unwrap();
+            assert_eq!(json, format!("\"{}\"", rfc3339_nanos(n)));
+        }
+        assert_eq!(
+            rfc3339_nanos(1_700_000_000_123_456_789),
+            "2023-11-14T22:13:20.123456789Z"
+        );
+        assert_eq!(rfc3339_nanos(-5), "1970-01-01T00:00:00.000000000Z");
+    }
 
     #[test]
     fn base64_matches_rfc_4648_vectors() {
