@@ -7,8 +7,9 @@
 //! evaluates every query of both: none refused, none empty, no alert
 //! firing on a healthy daemon.
 //!
-//! promtool comes from Debian's prometheus package (scripts/lib.sh
-//! `ensure_promtool`); MPB_PROMTOOL names it, else it is looked up on PATH.
+//! promtool and the server come from Debian's prometheus package
+//! (scripts/lib.sh `ensure_prometheus`); MPB_PROMTOOL and MPB_PROMETHEUS
+//! name them, else they are looked up on PATH.
 
 mod common;
 
@@ -395,16 +396,22 @@ fn the_dashboard_is_an_importable_grafana_dashboard() {
 
 // ---- promtool ---------------------------------------------------------------
 
-fn promtool() -> PathBuf {
-    if let Some(p) = std::env::var_os("MPB_PROMTOOL") {
+/// A program of Debian's prometheus package (scripts/lib.sh
+/// `ensure_prometheus`): the path in `env`, else `name` on PATH.
+fn prometheus_tool(env: &str, name: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env) {
         return p.into();
     }
     std::env::var_os("PATH")
         .iter()
         .flat_map(std::env::split_paths)
-        .map(|d| d.join("promtool"))
+        .map(|d| d.join(name))
         .find(|p| p.is_file())
-        .expect("no promtool: run scripts/test (ensure_promtool) or set MPB_PROMTOOL")
+        .unwrap_or_else(|| panic!("no {name}: run scripts/test (ensure_prometheus) or set {env}"))
+}
+
+fn promtool() -> PathBuf {
+    prometheus_tool("MPB_PROMTOOL", "promtool")
 }
 
 fn run_promtool(args: &[&Path]) -> std::process::Output {
@@ -700,18 +707,8 @@ async fn the_dashboard_and_the_rules_use_only_metrics_a_live_daemon_serves() {
 
 // ---- Evaluated by a real Prometheus ----------------------------------------
 
-/// Debian's prometheus server (scripts/lib.sh `ensure_prometheus`):
-/// MPB_PROMETHEUS, else `prometheus` on PATH.
 fn prometheus() -> PathBuf {
-    if let Some(p) = std::env::var_os("MPB_PROMETHEUS") {
-        return p.into();
-    }
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|d| d.join("prometheus"))
-        .find(|p| p.is_file())
-        .expect("no prometheus: run scripts/test (ensure_prometheus) or set MPB_PROMETHEUS")
+    prometheus_tool("MPB_PROMETHEUS", "prometheus")
 }
 
 /// A Prometheus server of its own, killed on drop.
