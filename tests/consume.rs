@@ -820,10 +820,11 @@ async fn start_sequence_and_several_filters_as_each_nats_server_allows() {
     }
 }
 
-/// A fetch skips the consumer lookup for a second after one; a consumer
-/// deleted within that second is still 404 at the next fetch (once its
-/// pull went unanswered), and at an ack of its tokens, never an empty 200.
-async fn a_consumer_deleted_right_after_a_fetch_is_404_at_the_next(bin: PathBuf) {
+/// A consumer the tests below delete while it is in use.
+const DOOMED: &str = "/api/v1/streams/MARKET_DATA/consumers/doomed";
+
+/// A healthy daemon on `bin` with MARKET_DATA and its consumer `doomed`.
+async fn doomed_daemon(bin: PathBuf) -> Daemon {
     let d = Daemon::builder()
         .bin(bin)
         .nats(
@@ -837,7 +838,15 @@ async fn a_consumer_deleted_right_after_a_fetch_is_404_at_the_next(bin: PathBuf)
         )
         .start();
     d.wait_healthy(Duration::from_secs(20)).await;
-    let c = "/api/v1/streams/MARKET_DATA/consumers/doomed";
+    d
+}
+
+/// A fetch skips the consumer lookup for a second after one; a consumer
+/// deleted within that second is still 404 at the next fetch (once its
+/// pull went unanswered), and at an ack of its tokens, never an empty 200.
+async fn a_consumer_deleted_right_after_a_fetch_is_404_at_the_next(bin: PathBuf) {
+    let d = doomed_daemon(bin).await;
+    let c = DOOMED;
     publish(&d, "market.doomed.x", json!({"n": 1})).await;
     let got = fetch(&d, c, 1, 200).await;
     assert_eq!(got.len(), 1);
@@ -886,20 +895,8 @@ async fn a_consumer_deleted_right_after_a_fetch_is_404_at_the_next_on_a_current_
 /// while the fetch waited) is answered 409 pull_refused with the server's
 /// reason, not 503: the client has to change something before retrying.
 async fn a_pull_the_server_terminates_is_refused_with_409(bin: PathBuf) {
-    let d = Daemon::builder()
-        .bin(bin)
-        .nats(
-            r#"  streams:
-    MARKET_DATA:
-      subjects: ["market.>"]
-      consumers:
-        doomed:
-          filter_subject: "market.doomed.>"
-"#,
-        )
-        .start();
-    d.wait_healthy(Duration::from_secs(20)).await;
-    let c = "/api/v1/streams/MARKET_DATA/consumers/doomed";
+    let d = doomed_daemon(bin).await;
+    let c = DOOMED;
     let waiting = {
         let port = d.http;
         tokio::spawn(async move {
