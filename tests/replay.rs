@@ -505,3 +505,30 @@ async fn bad_input_is_a_4xx_json_error() {
         bad_input(bin).await;
     }
 }
+
+/// A page larger than one subscription of the daemon's client holds
+/// (4096): every message in one page, without a gap, the end reached.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_page_larger_than_a_subscriptions_buffer_is_whole() {
+    let n: u64 = 20_000;
+    let d = Daemon::builder()
+        .nats(STREAM)
+        .top(&format!("api:\n  fetch_max_batch: {n}\n"))
+        .start();
+    d.wait_healthy(Duration::from_secs(20)).await;
+    for _ in 0..n / 1000 {
+        let batch: Vec<Value> = (0..1000)
+            .map(|i| json!({"subject": "market.trade.btc", "message": {"i": i}}))
+            .collect();
+        let (status, v) = d.post("/api/v1/publish/batch", json!(batch)).await;
+        assert_eq!(status, 200, "{}", v["failed"]);
+    }
+    let page = ok(&d, &format!("{S}/replay?start_seq=1&limit={n}")).await;
+    let got = seqs(&page);
+    assert_eq!(got.len() as u64, n, "one page of {n} brought {}", got.len());
+    assert!(
+        got.iter().zip(1..).all(|(&s, i)| s == i),
+        "1..={n} in order"
+    );
+    assert_eq!(page["end_reached"], true, "{}", page["next_cursor"]);
+}

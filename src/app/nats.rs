@@ -15,6 +15,17 @@ use crate::probe;
 /// HTTP fetch, ack or replay) may buffer before async-nats drops.
 pub const SUBSCRIPTION_CAPACITY: usize = 4096;
 
+/// The most messages one pull of the daemon asks for (a fetch or a replay
+/// page of more pulls again once the previous pull came in full): the
+/// messages of one pull, and its status, always fit the reply
+/// subscription's buffer, which async-nats would otherwise overflow
+/// silently, leaving what it dropped unseen.
+pub const PULL_CHUNK: usize = SUBSCRIPTION_CAPACITY / 2;
+const _: () = assert!(
+    PULL_CHUNK < SUBSCRIPTION_CAPACITY,
+    "a pull's status fits too"
+);
+
 /// Messages one event-stream subject's subscription may buffer before the
 /// fan-out (`http::sse::topic`) takes them: async-nats' default. async-nats
 /// drops past it without telling whom (an `Event::SlowConsumer` on a

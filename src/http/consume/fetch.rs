@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::info::{check_names, consumer_info};
 use super::{AckSubject, Resp, FETCH_BODY_LIMIT};
-use crate::app::App;
+use crate::app::{App, PULL_CHUNK};
 use crate::http::body::{connected, json_body};
 use crate::http::error::{json_bytes, ApiError};
 use crate::http::message::{self, Rfc3339Nanos};
@@ -190,8 +190,27 @@ fn next_subject(stream: &str, name: &str) -> String {
     format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{name}")
 }
 
+/// How many messages the next pull of a fetch asks for, `got` of `batch`
+/// being in: none once the fetch is complete.
+fn next_pull(batch: usize, got: usize) -> usize {
+    batch.saturating_sub(got).min(PULL_CHUNK)
+}
+
+/// Which pull a status on `<inbox>.<k>` answers.
+fn pull_of(reply_subject: &str, inbox: &str) -> Option<usize> {
+    reply_subject
+        .strip_prefix(inbox)?
+        .strip_prefix('.')?
+        .parse()
+        .ok()
+}
+
 /// Pulls up to `batch` messages: the server answers at once with what it
 /// has, or waits up to `expires` for the first message and then answers.
+/// A batch above PULL_CHUNK is pulled in pulls of at most PULL_CHUNK, each
+/// on a reply subject of its own (`<inbox>.<k>`), so a late status of an
+/// earlier pull is told apart from the current pull's. (Messages come in
+/// under their own subjects; only statuses name the pull.)
 async fn collect(
     app: &App,
     js: &async_nats::jetstream::Context,
@@ -213,36 +232,72 @@ async fn collect(
     let cannot_send =
         |e: String| ApiError::unavailable(format!("cannot send the pull request: {e}"));
     let client = js.client();
-    let inbox = Subject::from(client.new_inbox());
+    let inbox = client.new_inbox();
     let mut replies = client
-        .subscribe(inbox.clone())
+        .subscribe(format!("{inbox}.*"))
         .await
         .map_err(|e| cannot_send(e.to_string()))?;
-    let request = BatchConfig {
-        batch,
-        expires: Some(expires),
-        no_wait: true,
-        ..BatchConfig::default()
+    let subject = Subject::from(next_subject(stream, name));
+    let client = &client;
+    // Pull `size` messages as pull number `k`: the first may wait up to
+    // `expires` for a message; later ones only take what is there.
+    let pull = |k: usize, size: usize| {
+        let request = BatchConfig {
+            batch: size,
+            expires: (k == 0).then_some(expires),
+            no_wait: true,
+            ..BatchConfig::default()
+        };
+        let reply = Subject::from(format!("{inbox}.{k}"));
+        let subject = subject.clone();
+        async move {
+            let request = serde_json::to_vec(&request).map_err(|e| cannot_send(e.to_string()))?;
+            client
+                .publish_with_reply(subject, reply, request.into())
+                .await
+                .map_err(|e| cannot_send(e.to_string()))
+        }
     };
-    let request = serde_json::to_vec(&request).map_err(|e| cannot_send(e.to_string()))?;
-    client
-        .publish_with_reply(next_subject(stream, name), inbox, request.into())
-        .await
-        .map_err(|e| cannot_send(e.to_string()))?;
     // The server ends the pull itself after `expires`; this only guards
-    // against its answer getting lost. One timer for the whole pull, not
+    // against its answer getting lost. One timer for the whole fetch, not
     // one per message.
     let deadline = tokio::time::sleep(expires + NO_ANSWER_GRACE);
     tokio::pin!(deadline);
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(batch.min(PULL_CHUNK));
     let mut answered = false;
-    while out.len() < batch {
+    let (mut k, mut size) = (0, next_pull(batch, 0));
+    pull(k, size).await?;
+    // Messages in of the current pull.
+    let mut got = 0;
+    loop {
         tokio::select! {
             m = replies.next() => {
                 let Some(m) = m else { break };
+                let status = m.status.unwrap_or(StatusCode::OK);
+                // A message keeps its own subject; a status comes on the
+                // pull's reply subject. One of an earlier pull (complete:
+                // every message it asked for came) is a late word to skip.
+                if status != StatusCode::OK && pull_of(m.subject.as_str(), &inbox) != Some(k) {
+                    continue;
+                }
                 answered = true;
-                match m.status.unwrap_or(StatusCode::OK) {
-                    StatusCode::OK => out.push(m),
+                match status {
+                    StatusCode::OK => {
+                        out.push(m);
+                        got += 1;
+                        if got == size {
+                            size = next_pull(batch, out.len());
+                            if size == 0 {
+                                break;
+                            }
+                            k += 1;
+                            got = 0;
+                            if pull(k, size).await.is_err() {
+                                // What came is delivered; the rest waits.
+                                break;
+                            }
+                        }
+                    }
                     StatusCode::IDLE_HEARTBEAT => {}
                     // Nothing (more) to deliver now, or the pull expired.
                     StatusCode::NOT_FOUND | StatusCode::TIMEOUT => break,
@@ -303,5 +358,33 @@ fn out_message(m: &async_nats::Message) -> OutMessage<'_> {
         num_delivered: ack.as_ref().map_or(1, |a| a.delivered),
         num_pending: ack.as_ref().map_or(0, |a| a.pending),
         ack_token: reply,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_is_pulled_in_pulls_that_fit_the_reply_buffer() {
+        assert_eq!(next_pull(10, 0), 10);
+        assert_eq!(next_pull(1000, 0), 1000);
+        let sizes: Vec<usize> = [0, PULL_CHUNK, 2 * PULL_CHUNK, 5000]
+            .iter()
+            .map(|&got| next_pull(5000, got))
+            .collect();
+        assert_eq!(sizes, [PULL_CHUNK, PULL_CHUNK, 5000 - 2 * PULL_CHUNK, 0]);
+        assert_eq!(next_pull(5, 7), 0, "never a pull past the batch");
+    }
+
+    #[test]
+    fn a_reply_names_its_pull() {
+        let inbox = "_INBOX.abc";
+        assert_eq!(pull_of("_INBOX.abc.0", inbox), Some(0));
+        assert_eq!(pull_of("_INBOX.abc.12", inbox), Some(12));
+        assert_eq!(pull_of("_INBOX.abcd.1", inbox), None);
+        assert_eq!(pull_of("_INBOX.abc", inbox), None);
+        assert_eq!(pull_of("_INBOX.abc.x", inbox), None);
+        assert_eq!(pull_of("market.a.b", inbox), None);
     }
 }

@@ -24,7 +24,7 @@ use async_nats::{StatusCode, Subject};
 use futures::StreamExt;
 use tokio::time::Instant;
 
-use crate::app::{App, Nats};
+use crate::app::{App, Nats, PULL_CHUNK};
 use crate::http::consume::AckSubject;
 use crate::http::error::ApiError;
 
@@ -225,7 +225,10 @@ pub(super) async fn read(
     let mut expected_cseq = 1;
     let mut skipping = expect_skips;
     'pulls: while page.messages.len() < limit {
-        let batch = limit - page.messages.len() + if skipping { SKIP_BATCH } else { 0 };
+        // At most PULL_CHUNK a pull: past its buffer the inbox would drop
+        // messages, and the page would end at the gap.
+        let batch =
+            (limit - page.messages.len() + if skipping { SKIP_BATCH } else { 0 }).min(PULL_CHUNK);
         let request = BatchConfig {
             batch,
             no_wait: true,
