@@ -534,3 +534,65 @@ async fn with_client_ca_file_only_clients_with_a_certificate_get_in() {
     assert!(!d.has_exited());
     assert_eq!(d.get("/health").await.0, 200);
 }
+
+/// The notAfter of each TLS file's certificates, as `/metrics` serves it.
+async fn expiries(d: &Daemon) -> Vec<(String, f64)> {
+    let (code, _, body) = d
+        .request(None, "GET", "/metrics", &[], vec![])
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+    let name = "marketprism_broker_certificate_expiry_timestamp_seconds{";
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    let mut got: Vec<(String, f64)> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix(name))
+        .map(|l| {
+            let (labels, v) = l.rsplit_once("} ").unwrap();
+            (labels.to_string(), v.parse().unwrap())
+        })
+        .collect();
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    got
+}
+
+/// `/metrics` says when the certificates of every TLS file of the config
+/// expire (the API's, nats-server's certificate and CA), for the alert
+/// rules; a renewed file counts from the reload that puts it in use.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_expiry_of_every_certificate_in_use_is_served_and_follows_a_reload() {
+    let pki_dir = tempfile::tempdir().unwrap();
+    let mut api = Pki::new(&pki_dir.path().join("api"));
+    api.issue_server_until("dated", (2031, 3, 4));
+    let nats = Pki::new(&pki_dir.path().join("nats"));
+    let d = Daemon::builder()
+        .file("tokens", &tokens_file())
+        .top(&tls_top(&api))
+        .nats(&format!(
+            "  tls:\n    cert_file: {:?}\n    key_file: {:?}\n    ca_file: {:?}\n",
+            nats.cert, nats.key, nats.ca
+        ))
+        .https(&api.ca)
+        .start();
+    d.wait_healthy(Duration::from_secs(20)).await;
+    let label = |key: &str, path: &Path| format!("key=\"{key}\",path=\"{}\"", path.display());
+    // 2031-03-04T00:00:00Z; rcgen's default notAfter is 4096-01-01.
+    let (dated, far) = (1_930_348_800.0, 67_090_118_400.0);
+    let mut want = vec![
+        (label("api.tls.cert_file", &api.cert), dated),
+        (label("nats.tls.ca_file", &nats.ca), far),
+        (label("nats.tls.cert_file", &nats.cert), far),
+    ];
+    assert_eq!(expiries(&d).await, want);
+
+    // Renewed on disk: still the certificate in use until the reload.
+    api.issue_server_until("renewed", (2032, 5, 6));
+    assert_eq!(expiries(&d).await, want, "served: the file in use");
+    d.signal(Signal::SIGHUP);
+    eventually(Duration::from_secs(10), "the reload", || async {
+        d.log().contains("reload done").then_some(())
+    })
+    .await;
+    want[0].1 = 1_967_414_400.0; // 2032-05-06
+    assert_eq!(expiries(&d).await, want);
+}

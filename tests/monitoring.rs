@@ -570,11 +570,16 @@ const P: &str = "marketprism_broker_";
 /// A daemon with a declared stream and consumer (alarm thresholds set),
 /// after a little of everything: publishes single and in a batch, a fetch
 /// and an ack, an event-stream client (open while the guard lives).
-async fn busy_daemon() -> (Daemon, EventStream) {
+async fn busy_daemon() -> (Daemon, EventStream, tempfile::TempDir) {
+    // nats-server's client port uses TLS, so the certificate expiry is
+    // served too.
+    let pki_dir = tempfile::tempdir().unwrap();
+    let pki = certs::Pki::new(pki_dir.path());
     let d = Daemon::builder()
-        .nats(
-            "  streams:\n    FEED:\n      subjects: [\"feed.>\"]\n      alert_if_silent_for: 1h\n      consumers:\n        worker:\n          filter_subject: \"feed.>\"\n          alert_if_pending_over: 100\n",
-        )
+        .nats(&format!(
+            "  tls:\n    cert_file: {:?}\n    key_file: {:?}\n    ca_file: {:?}\n  streams:\n    FEED:\n      subjects: [\"feed.>\"]\n      alert_if_silent_for: 1h\n      consumers:\n        worker:\n          filter_subject: \"feed.>\"\n          alert_if_pending_over: 100\n",
+            pki.cert, pki.key, pki.ca
+        ))
         .start();
     d.wait_healthy(Duration::from_secs(20)).await;
     for i in 0..3 {
@@ -608,12 +613,12 @@ async fn busy_daemon() -> (Daemon, EventStream) {
         .await;
     assert_eq!(code, 200, "{v}");
     let sse = open_event_stream(d.http, "feed.%3E").await;
-    (d, sse)
+    (d, sse, pki_dir)
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_dashboard_and_the_rules_use_only_metrics_a_live_daemon_serves() {
-    let (d, sse) = busy_daemon().await;
+    let (d, sse, _pki) = busy_daemon().await;
 
     let text = scrape(&d).await;
     assert_eq!(
@@ -637,6 +642,7 @@ async fn the_dashboard_and_the_rules_use_only_metrics_a_live_daemon_serves() {
         "consumer_num_pending",
         "stream_silent_alarm",
         "consumer_pending_alarm",
+        "certificate_expiry_timestamp_seconds",
     ] {
         assert!(
             served.contains(&format!("{P}{n}")),
@@ -800,7 +806,7 @@ fn as_grafana_sends(expr: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn prometheus_evaluates_every_query_of_the_dashboard_and_the_rules() {
-    let (d, sse) = busy_daemon().await;
+    let (d, sse, _pki) = busy_daemon().await;
     let prom = Prometheus::start(d.http);
     // Up, and scraped often enough for 5s rate windows to hold samples.
     eventually(

@@ -900,3 +900,47 @@ fn bad_alarm_thresholds_name_the_key_and_line() {
         "{warnings:?}"
     );
 }
+
+#[test]
+fn the_certificate_files_are_those_in_use_without_private_keys() {
+    use super::validate::certificate_files;
+    use super::{ApiTlsConfig, TlsConfig};
+    let mut c = Config::default();
+    assert!(certificate_files(&c).is_empty());
+    let tls = |name: &str, ca: bool| TlsConfig {
+        cert_file: format!("/p/{name}.pem").into(),
+        key_file: format!("/p/{name}-key.pem").into(),
+        ca_file: ca.then(|| format!("/p/{name}-ca.pem").into()),
+        verify: false,
+    };
+    c.api.tls = Some(ApiTlsConfig {
+        cert_file: "/p/api.pem".into(),
+        key_file: "/p/api-key.pem".into(),
+        client_ca_file: Some("/p/api-ca.pem".into()),
+    });
+    c.nats.tls = Some(tls("nats", false));
+    c.nats.cluster_tls = Some(tls("route", true));
+    let keys = |c: &Config| -> Vec<(String, String)> {
+        certificate_files(c)
+            .into_iter()
+            .map(|(k, p)| (k, p.display().to_string()))
+            .collect()
+    };
+    let mut want = vec![
+        ("api.tls.cert_file", "/p/api.pem"),
+        ("api.tls.client_ca_file", "/p/api-ca.pem"),
+        ("nats.tls.cert_file", "/p/nats.pem"),
+    ];
+    let owned = |w: &[(&str, &str)]| -> Vec<(String, String)> {
+        w.iter()
+            .map(|(k, p)| (k.to_string(), p.to_string()))
+            .collect()
+    };
+    assert_eq!(keys(&c), owned(&want), "routes unused without a cluster");
+    c.nats.cluster_routes = vec!["nats-route://b:6222".into()];
+    want.extend([
+        ("nats.cluster_tls.cert_file", "/p/route.pem"),
+        ("nats.cluster_tls.ca_file", "/p/route-ca.pem"),
+    ]);
+    assert_eq!(keys(&c), owned(&want));
+}

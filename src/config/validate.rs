@@ -3,9 +3,10 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
+use std::path::Path;
 
 use super::schema::{AckPolicy, Config, DeliverPolicy, Retention, StreamConfig};
-use crate::security::Security;
+use crate::security::{CertificateFile, Security};
 use crate::subject;
 
 /// One validation failure: the key path and what is wrong.
@@ -419,7 +420,7 @@ fn check_api_security(c: &Config, warnings: &mut Vec<String>) {
 /// the server gets.
 pub fn load_security(c: &Config) -> Result<Security, Violation> {
     let api = &c.api;
-    Security::load(
+    let mut security = Security::load(
         api.tokens_file.as_deref(),
         api.tls.as_ref().map(|t| t.files()),
     )
@@ -429,7 +430,42 @@ pub fn load_security(c: &Config) -> Result<Security, Violation> {
             .map(String::from)
             .collect(),
         message: e.message,
-    })
+    })?;
+    security.certificates = certificate_files(c)
+        .into_iter()
+        .filter_map(|(key, path)| CertificateFile::read(key, path))
+        .collect();
+    Ok(security)
+}
+
+/// The files of the config that hold certificates in use, by the key that
+/// names each: the API's certificate and client CAs, nats-server's client
+/// and route certificates and CAs (routes only when clustered: else
+/// nats-server does not load them). Private keys are left out.
+pub fn certificate_files(c: &Config) -> Vec<(String, &Path)> {
+    let mut files = Vec::new();
+    if let Some(t) = &c.api.tls {
+        files.push(("api.tls.cert_file".to_string(), t.cert_file.as_path()));
+        if let Some(ca) = &t.client_ca_file {
+            files.push(("api.tls.client_ca_file".to_string(), ca.as_path()));
+        }
+    }
+    let n = &c.nats;
+    let blocks = [
+        ("tls", n.tls.as_ref()),
+        (
+            "cluster_tls",
+            n.cluster_tls.as_ref().filter(|_| c.cluster_enabled()),
+        ),
+    ];
+    for (block, tls) in blocks {
+        let Some(t) = tls else { continue };
+        files.push((format!("nats.{block}.cert_file"), t.cert_file.as_path()));
+        if let Some(ca) = &t.ca_file {
+            files.push((format!("nats.{block}.ca_file"), ca.as_path()));
+        }
+    }
+    files
 }
 
 fn validate_streams(c: &Config, streams: &BTreeMap<String, StreamConfig>) -> Result<(), Violation> {

@@ -305,6 +305,26 @@ pub async fn metrics(app: &App) -> Result<Resp, ApiError> {
     t.int(&n("reloads_total"), &[("outcome", "ok")], ok);
     t.int(&n("reloads_total"), &[("outcome", "failed")], failed);
 
+    // Certificates: what the last start or reload loaded, which is what
+    // the API and nats-server serve (both re-read the files on SIGHUP).
+    let security = app.security();
+    if !security.certificates.is_empty() {
+        let name = n("certificate_expiry_timestamp_seconds");
+        t.family(
+            &name,
+            Kind::Gauge,
+            "When the first certificate of each TLS file of the config expires (notAfter, Unix time), as read at the last start or reload: key is the config key naming the file (api.tls.cert_file, nats.tls.ca_file, ...).",
+        );
+        for c in &security.certificates {
+            let path = c.path.to_string_lossy();
+            t.sample(
+                &name,
+                &[("key", c.key.as_str()), ("path", &path)],
+                c.not_after as f64,
+            );
+        }
+    }
+
     // Refused requests (API tokens).
     let name = n("http_auth_refused_total");
     t.family(

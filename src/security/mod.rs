@@ -4,6 +4,7 @@
 //! depends on nothing of the daemon's: config validation uses it, the
 //! HTTP layer enforces it.
 
+pub mod expiry;
 pub mod tls;
 pub mod tokens;
 
@@ -29,6 +30,43 @@ pub struct Security {
     pub tokens: Option<Tokens>,
     /// None: plain HTTP.
     pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    /// When the certificates of every TLS file of the config (the API's,
+    /// nats-server's) expire, as read with them at this load.
+    pub certificates: Vec<CertificateFile>,
+}
+
+/// One TLS file of the config that holds certificates, and when the first
+/// of them expires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateFile {
+    /// The config key that names it (`api.tls.cert_file`,
+    /// `nats.tls.ca_file`, ...).
+    pub key: String,
+    pub path: std::path::PathBuf,
+    /// The earliest notAfter of its certificates, in Unix seconds.
+    pub not_after: i64,
+}
+
+impl CertificateFile {
+    /// Reads `path` (named by `key`): None, with a warning in the log,
+    /// when it holds no certificate whose expiry can be read; the daemon
+    /// or nats-server says what else is wrong with it.
+    pub fn read(key: String, path: &Path) -> Option<CertificateFile> {
+        let found = std::fs::read(path)
+            .map_err(|e| e.to_string())
+            .and_then(|pem| expiry::earliest_not_after(&pem));
+        match found {
+            Ok(not_after) => Some(CertificateFile {
+                key,
+                path: path.to_path_buf(),
+                not_after,
+            }),
+            Err(e) => {
+                tracing::warn!(key, path = %path.display(), "cannot tell when the certificates of {key} ({}) expire: {e}", path.display());
+                None
+            }
+        }
+    }
 }
 
 impl Security {
@@ -56,7 +94,11 @@ impl Security {
             })?),
             None => None,
         };
-        Ok(Security { tokens, tls })
+        Ok(Security {
+            tokens,
+            tls,
+            certificates: Vec::new(),
+        })
     }
 
     /// One line for the log: what is enforced, never a token. None when
@@ -82,7 +124,7 @@ mod tests {
         let tokens = Tokens::parse("wwwwwwwwwwwwwwwwwwww\nrrrrrrrrrrrrrrrrrrrr read\n").unwrap();
         let s = Security {
             tokens: Some(tokens),
-            tls: None,
+            ..Security::default()
         };
         assert_eq!(s.describe().as_deref(), Some("2 API token(s)"));
     }

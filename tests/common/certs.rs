@@ -19,6 +19,9 @@ pub struct Pki {
     pub cert: PathBuf,
     pub key: PathBuf,
     issuer: CertifiedIssuer<'static, KeyPair>,
+    /// notAfter (year, month, day) of the certificates issued from now on;
+    /// rcgen's default (far off) when None.
+    until: Option<(i32, u8, u8)>,
 }
 
 impl Pki {
@@ -39,6 +42,7 @@ impl Pki {
             cert: dir.join("server.pem"),
             key: dir.join("server-key.pem"),
             issuer,
+            until: None,
         };
         pki.issue_server("server");
         pki
@@ -57,6 +61,14 @@ impl Pki {
         );
         std::fs::write(&self.cert, cert).unwrap();
         std::fs::write(&self.key, key).unwrap();
+    }
+
+    /// (Re)issues the server certificate as [`Pki::issue_server`] does,
+    /// expiring at the start of the day (year, month, day), UTC.
+    pub fn issue_server_until(&mut self, cn: &str, until: (i32, u8, u8)) {
+        self.until = Some(until);
+        self.issue_server(cn);
+        self.until = None;
     }
 
     /// A client certificate and key for `cn`: (cert path, key path).
@@ -78,6 +90,9 @@ impl Pki {
             KeyUsagePurpose::KeyEncipherment,
         ];
         p.extended_key_usages = eku.to_vec();
+        if let Some((y, m, d)) = self.until {
+            p.not_after = rcgen::date_time_ymd(y, m, d);
+        }
         let key = KeyPair::generate().unwrap();
         let cert = p.signed_by(&key, &self.issuer).unwrap();
         (cert.pem(), key.serialize_pem())
