@@ -619,3 +619,64 @@ fn rss_kb(pid: u32) -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap()
 }
+
+/// nats-server dies and the supervisor restarts it: the event stream stays
+/// open, is told that it was interrupted (core NATS kept nothing for it
+/// meanwhile) and goes on with what is published after.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_across_a_nats_server_restart_is_told_it_was_interrupted() {
+    let d = Daemon::start();
+    d.wait_healthy(Duration::from_secs(20)).await;
+    let (_, _, mut ev) = open(d.http, "/api/v1/subscribe?subject=live.%3E").await;
+    assert_eq!(ev.next(T).await.unwrap().name, "subscribed");
+    let (code, v) = d.publish("live.before", json!({"n": 0})).await;
+    assert_eq!(code, 200, "{v}");
+    let e = ev.next_event(T).await.unwrap();
+    assert_eq!(
+        (e.name.as_str(), &e.data["subject"]),
+        ("message", &json!("live.before"))
+    );
+
+    let old = d.child_pid().unwrap();
+    kill(old, Signal::SIGKILL);
+    d.wait_new_child(old, Duration::from_secs(10)).await;
+    d.wait_healthy(Duration::from_secs(20)).await;
+
+    // Publish until one comes through (the stream's own connection may
+    // come back a moment after the daemon's main one).
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let mut n = 0;
+    while !seen.iter().any(|e: &Event| e.name == "message") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nothing after the restart: {seen:?}"
+        );
+        n += 1;
+        let (code, v) = d.publish("live.after", json!({"n": n})).await;
+        assert_eq!(code, 200, "{v}");
+        while let Some(e) = ev.next_event(Duration::from_millis(200)).await {
+            seen.push(e);
+        }
+    }
+    // The notice comes at about the time the connection is back: a
+    // message published just then may pass it.
+    let more = ev.next_event(Duration::from_secs(2)).await;
+    seen.extend(more);
+    let notices: Vec<&Event> = seen.iter().filter(|e| e.name == "interrupted").collect();
+    assert_eq!(notices.len(), 1, "{seen:?}");
+    let down_ms = notices[0].data["down_ms"].as_u64().unwrap();
+    assert!(down_ms > 0 && down_ms < 20_000, "{seen:?}");
+    assert!(
+        notices[0].data["message"]
+            .as_str()
+            .unwrap()
+            .contains("not delivered"),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .all(|e| ["interrupted", "message"].contains(&e.name.as_str())),
+        "the stream goes on: {seen:?}"
+    );
+}

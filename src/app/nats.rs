@@ -3,7 +3,7 @@
 //! connection drops; beside it the event streams' own connection.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
@@ -58,6 +58,21 @@ pub struct Nats {
     /// How to make it: the main client's servers, login, TLS and
     /// reconnect settings.
     events_opts: (async_nats::ConnectOptions, Vec<async_nats::ServerAddr>),
+    /// Each time the event streams' connection came back after it was
+    /// down: the fan-outs tell their clients what they may have missed.
+    pub events_resumed: Arc<tokio::sync::watch::Sender<Resumed>>,
+    /// Since when it is down (None while it is up).
+    events_down_since: Arc<Mutex<Option<Instant>>>,
+}
+
+/// The event streams' connection came back: how many times so far, and
+/// how long it was down the last time. Core NATS keeps nothing for a
+/// subscription that is not there: what was published on its subjects
+/// meanwhile was not delivered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Resumed {
+    pub count: u64,
+    pub down_for: Duration,
 }
 
 /// Why a NATS round trip got no answer.
@@ -211,6 +226,8 @@ impl App {
                 gen,
                 events: tokio::sync::OnceCell::new(),
                 events_opts: (base, urls),
+                events_resumed: Arc::new(tokio::sync::watch::channel(Resumed::default()).0),
+                events_down_since: Arc::default(),
             }));
         if old.is_some() {
             self.sse_topics.retire_all();
@@ -230,6 +247,8 @@ impl App {
         nats: &Nats,
     ) -> Result<async_nats::Client, String> {
         let app = Arc::downgrade(self);
+        let resumed = nats.events_resumed.clone();
+        let down_since = nats.events_down_since.clone();
         nats.events
             .get_or_try_init(|| async {
                 let (opts, urls) = nats.events_opts.clone();
@@ -237,9 +256,27 @@ impl App {
                     .subscription_capacity(EVENTS_CAPACITY)
                     .event_callback(move |event| {
                         let app = app.clone();
+                        let resumed = resumed.clone();
+                        let down_since = down_since.clone();
                         async move {
                             let Some(app) = app.upgrade() else { return };
                             match event {
+                                async_nats::Event::Disconnected => {
+                                    let mut since = down_since.lock().unwrap_or_else(|e| e.into_inner());
+                                    since.get_or_insert_with(Instant::now);
+                                    tracing::debug!("event streams' nats client disconnected");
+                                }
+                                async_nats::Event::Connected => {
+                                    let since = down_since.lock().unwrap_or_else(|e| e.into_inner()).take();
+                                    if let Some(since) = since {
+                                        let down_for = since.elapsed();
+                                        tracing::info!(down_ms = down_for.as_millis() as u64, "event streams reconnected; their clients are told what they may have missed");
+                                        resumed.send_modify(|r| {
+                                            r.count += 1;
+                                            r.down_for = down_for;
+                                        });
+                                    }
+                                }
                                 async_nats::Event::SlowConsumer(_) => {
                                     let n = app.stats.sse_lost.fetch_add(1, Ordering::Relaxed) + 1;
                                     if n.is_power_of_two() {

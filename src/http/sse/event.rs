@@ -58,9 +58,36 @@ pub fn dropped(n: u64) -> Bytes {
     )
 }
 
+/// Tells a client that the daemon's connection for event streams was down
+/// for `down_for` and is back: what was published meanwhile on its
+/// subject was not delivered (core NATS keeps nothing), and how much that
+/// was nobody knows.
+pub fn interrupted(down_for: std::time::Duration) -> Bytes {
+    let ms = down_for.as_millis() as u64;
+    event(
+        "interrupted",
+        None,
+        &json!({"down_ms": ms, "message": format!("the daemon's connection to nats-server was down for {ms} ms and is back (nats-server restarted?): messages published on this subject meanwhile were not delivered")}),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_interruption_says_for_how_long() {
+        let e = interrupted(std::time::Duration::from_millis(1234));
+        let text = std::str::from_utf8(&e).unwrap();
+        assert!(
+            text.starts_with("event: interrupted\ndata: {\"down_ms\":1234,"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("}\n\n") && text.matches('\n').count() == 3,
+            "{text}"
+        );
+    }
 
     #[test]
     fn events_are_one_json_line_each() {

@@ -96,9 +96,16 @@ pub async fn handle(
         queued: queued.clone(),
         budget: api.sse_buffer.bytes() as usize,
     };
-    let member = topic::join(app, &events, nats.gen, &subj, lane)
-        .await
-        .map_err(|e| ApiError::unavailable(format!("cannot subscribe to {subj:?}: {e}")))?;
+    let member = topic::join(
+        app,
+        &events,
+        nats.events_resumed.subscribe(),
+        nats.gen,
+        &subj,
+        lane,
+    )
+    .await
+    .map_err(|e| ApiError::unavailable(format!("cannot subscribe to {subj:?}: {e}")))?;
     // The subscription is written out (whether this client made it or
     // joined one still being made) before the client gets its first
     // event: what is published after that is not missed.

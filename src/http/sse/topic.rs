@@ -26,7 +26,7 @@ use serde_json::json;
 use super::body::Member;
 use super::event;
 use super::ledger::{Ledger, Offer};
-use crate::app::{App, Joins, Lane, Ticket, EVENTS_CAPACITY};
+use crate::app::{App, Joins, Lane, Resumed, Ticket, EVENTS_CAPACITY};
 
 /// Messages the fan-out lets wait: when more are waiting in its
 /// subscription it has fallen behind (the daemon is short of CPU), and
@@ -47,10 +47,12 @@ const CHUNK_BYTES: usize = 256 * 1024;
 
 /// Puts `lane` on the topic of `subject`: the running one, or a new one
 /// reading a new subscription on `events` (the event streams' connection
-/// of client generation `gen`).
+/// of client generation `gen`, which says on `resumed` when it came back
+/// after being down).
 pub async fn join(
     app: &Arc<App>,
     events: &async_nats::Client,
+    resumed: tokio::sync::watch::Receiver<Resumed>,
     gen: u64,
     subject: &str,
     lane: Lane,
@@ -63,7 +65,7 @@ pub async fn join(
     let (ticket, joins) = app.sse_topics.start(subject, gen, lane);
     match joins {
         Some(joins) => {
-            tokio::spawn(run(app.clone(), ticket.clone(), sub, joins));
+            tokio::spawn(run(app.clone(), ticket.clone(), sub, joins, resumed));
         }
         // Another client started it meanwhile: this subscription is not
         // needed (dropping it unsubscribes).
@@ -150,7 +152,16 @@ enum End {
 
 /// The fan-out of topic `t` until the daemon stops, its subscription ends
 /// or its joins end (its last client left, or it was retired).
-async fn run(app: Arc<App>, t: Ticket, mut sub: async_nats::Subscriber, mut joins: Joins<Lane>) {
+async fn run(
+    app: Arc<App>,
+    t: Ticket,
+    mut sub: async_nats::Subscriber,
+    mut joins: Joins<Lane>,
+    mut resumed: tokio::sync::watch::Receiver<Resumed>,
+) {
+    let mut resumes = true;
+    // Only outages from now on concern this topic's clients.
+    resumed.borrow_and_update();
     let mut clients: Vec<Client> = Vec::new();
     let mut seq = 0u64;
     let mut waiting: VecDeque<async_nats::Message> = VecDeque::new();
@@ -166,6 +177,16 @@ async fn run(app: Arc<App>, t: Ticket, mut sub: async_nats::Subscriber, mut join
             j = joins.recv() => match j {
                 Some(lane) => clients.push(Client::new(lane)),
                 None => break End::Ended,
+            },
+            // Before the messages that follow the outage, when it can.
+            r = resumed.changed(), if resumes => match r {
+                Ok(()) => {
+                    let down_for = resumed.borrow_and_update().down_for;
+                    let notice = event::interrupted(down_for);
+                    clients.retain(|c| c.send(notice.clone()));
+                }
+                // The client was replaced: the topic is retired.
+                Err(_) => resumes = false,
             },
             // Before messages: a busy subject must not starve heartbeats
             // (they also carry the notices of clients that get nothing).
