@@ -299,6 +299,7 @@ pub fn plan(old: &Config, new: &Config) -> ReloadPlan {
             sse_max_clients,
             fetch_max_batch,
             fetch_max_wait,
+            fetch_max_bytes,
             tokens_file,
             tokens_for_reads,
         } except {

@@ -1115,3 +1115,89 @@ async fn a_fetch_larger_than_a_subscriptions_buffer_brings_every_message_at_once
         "{c}"
     );
 }
+
+/// A fetch brings at most `api.fetch_max_bytes` of messages (2 MiB here,
+/// the least it may be with nats-server's 1 MiB max_payload), or the
+/// request's smaller `max_bytes`, whatever `batch` says: big messages
+/// cannot make one request hold gigabytes in the daemon. What does not fit
+/// comes at the next fetch, in order; a next message larger than the
+/// request's max_bytes is a 409 that says so.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fetch_brings_at_most_fetch_max_bytes_and_the_rest_comes_next() {
+    let consumer = "bulky";
+    let d = Daemon::builder()
+        .nats(&format!(
+            "{CONSUMERS}        {consumer}:\n          filter_subject: \"market.bulky.>\"\n"
+        ))
+        .top("api:\n  fetch_max_bytes: 2MiB\n")
+        .start();
+    d.wait_healthy(Duration::from_secs(20)).await;
+    let path = format!("/api/v1/streams/MARKET_DATA/consumers/{consumer}");
+    // 30 messages of about 100 KB (the payload; with subject and ack
+    // subject some 100.2 KB as nats-server counts).
+    let pad = "x".repeat(100_000);
+    for i in 1..=30 {
+        publish(&d, "market.bulky.BTCUSDT.book", json!({"i": i, "pad": pad})).await;
+    }
+    let ids = |ms: &[Value]| -> Vec<u64> {
+        ms.iter()
+            .map(|m| m["data"]["i"].as_u64().unwrap())
+            .collect()
+    };
+
+    // The request's own max_bytes: three fit in 350 KB.
+    let (status, v) = d
+        .post(
+            &format!("{path}/fetch"),
+            json!({"batch": 30, "max_bytes": 350_000}),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let first = v["messages"].as_array().unwrap().clone();
+    assert_eq!(ids(&first), [1, 2, 3]);
+
+    // api.fetch_max_bytes: 2 MiB holds 20 of them, not the 27 asked for.
+    let second = fetch(&d, &path, 30, 2000).await;
+    assert_eq!(ids(&second), (4..=23).collect::<Vec<_>>());
+    let third = fetch(&d, &path, 30, 2000).await;
+    assert_eq!(
+        ids(&third),
+        (24..=30).collect::<Vec<_>>(),
+        "the rest, in order"
+    );
+
+    // A next message larger than max_bytes: 409, and it stays for later.
+    publish(
+        &d,
+        "market.bulky.BTCUSDT.book",
+        json!({"i": 31, "pad": pad}),
+    )
+    .await;
+    let (status, v) = d
+        .post(
+            &format!("{path}/fetch"),
+            json!({"batch": 1, "max_bytes": 1000}),
+        )
+        .await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (409, Some("message_too_large")),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("api.fetch_max_bytes"),
+        "{v}"
+    );
+    assert_eq!(ids(&fetch(&d, &path, 1, 2000).await), [31]);
+    let (status, v) = d
+        .post(&format!("{path}/fetch"), json!({"max_bytes": 0}))
+        .await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (400, Some("invalid_max_bytes")),
+        "{v}"
+    );
+}

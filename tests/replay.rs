@@ -532,3 +532,26 @@ async fn a_page_larger_than_a_subscriptions_buffer_is_whole() {
     );
     assert_eq!(page["end_reached"], true, "{}", page["next_cursor"]);
 }
+
+/// A replay page holds at most `api.fetch_max_bytes` of messages (2 MiB
+/// here): of 30 messages of about 100 KB a page of limit 30 has 20, and
+/// the cursor brings the rest, without a gap or a duplicate.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_page_holds_at_most_fetch_max_bytes_and_the_cursor_goes_on() {
+    let d = Daemon::builder()
+        .nats(STREAM)
+        .top("api:\n  fetch_max_batch: 50\n  fetch_max_bytes: 2MiB\n")
+        .start();
+    d.wait_healthy(Duration::from_secs(20)).await;
+    let pad = "x".repeat(100_000);
+    for i in 1..=30 {
+        assert_eq!(
+            publish(&d, "market.book.btc", json!({"i": i, "pad": pad})).await,
+            i
+        );
+    }
+    let pages = all_pages(&d, &format!("{S}/replay?start_seq=1"), 30).await;
+    let counts: Vec<u64> = pages.iter().map(|p| p["count"].as_u64().unwrap()).collect();
+    assert_eq!(counts, [20, 10], "pages of at most 2 MiB");
+    assert_eq!(concat(&pages), (1..=30).collect::<Vec<u64>>());
+}

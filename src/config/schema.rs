@@ -700,6 +700,10 @@ pub struct ApiConfig {
     pub fetch_max_batch: u32,
     /// Longest a fetch may wait for messages (`expires_ms` is capped to it).
     pub fetch_max_wait: Dur,
+    /// Most message bytes (subject, ack subject, headers and payload, as
+    /// nats-server counts them) one fetch or replay page brings: bounds
+    /// the daemon's memory per request whatever the messages' size.
+    pub fetch_max_bytes: Size,
     /// Bearer tokens, one per line (`TOKEN`, `TOKEN read`, `TOKEN write`).
     /// Absent: no authentication (the API listens on loopback by default).
     /// An absolute path, or (like `password_file`) a credential name in
@@ -751,6 +755,7 @@ impl Default for ApiConfig {
             sse_max_clients: 100,
             fetch_max_batch: 1000,
             fetch_max_wait: Dur::secs(30),
+            fetch_max_bytes: Size(16 << 20),
             tokens_file: None,
             tokens_for_reads: false,
             tls: None,

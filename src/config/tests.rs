@@ -944,3 +944,16 @@ fn the_certificate_files_are_those_in_use_without_private_keys() {
     ]);
     assert_eq!(keys(&c), owned(&want));
 }
+
+#[test]
+fn fetch_max_bytes_holds_the_largest_message_twice() {
+    let c = yaml("port: 8085\n").unwrap();
+    assert_eq!(c.api.fetch_max_bytes, Size(16 << 20));
+    let e = yaml_err("api:\n  fetch_max_bytes: 1MB\n");
+    assert_eq!((e.line, e.key.as_str()), (Some(2), "api.fetch_max_bytes"));
+    assert!(e.message.contains("twice nats.max_payload"), "{e}");
+    let c = yaml("api:\n  fetch_max_bytes: 2MiB\nnats:\n  max_payload: 1MiB\n").unwrap();
+    assert_eq!(c.api.fetch_max_bytes, Size(2 << 20));
+    let e = yaml_err("api:\n  fetch_max_bytes: 16MiB\nnats:\n  max_payload: 16MiB\n");
+    assert_eq!(e.key, "api.fetch_max_bytes");
+}

@@ -377,6 +377,16 @@ pub fn validate(c: &Config) -> Result<Vec<String>, Violation> {
     if c.api.fetch_max_wait.get().is_zero() {
         return fail(&["api", "fetch_max_wait"], "must be greater than 0");
     }
+    let payload = c.nats.max_payload.bytes();
+    if c.api.fetch_max_bytes.bytes() < 2 * payload {
+        return fail(
+            &["api", "fetch_max_bytes"],
+            format!(
+                "must be at least twice nats.max_payload ({payload} bytes), so that a fetch can bring the largest message with its subject, headers and ack subject; got {} bytes",
+                c.api.fetch_max_bytes.bytes()
+            ),
+        );
+    }
     check_api_security(c, &mut warnings);
     if c.api.sse_max_clients >= c.api.max_connections {
         warnings.push(format!(

@@ -30,6 +30,8 @@ struct FetchRequest {
     batch: Option<u32>,
     #[serde(default)]
     expires_ms: Option<u64>,
+    #[serde(default)]
+    max_bytes: Option<u64>,
 }
 
 /// One fetched message: `message::Out`'s fields, then the delivery's.
@@ -59,7 +61,7 @@ pub(crate) async fn fetch(
     stream: &str,
     name: &str,
 ) -> Result<Resp, ApiError> {
-    let expected = r#"{"batch": N, "expires_ms": M}"#;
+    let expected = r#"{"batch": N, "expires_ms": M, "max_bytes": B}"#;
     let r: FetchRequest = json_body(
         app,
         req,
@@ -67,6 +69,7 @@ pub(crate) async fn fetch(
         Some(FetchRequest {
             batch: None,
             expires_ms: None,
+            max_bytes: None,
         }),
         expected,
     )
@@ -84,6 +87,16 @@ pub(crate) async fn fetch(
     }
     let expires = Duration::from_millis(r.expires_ms.unwrap_or(DEFAULT_EXPIRES_MS))
         .min(api.fetch_max_wait.get());
+    if r.max_bytes == Some(0) {
+        return Err(ApiError::bad_request(
+            "invalid_max_bytes",
+            "max_bytes must be at least 1 (or left out: api.fetch_max_bytes)",
+        ));
+    }
+    let max_bytes = r
+        .max_bytes
+        .unwrap_or(u64::MAX)
+        .min(api.fetch_max_bytes.bytes()) as usize;
 
     check_names(stream, name)?;
     let nats = connected(app)?;
@@ -100,7 +113,12 @@ pub(crate) async fn fetch(
         }
         nats.known_pulls.saw(stream, name, now);
     }
-    let pulled = match collect(app, &nats.js, stream, name, batch as usize, expires).await {
+    let limits = Limits {
+        batch: batch as usize,
+        max_bytes,
+        expires,
+    };
+    let pulled = match collect(app, &nats.js, stream, name, limits).await {
         Ok(p) => p,
         Err(e) => {
             nats.known_pulls.forget(stream, name);
@@ -111,6 +129,13 @@ pub(crate) async fn fetch(
                         Err(gone) => gone,
                         Ok(_) => pull_error(StatusCode::NO_RESPONDERS, d.as_deref()),
                     }
+                }
+                PullError::Refused(status, d) if too_large(status, d.as_deref()) => {
+                    ApiError::new(
+                        hyper::StatusCode::CONFLICT,
+                        "message_too_large",
+                        format!("the next message is larger than max_bytes ({max_bytes} bytes with its subject, headers and ack subject); ask for more, up to api.fetch_max_bytes ({})", api.fetch_max_bytes.bytes()),
+                    )
                 }
                 PullError::Refused(status, d) => pull_error(status, d.as_deref()),
                 PullError::Api(e) => e,
@@ -190,6 +215,22 @@ fn next_subject(stream: &str, name: &str) -> String {
     format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{name}")
 }
 
+/// What one fetch may bring: messages, bytes (as nats-server counts them:
+/// `async_nats::Message::length`) and how long to wait for the first.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    batch: usize,
+    max_bytes: usize,
+    expires: Duration,
+}
+
+/// Whether nats-server ended a pull because the next message would pass
+/// the pull's max_bytes.
+fn too_large(status: StatusCode, description: Option<&str>) -> bool {
+    status == StatusCode::REQUEST_TERMINATED
+        && description.is_some_and(|d| d.contains("Message Size Exceeds MaxBytes"))
+}
+
 /// How many messages the next pull of a fetch asks for, `got` of `batch`
 /// being in: none once the fetch is complete.
 fn next_pull(batch: usize, got: usize) -> usize {
@@ -216,9 +257,13 @@ async fn collect(
     js: &async_nats::jetstream::Context,
     stream: &str,
     name: &str,
-    batch: usize,
-    expires: Duration,
+    limits: Limits,
 ) -> Result<Pulled, PullError> {
+    let Limits {
+        batch,
+        max_bytes,
+        expires,
+    } = limits;
     let lost = app.connection_lost.notified();
     tokio::pin!(lost);
     lost.as_mut().enable();
@@ -239,13 +284,15 @@ async fn collect(
         .map_err(|e| cannot_send(e.to_string()))?;
     let subject = Subject::from(next_subject(stream, name));
     let client = &client;
-    // Pull `size` messages as pull number `k`: the first may wait up to
-    // `expires` for a message; later ones only take what is there.
-    let pull = |k: usize, size: usize| {
+    // Pull `size` messages of at most `bytes` as pull number `k`: the
+    // first may wait up to `expires` for a message; later ones only take
+    // what is there.
+    let pull = |k: usize, size: usize, bytes: usize| {
         let request = BatchConfig {
             batch: size,
             expires: (k == 0).then_some(expires),
             no_wait: true,
+            max_bytes: bytes,
             ..BatchConfig::default()
         };
         let reply = Subject::from(format!("{inbox}.{k}"));
@@ -266,7 +313,9 @@ async fn collect(
     let mut out = Vec::with_capacity(batch.min(PULL_CHUNK));
     let mut answered = false;
     let (mut k, mut size) = (0, next_pull(batch, 0));
-    pull(k, size).await?;
+    // Message bytes in so far.
+    let mut used = 0;
+    pull(k, size, max_bytes).await?;
     // Messages in of the current pull.
     let mut got = 0;
     loop {
@@ -283,8 +332,14 @@ async fn collect(
                 answered = true;
                 match status {
                     StatusCode::OK => {
+                        used += m.length;
                         out.push(m);
                         got += 1;
+                        if used >= max_bytes {
+                            // The pull's bytes are used up: nats-server
+                            // ended it with this message, without a word.
+                            break;
+                        }
                         if got == size {
                             size = next_pull(batch, out.len());
                             if size == 0 {
@@ -292,7 +347,7 @@ async fn collect(
                             }
                             k += 1;
                             got = 0;
-                            if pull(k, size).await.is_err() {
+                            if pull(k, size, max_bytes - used).await.is_err() {
                                 // What came is delivered; the rest waits.
                                 break;
                             }

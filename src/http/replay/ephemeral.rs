@@ -224,16 +224,26 @@ pub(super) async fn read(
         .map_err(|e| ApiError::unavailable(format!("cannot start the replay: {e}")))?;
     let mut expected_cseq = 1;
     let mut skipping = expect_skips;
+    // Bytes of the page's messages so far, against api.fetch_max_bytes
+    // (counted as nats-server counts a pull's max_bytes:
+    // `Message::length`). Each pull may bring what is left of it; skipped
+    // messages use up a pull's bytes, not the page's.
+    let max_bytes = app.config().api.fetch_max_bytes.bytes() as usize;
+    let mut kept = 0;
     'pulls: while page.messages.len() < limit {
         // At most PULL_CHUNK a pull: past its buffer the inbox would drop
         // messages, and the page would end at the gap.
         let batch =
             (limit - page.messages.len() + if skipping { SKIP_BATCH } else { 0 }).min(PULL_CHUNK);
+        let pull_max = max_bytes - kept;
         let request = BatchConfig {
             batch,
             no_wait: true,
+            max_bytes: pull_max,
             ..BatchConfig::default()
         };
+        // Bytes this pull brought, skipped messages too.
+        let mut pulled = 0;
         eph.handle
             .request_batch(request, inbox.clone())
             .await
@@ -262,6 +272,27 @@ pub(super) async fn read(
                     page.pending = 0;
                     break 'pulls;
                 }
+                // nats-server 2.10 and later: the previous pull brought its
+                // whole batch with bytes to spare (it is a pull with
+                // max_bytes). Nothing to do with this one.
+                StatusCode::REQUEST_TERMINATED
+                    if m.description.as_deref() == Some("Batch Completed") =>
+                {
+                    continue;
+                }
+                // The next message would pass the pull's bytes: the page
+                // ends here, or, when skipped messages used them up, a
+                // new pull goes on.
+                StatusCode::REQUEST_TERMINATED
+                    if m.description
+                        .as_deref()
+                        .is_some_and(|d| d.contains("Message Size Exceeds MaxBytes")) =>
+                {
+                    if page.messages.is_empty() {
+                        continue 'pulls;
+                    }
+                    break 'pulls;
+                }
                 status => {
                     if page.messages.is_empty() {
                         return Err(ApiError::unavailable(format!(
@@ -286,9 +317,11 @@ pub(super) async fn read(
             }
             expected_cseq += 1;
             received += 1;
+            pulled += m.length;
             page.pending = pending;
             if stream_seq >= skip_below {
                 skipping = false;
+                kept += m.length;
                 page.messages.push(Read {
                     message: m,
                     stream_seq,
@@ -301,6 +334,16 @@ pub(super) async fn read(
             }
             if page.messages.len() == limit {
                 break 'pulls;
+            }
+            if kept >= max_bytes {
+                // The page's bytes are used up: the cursor goes on from
+                // here.
+                break 'pulls;
+            }
+            if pulled >= pull_max {
+                // Skipped messages used up the pull's bytes (nats-server
+                // ended it with this message, without a word): pull again.
+                continue 'pulls;
             }
         }
     }
