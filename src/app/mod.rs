@@ -31,7 +31,9 @@ use crate::supervisor::ChildStatus;
 pub use alarms::AlarmBoard;
 pub use credentials::internal_credentials;
 pub use metaheal::MetaHealView;
-pub use nats::{Lost, Nats, Resumed, EVENTS_CAPACITY, PULL_CHUNK, SUBSCRIPTION_CAPACITY};
+pub use nats::{
+    server_read_all, Lost, Nats, Resumed, EVENTS_CAPACITY, PULL_CHUNK, SUBSCRIPTION_CAPACITY,
+};
 pub use sync::SyncState;
 pub use topics::{Joins, Lane, Ticket, Topics};
 

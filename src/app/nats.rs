@@ -75,6 +75,21 @@ pub struct Resumed {
     pub down_for: Duration,
 }
 
+/// Waits until nats-server has read everything `client` sent before (a
+/// SUB taken up, messages received): it reads a connection's protocol in
+/// order, so the "no responders" answer to a request nobody listens for
+/// comes after. async-nats' `flush()` only hands the bytes to the socket.
+pub async fn server_read_all(client: &async_nats::Client) -> Result<(), String> {
+    match client
+        .request(client.new_inbox(), bytes::Bytes::new())
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => Ok(()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Why a NATS round trip got no answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lost {

@@ -4,12 +4,12 @@
 
 use std::time::Duration;
 
-use async_nats::{Client, RequestErrorKind, StatusCode, Subject};
+use async_nats::{Client, StatusCode, Subject};
 use bytes::Bytes;
 use futures::StreamExt;
 use tokio::time::Instant;
 
-use crate::app::SUBSCRIPTION_CAPACITY;
+use crate::app::{server_read_all, SUBSCRIPTION_CAPACITY};
 
 /// What came back for one token.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,13 +129,9 @@ pub(super) async fn send_unconfirmed(
             .await
             .map_err(|e| format!("cannot send the tokens: {e}"))?;
     }
-    match client.request(client.new_inbox(), Bytes::new()).await {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == RequestErrorKind::NoResponders => Ok(()),
-        Err(e) => Err(format!(
-            "nats-server did not confirm receiving the tokens: {e}"
-        )),
-    }
+    server_read_all(client)
+        .await
+        .map_err(|e| format!("nats-server did not confirm receiving the tokens: {e}"))
 }
 
 #[cfg(test)]

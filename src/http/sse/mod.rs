@@ -33,6 +33,10 @@ use super::error::ApiError;
 use crate::app::{App, Lane};
 use crate::subject;
 
+/// How long a new event stream waits for nats-server to confirm its
+/// subscription before it answers 503.
+const SUBSCRIBE_CONFIRM: Duration = Duration::from_secs(5);
+
 /// GET /api/v1/subscribe.
 pub async fn handle(
     app: &Arc<App>,
@@ -106,10 +110,23 @@ pub async fn handle(
     )
     .await
     .map_err(|e| ApiError::unavailable(format!("cannot subscribe to {subj:?}: {e}")))?;
-    // The subscription is written out (whether this client made it or
-    // joined one still being made) before the client gets its first
-    // event: what is published after that is not missed.
-    let _ = tokio::time::timeout(Duration::from_secs(2), events.flush()).await;
+    // nats-server has taken the subscription up (whether this client made
+    // it or joined one still being made) before the client gets its first
+    // event: what is published after that is not missed. (A flush alone
+    // let a publish from another connection overtake the SUB.)
+    match tokio::time::timeout(SUBSCRIBE_CONFIRM, crate::app::server_read_all(&events)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            return Err(ApiError::unavailable(format!(
+                "nats-server did not confirm the subscription to {subj:?}: {e}; retry shortly"
+            )))
+        }
+        Err(_) => {
+            return Err(ApiError::unavailable(format!(
+                "nats-server did not confirm the subscription to {subj:?} within {SUBSCRIBE_CONFIRM:?}; retry shortly"
+            )))
+        }
+    }
 
     let mut resp = Response::new(SseBody {
         rx,
