@@ -324,9 +324,14 @@ pub async fn run(loaded: Loaded, explicit: Option<PathBuf>) -> i32 {
             h.stop().await;
         }
     }
-    // Whatever our client still buffers goes out while the server lives.
+    // Whatever our client still buffers goes out, and nats-server reads
+    // it, while the server lives.
     if let Some(n) = ctx.app.connected_nats() {
-        let _ = tokio::time::timeout(Duration::from_secs(2), n.client.flush()).await;
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            crate::app::server_read_all(&n.client),
+        )
+        .await;
     }
     let _ = child_stop_tx.send(true);
     let mut code = outcome;
