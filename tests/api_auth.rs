@@ -323,6 +323,41 @@ fn check_config_names_a_missing_or_unparsable_certificate() {
     );
 }
 
+/// check-config (and the journal, at start-up and reload) warns about a
+/// certificate of the config within 21 days of its expiry, or past it: an
+/// operator sees it before the clients do, without Prometheus.
+#[test]
+fn check_config_warns_about_a_certificate_near_or_past_its_expiry() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut pki = Pki::new(&dir.path().join("pki"));
+    let yaml = format!(
+        "auto_start_nats: false\napi:\n  tls:\n    cert_file: {:?}\n    key_file: {:?}\n",
+        pki.cert.display().to_string(),
+        pki.key.display().to_string()
+    );
+    let err = check_config(dir.path(), &yaml, 0);
+    assert!(!err.contains("expire"), "rcgen's default is far off: {err}");
+    let day = 86_400;
+    pki.issue_server_expiring_in("soon", 5 * day + 3600);
+    let err = check_config(dir.path(), &yaml, 0);
+    assert!(
+        err.contains(&format!(
+            "warning: api.tls.cert_file: {} holds a certificate that expires in 5 days",
+            pki.cert.display()
+        )),
+        "{err}"
+    );
+    pki.issue_server_expiring_in("late", -2 * day - 3600);
+    let err = check_config(dir.path(), &yaml, 0);
+    assert!(
+        err.contains("holds a certificate that expired 2 days ago: TLS clients refuse it"),
+        "{err}"
+    );
+    pki.issue_server_expiring_in("renewed", 90 * day);
+    let err = check_config(dir.path(), &yaml, 0);
+    assert!(!err.contains("expire"), "{err}");
+}
+
 fn tls_top(pki: &Pki) -> String {
     format!(
         "api:\n  tokens_file: tokens\n  tls:\n    cert_file: {:?}\n    key_file: {:?}\n",

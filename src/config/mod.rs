@@ -299,6 +299,13 @@ fn finish(
             secrets::resolve_api(&mut config, &env)?;
             warnings.extend(validate::validate(&config)?);
             let security = validate::load_security(&config)?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            warnings.extend(security.certificates.iter().filter_map(|c| {
+                let path = c.path.display().to_string();
+                crate::security::expiry::warning(&c.key, &path, c.not_after, now)
+            }));
             Ok((warnings, security))
         })
         .map_err(|v| {

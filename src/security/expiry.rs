@@ -118,6 +118,37 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+/// How far ahead a certificate's expiry is worth a warning when the config
+/// is loaded: the alert rules' warning threshold.
+pub const WARN_AHEAD_SECS: i64 = 21 * 86_400;
+
+/// What to say when the config is loaded (start, reload, check-config)
+/// about the certificates of `key` (`path`), which run out at `not_after`,
+/// at Unix time `now`: nothing while they have more than WARN_AHEAD_SECS.
+pub fn warning(key: &str, path: &str, not_after: i64, now: i64) -> Option<String> {
+    let left = not_after - now;
+    let when = match left {
+        l if l >= WARN_AHEAD_SECS => return None,
+        l if l <= 0 => {
+            let ago = -l / 86_400;
+            return Some(format!(
+                "{key}: {path} holds a certificate that expired {}: TLS clients refuse it; renew it, then reload",
+                match ago {
+                    0 => "less than a day ago".to_string(),
+                    1 => "1 day ago".to_string(),
+                    n => format!("{n} days ago"),
+                }
+            ));
+        }
+        l if l < 86_400 => "within a day".to_string(),
+        l if l < 2 * 86_400 => "in 1 day".to_string(),
+        l => format!("in {} days", l / 86_400),
+    };
+    Some(format!(
+        "{key}: {path} holds a certificate that expires {when}: renew it, then reload"
+    ))
+}
+
 /// The earliest notAfter of the certificates in a PEM file (a chain, or a
 /// bundle of CAs): when the first of them, and so the file, stops working.
 pub fn earliest_not_after(pem: &[u8]) -> Result<i64, String> {
@@ -182,6 +213,26 @@ mod tests {
         let mut bad = der.to_vec();
         bad[0] = 0x31;
         assert!(not_after(&bad).is_err());
+    }
+
+    #[test]
+    fn a_certificate_near_or_past_its_expiry_is_a_warning() {
+        let now = 1_900_000_000;
+        let day = 86_400;
+        let w = |left: i64| warning("api.tls.cert_file", "/c.pem", now + left, now);
+        assert_eq!(w(WARN_AHEAD_SECS), None);
+        assert_eq!(w(400 * day), None);
+        assert_eq!(
+            w(20 * day + 5).as_deref(),
+            Some("api.tls.cert_file: /c.pem holds a certificate that expires in 20 days: renew it, then reload")
+        );
+        assert!(w(day + 1).unwrap().contains("expires in 1 day:"));
+        assert!(w(60).unwrap().contains("expires within a day:"));
+        assert!(w(0)
+            .unwrap()
+            .contains("expired less than a day ago: TLS clients refuse it"));
+        assert!(w(-day).unwrap().contains("expired 1 day ago"));
+        assert!(w(-3 * day - 7).unwrap().contains("expired 3 days ago"));
     }
 
     #[test]

@@ -19,9 +19,18 @@ pub struct Pki {
     pub cert: PathBuf,
     pub key: PathBuf,
     issuer: CertifiedIssuer<'static, KeyPair>,
-    /// notAfter (year, month, day) of the certificates issued from now on;
-    /// rcgen's default (far off) when None.
-    until: Option<(i32, u8, u8)>,
+    /// notAfter of the certificates issued from now on; rcgen's default
+    /// (far off) when None.
+    until: Option<Until>,
+}
+
+/// When a certificate expires.
+#[derive(Clone, Copy)]
+enum Until {
+    /// At the start of this day (year, month, day), UTC.
+    Day(i32, u8, u8),
+    /// This long after it is issued (negative: before, as an expired one).
+    In(i64),
 }
 
 impl Pki {
@@ -66,7 +75,15 @@ impl Pki {
     /// (Re)issues the server certificate as [`Pki::issue_server`] does,
     /// expiring at the start of the day (year, month, day), UTC.
     pub fn issue_server_until(&mut self, cn: &str, until: (i32, u8, u8)) {
-        self.until = Some(until);
+        self.until = Some(Until::Day(until.0, until.1, until.2));
+        self.issue_server(cn);
+        self.until = None;
+    }
+
+    /// (Re)issues the server certificate as [`Pki::issue_server`] does,
+    /// expiring `secs` seconds from now (in the past when negative).
+    pub fn issue_server_expiring_in(&mut self, cn: &str, secs: i64) {
+        self.until = Some(Until::In(secs));
         self.issue_server(cn);
         self.until = None;
     }
@@ -90,8 +107,17 @@ impl Pki {
             KeyUsagePurpose::KeyEncipherment,
         ];
         p.extended_key_usages = eku.to_vec();
-        if let Some((y, m, d)) = self.until {
-            p.not_after = rcgen::date_time_ymd(y, m, d);
+        match self.until {
+            Some(Until::Day(y, m, d)) => p.not_after = rcgen::date_time_ymd(y, m, d),
+            Some(Until::In(secs)) => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs() as i64;
+                let at = std::time::Duration::from_secs((now + secs) as u64);
+                p.not_after = rcgen::date_time_ymd(1970, 1, 1) + at;
+            }
+            None => {}
         }
         let key = KeyPair::generate().unwrap();
         let cert = p.signed_by(&key, &self.issuer).unwrap();
