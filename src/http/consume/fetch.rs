@@ -2,6 +2,7 @@
 //! message handed out with its ack token.
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -153,36 +154,57 @@ pub(crate) async fn fetch(
             expires + NO_ANSWER_GRACE
         )));
     }
-    let messages = pulled.messages;
     app.stats
         .consumed
-        .fetch_add(messages.len() as u64, Ordering::Relaxed);
-    let out: Vec<OutMessage> = messages.iter().map(out_message).collect();
-    // Sized for the whole answer at once rather than grown (and copied)
-    // a dozen times for a batch of 1000: each entry's text is about its
-    // payload, subject and token plus some 200 bytes of names and numbers.
-    let size: usize = messages
-        .iter()
-        .map(|m| {
-            let reply = m.reply.as_ref().map_or(0, |r| r.len());
-            m.payload.len() * 4 / 3 + m.subject.len() + reply + 256
-        })
-        .sum();
-    let mut body = Vec::with_capacity(size + 32);
-    let _ = serde_json::to_writer(
-        &mut body,
-        &FetchResponse {
-            messages: &out,
-            count: out.len(),
-        },
-    );
+        .fetch_add(pulled.answer.count as u64, Ordering::Relaxed);
+    let body = pulled.answer.finish();
     Ok(json_bytes(hyper::StatusCode::OK, body))
 }
 
-#[derive(Serialize)]
-struct FetchResponse<'a> {
-    messages: &'a [OutMessage<'a>],
+/// The answer's JSON, `{"messages": [...], "count": n}`, written a
+/// message at a time as each arrives: encoding overlaps async-nats reading
+/// the next ones, and a message is not kept once it is written.
+struct Answer {
+    body: Vec<u8>,
     count: usize,
+    /// Bytes the answer may still grow by, about, for the first reserve.
+    batch: usize,
+    max_bytes: usize,
+}
+
+impl Answer {
+    const HEAD: &'static [u8] = br#"{"messages":["#;
+
+    fn new(batch: usize, max_bytes: usize) -> Answer {
+        Answer {
+            body: Self::HEAD.to_vec(),
+            count: 0,
+            batch,
+            max_bytes,
+        }
+    }
+
+    fn push(&mut self, m: &async_nats::Message) {
+        if self.count == 0 {
+            // Sized once for the whole answer rather than grown (and
+            // copied) a dozen times for a batch of 1000: the first
+            // message's text times the batch, within what max_bytes lets
+            // come (payloads grow by a third in base64; some 256 bytes of
+            // names and numbers each).
+            let one = m.length * 4 / 3 + 256;
+            let most = self.max_bytes.saturating_mul(4) / 3 + self.batch * 256;
+            self.body.reserve(one.saturating_mul(self.batch).min(most));
+        } else {
+            self.body.push(b',');
+        }
+        let _ = serde_json::to_writer(&mut self.body, &out_message(m));
+        self.count += 1;
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        let _ = write!(self.body, r#"],"count":{}}}"#, self.count);
+        self.body
+    }
 }
 
 /// How long past `expires` a pull's answer may take before the fetch
@@ -204,7 +226,7 @@ impl From<ApiError> for PullError {
 
 /// What a pull brought.
 struct Pulled {
-    messages: Vec<async_nats::Message>,
+    answer: Answer,
     /// Whether the server answered at all (messages or a status).
     answered: bool,
 }
@@ -310,7 +332,7 @@ async fn collect(
     // one per message.
     let deadline = tokio::time::sleep(expires + NO_ANSWER_GRACE);
     tokio::pin!(deadline);
-    let mut out = Vec::with_capacity(batch.min(PULL_CHUNK));
+    let mut out = Answer::new(batch, max_bytes);
     let mut answered = false;
     let (mut k, mut size) = (0, next_pull(batch, 0));
     // Message bytes in so far.
@@ -333,7 +355,7 @@ async fn collect(
                 match status {
                     StatusCode::OK => {
                         used += m.length;
-                        out.push(m);
+                        out.push(&m);
                         got += 1;
                         if used >= max_bytes {
                             // The pull's bytes are used up: nats-server
@@ -341,7 +363,7 @@ async fn collect(
                             break;
                         }
                         if got == size {
-                            size = next_pull(batch, out.len());
+                            size = next_pull(batch, out.count);
                             if size == 0 {
                                 break;
                             }
@@ -356,7 +378,7 @@ async fn collect(
                     StatusCode::IDLE_HEARTBEAT => {}
                     // Nothing (more) to deliver now, or the pull expired.
                     StatusCode::NOT_FOUND | StatusCode::TIMEOUT => break,
-                    status if out.is_empty() => {
+                    status if out.count == 0 => {
                         return Err(PullError::Refused(status, m.description))
                     }
                     // What came is delivered; the rest waits for the next fetch.
@@ -365,7 +387,7 @@ async fn collect(
             }
             _ = &mut deadline => break,
             _ = &mut lost => {
-                if out.is_empty() {
+                if out.count == 0 {
                     return Err(ApiError::unavailable(
                         "the connection to nats-server dropped during the fetch",
                     )
@@ -376,7 +398,7 @@ async fn collect(
         }
     }
     Ok(Pulled {
-        messages: out,
+        answer: out,
         answered,
     })
 }
@@ -430,6 +452,48 @@ mod tests {
             .collect();
         assert_eq!(sizes, [PULL_CHUNK, PULL_CHUNK, 5000 - 2 * PULL_CHUNK, 0]);
         assert_eq!(next_pull(5, 7), 0, "never a pull past the batch");
+    }
+
+    fn message(subject: &str, payload: &'static [u8], reply: Option<&str>) -> async_nats::Message {
+        async_nats::Message {
+            subject: subject.into(),
+            reply: reply.map(Into::into),
+            payload: bytes::Bytes::from_static(payload),
+            headers: None,
+            status: None,
+            description: None,
+            length: subject.len() + payload.len() + reply.map_or(0, str::len),
+        }
+    }
+
+    #[test]
+    fn the_answer_is_written_a_message_at_a_time() {
+        let empty: serde_json::Value =
+            serde_json::from_slice(&Answer::new(10, 1 << 20).finish()).unwrap();
+        assert_eq!(empty, serde_json::json!({"messages": [], "count": 0}));
+        let mut a = Answer::new(10, 1 << 20);
+        let token = "$JS.ACK.S.C.1.7.3.1700000000000000000.0";
+        a.push(&message("a.b", br#"{"p": 1}"#, Some(token)));
+        a.push(&message("a.c", b"\xffraw", None));
+        let v: serde_json::Value = serde_json::from_slice(&a.finish()).unwrap();
+        assert_eq!(v["count"], 2);
+        let ms = v["messages"].as_array().unwrap();
+        assert_eq!(ms.len(), 2);
+        assert_eq!(ms[0]["data"], serde_json::json!({"p": 1}));
+        assert_eq!(
+            (
+                &ms[0]["stream_seq"],
+                &ms[0]["consumer_seq"],
+                &ms[0]["ack_token"]
+            ),
+            (
+                &serde_json::json!(7),
+                &serde_json::json!(3),
+                &serde_json::json!(token)
+            )
+        );
+        assert_eq!(ms[1]["data_encoding"], "base64");
+        assert_eq!(ms[1]["ack_token"], serde_json::Value::Null);
     }
 
     #[test]
