@@ -1030,24 +1030,35 @@ async fn a_whole_fetch_at_fetch_max_batch_is_acked_naked_and_termed_in_one_reque
     assert_eq!(c["num_ack_pending"], 0, "{c}");
 }
 
+/// A daemon whose consumer `consumer` (of `market.{consumer}.>`) may have
+/// twice `n` messages unacked, where a fetch may ask for `n` (a multiple of
+/// 1000), and `n` messages published to it: the daemon and the consumer's
+/// path.
+async fn n_pending(consumer: &str, n: usize) -> (Daemon, String) {
+    let d = Daemon::builder()
+        .nats(&format!(
+            "{CONSUMERS}        {consumer}:\n          filter_subject: \"market.{consumer}.>\"\n          max_ack_pending: {}\n",
+            2 * n
+        ))
+        .top(&format!("api:\n  fetch_max_batch: {n}\n"))
+        .start();
+    d.wait_healthy(Duration::from_secs(20)).await;
+    for _ in 0..n / 1000 {
+        publish_many(&d, &format!("market.{consumer}.BTCUSDT.trade"), 1000).await;
+    }
+    (
+        d,
+        format!("/api/v1/streams/MARKET_DATA/consumers/{consumer}"),
+    )
+}
+
 /// An ack request of more tokens than the daemon keeps unanswered at once
 /// (half of a subscription's 4096-message buffer) and than that buffer:
 /// every token gets its own confirmed answer, in the tokens' order.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_ack_of_5000_tokens_confirms_each_in_order() {
-    let consumer = "wide";
     let n = 5000;
-    let d = Daemon::builder()
-        .nats(&format!(
-            "{CONSUMERS}        {consumer}:\n          filter_subject: \"market.wide.>\"\n          max_ack_pending: 10000\n"
-        ))
-        .top(&format!("api:\n  fetch_max_batch: {n}\n"))
-        .start();
-    d.wait_healthy(Duration::from_secs(20)).await;
-    let path = format!("/api/v1/streams/MARKET_DATA/consumers/{consumer}");
-    for _ in 0..n / 1000 {
-        publish_many(&d, "market.wide.BTCUSDT.trade", 1000).await;
-    }
+    let (d, path) = n_pending("wide", n).await;
     let messages = fetch_n(&d, &path, n).await;
     let v = ack(&d, &path, "ack", json!({"tokens": tokens(&messages)})).await;
     assert_eq!(v["processed"], n);
@@ -1071,19 +1082,8 @@ async fn an_ack_of_5000_tokens_confirms_each_in_order() {
 /// order, each once, and the consumer has them all pending.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_fetch_larger_than_a_subscriptions_buffer_brings_every_message_at_once() {
-    let consumer = "huge";
     let n = 20_000;
-    let d = Daemon::builder()
-        .nats(&format!(
-            "{CONSUMERS}        {consumer}:\n          filter_subject: \"market.huge.>\"\n          max_ack_pending: 30000\n"
-        ))
-        .top(&format!("api:\n  fetch_max_batch: {n}\n"))
-        .start();
-    d.wait_healthy(Duration::from_secs(20)).await;
-    let path = format!("/api/v1/streams/MARKET_DATA/consumers/{consumer}");
-    for _ in 0..n / 1000 {
-        publish_many(&d, "market.huge.BTCUSDT.trade", 1000).await;
-    }
+    let (d, path) = n_pending("huge", n).await;
     let messages = fetch(&d, &path, n as u32, 5000).await;
     let seqs: Vec<u64> = messages
         .iter()
