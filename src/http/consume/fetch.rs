@@ -174,6 +174,7 @@ struct Answer {
 
 impl Answer {
     const HEAD: &'static [u8] = br#"{"messages":["#;
+    const FIRST_RESERVE: usize = 256 * 1024;
 
     fn new(batch: usize, max_bytes: usize) -> Answer {
         Answer {
@@ -186,14 +187,16 @@ impl Answer {
 
     fn push(&mut self, m: &async_nats::Message) {
         if self.count == 0 {
-            // Sized once for the whole answer rather than grown (and
-            // copied) a dozen times for a batch of 1000: the first
-            // message's text times the batch, within what max_bytes lets
-            // come (payloads grow by a third in base64; some 256 bytes of
-            // names and numbers each).
+            // Sized for the first message's text times the batch (within
+            // what max_bytes lets come; payloads grow by a third in base64,
+            // and each has some 256 bytes of names and numbers), up to
+            // FIRST_RESERVE: a long poll that brings one message of a batch
+            // of 1000 does not hold the room of 1000, and a full one grows
+            // (and copies) only a few times past it.
             let one = m.length * 4 / 3 + 256;
             let most = self.max_bytes.saturating_mul(4) / 3 + self.batch * 256;
-            self.body.reserve(one.saturating_mul(self.batch).min(most));
+            let want = one.saturating_mul(self.batch).min(most);
+            self.body.reserve(want.min(Self::FIRST_RESERVE));
         } else {
             self.body.push(b',');
         }
