@@ -78,6 +78,8 @@ pub struct Child {
     pub pid: Option<u32>,
     /// Its last health probe succeeded.
     pub healthy: bool,
+    /// Why its last health probe failed, when it did.
+    pub probe_error: Option<String>,
     pub restarts: u64,
     /// Delay before the next restart, while waiting for it.
     pub restart_in: Option<Duration>,
@@ -130,7 +132,7 @@ pub enum Problem {
         last_failure: Option<String>,
     },
     /// It runs but does not answer its health probe.
-    ChildNotAnswering,
+    ChildProbeFailed(Option<String>),
     /// The store's filesystem is full (the sentence says which).
     StoreSpace(String),
     SyncFailed {
@@ -189,8 +191,12 @@ impl fmt::Display for Problem {
                 }
                 Ok(())
             }
-            Problem::ChildNotAnswering => {
-                f.write_str("nats-server is not answering its health probe")
+            Problem::ChildProbeFailed(why) => {
+                f.write_str("nats-server failed its health probe")?;
+                match why {
+                    Some(why) => write!(f, ": {why}"),
+                    None => Ok(()),
+                }
             }
             Problem::StoreSpace(s)
             | Problem::MetaGroup(s)
@@ -263,7 +269,7 @@ pub fn problems(f: &Facts) -> Vec<Problem> {
                 last_failure: f.child.last_failure.clone(),
             });
         } else if !f.child.healthy {
-            out.push(Problem::ChildNotAnswering);
+            out.push(Problem::ChildProbeFailed(f.child.probe_error.clone()));
         }
     }
     if let Some(full) = &f.store_space {
@@ -636,7 +642,12 @@ mod tests {
     fn a_running_child_that_misses_its_probe_is_unhealthy() {
         let mut f = fine();
         f.child.healthy = false;
-        assert_eq!(texts(&f), ["nats-server is not answering its health probe"]);
+        assert_eq!(texts(&f), ["nats-server failed its health probe"]);
+        f.child.probe_error = Some("/healthz answered 503: {}".into());
+        assert_eq!(
+            texts(&f),
+            ["nats-server failed its health probe: /healthz answered 503: {}"]
+        );
     }
 
     #[test]

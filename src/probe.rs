@@ -77,6 +77,25 @@ pub async fn local_health(
     Ok(crate::cluster::local_health(status, &v))
 }
 
+/// Why a /healthz probe failed: the caller treats a server that answers
+/// "not healthy" differently from one that does not answer at all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthzFailure {
+    /// It answered, with a status other than 200.
+    Answered { status: u16, body: String },
+    /// No answer within the timeout, or no connection.
+    NoAnswer(String),
+}
+
+impl std::fmt::Display for HealthzFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Answered { status, body } => write!(f, "/healthz answered {status}: {body}"),
+            Self::NoAnswer(e) => f.write_str(e),
+        }
+    }
+}
+
 /// nats-server's /healthz: Ok when it answers 200.
 ///
 /// `clustered`: ask with `js-enabled-only=true`. A clustered server's plain
@@ -88,18 +107,20 @@ pub async fn healthz(
     monitor: SocketAddr,
     timeout: Duration,
     clustered: bool,
-) -> Result<(), String> {
+) -> Result<(), HealthzFailure> {
     let path = if clustered {
         "/healthz?js-enabled-only=true"
     } else {
         "/healthz"
     };
-    let (status, body) = http_get(monitor, path, timeout).await?;
+    let (status, body) = http_get(monitor, path, timeout)
+        .await
+        .map_err(HealthzFailure::NoAnswer)?;
     if status == 200 {
         Ok(())
     } else {
-        let text = String::from_utf8_lossy(&body);
-        Err(format!("/healthz answered {status}: {}", text.trim()))
+        let body = String::from_utf8_lossy(&body).trim().to_string();
+        Err(HealthzFailure::Answered { status, body })
     }
 }
 

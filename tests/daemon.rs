@@ -541,6 +541,76 @@ async fn a_stopped_nats_server_is_detected_and_replaced() {
     );
 }
 
+/// nats-server 2.10+ (single server) builds /healthz from its store's
+/// stream folders: a stream being created has its folder a few
+/// milliseconds before it is registered, and /healthz answers 503 "could
+/// not be recovered" in between. That must not mark the node unhealthy
+/// (it made READY go out with /health at 503 after the streams were
+/// created); a folder that stays must.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_folder_that_flickers_does_not_flap_health_but_one_that_stays_does() {
+    let d = Daemon::builder().bin(nats_server_current()).start();
+    d.wait_healthy(Duration::from_secs(20)).await;
+    let streams = d.state_dir().join("jetstream/MARKETPRISM/streams");
+    assert!(streams.is_dir(), "{}", streams.display());
+    let ghost = streams.join("GHOST");
+    let seen_by_server = || d.log().matches("could not be recovered").count();
+
+    // 60 ms there, 170 ms gone, for 4 s; /health read every 10 ms. Probes
+    // come every 250 ms, and the second look 100 ms after a 503 falls in a
+    // gap.
+    let flicker = {
+        let ghost = ghost.clone();
+        std::thread::spawn(move || {
+            let end = Instant::now() + Duration::from_secs(4);
+            while Instant::now() < end {
+                std::fs::create_dir(&ghost).unwrap();
+                std::thread::sleep(Duration::from_millis(60));
+                std::fs::remove_dir(&ghost).unwrap();
+                std::thread::sleep(Duration::from_millis(170));
+            }
+        })
+    };
+    let mut answers = std::collections::BTreeMap::<u16, usize>::new();
+    let mut unhealthy = Vec::new();
+    while !flicker.is_finished() {
+        let (code, h) = d.get("/health").await;
+        *answers.entry(code).or_default() += 1;
+        if code != 200 {
+            unhealthy.push(h);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    flicker.join().unwrap();
+    let seen = seen_by_server();
+    eprintln!("/health answers while the folder flickered: {answers:?}; nats-server's /healthz failed {seen} times");
+    assert!(
+        seen > 0,
+        "nats-server never answered /healthz 503 for the flickering folder: the test proves nothing\n{}",
+        d.log()
+    );
+    assert!(
+        unhealthy.is_empty(),
+        "a folder there for 60 ms made /health unhealthy {} times, first: {}",
+        unhealthy.len(),
+        unhealthy[0]
+    );
+
+    // A folder that stays is a stream that cannot be recovered.
+    std::fs::create_dir(&ghost).unwrap();
+    let h = d.wait_health(503, Duration::from_secs(3)).await;
+    // Naming what nats-server said.
+    let problems = h["problems"].to_string();
+    assert!(
+        problems.contains("nats-server failed its health probe")
+            && problems.contains("GHOST")
+            && problems.contains("could not be recovered"),
+        "{h}"
+    );
+    std::fs::remove_dir(&ghost).unwrap();
+    d.wait_healthy(Duration::from_secs(20)).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn publishing_while_nats_server_is_down_is_a_quick_503_with_retry_after() {
     // A long backoff keeps nats-server down after the kill.

@@ -25,6 +25,7 @@ impl App {
                 phase: child.phase,
                 pid: child.pid,
                 healthy: child.healthy,
+                probe_error: child.probe_error,
                 restarts: child.restarts,
                 restart_in: child.restart_in,
                 last_failure: child.last_failure,

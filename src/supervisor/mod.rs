@@ -9,6 +9,7 @@
 //! here.
 
 pub mod backoff;
+mod prober;
 pub mod relay;
 pub mod spawn;
 pub mod state;
@@ -31,6 +32,7 @@ use crate::config::Config;
 use crate::natsconf::{self, RenderOptions};
 use crate::probe;
 use crate::reload::NatsAction;
+use prober::{InFlight, Prober};
 use relay::relay;
 pub use relay::{parse_child_line, ChildLevel, Tail};
 use spawn::{SpawnSpec, Spawner};
@@ -233,6 +235,7 @@ impl Supervisor {
         let mut running: Option<Running> = None;
         let mut wake: Option<Instant> = None;
         let mut next_probe = Instant::now();
+        let mut probe = InFlight::default();
         let mut first_spawn = true;
         let mut stop_seen = false;
         let mut pending: VecDeque<Action> = m.handle(Event::Start, Instant::now()).into();
@@ -246,6 +249,7 @@ impl Supervisor {
                                 let pid = r.pid;
                                 tracing::info!(pid, conf = %self.conf_path().display(), "nats-server started (pid {pid}, config {})", self.conf_path().display());
                                 running = Some(r);
+                                probe.cancel();
                                 next_probe = Instant::now();
                                 Event::Spawned { pid }
                             }
@@ -341,7 +345,12 @@ impl Supervisor {
                     )));
                 }
             }
-            let probing = matches!(m.state, State::Starting { .. } | State::Running { .. });
+            let starting = matches!(m.state, State::Starting { .. });
+            if starting || matches!(m.state, State::Running { .. }) {
+                probe.ensure(|| self.prober(), next_probe, starting);
+            } else {
+                probe.cancel();
+            }
             let event = tokio::select! {
                 _ = watchdog.due() => {
                     crate::systemd::watchdog();
@@ -354,6 +363,8 @@ impl Supervisor {
                 cmd = commands.recv(), if commands_open => {
                     match cmd {
                         Some(Command::Apply { config, action, reply }) => {
+                            // Its address or timeout may be changing.
+                            probe.cancel();
                             if let Some(ev) = self.apply(config, action, &m, reply, &mut restart_reply).await {
                                 pending.extend(step(&mut m, ev));
                             }
@@ -389,7 +400,7 @@ impl Supervisor {
                     wake = None;
                     Event::Tick
                 }
-                result = self.probe_at(next_probe, matches!(m.state, State::Starting { .. })), if probing => {
+                result = probe.done() => {
                     // Period measured from probe start to probe start, so a
                     // probe that times out does not stretch the period.
                     let every = if matches!(m.state, State::Starting { .. }) {
@@ -403,6 +414,7 @@ impl Supervisor {
                         Err(error) => {
                             if matches!(m.state, State::Running { .. }) {
                                 tracing::warn!(%error, "nats-server health probe failed: {error}");
+                                self.status.send_modify(|st| st.probe_error = Some(error.clone()));
                             }
                             Event::ProbeFailed { error }
                         }
@@ -627,65 +639,22 @@ impl Supervisor {
             if phase != Phase::Running {
                 st.healthy_since = None;
             }
+            if healthy || phase != Phase::Running {
+                st.probe_error = None;
+            }
             *st != before
         });
     }
 
-    /// Waits until `at`, then probes: readiness (healthz + a NATS round
-    /// trip) while starting, liveness (healthz) while running.
-    async fn probe_at(&self, at: Instant, starting: bool) -> Result<(), String> {
-        tokio::time::sleep_until(at.into()).await;
-        let timeout = self.config.supervisor.health_timeout.get();
-        probe::healthz(self.monitor, timeout, self.config.cluster_enabled()).await?;
-        if !starting && self.config.nats.jetstream_enabled {
-            // A little more room than /healthz: /jsz takes JetStream's
-            // lock, which a busy server holds a moment longer.
-            if let Err(e) = probe::jsz(self.monitor, timeout.max(Duration::from_secs(1))).await {
-                if let Some(full) = probe::store_space_problem(&self.config.data_dir()) {
-                    return Err(format!("{e} ({full})"));
-                }
-                // A node catching up (a big snapshot or backlog from its
-                // peers) may answer /jsz late; killing it would only start
-                // the catch-up over (nats-server issues 6964, 5976). When
-                // its own /healthz says it is catching up, it is alive.
-                match self.catching_up(timeout).await {
-                    Some(what) => {
-                        tracing::info!(
-                            "nats-server is slow to answer /jsz ({e}) while catching up ({what}); not counted as a failed probe"
-                        );
-                    }
-                    None => return Err(e),
-                }
-            }
+    /// What a probe needs, owned: probes run as their own task so that
+    /// nothing else the loop waits for cancels one halfway.
+    fn prober(&self) -> Prober {
+        Prober {
+            monitor: self.monitor,
+            client: self.client,
+            config: self.config.clone(),
+            internal: self.render.internal.clone(),
         }
-        if starting && self.config.nats.tls.is_none() {
-            let creds = self.render.internal.as_ref();
-            probe::nats_ping(
-                self.client,
-                creds.map(|c| (c.user.as_str(), c.password.as_str())),
-                timeout,
-            )
-            .await?;
-        }
-        Ok(())
-    }
-
-    /// What is catching up, when nats-server's own full /healthz answers
-    /// within `timeout` that this node is catching up and nothing else is
-    /// wrong; None otherwise.
-    async fn catching_up(&self, timeout: Duration) -> Option<String> {
-        if !self.config.cluster_enabled() {
-            return None;
-        }
-        let health = probe::local_health(self.monitor, timeout).await.ok()?;
-        let c = crate::cluster::catch_up(&health, &[], None, None);
-        (c.other.is_empty() && !c.lagging.is_empty()).then(|| {
-            c.lagging
-                .iter()
-                .map(|l| l.description.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        })
     }
 
     async fn read_ports(&self) -> Option<Ports> {

@@ -11,6 +11,8 @@ pub struct ChildStatus {
     pub pid: Option<u32>,
     /// The last probe succeeded.
     pub healthy: bool,
+    /// Why the running child's last probe failed (None once one passes).
+    pub probe_error: Option<String>,
     /// Increments each time a (new) child becomes healthy: the signal to
     /// reconnect and reconcile streams (memory streams die with the child).
     pub generation: u64,
