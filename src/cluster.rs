@@ -249,10 +249,22 @@ pub struct MetaShortfall {
     /// Names of routed servers the group does not list, where nats-server
     /// names the routes (2.10+); empty on 2.9.
     pub missing: Vec<String>,
+    /// Seen from the other side: this node follows the meta leader but the
+    /// peer set the leader sent it leaves this node out (`missing` is this
+    /// node). Only a restart of this node's nats-server brings it in: a
+    /// new leader elected among the others leaves it out just the same.
+    pub left_out: bool,
 }
 
 impl std::fmt::Display for MetaShortfall {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.left_out {
+            return write!(
+                f,
+                "the JetStream meta group's {} peers leave this node out although it follows their leader: replicated streams cannot be placed here",
+                self.known
+            );
+        }
         write!(
             f,
             "JetStream meta group knows {} of {} routed peers",
@@ -301,12 +313,77 @@ pub fn meta_shortfall(me: Option<&str>, jsz: &Value, routez_subs: &Value) -> Opt
         known: peers.len(),
         routed: routed.len(),
         missing,
+        left_out: false,
     })
 }
 
-/// How long a shortfall must last before the leader restarts its
-/// nats-server: a server that just joined is added within a second or two.
+/// The follower's side of [`meta_shortfall`], from this node's `/raftz`
+/// (2.10.21+; None on older servers): Some when this node (`me`) follows a
+/// meta leader whose peer set leaves it out.
+///
+/// /raftz lists a group's peers as this node holds them (the set the
+/// leader last sent), without this node itself. A member of a group of
+/// `size` sees at most `size - 1` others there; seeing `size` or more
+/// means the set lacks it. nats-server 2.10.27 was seen that way under
+/// load when three servers started at once: the leader ran a group of 2
+/// and never added the third, and restarting the leader did not help
+/// (the next leader came from the same two).
+pub fn left_out_of_meta(
+    me: Option<&str>,
+    raftz: &Value,
+    routez_subs: &Value,
+) -> Option<MetaShortfall> {
+    let me = me?;
+    let others = meta_peers_without_me(raftz)?;
+    let routed = jetstream_routes(routez_subs);
+    (!routed.is_empty()).then(|| MetaShortfall {
+        known: others,
+        routed: routed.len(),
+        missing: vec![me.to_string()],
+        left_out: true,
+    })
+}
+
+/// The first half of [`left_out_of_meta`], from /raftz alone (so that
+/// /routez with subscriptions is read only then): the number of peers
+/// when this node follows a leader whose peer set lacks it.
+pub fn meta_peers_without_me(raftz: &Value) -> Option<usize> {
+    let meta = raftz
+        .as_object()?
+        .values()
+        .find_map(|groups| groups.get("_meta_"))?;
+    if meta["state"].as_str() != Some("FOLLOWER")
+        || meta["leader"].as_str().is_none_or(str::is_empty)
+    {
+        return None;
+    }
+    let size = meta["size"].as_u64()? as usize;
+    let others = meta["peers"].as_object()?.len();
+    (size > 0 && others >= size).then_some(others)
+}
+
+/// How long a follower must be left out of the meta group before it
+/// restarts its nats-server: a server that just joined is added within a
+/// second or two.
 pub const META_HEAL_GRACE: Duration = Duration::from_secs(30);
+
+/// How long the leader's group must miss a routed peer before the leader
+/// restarts its nats-server. Longer than [`META_HEAL_GRACE`]: when the
+/// missing peer sees itself left out, its own restart (lame duck, 10 s)
+/// comes first and takes one server away, not two at once; the leader's is
+/// for what the follower cannot see (nats-server 2.9 has no /raftz, and a
+/// leader that never hears a follower may not tell it so).
+pub const META_HEAL_LEADER_GRACE: Duration = Duration::from_secs(60);
+
+/// The grace period for `short`: [`META_HEAL_GRACE`] when this node is the
+/// one left out, [`META_HEAL_LEADER_GRACE`] on the leader.
+pub fn heal_grace(short: &MetaShortfall) -> Duration {
+    if short.left_out {
+        META_HEAL_GRACE
+    } else {
+        META_HEAL_LEADER_GRACE
+    }
+}
 
 /// At most one self-heal restart per this long: a restart that did not
 /// help is not repeated in a loop.
@@ -351,7 +428,7 @@ impl MetaHeal {
             return HealStep::Fine;
         };
         let since = *self.short_since.get_or_insert(now);
-        let lasted = now.saturating_duration_since(since) >= META_HEAL_GRACE;
+        let lasted = now.saturating_duration_since(since) >= heal_grace(&short);
         let mattered = no_peers_at.is_some_and(|t| t >= since);
         let allowed = self
             .last_restart
@@ -990,6 +1067,67 @@ mod tests {
         assert_eq!(meta_shortfall(Some("n1"), &json!({}), &routez), None);
     }
 
+    /// /raftz's `_meta_` group as nats-server 2.10.27 served it: `peers`
+    /// are the others this node holds, by node id.
+    fn raftz(state: &str, size: u64, peers: &[&str]) -> Value {
+        let peers: serde_json::Map<String, Value> = peers
+            .iter()
+            .map(|n| (format!("id-{n}"), json!({"name": n, "known": true})))
+            .collect();
+        json!({"$SYS": {"_meta_": {"id": "self", "state": state, "size": size,
+            "leader": "id-n2", "peers": peers}, "S-R3F-abc": {"state": "FOLLOWER", "size": 3, "peers": {}}}})
+    }
+
+    #[test]
+    fn a_follower_the_leaders_peer_set_leaves_out_sees_it() {
+        let routez = routez_2_10(&["n2", "n3"], &[]);
+        // Seen under load on 2.10.27: the leader n2 ran a group of 2 (n2,
+        // n3); n1 followed it and held both as its peers.
+        let short = left_out_of_meta(Some("n1"), &raftz("FOLLOWER", 2, &["n2", "n3"]), &routez)
+            .expect("n1 is left out");
+        assert!(short.left_out);
+        assert_eq!(short.missing, ["n1"]);
+        assert_eq!(
+            short.to_string(),
+            "the JetStream meta group's 2 peers leave this node out although it follows their leader: replicated streams cannot be placed here"
+        );
+        // n3, a member of that group of 2, holds only n2: not left out.
+        assert_eq!(
+            left_out_of_meta(Some("n3"), &raftz("FOLLOWER", 2, &["n2"]), &routez),
+            None
+        );
+        // A whole group of 3: a follower holds the 2 others.
+        assert_eq!(
+            left_out_of_meta(Some("n1"), &raftz("FOLLOWER", 3, &["n2", "n3"]), &routez),
+            None
+        );
+        // Still learning its peers (bootstrapping): fewer than size - 1.
+        assert_eq!(
+            left_out_of_meta(Some("n1"), &raftz("FOLLOWER", 3, &["n2"]), &routez),
+            None
+        );
+        // The leader and candidates are judged elsewhere or not at all.
+        assert_eq!(
+            left_out_of_meta(Some("n1"), &raftz("LEADER", 2, &["n2", "n3"]), &routez),
+            None
+        );
+        assert_eq!(
+            left_out_of_meta(Some("n1"), &raftz("CANDIDATE", 2, &["n2", "n3"]), &routez),
+            None
+        );
+        // Routed to no JetStream server, no name, no /raftz (2.9): nothing.
+        let alone = routez_2_10(&[], &[]);
+        assert_eq!(
+            left_out_of_meta(Some("n1"), &raftz("FOLLOWER", 2, &["n2", "n3"]), &alone),
+            None
+        );
+        assert_eq!(
+            left_out_of_meta(None, &raftz("FOLLOWER", 2, &["n2", "n3"]), &routez),
+            None
+        );
+        assert_eq!(left_out_of_meta(Some("n1"), &Value::Null, &routez), None);
+    }
+
     #[test]
     fn a_routed_server_without_jetstream_is_not_a_missing_peer() {
         // A mixed cluster: n4 routes but has no JetStream (seen on
@@ -1037,12 +1175,68 @@ mod tests {
         assert_eq!(meta_shortfall(Some("n2"), &jsz, &bare), None);
     }
 
+    /// A follower left out of the group (the 30 s grace).
     fn short() -> Option<MetaShortfall> {
+        Some(MetaShortfall {
+            known: 2,
+            routed: 2,
+            missing: vec!["n1".into()],
+            left_out: true,
+        })
+    }
+
+    /// The leader's side of the same (the 60 s grace).
+    fn leader_short() -> Option<MetaShortfall> {
         Some(MetaShortfall {
             known: 1,
             routed: 2,
-            missing: vec![],
+            missing: vec!["n1".into()],
+            left_out: false,
         })
+    }
+
+    #[test]
+    fn the_left_out_follower_restarts_before_the_leader_would() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let (mut follower, mut leader) = (MetaHeal::default(), MetaHeal::default());
+        let failed = Some(at(1));
+        for s in [0, 5, 10, 20, 25] {
+            assert!(matches!(
+                follower.step(at(s), short(), failed),
+                HealStep::Short(_)
+            ));
+            assert!(matches!(
+                leader.step(at(s), leader_short(), failed),
+                HealStep::Short(_)
+            ));
+        }
+        assert!(matches!(
+            follower.step(at(30), short(), failed),
+            HealStep::Restart(_)
+        ));
+        assert!(matches!(
+            leader.step(at(30), leader_short(), failed),
+            HealStep::Short(_)
+        ));
+        // The follower's restart takes it away: the leader's count starts
+        // over, and it never restarts if the follower comes back a member.
+        assert_eq!(leader.step(at(45), None, failed), HealStep::Fine);
+        assert_eq!(leader.step(at(50), None, failed), HealStep::Fine);
+        // Had the follower not seen it, the leader restarts after 60 s.
+        let mut alone = MetaHeal::default();
+        assert!(matches!(
+            alone.step(at(0), leader_short(), failed),
+            HealStep::Short(_)
+        ));
+        assert!(matches!(
+            alone.step(at(59), leader_short(), failed),
+            HealStep::Short(_)
+        ));
+        assert!(matches!(
+            alone.step(at(60), leader_short(), failed),
+            HealStep::Restart(_)
+        ));
     }
 
     #[test]

@@ -788,6 +788,7 @@ mod tests {
             known: 1,
             routed: 2,
             missing: vec![],
+            left_out: false,
         };
         let mut f = fine();
         f.reconciliation = Some(Reconciliation {

@@ -165,10 +165,12 @@ async fn cluster_faults(bin: &Path) {
     let mut daemons: Vec<Option<Daemon>> = (0..3)
         .map(|i| Some(start_node(i, &nodes, bin, &state(i))))
         .collect();
+    // Room for one self-heal (about a minute; see below).
     for d in daemons.iter().flatten() {
-        d.wait_healthy(Duration::from_secs(60)).await;
+        d.wait_healthy(Duration::from_secs(150)).await;
     }
     let formed = started.elapsed();
+    let mut formation_heals = [0u64; 3];
     let d = |daemons: &Vec<Option<Daemon>>, i: usize| -> u16 { daemons[i].as_ref().unwrap().http };
 
     let mut meta_leaders = HashSet::new();
@@ -200,9 +202,28 @@ async fn cluster_faults(bin: &Path) {
         );
         assert_eq!(c["meta"]["cluster_size"], 3, "{c}");
         assert_eq!(c["problems"], json!([]), "{c}");
-        // The meta group check found every routed peer: nothing to heal.
+        // The meta group check found every routed peer and this node.
         assert_eq!(c["meta_heal"]["shortfall"], Value::Null, "{c}");
-        assert_eq!(c["meta_heal"]["restarts"], 0, "{c}");
+        // Debian 13's nats-server 2.10.27 sometimes leaves a server out of
+        // the meta group when three start at once under load (about one
+        // start in 30 here): the self-heal restarts that one server once,
+        // and says why. Anything else is a false alarm.
+        let heals = c["meta_heal"]["restarts"].as_u64().expect("restarts");
+        if heals > 0 {
+            let log = dm.log();
+            assert!(
+                !client_is_current(bin),
+                "the meta group self-heal restarted a current nats-server:\n{log}"
+            );
+            assert_eq!(heals, 1, "{c}");
+            assert!(log.contains("restarting nats-server (self-heal)"), "{log}");
+            eprintln!(
+                "NOTE: node {} needed the meta group self-heal while the cluster formed (nats-server {}); formed in {formed:?}",
+                name(i),
+                bin.display()
+            );
+        }
+        formation_heals[i] = heals;
         // The reconciliation settled without errors on every daemon.
         assert_eq!(st["stream_reconciliation"]["errors"], json!([]), "{st}");
         assert_eq!(st["stream_reconciliation"]["error"], Value::Null, "{st}");
@@ -709,17 +730,21 @@ async fn cluster_faults(bin: &Path) {
         dm.wait_healthy(Duration::from_secs(20)).await;
     }
     // A node killed or stopped stays in the meta group (offline), so the
-    // meta group self-heal never restarted anything: not while the
-    // cluster formed, not through the faults.
+    // meta group self-heal never restarted anything through the faults
+    // (nor while the cluster formed, but for the fault of 2.10.27 above).
     for (i, dm) in daemons.iter().flatten().enumerate() {
         let log = dm.log();
-        assert!(
-            !log.contains("restarting nats-server (self-heal)"),
+        assert_eq!(
+            log.matches("restarting nats-server (self-heal)").count() as u64,
+            formation_heals[i],
             "node {} ran the meta group self-heal:\n{log}",
             name(i)
         );
         let (_, st) = dm.get("/api/v1/status").await;
-        assert_eq!(st["cluster"]["meta_heal"]["restarts"], 0, "{st}");
+        assert_eq!(
+            st["cluster"]["meta_heal"]["restarts"], formation_heals[i],
+            "{st}"
+        );
     }
 }
 

@@ -57,8 +57,9 @@ impl App {
     }
 
     /// This node's meta group against its routes, now: Some when it leads
-    /// the group and the group misses routed JetStream peers. /routez
-    /// with subscriptions is asked for only on the meta leader.
+    /// the group and the group misses routed JetStream peers, or when it
+    /// follows a leader whose peer set leaves it out. /routez with
+    /// subscriptions is asked for only when that is in question.
     pub async fn meta_shortfall(&self) -> Option<MetaShortfall> {
         if !self.clustered_jetstream() {
             return None;
@@ -67,7 +68,11 @@ impl App {
         let jsz = self.monitor_json("/jsz").await?;
         let leader = crate::cluster::meta_from_jsz(&jsz)?.leader;
         if leader.as_deref() != Some(me.as_str()) {
-            return None;
+            // /raftz: 2.10.21 and later (404 before, which ends it here).
+            let raftz = self.monitor_json("/raftz?group=_meta_").await?;
+            crate::cluster::meta_peers_without_me(&raftz)?;
+            let routez = self.monitor_json("/routez?subs=1").await?;
+            return crate::cluster::left_out_of_meta(Some(&me), &raftz, &routez);
         }
         let routez = self.monitor_json("/routez?subs=1").await?;
         crate::cluster::meta_shortfall(Some(&me), &jsz, &routez)
