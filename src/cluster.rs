@@ -317,9 +317,10 @@ pub fn meta_shortfall(me: Option<&str>, jsz: &Value, routez_subs: &Value) -> Opt
     })
 }
 
-/// The follower's side of [`meta_shortfall`], from this node's `/raftz`
-/// (2.10.21+; None on older servers): Some when this node (`me`) follows a
-/// meta leader whose peer set leaves it out.
+/// The follower's side of [`meta_shortfall`]: this node (`me`) follows a
+/// meta leader whose peer set of `others` servers leaves it out (as
+/// [`meta_peers_without_me`] read it from /raftz), while it is routed to
+/// JetStream servers.
 ///
 /// /raftz lists a group's peers as this node holds them (the set the
 /// leader last sent), without this node itself. A member of a group of
@@ -328,13 +329,7 @@ pub fn meta_shortfall(me: Option<&str>, jsz: &Value, routez_subs: &Value) -> Opt
 /// load when three servers started at once: the leader ran a group of 2
 /// and never added the third, and restarting the leader did not help
 /// (the next leader came from the same two).
-pub fn left_out_of_meta(
-    me: Option<&str>,
-    raftz: &Value,
-    routez_subs: &Value,
-) -> Option<MetaShortfall> {
-    let me = me?;
-    let others = meta_peers_without_me(raftz)?;
+pub fn left_out_of_meta(me: &str, others: usize, routez_subs: &Value) -> Option<MetaShortfall> {
     let routed = jetstream_routes(routez_subs);
     (!routed.is_empty()).then(|| MetaShortfall {
         known: others,
@@ -344,9 +339,10 @@ pub fn left_out_of_meta(
     })
 }
 
-/// The first half of [`left_out_of_meta`], from /raftz alone (so that
-/// /routez with subscriptions is read only then): the number of peers
-/// when this node follows a leader whose peer set lacks it.
+/// From this node's `/raftz` (2.10.21+; older servers answer 404): the
+/// number of peers when this node follows a meta leader whose peer set
+/// lacks it. Read before /routez with subscriptions, which is asked for
+/// only then ([`left_out_of_meta`]).
 pub fn meta_peers_without_me(raftz: &Value) -> Option<usize> {
     let meta = raftz
         .as_object()?
@@ -1078,12 +1074,17 @@ mod tests {
             "leader": "id-n2", "peers": peers}, "S-R3F-abc": {"state": "FOLLOWER", "size": 3, "peers": {}}}})
     }
 
+    /// Both halves, as `App::meta_shortfall` runs them.
+    fn left_out(me: Option<&str>, raftz: &Value, routez: &Value) -> Option<MetaShortfall> {
+        left_out_of_meta(me?, meta_peers_without_me(raftz)?, routez)
+    }
+
     #[test]
     fn a_follower_the_leaders_peer_set_leaves_out_sees_it() {
         let routez = routez_2_10(&["n2", "n3"], &[]);
         // Seen under load on 2.10.27: the leader n2 ran a group of 2 (n2,
         // n3); n1 followed it and held both as its peers.
-        let short = left_out_of_meta(Some("n1"), &raftz("FOLLOWER", 2, &["n2", "n3"]), &routez)
+        let short = left_out(Some("n1"), &raftz("FOLLOWER", 2, &["n2", "n3"]), &routez)
             .expect("n1 is left out");
         assert!(short.left_out);
         assert_eq!(short.missing, ["n1"]);
@@ -1093,39 +1094,39 @@ mod tests {
         );
         // n3, a member of that group of 2, holds only n2: not left out.
         assert_eq!(
-            left_out_of_meta(Some("n3"), &raftz("FOLLOWER", 2, &["n2"]), &routez),
+            left_out(Some("n3"), &raftz("FOLLOWER", 2, &["n2"]), &routez),
             None
         );
         // A whole group of 3: a follower holds the 2 others.
         assert_eq!(
-            left_out_of_meta(Some("n1"), &raftz("FOLLOWER", 3, &["n2", "n3"]), &routez),
+            left_out(Some("n1"), &raftz("FOLLOWER", 3, &["n2", "n3"]), &routez),
             None
         );
         // Still learning its peers (bootstrapping): fewer than size - 1.
         assert_eq!(
-            left_out_of_meta(Some("n1"), &raftz("FOLLOWER", 3, &["n2"]), &routez),
+            left_out(Some("n1"), &raftz("FOLLOWER", 3, &["n2"]), &routez),
             None
         );
         // The leader and candidates are judged elsewhere or not at all.
         assert_eq!(
-            left_out_of_meta(Some("n1"), &raftz("LEADER", 2, &["n2", "n3"]), &routez),
+            left_out(Some("n1"), &raftz("LEADER", 2, &["n2", "n3"]), &routez),
             None
         );
         assert_eq!(
-            left_out_of_meta(Some("n1"), &raftz("CANDIDATE", 2, &["n2", "n3"]), &routez),
+            left_out(Some("n1"), &raftz("CANDIDATE", 2, &["n2", "n3"]), &routez),
             None
         );
         // Routed to no JetStream server, no name, no /raftz (2.9): nothing.
         let alone = routez_2_10(&[], &[]);
         assert_eq!(
-            left_out_of_meta(Some("n1"), &raftz("FOLLOWER", 2, &["n2", "n3"]), &alone),
+            left_out(Some("n1"), &raftz("FOLLOWER", 2, &["n2", "n3"]), &alone),
             None
         );
         assert_eq!(
-            left_out_of_meta(None, &raftz("FOLLOWER", 2, &["n2", "n3"]), &routez),
+            left_out(None, &raftz("FOLLOWER", 2, &["n2", "n3"]), &routez),
             None
         );
-        assert_eq!(left_out_of_meta(Some("n1"), &Value::Null, &routez), None);
+        assert_eq!(left_out(Some("n1"), &Value::Null, &routez), None);
     }
 
     #[test]

@@ -70,9 +70,9 @@ impl App {
         if leader.as_deref() != Some(me.as_str()) {
             // /raftz: 2.10.21 and later (404 before, which ends it here).
             let raftz = self.monitor_json("/raftz?group=_meta_").await?;
-            crate::cluster::meta_peers_without_me(&raftz)?;
+            let others = crate::cluster::meta_peers_without_me(&raftz)?;
             let routez = self.monitor_json("/routez?subs=1").await?;
-            return crate::cluster::left_out_of_meta(Some(&me), &raftz, &routez);
+            return crate::cluster::left_out_of_meta(&me, others, &routez);
         }
         let routez = self.monitor_json("/routez?subs=1").await?;
         crate::cluster::meta_shortfall(Some(&me), &jsz, &routez)
